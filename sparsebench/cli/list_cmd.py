@@ -1,0 +1,29 @@
+"""`sparsebench list`: the patterns (parameters, defaults) and implementations (what each supports)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from sparsebench.cli.common import console
+from sparsebench.impls import IMPLS
+from sparsebench.patterns import PATTERNS, pattern_params
+
+
+def list_cmd() -> None:
+    """List the patterns and implementations."""
+    patterns = Table(title="patterns")
+    for col in ("pattern", "rule", "parameters (defaults)"):
+        patterns.add_column(col)
+    for name, cls in PATTERNS.items():
+        params = ", ".join(f"{k}={v}" for k, v in pattern_params(name).items()) or "-"
+        patterns.add_row(name, cls.doc, params)
+    impls = Table(title="implementations")
+    for col in ("impl", "what it is", "patterns", "devices", "dtypes", "modes"):
+        impls.add_column(col)
+    for name, impl in IMPLS.items():
+        dtypes = ", ".join(sorted(str(d).removeprefix("torch.") for d in impl.dtypes))
+        impls.add_row(name, impl.description, ", ".join(sorted(impl.patterns)) if impl.patterns else "all",
+                      ", ".join(sorted(impl.devices)), dtypes, ", ".join(sorted(impl.modes)))
+    console.print(patterns)
+    console.print(impls)
+    console.print("CPU flex_attention is inference only (fwd).", style="dim")

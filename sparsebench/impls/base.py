@@ -1,0 +1,73 @@
+"""The Impl base class: an attention implementation that declares what it supports."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from sparsebench.patterns import Pattern
+
+ALL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
+ALL_MODES = frozenset({"fwd", "fwdbwd"})
+
+
+@dataclass
+class Prepared:
+    """What `Impl.prepare` built once per (pattern, n, device, dtype); its cost is `setup_ms`."""
+
+    pattern: Pattern
+    n: int
+    state: Any = None
+    executed_pairs: int = 0  # (q, k) pairs the kernel really computes, per batch and head
+    extra: dict[str, float] = field(default_factory=dict)  # e.g. block_density
+
+
+class Impl:
+    """One attention implementation. Subclasses set the class attributes and `prepare`/`forward`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    patterns: ClassVar[frozenset[str] | None] = None  # None: every pattern
+    devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
+    dtypes: ClassVar[frozenset[torch.dtype]] = ALL_DTYPES
+    modes: ClassVar[frozenset[str]] = ALL_MODES
+
+    def unsupported_reason(self, pattern: Pattern, device: str, dtype: torch.dtype, mode: str) -> str | None:
+        """None when the combination runs, else a one-line reason."""
+        device_type = torch.device(device).type
+        if self.patterns is not None and pattern.name not in self.patterns:
+            return f"{self.name} implements only {', '.join(sorted(self.patterns))}"
+        if device_type not in self.devices:
+            return f"{self.name} does not run on {device_type}"
+        if dtype not in self.dtypes:
+            return f"{self.name} does not support {str(dtype).removeprefix('torch.')}"
+        if mode not in self.modes:
+            return f"{self.name} does not support mode {mode}"
+        return self.device_reason(pattern, device_type, dtype, mode)
+
+    def device_reason(self, pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> str | None:
+        """Hook for limits that depend on the device (e.g. CPU flex is inference only)."""
+        return None
+
+    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Prepared:
+        """Build masks, indices or compiled functions once; must not touch q, k, v."""
+        return Prepared(pattern, n, executed_pairs=n * n)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared) -> torch.Tensor:
+        """q, k, v: (B, H, N, D) -> (B, H, N, D)."""
+        raise NotImplementedError
+
+    def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
+                       dtype: torch.dtype, mode: str) -> int:
+        """Rough peak extra memory of one call, for the preflight (default: O(nnz) working set)."""
+        elt = torch.finfo(dtype).bits // 8
+        work = batch * heads * (pattern.nnz(n) * 2 + 4 * n * head_dim) * max(elt, 4)
+        return work * (3 if mode == "fwdbwd" else 1)
+
+
+def default_scale(head_dim: int) -> float:
+    """1/sqrt(D), as in the write-up and SDPA."""
+    return 1.0 / math.sqrt(head_dim)

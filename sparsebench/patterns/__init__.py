@@ -1,0 +1,55 @@
+"""Sparsity patterns: an explicit registry, one small file per pattern family."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from sparsebench.errors import PatternError
+from sparsebench.patterns.base import Pattern
+from sparsebench.patterns.bigbird import BigBird
+from sparsebench.patterns.dense import Causal, Dense
+from sparsebench.patterns.dilated import Dilated
+from sparsebench.patterns.fixed import Fixed
+from sparsebench.patterns.intersect import CausalOf, causal_of
+from sparsebench.patterns.local import Local
+from sparsebench.patterns.longformer import Longformer
+from sparsebench.patterns.sliding_window import SlidingWindow
+from sparsebench.patterns.strided import Strided
+
+PATTERNS: dict[str, type[Pattern]] = {
+    "dense": Dense,
+    "causal": Causal,
+    "local": Local,
+    "strided": Strided,
+    "sliding_window": SlidingWindow,
+    "dilated": Dilated,
+    "fixed": Fixed,
+    "longformer": Longformer,
+    "bigbird": BigBird,
+}
+
+
+def pattern_params(name: str) -> dict[str, int]:
+    """The parameter names of a pattern with their defaults."""
+    return {f.name: f.default for f in fields(PATTERNS[name])}
+
+
+def get_pattern(name: str, **params: int) -> Pattern:
+    """Build a pattern by name; parameters it does not take are an error (use `select_params` to filter)."""
+    if name not in PATTERNS:
+        raise PatternError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
+    allowed = pattern_params(name)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        hint = ", ".join(allowed) or "none"
+        raise PatternError(f"pattern {name!r} takes no parameter {', '.join(unknown)} (it takes: {hint})")
+    return PATTERNS[name](**params)
+
+
+def select_params(name: str, params: dict[str, int]) -> dict[str, int]:
+    """The subset of `params` that pattern `name` takes (a sweep passes one parameter set to all)."""
+    allowed = pattern_params(name)
+    return {k: v for k, v in params.items() if k in allowed and v is not None}
+
+
+__all__ = ["PATTERNS", "Pattern", "CausalOf", "causal_of", "get_pattern", "pattern_params", "select_params"]

@@ -1,0 +1,33 @@
+"""`local`: the seed's window, q - w//2 <= k < q + w//2, clamped at the edges, not causal."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparsebench.errors import PatternError
+from sparsebench.patterns.base import Pattern
+
+
+@dataclass(frozen=True)
+class Local(Pattern):
+    """The write-up's local window: mask[i, max(0, i - w//2) : min(n, i + w//2)] = 1."""
+
+    window: int = 64
+    name = "local"
+    doc = "q - w//2 <= k < q + w//2 (the seed's rule; not causal)"
+
+    def check_params(self) -> None:
+        # w < 2 gives an empty window (w//2 == 0), so every row would be fully masked.
+        if self.window < 2:
+            raise PatternError(f"local: window must be >= 2, got {self.window}")
+
+    def mask_mod(self, b, h, q, k):
+        half = self.window // 2
+        return (k >= q - half) & (k < q + half)
+
+    def row_counts(self, n: int) -> torch.Tensor:
+        q = torch.arange(n, dtype=torch.int64)
+        half = self.window // 2
+        return (q + half).clamp(max=n) - (q - half).clamp(min=0)
