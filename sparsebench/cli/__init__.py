@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.2x vendors its own click
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click import exceptions as click_exc
+
+_ABORT = (typer.Abort, getattr(click_exc, "Abort", typer.Abort))
+_HELP = getattr(click_exc, "NoArgsIsHelpError", ())  # click >= 8.2: `sparsebench` alone prints the help
 
 from sparsebench.cli import common, gate, info, list_cmd, plot, run, train
 
+
+class OneLineErrors(TyperGroup):
+    """Usage errors (bad option values, unknown options) as one line on stderr with exit code 2."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _HELP:  # the help was printed already
+            sys.exit(0)
+        except click_exc.ClickException as exc:
+            common.err_console.print(f"error: {exc.format_message()}", markup=False)
+            sys.exit(exc.exit_code)
+        except _ABORT:
+            common.err_console.print("interrupted", markup=False)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="sparsebench",
     help="Is your sparse attention really faster? Benchmark, plot and gate dense vs sparse attention.",
     no_args_is_help=True,

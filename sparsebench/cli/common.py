@@ -11,8 +11,8 @@ from rich.console import Console
 
 from sparsebench.errors import SparsebenchError
 
-# Tables and progress go to stderr; stdout is kept for data.
-console = Console(stderr=True)
+# Tables and progress go to stderr; stdout is kept for data. Logs and CI are wider than 80 columns.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 err_console = Console(stderr=True, style="bold red", highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCOMPARABLE = 0, 1, 2, 3

@@ -1,8 +1,44 @@
-"""`sparsebench plot` (not built yet)."""
+"""`sparsebench plot`: figures and report.md from one or more results.csv files."""
 
-from sparsebench.cli.common import fail
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsebench import plots
+from sparsebench.cli.common import console, fail, user_errors
+from sparsebench.results import read_meta, read_results
+
+DEFAULT_RESULTS = Path("sparsebench-results/results.csv")
 
 
-def plot_cmd() -> None:
-    """Not built yet."""
-    fail("'plot' is not implemented yet")
+def plot_cmd(
+    inputs: Annotated[list[Path] | None, typer.Argument(
+        help=f"results.csv files; two or more overlay (default: {DEFAULT_RESULTS}).", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Directory for the figures and report.md (default: plots/ beside the first input).",
+        show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Figure format: png or svg.")] = "png",
+) -> None:
+    """Plot latency, speed-up, memory and TFLOP/s per pattern, a speed-up heatmap and report.md."""
+    if fmt not in plots.FORMATS:
+        fail(f"unknown --format {fmt!r}; choose from: {', '.join(plots.FORMATS)}")
+    paths = inputs or [DEFAULT_RESULTS]
+    with user_errors():
+        frames = [read_results(path) for path in paths]
+        metas = [read_meta(path) for path in paths]
+        runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
+        out_dir = out or paths[0].parent / "plots"
+        written = plots.write_plots(runs, out_dir, fmt)
+    for path in written:
+        typer.echo(path)
+    console.print(f"wrote {len(written)} files to {out_dir}", style="dim")
+
+
+def _labels(paths: list[Path], metas: list[dict]) -> list[str]:
+    """Each run's legend label: meta.json's 'label', else its directory's name, else the path as given."""
+    labels = [str(meta.get("label") or path.resolve().parent.name) for path, meta in zip(paths, metas)]
+    labels = [label if labels.count(label) == 1 else str(path) for label, path in zip(labels, paths)]
+    return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]

@@ -60,6 +60,10 @@ class Impl:
         """q, k, v: (B, H, N, D) -> (B, H, N, D)."""
         raise NotImplementedError
 
+    def estimate_pairs(self, pattern: Pattern, n: int) -> int:
+        """(q, k) pairs the kernel will compute, for the preflight's time estimate (default: all n^2)."""
+        return n * n
+
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
                        dtype: torch.dtype, mode: str) -> int:
         """Rough peak extra memory of one call, for the preflight (default: O(nnz) working set)."""

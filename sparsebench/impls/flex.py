@@ -47,6 +47,9 @@ class FlexImpl(Impl):
     def forward(self, q, k, v, prep: Prepared):
         return compiled_flex()(q, k, v, block_mask=prep.state)
 
+    def estimate_pairs(self, pattern, n):
+        return 2 * pattern.nnz(n)  # block rounding: a rough upper bound for the preflight
+
     def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode):
         elt = torch.finfo(dtype).bits // 8
         nb = -(-n // BLOCK_SIZE)

@@ -1,0 +1,403 @@
+"""Pure comparison logic for `sparsebench gate`: two result frames in, verdicts out (no I/O, no exits).
+
+Deterministic metrics (flops_executed, density, allocator peak memory, status) are gated tightly.
+Latency is gated robustly: by default each case's latency is divided by the dense-SDPA latency of
+the same run and shape, so that machine speed cancels, and a regression needs both a ratio beyond a
+threshold and a significant one-sided Mann-Whitney U test on the (normalised) raw samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import pandas as pd
+from scipy.stats import mannwhitneyu
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.results import COLUMNS, FAILED_STATUSES, KEY_COLUMNS, parse_params, parse_samples
+
+# Columns that fix the shape of a case: the dense reference of a row has the same values.
+SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
+DENSE_REF = ("dense", "sdpa")  # (pattern, impl) of the dense-SDPA reference rows
+MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
+
+OK, IMPROVEMENT, WARNING, REGRESSION = "ok", "improvement", "warning", "regression"
+MISSING, NEW = "missing", "new"  # a case in only one of the two result sets (reported, never fails)
+SEVERITY = {OK: 0, NEW: 1, MISSING: 1, IMPROVEMENT: 2, WARNING: 3, REGRESSION: 4}
+
+Key = tuple[str, ...]
+# Re-runs a list of cases (dicts of the KEY_COLUMNS, params as a dict) and returns their result rows.
+Rerun = Callable[[list[dict[str, Any]]], pd.DataFrame]
+
+
+class NotComparable(SparsebenchError):
+    """The two result sets cannot be compared (different device, schema or no common case): exit 3."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Thresholds for one case."""
+
+    latency: float = 1.15  # current/baseline latency ratio beyond which a case is slower (or 1/x: faster)
+    peak_mem: float = 0.05  # relative tolerance on allocator peak memory
+    peak_mem_floor_mib: float = 1.0  # ... and a change below this many MiB is never flagged
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.latency) and self.latency > 1):
+            raise SparsebenchError(f"latency threshold must be a ratio > 1 (e.g. 1.15), got {self.latency}")
+        if not (self.peak_mem >= 0 and self.peak_mem_floor_mib >= 0):
+            raise SparsebenchError("peak_mem and peak_mem_floor_mib tolerances must be >= 0")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Global limits, overridden per pattern, then per impl (the impl wins), and the significance level."""
+
+    default: Limits = Limits()
+    alpha: float = 0.05
+    patterns: dict[str, dict[str, float]] = field(default_factory=dict)
+    impls: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise SparsebenchError(f"alpha must be between 0 and 1, got {self.alpha}")
+        for pattern in self.patterns:
+            self.for_case(pattern, "")
+        for impl in self.impls:
+            self.for_case("", impl)
+
+    def for_case(self, pattern: str, impl: str) -> Limits:
+        return replace(self.default, **{**self.patterns.get(pattern, {}), **self.impls.get(impl, {})})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: float | None) -> Thresholds:
+        """Build from a parsed TOML table (see configs/gate.toml); non-None `overrides` win over the file.
+
+        `overrides` may name alpha or any Limits field (e.g. latency=1.2 from a CLI option)."""
+        names = {f.name for f in fields(Limits)}
+        unknown = set(data) - {"alpha", "pattern", "impl", *names}
+        if unknown:
+            raise SparsebenchError(f"unknown gate threshold {', '.join(sorted(unknown))}; "
+                                   f"known: alpha, {', '.join(sorted(names))}, [pattern.NAME], [impl.NAME]")
+        top = {k: _number(k, v) for k, v in data.items() if k in names}
+        alpha = _number("alpha", data.get("alpha", 0.05))
+        for k, v in overrides.items():
+            if v is not None:
+                if k == "alpha":
+                    alpha = v
+                else:
+                    top[k] = v
+        sections = {}
+        for section in ("pattern", "impl"):
+            table = data.get(section, {})
+            if not isinstance(table, dict) or not all(isinstance(t, dict) for t in table.values()):
+                raise SparsebenchError(f"[{section}.NAME] tables expected, e.g. [{section}.x] latency = 1.3")
+            for name, limits in table.items():
+                bad = set(limits) - names
+                if bad:
+                    raise SparsebenchError(f"[{section}.{name}]: unknown threshold {', '.join(sorted(bad))}; "
+                                           f"known: {', '.join(sorted(names))}")
+            sections[section] = {name: {k: _number(k, v) for k, v in t.items()} for name, t in table.items()}
+        return cls(Limits(**top), alpha, sections["pattern"], sections["impl"])
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SparsebenchError(f"gate threshold {name} must be a number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Finding:
+    """One metric of one case that is not simply equal: a regression, warning or improvement."""
+
+    metric: str
+    verdict: str
+    message: str
+
+
+@dataclass
+class CaseResult:
+    """The comparison of one case. Latency values are normalised (×dense) unless the gate is raw."""
+
+    key: Key
+    name: str
+    pattern: str
+    impl: str
+    base_status: str = ""
+    cur_status: str = ""
+    base_latency: float = math.nan
+    cur_latency: float = math.nan
+    ratio: float = math.nan
+    p_value: float = math.nan
+    findings: list[Finding] = field(default_factory=list)
+    presence: str = ""  # MISSING or NEW when the case is in one set only
+
+    @property
+    def verdict(self) -> str:
+        verdicts = [f.verdict for f in self.findings] + [self.presence or OK]
+        return max(verdicts, key=SEVERITY.__getitem__)
+
+    def messages(self, verdict: str) -> list[str]:
+        return [f.message for f in self.findings if f.verdict == verdict]
+
+
+@dataclass
+class GateReport:
+    cases: list[CaseResult]
+    raw: bool
+    thresholds: Thresholds
+    notes: list[str] = field(default_factory=list)
+    gate_latency: bool = True
+
+    def with_verdict(self, verdict: str) -> list[CaseResult]:
+        return [c for c in self.cases if c.verdict == verdict]
+
+    @property
+    def regressions(self) -> list[CaseResult]:
+        return self.with_verdict(REGRESSION)
+
+    @property
+    def improvements(self) -> list[CaseResult]:
+        return self.with_verdict(IMPROVEMENT)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.regressions)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for case in self.cases:
+            out[case.verdict] = out.get(case.verdict, 0) + 1
+        return out
+
+
+def case_name(row: Any) -> str:
+    """pattern(params)/impl/seq_len/dtype/mode, e.g. local(w=64)/flex/1024/float32/fwd."""
+    params = row["params"] if isinstance(row["params"], str) else ""
+    pattern = f"{row['pattern']}({params.replace(';', ',')})" if params else row["pattern"]
+    return f"{pattern}/{row['impl']}/{_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
+
+
+def _text(value: Any) -> str:
+    """A key value as canonical text: 8.0 and 8 read the same, NaN reads ''."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def _key(row: Any, columns: list[str] = KEY_COLUMNS) -> Key:
+    return tuple(_text(row[c]) for c in columns)
+
+
+def _by_key(frame: pd.DataFrame) -> dict[Key, dict[str, Any]]:
+    """Rows by case key; the last row wins when a case was written twice (e.g. a resumed run).
+    Columns the frame lacks read as empty."""
+    empty = dict.fromkeys(COLUMNS, math.nan) | {"params": "", "samples_ms": "", "error": ""}
+    return {_key(row): row for row in ({**empty, **r} for r in frame.to_dict("records"))}
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _dense_refs(rows: dict[Key, dict[str, Any]]) -> dict[Key, float]:
+    """Dense-SDPA latency (ms) of each shape of one run, from its dense/sdpa rows."""
+    refs = {}
+    for row in rows.values():
+        latency = _float(row["latency_ms"])
+        if (row["pattern"], row["impl"]) == DENSE_REF and row["status"] == "ok" and latency > 0:
+            refs[_key(row, SHAPE_COLUMNS)] = latency
+    return refs
+
+
+def _reference(row: dict[str, Any], refs: dict[Key, float]) -> float:
+    """The dense-SDPA latency of the row's run and shape: its dense_latency_ms column, else the dense row."""
+    own = _float(row.get("dense_latency_ms"))
+    return own if own > 0 else refs.get(_key(row, SHAPE_COLUMNS), math.nan)
+
+
+def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -> None:
+    """Raise NotComparable when the two result sets measure different things."""
+    for column in ("schema_version",):
+        if column in baseline and column in current:
+            b, c = set(baseline[column].dropna().astype(int)), set(current[column].dropna().astype(int))
+            if b != c:
+                raise NotComparable(f"result schema versions differ: baseline {sorted(b)}, current {sorted(c)}; "
+                                    "refresh the baseline with --update-baseline")
+    b, c = set(baseline["device"].astype(str)), set(current["device"].astype(str))
+    if b != c:
+        raise NotComparable(f"different devices: baseline ran on {', '.join(sorted(b))}, current on "
+                            f"{', '.join(sorted(c))}; gate against a baseline from the same kind of device")
+    if raw and "device_name" in baseline and "device_name" in current:
+        b, c = set(baseline["device_name"].dropna().astype(str)), set(current["device_name"].dropna().astype(str))
+        if b and c and b != c:
+            raise NotComparable(f"--raw compares absolute latency, but the device models differ (baseline "
+                                f"{', '.join(sorted(b))}, current {', '.join(sorted(c))}); drop --raw")
+
+
+def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Thresholds = Thresholds(),
+            raw: bool = False, only: Iterable[Key] | None = None, gate_latency: bool = True) -> GateReport:
+    """Compare two result frames case by case. `only`: restrict to these case keys (used by confirm).
+    `gate_latency=False`: latency is still compared and shown, but a slower case is only a warning."""
+    check_comparable(baseline, current, raw)
+    base_rows, cur_rows = _by_key(baseline), _by_key(current)
+    keys = list(base_rows) + [k for k in cur_rows if k not in base_rows]
+    if only is not None:
+        wanted = set(only)
+        keys = [k for k in keys if k in wanted]
+    elif not set(base_rows) & set(cur_rows):
+        raise NotComparable("the two result sets have no case in common (different configs?)")
+    base_refs, cur_refs = _dense_refs(base_rows), _dense_refs(cur_rows)
+    cases = []
+    for key in keys:
+        base, cur = base_rows.get(key), cur_rows.get(key)
+        row = base if base is not None else cur
+        case = CaseResult(key, case_name(row), row["pattern"], row["impl"])
+        if base is None or cur is None:
+            case.presence = NEW if base is None else MISSING
+            case.base_status = base["status"] if base is not None else ""
+            case.cur_status = cur["status"] if cur is not None else ""
+        else:
+            _compare_case(case, base, cur, base_refs, cur_refs, thresholds, raw)
+            if not gate_latency:
+                for finding in case.findings:
+                    if finding.metric == "latency" and finding.verdict == REGRESSION:
+                        finding.verdict = WARNING
+                        finding.message += " [latency not gated]"
+        cases.append(case)
+    names = [c.name for c in cases]
+    for case in cases:
+        if names.count(case.name) > 1:  # same name, other batch/heads/head_dim: say which
+            row = base_rows.get(case.key) or cur_rows[case.key]
+            case.name += f"/B{_text(row['batch'])}xH{_text(row['heads'])}xD{_text(row['head_dim'])}"
+    notes = []
+    if not raw and not base_refs and not cur_refs:
+        notes.append("no ok dense/sdpa rows of the same shape: latency was not gated (add dense+sdpa to the "
+                     "config, or use --raw on one machine)")
+    if not gate_latency:
+        notes.append("latency is reported but not gated (--no-latency): only flops, density, memory and "
+                     "status can fail")
+    return GateReport(cases, raw, thresholds, notes, gate_latency)
+
+
+def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], base_refs: dict[Key, float],
+                  cur_refs: dict[Key, float], thresholds: Thresholds, raw: bool) -> None:
+    case.base_status, case.cur_status = str(base["status"]), str(cur["status"])
+    limits = thresholds.for_case(case.pattern, case.impl)
+    if case.base_status == "ok" and case.cur_status != "ok":
+        reason = f" ({cur['error']})" if isinstance(cur.get("error"), str) and cur["error"] else ""
+        verdict = REGRESSION if case.cur_status in FAILED_STATUSES else WARNING
+        case.findings.append(Finding("status", verdict, f"status ok -> {case.cur_status}{reason}"))
+    if case.base_status != "ok" and case.cur_status == "ok":
+        case.findings.append(Finding("status", IMPROVEMENT, f"status {case.base_status} -> ok"))
+    if case.base_status != "ok" or case.cur_status != "ok":
+        return
+    for metric in ("flops_executed", "density"):
+        b, c = _float(base[metric]), _float(cur[metric])
+        if not (b == c or (math.isnan(b) and math.isnan(c))):
+            case.findings.append(Finding(metric, REGRESSION, f"{metric} changed {b:.6g} -> {c:.6g} (must match "
+                                         "exactly; refresh the baseline if intended)"))
+    _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits)
+    if raw or (case.pattern, case.impl) != DENSE_REF:
+        base_ref = 1.0 if raw else _reference(base, base_refs)
+        cur_ref = 1.0 if raw else _reference(cur, cur_refs)
+        _compare_latency(case, base, cur, base_ref, cur_ref, limits.latency, thresholds.alpha, raw)
+
+
+def _compare_memory(case: CaseResult, base: float, cur: float, limits: Limits) -> None:
+    if math.isnan(base) or math.isnan(cur):
+        if not math.isnan(base):
+            case.findings.append(Finding("peak_mem_mib", WARNING, "peak memory no longer measured"))
+        return
+    allowed = max(limits.peak_mem * abs(base), limits.peak_mem_floor_mib)
+    change = f"peak memory {base:.1f} -> {cur:.1f} MiB ({_percent(cur, base)}, tolerance " \
+             f"{limits.peak_mem:.0%} or {limits.peak_mem_floor_mib:g} MiB)"
+    if cur - base > allowed:
+        case.findings.append(Finding("peak_mem_mib", REGRESSION, change))
+    elif base - cur > allowed:
+        case.findings.append(Finding("peak_mem_mib", IMPROVEMENT, change))
+
+
+def _compare_latency(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], base_ref: float,
+                     cur_ref: float, threshold: float, alpha: float, raw: bool) -> None:
+    b, c = _float(base["latency_ms"]) / base_ref, _float(cur["latency_ms"]) / cur_ref
+    if not (b > 0 and c > 0):  # NaN (no latency or no dense reference) or zero
+        if not raw and _float(base["latency_ms"]) > 0 and not (base_ref > 0 and cur_ref > 0):
+            case.findings.append(Finding("latency", WARNING, "latency not gated: no dense/sdpa reference of "
+                                         "this shape in both runs"))
+        return
+    case.base_latency, case.cur_latency, case.ratio = b, c, c / b
+    what = "latency" if raw else "latency/dense"
+    base_samples = [s / base_ref for s in parse_samples(base["samples_ms"])]
+    cur_samples = [s / cur_ref for s in parse_samples(cur["samples_ms"])]
+    if min(len(base_samples), len(cur_samples)) >= MIN_SAMPLES:  # one-sided, in the direction of the ratio
+        side = "greater" if case.ratio >= 1 else "less"
+        case.p_value = float(mannwhitneyu(cur_samples, base_samples, alternative=side).pvalue)
+    significant = case.p_value < alpha  # False when NaN (too few samples)
+    if case.ratio > threshold:
+        text = f"{what} {case.ratio:.2f}x slower (threshold {threshold:.2f}x"
+        if math.isnan(case.p_value):
+            case.findings.append(Finding("latency", WARNING, f"{text}, too few samples to test significance)"))
+        elif significant:
+            case.findings.append(Finding("latency", REGRESSION, f"{text}, p={case.p_value:.2g} < {alpha:g})"))
+        else:
+            case.findings.append(Finding("latency", WARNING, f"{text}, but not significant: p={case.p_value:.2g})"))
+    elif case.ratio < 1 / threshold and significant:
+        case.findings.append(Finding("latency", IMPROVEMENT, f"{what} {1 / case.ratio:.2f}x faster "
+                                     f"(p={case.p_value:.2g})"))
+
+
+def _percent(cur: float, base: float) -> str:
+    return f"{(cur - base) / base:+.1%}" if base else f"{cur - base:+.1f} MiB"
+
+
+def case_spec(row: dict[str, Any]) -> dict[str, Any]:
+    """The case of a result row as the runner takes it: the key columns, params as a dict, ints as ints."""
+    spec: dict[str, Any] = {c: row[c] for c in KEY_COLUMNS}
+    spec["params"] = parse_params(row["params"])
+    for c in ("batch", "heads", "seq_len", "head_dim"):
+        spec[c] = int(row[c])
+    return spec
+
+
+def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, rerun: Rerun,
+            times: int) -> GateReport:
+    """Re-run each regressed case `times` times; it stays a regression only if it reproduces in more than
+    half of the re-runs, otherwise it becomes a warning. The dense references of their shapes are re-run
+    alongside so that the re-runs normalise against their own dense latency."""
+    regressed = {c.key: c for c in report.regressions}
+    if not regressed or times < 1:
+        return report
+    rows = _by_key(current)
+    specs = [case_spec(rows[k]) for k in regressed]
+    if not report.raw:
+        shapes = {_key(rows[k], SHAPE_COLUMNS) for k in regressed}
+        refs = [r for k, r in rows.items() if (r["pattern"], r["impl"]) == DENSE_REF
+                and _key(r, SHAPE_COLUMNS) in shapes and k not in regressed]
+        specs = [case_spec(r) for r in refs] + specs
+    hits = {k: 0 for k in regressed}
+    for _ in range(times):
+        again = compare(baseline, rerun(specs), report.thresholds, report.raw, regressed, report.gate_latency)
+        for case in again.cases:
+            if case.verdict == REGRESSION or case.presence == MISSING:  # no row: cannot clear it
+                hits[case.key] += 1
+    for key, case in regressed.items():
+        note = f"regression reproduced in {hits[key]}/{times} re-runs"
+        if hits[key] * 2 > times:
+            case.findings.append(Finding("confirm", REGRESSION, f"confirmed: {note}"))
+        else:
+            for finding in case.findings:
+                if finding.verdict == REGRESSION:
+                    finding.verdict = WARNING
+            case.findings.append(Finding("confirm", WARNING, f"not confirmed: {note}"))
+    return report

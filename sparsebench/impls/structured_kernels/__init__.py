@@ -1,0 +1,37 @@
+"""Pattern-aware kernels behind the `structured` implementation: one builder per pattern, one file per family."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
+from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
+from sparsebench.impls.structured_kernels.core import Kernel
+from sparsebench.impls.structured_kernels.dense import causal_kernel, dense_kernel
+from sparsebench.impls.structured_kernels.globals import bigbird_kernel, longformer_kernel
+from sparsebench.patterns import Pattern
+
+Builder = Callable[[Pattern, int, torch.device, torch.dtype], Kernel]
+
+BUILDERS: dict[str, Builder] = {
+    "dense": dense_kernel,
+    "causal": causal_kernel,
+    "local": local_kernel,
+    "strided": strided_kernel,
+    "sliding_window": sliding_window_kernel,
+    "dilated": dilated_kernel,
+    "fixed": fixed_kernel,
+    "longformer": longformer_kernel,
+    "bigbird": bigbird_kernel,
+}
+
+
+def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Kernel:
+    """The prepared kernel for `pattern` at length n (masks and indices built here, once)."""
+    pattern.validate(n)
+    return BUILDERS[pattern.name](pattern, n, torch.device(device), dtype)
+
+
+__all__ = ["BUILDERS", "Kernel", "build_kernel"]

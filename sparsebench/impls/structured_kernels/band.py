@@ -1,0 +1,134 @@
+"""Banded blocks: `local`, `sliding_window`, `dilated` (a sliding window per residue class q mod d).
+
+Queries go in blocks of `block` rows; block i needs only the keys [i*block + lo, i*block + block - 1 + hi],
+a window of `block + hi - lo` keys. The windows are overlapping views (unfold) of the zero-padded K and V,
+so no key is copied per block, and one attention call covers every block with a (blocks, rows, window)
+bias that is shared by all batches and heads. Work is n * (block + hi - lo) pairs instead of n^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sparsebench.impls.structured_kernels.core import Kernel, attend, bias_from_mask, pad_rows, use_flash
+
+
+def band_block(span: int) -> int:
+    """Queries per block for a band of `span` keys per row: about span/2, a power of two in [16, 128].
+
+    Smaller blocks waste fewer pairs (the window is block + span - 1 wide) but cost more calls per key;
+    span/2 measured best on CPU (see tests/test_structured.py and the report).
+    """
+    block = 16
+    while block * 2 <= min(128, span // 2):
+        block *= 2
+    return block
+
+
+@dataclass
+class Band:
+    """The band q + lo <= k <= q + hi (lo <= 0 <= hi), keys k >= kmin only, over sequences of length n."""
+
+    n: int
+    lo: int
+    hi: int
+    kmin: int
+    block: int
+    bias: torch.Tensor  # (blocks, block, width) additive mask, shared by every batch and head
+
+    @classmethod
+    def build(cls, n: int, lo: int, hi: int, kmin: int, device, dtype: torch.dtype,
+              block: int | None = None) -> Band:
+        block = block or band_block(hi - lo + 1)
+        blocks = -(-n // block)
+        width = block + hi - lo
+        qpos = torch.arange(blocks * block, device=device).view(blocks, block, 1)
+        kpos = (torch.arange(blocks, device=device) * block + lo).view(blocks, 1, 1) + torch.arange(
+            width, device=device).view(1, 1, width)
+        keep = (kpos >= qpos + lo) & (kpos <= qpos + hi) & (kpos >= kmin) & (kpos < n)
+        return cls(n, lo, hi, kmin, block, bias_from_mask(keep, dtype))
+
+    @property
+    def blocks(self) -> int:
+        return self.bias.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.bias.shape[2]
+
+    @property
+    def pairs(self) -> int:
+        return self.blocks * self.block * self.width
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 flash: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n)."""
+        G, n, D = q.shape
+        padded = self.blocks * self.block
+        qb = pad_rows(q, 0, padded - n).view(G, self.blocks, self.block, D)
+        # Key window i starts at padded index i*block: pad -lo zeros before and enough after.
+        after = padded + self.hi - n
+        kw = pad_rows(k, -self.lo, after).unfold(1, self.width, self.block).transpose(-2, -1)  # (G, blocks, width, D)
+        vw = pad_rows(v, -self.lo, after).unfold(1, self.width, self.block).transpose(-2, -1)
+        out, lse = attend(qb, kw, vw, self.bias[None], flash=flash)
+        return out.reshape(G, padded, D)[:, :n], lse.reshape(G, padded)[:, :n]
+
+
+@dataclass(kw_only=True)
+class BandKernel(Kernel):
+    """One band over the whole sequence (local, sliding_window)."""
+
+    band: Band
+
+    def __call__(self, q, k, v):
+        B, H, N, D = q.shape
+        out, _ = self.band(q.reshape(B * H, N, D), k.reshape(B * H, N, D), v.reshape(B * H, N, D),
+                           use_flash(q, k, v))
+        return out.reshape(B, H, N, D)
+
+
+def local_kernel(pattern, n: int, device, dtype) -> BandKernel:
+    """local: q - w//2 <= k < q + w//2."""
+    half = pattern.window // 2
+    band = Band.build(n, -half, half - 1, 0, device, dtype)
+    return BandKernel(n=n, executed_pairs=band.pairs, band=band)
+
+
+def sliding_window_kernel(pattern, n: int, device, dtype) -> BandKernel:
+    """sliding_window: q - w < k <= q."""
+    band = Band.build(n, 1 - pattern.window, 0, 0, device, dtype)
+    return BandKernel(n=n, executed_pairs=band.pairs, band=band)
+
+
+@dataclass(kw_only=True)
+class DilatedKernel(Kernel):
+    """dilated: k = q - j*d, j in [0, w). Within a residue class r = q mod d it is a sliding window of w.
+
+    The sequence is padded to a multiple of d and split into d interleaved subsequences of length
+    n/d that run as extra batch rows. Padded keys sit at the end of each class and the band is causal,
+    so only padded queries (dropped) ever see them.
+    """
+
+    dilation: int
+    band: Band
+
+    def __call__(self, q, k, v):
+        B, H, N, D = q.shape
+        d, sub = self.dilation, self.band.n
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, D) -> (B*H*d, N/d, D)
+            x = pad_rows(x, 0, sub * d - N).view(B * H, sub, d, D)
+            return x.transpose(1, 2).reshape(B * H * d, sub, D)
+
+        out, _ = self.band(split(q), split(k), split(v), use_flash(q, k, v))
+        out = out.view(B * H, d, sub, D).transpose(1, 2).reshape(B, H, sub * d, D)
+        return out[:, :, :N]
+
+
+def dilated_kernel(pattern, n: int, device, dtype) -> DilatedKernel:
+    d = pattern.dilation
+    sub = -(-n // d)
+    band = Band.build(sub, 1 - pattern.window, 0, 0, device, dtype)
+    return DilatedKernel(n=n, executed_pairs=d * band.pairs, dilation=d, band=band)

@@ -1,0 +1,123 @@
+"""Shared pieces of the structured kernels: partial attention with its logsumexp, and merging partials.
+
+Every kernel splits a pattern into a few *parts* whose key sets are disjoint for each query (a band,
+gathered columns, a self term, ...). Each part returns its output and the logsumexp (lse) of its
+scores; softmax over the union of the key sets is then the lse-weighted sum of the parts.
+
+Two backends compute a part:
+- CPU inference: torch's flash kernel `_scaled_dot_product_flash_attention_for_cpu`, which returns the
+  lse and never materialises the scores. Its lse is not differentiable, so it is used only without
+  autograd.
+- everywhere else (CUDA, autograd, any dtype): plain matmul + logsumexp + exp in float32, chunked over
+  query rows to bound memory.
+
+Masks are additive biases (0 kept, `neg` dropped) in the compute dtype, built once in `prepare`.
+A large *finite* negative value keeps rows with no kept key finite (lse ~ neg, weight 0 in the merge),
+so there is no NaN in the forward or the backward pass and no special case for empty rows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+_SCORE_BUDGET = 1 << 24  # float32 scores per chunk in the matmul backend (64 MiB)
+NEG_LSE = -1e30  # the lse of an empty part, in float32
+
+
+def neg_value(dtype: torch.dtype) -> float:
+    """The masked-out bias: -1e30, or the most negative finite value for float16."""
+    return max(torch.finfo(dtype).min, -1e30)
+
+
+def bias_from_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive bias (same shape as the boolean `keep`): 0 where kept, `neg_value` elsewhere."""
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, neg_value(dtype))
+
+
+def use_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when the CPU flash kernel may be used: a CPU tensor and no gradient to propagate."""
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return q.device.type == "cpu" and not needs_grad
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+           causal: bool = False, flash: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One partial attention with scale 1/sqrt(D).
+
+    q: (*, L, D); k, v: (*, S, D) with the same 2 leading dims (4-D); bias broadcastable to (*, L, S).
+    `causal` keeps k <= q (local indices). Returns out (*, L, D) in q's dtype and lse (*, L) in float32.
+    """
+    if flash:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            q, k, v, 0.0, causal, attn_mask=None if causal else bias)
+        return out, lse
+    return _attend_matmul(q, k, v, bias, causal)
+
+
+def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matmul backend: any device, dtype and autograd; float32 softmax, chunked over query rows."""
+    L, S = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    batch = math.prod(q.shape[:-2])
+    chunk = max(1, min(L, _SCORE_BUDGET // max(1, batch * S)))
+    kt = k.transpose(-2, -1)
+    outs, lses = [], []
+    for start in range(0, L, chunk):
+        stop = min(L, start + chunk)
+        scores = torch.matmul(q[..., start:stop, :], kt).float() * scale  # (*, rows, S)
+        if bias is not None:
+            scores = scores + (bias if bias.shape[-2] == 1 else bias[..., start:stop, :])
+        if causal:
+            rows = torch.arange(start, stop, device=q.device)[:, None]
+            scores = scores.masked_fill(torch.arange(S, device=q.device)[None, :] > rows, NEG_LSE)
+        lse = torch.logsumexp(scores, dim=-1)  # (*, rows)
+        probs = torch.exp(scores - lse.unsqueeze(-1))
+        outs.append(torch.matmul(probs.to(v.dtype), v))
+        lses.append(lse)
+    if len(outs) == 1:
+        return outs[0], lses[0]
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Softmax over the union of disjoint key sets: the lse-weighted sum of the partial outputs (float32)."""
+    lse = torch.logsumexp(torch.stack([p_lse for _, p_lse in parts]), dim=0)
+    out = None
+    for p_out, p_lse in parts:
+        term = p_out.float() * torch.exp(p_lse - lse).unsqueeze(-1)
+        out = term if out is None else out + term
+    return out
+
+
+def pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Zero-pad x (*, N, D) along the sequence dim; x itself when nothing is added."""
+    return F.pad(x, (0, 0, before, after)) if before or after else x
+
+
+@dataclass(kw_only=True)
+class Kernel:
+    """A prepared kernel for one (pattern, n, device, dtype): call it with q, k, v of shape (B, H, N, D)."""
+
+    n: int
+    executed_pairs: int  # (q, k) pairs computed per batch and head, block padding included
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        """Bytes held by the prepared tensors (masks, indices), to check they grow with nnz, not n^2."""
+        return _tensor_bytes(self)
+
+
+def _tensor_bytes(obj: object) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(x) for x in obj)
+    if hasattr(obj, "__dict__"):
+        return sum(_tensor_bytes(x) for x in vars(obj).values())
+    return 0

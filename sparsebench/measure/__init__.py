@@ -1,0 +1,1 @@
+"""Measurement primitives: timing, memory, FLOPs, accuracy. Small and pure where possible."""

@@ -1,0 +1,39 @@
+"""Accuracy: max abs error against an exact float64 reference on sampled query rows (O(rows * n) memory)."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.patterns import Pattern
+
+# Max abs error allowed per dtype, for unit-variance random q, k, v.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+
+
+def sample_rows(n: int, count: int = 64) -> torch.Tensor:
+    """Evenly spread query rows, always including the first and last (where windows are clamped)."""
+    if n <= count:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, count).round().long().unique()
+
+
+def reference_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, rows: torch.Tensor,
+                   chunk: int = 8) -> torch.Tensor:
+    """Exact float64 attention output for the given query rows: (B, H, len(rows), D)."""
+    n, scale = q.shape[-2], q.shape[-1] ** -0.5
+    k64, v64 = k.detach().double(), v.detach().double()
+    outs = []
+    for start in range(0, len(rows), chunk):
+        idx = rows[start:start + chunk].to(q.device)
+        scores = q.detach()[..., idx, :].double() @ k64.transpose(-2, -1) * scale  # (B, H, r, N)
+        mask = pattern.rows_mask(idx, n, q.device)  # (r, N)
+        scores = scores.masked_fill(~mask, float("-inf"))
+        outs.append(torch.softmax(scores, dim=-1) @ v64)
+    return torch.cat(outs, dim=-2)
+
+
+def max_abs_err(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
+                rows: torch.Tensor | None = None) -> float:
+    rows = sample_rows(q.shape[-2]) if rows is None else rows
+    ref = reference_rows(q, k, v, pattern, rows)
+    return float((out.detach()[..., rows.to(out.device), :].double() - ref).abs().max())

@@ -1,0 +1,389 @@
+"""Figures and report.md from result frames: latency, speed-up, memory and TFLOP/s per pattern, and a heatmap.
+
+Figures are plain `matplotlib.figure.Figure` objects rendered by the Agg (PNG) or SVG backend; pyplot and
+its global state are never used, so plotting works without a display.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm, to_rgb
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.results import KEY_COLUMNS
+
+matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
+
+FORMATS = ("png", "svg")
+FIGURES = ("latency", "speedup", "memory", "tflops", "heatmap")
+
+# Each implementation keeps its colour in every figure; others take the spare colours in name order.
+IMPL_COLORS = {"seed": "#d62728", "eager": "#ff7f0e", "sdpa": "#1f77b4", "flex": "#2ca02c", "structured": "#9467bd"}
+SPARE_COLORS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+# Each compared run (series) gets its own line style and point marker.
+SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+# Cases that did not run are drawn at the bottom of the panel with one marker per status.
+NOT_RUN_MARKERS = {"oom": "X", "timeout": "P", "skipped": ">", "unsupported": "x", "error": "D", "inaccurate": "*"}
+
+# The dense baseline: pattern dense, impl sdpa, same device/dtype/mode/shape/seq_len, in the same run.
+BASELINE_KEYS = ["run", "device", "dtype", "mode", "batch", "heads", "head_dim", "seq_len"]
+SHAPE = ["batch", "heads", "head_dim"]
+NUMERIC = ["batch", "heads", "head_dim", "seq_len", "density", "flops_useful", "latency_ms", "latency_iqr_ms",
+           "tflops_useful", "dense_latency_ms", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense"]
+
+
+@dataclass
+class Run:
+    """One results.csv: its rows, its meta.json ({} when missing) and its legend label."""
+
+    label: str
+    frame: pd.DataFrame
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Metric:
+    column: str
+    title: str
+    ylabel: str
+    error: str | None = None
+
+
+METRICS = {
+    "latency": Metric("latency_ms", "Latency", "latency (ms), median ± IQR/2", "latency_iqr_ms"),
+    "speedup": Metric("speedup_vs_dense", "Speed-up over dense SDPA", "speed-up over dense SDPA (×)"),
+    "memory": Metric("peak_mem_mib", "Peak memory", "peak extra memory (MiB)"),
+    "tflops": Metric("tflops_useful", "Useful throughput", "useful TFLOP/s"),
+}
+
+
+@dataclass
+class FigureSet:
+    """The rows of one (device, dtype, mode) figure set and what its figures need besides."""
+
+    name: str  # file-name stem, e.g. "cpu-float32-fwd"
+    title: str  # e.g. "cpu · float32 · fwd · B=1 H=8 D=64"
+    subtitle: str  # run metadata: device name, torch version, date
+    rows: pd.DataFrame  # with the extra columns run, series and panel
+    ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # series -> {ceiling name: TFLOP/s}
+
+
+def with_dense_ratios(frame: pd.DataFrame) -> pd.DataFrame:
+    """Fill empty speedup_vs_dense, mem_ratio_vs_dense and tflops_useful from the dense SDPA rows."""
+    base = frame[(frame["pattern"] == "dense") & (frame["impl"] == "sdpa") & (frame["status"] == "ok")]
+    base = base.drop_duplicates(BASELINE_KEYS, keep="last")[BASELINE_KEYS + ["latency_ms", "peak_mem_mib"]]
+    base = base.rename(columns={"latency_ms": "_base_ms", "peak_mem_mib": "_base_mib"})
+    out = frame.merge(base, on=BASELINE_KEYS, how="left")
+    ok = out["status"] == "ok"
+    base_mib = out["_base_mib"].where(out["_base_mib"] > 0)
+    out["speedup_vs_dense"] = out["speedup_vs_dense"].fillna((out["_base_ms"] / out["latency_ms"]).where(ok))
+    out["mem_ratio_vs_dense"] = out["mem_ratio_vs_dense"].fillna((out["peak_mem_mib"] / base_mib).where(ok))
+    out["tflops_useful"] = out["tflops_useful"].fillna((out["flops_useful"] / out["latency_ms"] / 1e9).where(ok))
+    return out.drop(columns=["_base_ms", "_base_mib"])
+
+
+def combine(runs: list[Run]) -> pd.DataFrame:
+    """All runs' attention rows in one frame with the columns run, series (a legend entry) and panel."""
+    frames = []
+    for run in runs:
+        frame = run.frame.copy()
+        if "params" not in frame.columns:
+            frame["params"] = ""
+        for col in NUMERIC:
+            frame[col] = pd.to_numeric(frame.get(col), errors="coerce")
+        frame = frame[frame["mode"] != "train"].drop_duplicates(KEY_COLUMNS, keep="last")
+        frames.append(with_dense_ratios(frame.assign(run=run.label)))
+    rows = pd.concat(frames, ignore_index=True)
+    rows["series"] = rows["run"]
+    if len(runs) > 1 and not _runs_share_a_set(rows):
+        # e.g. a CPU run against a GPU run: overlay them per mode and name each line's device and dtype
+        rows["series"] = rows["run"] + " (" + rows["device"].astype(str) + ", " + rows["dtype"].astype(str) + ")"
+    rows["panel"] = _panel_labels(rows)
+    return rows
+
+
+def _runs_share_a_set(rows: pd.DataFrame) -> bool:
+    return bool((rows.groupby(["device", "dtype", "mode"])["run"].nunique() > 1).any())
+
+
+def _panel_labels(rows: pd.DataFrame) -> pd.Series:
+    """The pattern, or pattern(params) where a pattern appears with more than one params value."""
+    ambiguous = rows.groupby("pattern")["params"].transform("nunique") > 1
+    with_params = rows["pattern"] + "(" + rows["params"].str.replace(";", ", ") + ")"
+    return rows["pattern"].where(~ambiguous, with_params)
+
+
+def figure_sets(runs: list[Run]) -> list[FigureSet]:
+    """One set per (device, dtype, mode), split further by shape (B, H, D) when a set holds several."""
+    rows = combine(runs)
+    if rows.empty:
+        raise SparsebenchError("no attention benchmark rows to plot (only `sparsebench train` rows)")
+    keys = ["mode"] if (rows["series"] != rows["run"]).any() else ["device", "dtype", "mode"]
+    metas = {run.label: run.meta for run in runs}
+    sets = []
+    for key, group in rows.groupby(keys, sort=False):
+        shapes = group.groupby(SHAPE, sort=False)
+        for shape, part in shapes:
+            parts = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
+            shape_text = "B={} H={} D={}".format(*(int(v) for v in shape))
+            name = "-".join(parts + ([shape_text.replace("=", "").replace(" ", "")] if len(shapes) > 1 else []))
+            sets.append(FigureSet(
+                name=re.sub(r"[^A-Za-z0-9_.+-]+", "_", name),
+                title=" · ".join(parts + [shape_text]),
+                subtitle=_subtitle(part, metas),
+                rows=part,
+                ceilings={s: _ceilings(metas[run], dtype) for (s, run, dtype), _ in
+                          part.groupby(["series", "run", "dtype"], sort=False)},
+            ))
+    return sets
+
+
+def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
+    """One line per run: label, device name, torch version and date, each as far as they are known."""
+    lines = []
+    for run, part in rows.groupby("run", sort=False):
+        meta = metas[run]
+        names = part["device_name"].dropna().astype(str) if "device_name" in part else pd.Series(dtype=str)
+        device = names.iloc[0] if len(names) else meta.get("device_name") or str(part["device"].iloc[0])
+        torch = meta.get("torch")
+        date = str(meta.get("date") or "")[:16].replace("T", " ")  # ISO 8601 to the minute
+        fields_ = [device] + ([f"torch {torch}"] if torch else []) + ([date] if date else [])
+        lines.append((f"{run}: " if rows["run"].nunique() > 1 else "") + " · ".join(fields_))
+    return "\n".join(lines)
+
+
+def _ceilings(meta: dict[str, Any], dtype: str) -> dict[str, float]:
+    """meta['ceilings']: {name: TFLOP/s} or {name: {dtype: TFLOP/s}}; names like 'matmul_tflops'."""
+    out = {}
+    for name, value in (meta.get("ceilings") or {}).items():
+        if isinstance(value, dict):
+            value = value.get(dtype)
+        if isinstance(value, (int, float)) and value > 0:
+            out[str(name).removesuffix("_tflops")] = float(value)
+    return out
+
+
+def impl_colors(impls: list[str]) -> dict[str, str]:
+    """The fixed colour of every implementation; unknown ones take the spare colours in name order."""
+    spare = sorted(set(impls) - set(IMPL_COLORS))
+    return {**IMPL_COLORS, **{impl: SPARE_COLORS[i % len(SPARE_COLORS)] for i, impl in enumerate(spare)}}
+
+
+def _ordered(values: pd.Series, first: tuple[str, ...] = ()) -> list[str]:
+    """Unique values in order of appearance, with `first` (where present) leading."""
+    seen = list(dict.fromkeys(values))
+    return [v for v in first if v in seen] + [v for v in seen if v not in first]
+
+
+def _panels(rows: pd.DataFrame) -> list[str]:
+    """Panel order: dense first, then the patterns in the order the results list them."""
+    return _ordered(rows.sort_values("pattern", key=lambda p: p != "dense", kind="stable")["panel"])
+
+
+def _seq_formatter(x: float, _pos: Any) -> str:
+    return f"{x / 1024:g}K" if x >= 1024 else f"{x:g}"
+
+
+def _grid(fs: FigureSet, title: str, n: int, width: float, height: float) -> tuple[Figure, list[Axes]]:
+    ncols = min(n, 3)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(width * ncols + 2.2, height * nrows + 0.9), layout="constrained", dpi=110)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel().tolist()
+    for k in range(n, len(axes)):  # drop the unused cells; the panel above one shows the x tick labels
+        axes[k].remove()
+        axes[k - ncols].xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle(f"{title} — {fs.title}\n{fs.subtitle}", fontsize=11)
+    return fig, axes[:n]
+
+
+def line_figure(fs: FigureSet, kind: str) -> Figure:
+    """One panel per pattern: `kind`'s metric against seq_len, one line per impl (and per series)."""
+    metric = METRICS[kind]
+    rows = fs.rows
+    panels = _panels(rows)
+    impls = _ordered(rows["impl"], tuple(IMPL_COLORS))
+    series = _ordered(rows["series"])
+    colors = impl_colors(impls)
+    styles = {s: SERIES_STYLES[i % len(SERIES_STYLES)] for i, s in enumerate(series)}
+    seqs = sorted(rows["seq_len"].dropna().unique())
+    # not-run markers of different (series, impl) are dodged sideways so that they do not hide each other
+    pairs = [(s, i) for s in series for i in impls]
+    dodge = {p: 2 ** ((k - (len(pairs) - 1) / 2) * 0.25 / max(len(pairs) - 1, 1)) for k, p in enumerate(pairs)}
+    fig, axes = _grid(fs, metric.title, len(panels), 3.6, 2.7)
+    statuses: set[str] = set()
+    refs: dict[str, Line2D] = {}
+    for ax, panel in zip(axes, panels):
+        prows = rows[rows["panel"] == panel]
+        for (s, impl), line in prows.groupby(["series", "impl"], sort=False):
+            line = line.sort_values("seq_len")
+            ok = line[(line["status"] == "ok") & (line[metric.column] > 0)]
+            ok = ok.set_index("seq_len").reindex(sorted(line["seq_len"]))  # NaN gaps where a case did not run
+            y = ok[metric.column]
+            yerr = None
+            if metric.error:
+                half = ok[metric.error].fillna(0) / 2
+                yerr = np.vstack([np.minimum(half, y * 0.999), half])
+            style, marker = styles[s]
+            ax.errorbar(ok.index, y, yerr=yerr, color=colors[impl], ls=style, marker=marker, ms=4, lw=1.6,
+                        capsize=2, elinewidth=1)
+            for status, missed in line[~line["status"].isin(["ok"])].groupby("status"):
+                marker_ = NOT_RUN_MARKERS.get(status, "x")
+                ax.plot(missed["seq_len"] * dodge[(s, impl)], [0.035] * len(missed), ls="none", marker=marker_,
+                        ms=6, color=colors[impl], transform=ax.get_xaxis_transform(), clip_on=False,
+                        label=f"not run: {status}")
+                statuses.add(status)
+        if kind == "speedup":
+            refs["1× (dense SDPA)"] = ax.axhline(1, color="0.35", ls="--", lw=1)
+            density = prows.groupby("seq_len")["density"].mean().dropna()
+            density = density[density > 0]
+            if len(density):
+                (refs["ideal 1/density"],) = ax.plot(density.index, 1 / density, color="black", ls=":", lw=1.6)
+        if kind == "tflops":
+            for s, ceilings in fs.ceilings.items():
+                for name, value in ceilings.items():
+                    label = f"ceiling: {name} {value:g}" + (f" ({s})" if len(fs.ceilings) > 1 else "")
+                    refs[label] = ax.axhline(value, color="0.45", lw=1.2, ls=styles[s][0])
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(seqs)
+        ax.xaxis.set_major_formatter(FuncFormatter(_seq_formatter))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}{'×' if kind == 'speedup' else ''}"))
+        ax.margins(x=0.08, y=0.18)
+        ax.tick_params(labelsize=9)
+    fig.supxlabel("sequence length (tokens)", fontsize=10)
+    fig.supylabel(metric.ylabel, fontsize=10)
+    _legend(fig, impls, colors, series, styles, refs, statuses)
+    return fig
+
+
+def _legend(fig: Figure, impls: list[str], colors: dict[str, str], series: list[str],
+            styles: dict[str, tuple[str, str]], refs: dict[str, Line2D], statuses: set[str]) -> None:
+    handles = [Line2D([], [], color=colors[i], lw=2.5, label=i) for i in impls]
+    if len(series) > 1:
+        handles += [Line2D([], [], color="0.2", ls=styles[s][0], marker=styles[s][1], label=s) for s in series]
+    handles += [Line2D([], [], color=r.get_color(), ls=r.get_linestyle(), lw=r.get_linewidth(), label=label)
+                for label, r in refs.items()]
+    handles += [Line2D([], [], color="0.3", ls="none", marker=NOT_RUN_MARKERS.get(s, "x"), ms=6,
+                       label=f"not run: {s}") for s in sorted(statuses)]
+    fig.legend(handles=handles, loc="outside right upper", fontsize=9, frameon=False)
+
+
+def best_cells(rows: pd.DataFrame) -> pd.DataFrame:
+    """The fastest ok implementation per (series, panel, seq_len), with its speed-up and memory ratio."""
+    ok = rows[(rows["status"] == "ok") & rows["latency_ms"].notna()]
+    best = ok.loc[ok.groupby(["series", "panel", "seq_len"], sort=False)["latency_ms"].idxmin()]
+    rank = {name: i for i, name in enumerate(_ordered(rows["series"]) + _panels(rows))}
+    best = best.sort_values(["series", "panel", "seq_len"], key=lambda c: c if c.name == "seq_len" else c.map(rank))
+    return best[["series", "panel", "seq_len", "impl", "latency_ms", "speedup_vs_dense", "mem_ratio_vs_dense"]]
+
+
+def heatmap_figure(fs: FigureSet) -> Figure:
+    """Speed-up of the best implementation over dense SDPA, patterns × seq lengths, one map per series."""
+    rows = fs.rows
+    panels = _panels(rows)
+    seqs = sorted(rows["seq_len"].dropna().unique())
+    series = _ordered(rows["series"])
+    best = best_cells(rows)
+    logs = np.log10(best["speedup_vs_dense"].dropna().clip(lower=1e-6))
+    limit = max(float(logs.abs().max()) if len(logs) else 0.0, math.log10(2))
+    norm = TwoSlopeNorm(vcenter=0, vmin=-limit, vmax=limit)
+    cmap = matplotlib.colormaps["RdYlGn"]
+    fig = Figure(figsize=(len(series) * (1.05 * len(seqs) + 1.6) + 1.6, 0.5 * len(panels) + 1.7),
+                 layout="constrained", dpi=110)
+    axes = fig.subplots(1, len(series), squeeze=False, sharey=True).ravel()
+    for ax, s in zip(axes, series):
+        cells = best[best["series"] == s].set_index(["panel", "seq_len"])
+        grid = np.full((len(panels), len(seqs)), np.nan)
+        for (r, panel), (c, seq) in ((rp, cs) for rp in enumerate(panels) for cs in enumerate(seqs)):
+            if (panel, seq) not in cells.index:
+                ax.text(c, r, "not run", ha="center", va="center", fontsize=7, color="0.4")
+                continue
+            cell = cells.loc[(panel, seq)]
+            speedup = cell["speedup_vs_dense"]
+            grid[r, c] = math.log10(max(speedup, 1e-6)) if pd.notna(speedup) else np.nan
+            text = f"{speedup:.2g}×\n{cell['impl']}" if pd.notna(speedup) else f"?×\n{cell['impl']}"
+            color = cmap(norm(grid[r, c])) if pd.notna(speedup) else (1, 1, 1)
+            ax.text(c, r, text, ha="center", va="center", fontsize=7.5, color=_text_color(color))
+        image = ax.imshow(grid, cmap=cmap, norm=norm, aspect="auto")
+        ax.set_facecolor("0.92")
+        ax.set_xticks(range(len(seqs)), [_seq_formatter(x, None) for x in seqs], fontsize=9)
+        ax.set_yticks(range(len(panels)), panels, fontsize=9)
+        ax.set_xlabel("sequence length (tokens)", fontsize=10)
+        if len(series) > 1:
+            ax.set_title(s, fontsize=10)
+    bar = fig.colorbar(image, ax=axes.tolist(), shrink=0.9, format=FuncFormatter(lambda v, _: f"{10 ** v:.2g}×"))
+    bar.set_label("best speed-up over dense SDPA (×)", fontsize=9)
+    fig.suptitle(f"Best speed-up over dense SDPA — {fs.title}\n{fs.subtitle}", fontsize=11)
+    return fig
+
+
+def _text_color(rgba: Any) -> str:
+    r, g, b = to_rgb(rgba)
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+
+
+FIGURE_BUILDERS: dict[str, Callable[[FigureSet], Figure]] = {
+    "latency": lambda fs: line_figure(fs, "latency"),
+    "speedup": lambda fs: line_figure(fs, "speedup"),
+    "memory": lambda fs: line_figure(fs, "memory"),
+    "tflops": lambda fs: line_figure(fs, "tflops"),
+    "heatmap": heatmap_figure,
+}
+
+
+def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
+    """report.md: each set's figures (relative links) and the fastest implementation per pattern and seq_len."""
+    lines = ["# sparsebench report", ""]
+    for fs in sets:
+        lines += [f"## {fs.title}", "", *(f"{line}  " for line in fs.subtitle.splitlines()), ""]
+        lines += [line for name in files[fs.name] for line in (f"![{name}]({name})", "")]
+        best = best_cells(fs.rows)
+        multi = best["series"].nunique() > 1
+        lines += ["| " + ("run | " if multi else "") + "pattern | seq_len | fastest impl | latency (ms) | "
+                  "speed-up vs dense SDPA | memory vs dense SDPA |",
+                  "|" + "---|" * (6 + multi)]
+        for _, b in best.iterrows():
+            lines.append("| " + (f"{b['series']} | " if multi else "") + f"{b['panel']} | {int(b['seq_len'])} | "
+                         f"{b['impl']} | {b['latency_ms']:.3g} | {_ratio(b['speedup_vs_dense'])} | "
+                         f"{_ratio(b['mem_ratio_vs_dense'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}×" if pd.notna(value) and np.isfinite(value) else "n/a"
+
+
+def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png") -> list[Path]:
+    """Write every figure set and report.md into out_dir; return the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = figure_sets(runs)
+    written: list[Path] = []
+    files: dict[str, list[str]] = {}
+    for fs in sets:
+        files[fs.name] = []
+        for kind, build in FIGURE_BUILDERS.items():
+            path = out_dir / f"{fs.name}-{kind}.{fmt}"
+            build(fs).savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+            files[fs.name].append(path.name)
+            written.append(path)
+    report = out_dir / "report.md"
+    report.write_text(report_markdown(sets, files))
+    return written + [report]

@@ -1,0 +1,70 @@
+"""One benchmark case and the dtype names the CSV uses."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from sparsebench.patterns import Pattern, get_pattern
+from sparsebench.results import format_params, parse_params
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
+MODES = ("fwd", "fwdbwd")
+
+
+@dataclass(frozen=True)
+class Case:
+    """Everything that identifies one measurement (the CSV's key columns)."""
+
+    pattern: str
+    params: str  # canonical 'k=v;k=v'
+    impl: str
+    device: str  # 'cpu', 'cuda' or 'cuda:N'
+    dtype: str
+    mode: str
+    batch: int
+    heads: int
+    seq_len: int
+    head_dim: int
+
+    def build_pattern(self) -> Pattern:
+        return get_pattern(self.pattern, **parse_params(self.params))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def device_type(self) -> str:
+        return self.device.split(":")[0]
+
+    def key(self) -> tuple:
+        """The key the CSV and the gate use (device type only, so cuda:0 and cuda:1 results compare)."""
+        return (self.pattern, self.params, self.impl, self.device_type, self.dtype, self.mode, self.batch,
+                self.heads, self.seq_len, self.head_dim)
+
+    def group(self) -> tuple:
+        """Cases of a group share inputs, a worker process and the dense baseline."""
+        return (self.device, self.dtype, self.mode, self.batch, self.heads, self.seq_len, self.head_dim)
+
+    def baseline(self) -> "Case":
+        """The dense SDPA case measured beside this one."""
+        return Case("dense", "", "sdpa", self.device, self.dtype, self.mode, self.batch, self.heads,
+                    self.seq_len, self.head_dim)
+
+    def label(self) -> str:
+        pattern = f"{self.pattern}({self.params.replace(';', ',')})" if self.params else self.pattern
+        return f"{pattern} {self.impl} n={self.seq_len} {self.dtype} {self.mode} {self.device}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def row(self) -> dict:
+        """The key columns as they go into the CSV."""
+        return {**self.to_dict(), "device": self.device_type}
+
+
+def case_params(pattern: Pattern) -> str:
+    return format_params(pattern.params)

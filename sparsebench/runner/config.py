@@ -1,0 +1,199 @@
+"""Sweep configuration: TOML files (tomllib) and CLI options, validated, then expanded into cases."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sparsebench.errors import SparsebenchError
+from sparsebench.impls import IMPLS, get_impl
+from sparsebench.patterns import PATTERNS, get_pattern, pattern_params, select_params
+from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PARAM_NAMES = sorted({name for p in PATTERNS for name in pattern_params(p)})
+
+
+@dataclass
+class SweepConfig:
+    """What to run. Lists are swept as a cross product; `impls` empty means every supporting impl."""
+
+    patterns: list[str] = field(default_factory=lambda: ["strided"])  # 'name' or 'name:k=v,k=v'
+    seq: list[int] = field(default_factory=lambda: [8192])
+    impls: list[str] = field(default_factory=list)
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    modes: list[str] = field(default_factory=lambda: ["fwd"])
+    batch: list[int] = field(default_factory=lambda: [1])
+    heads: list[int] = field(default_factory=lambda: [8])
+    head_dim: list[int] = field(default_factory=lambda: [64])
+    params: dict[str, int] = field(default_factory=dict)
+    timeout: float = 600.0  # seconds per case
+    min_run_time: float = 1.0  # seconds of timed calls per case
+    min_samples: int = 5
+    warmup: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("seq", "batch", "heads", "head_dim"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+                raise SparsebenchError(f"{name} must be positive integers, got {values!r}")
+        self.dtypes = [DTYPE_ALIASES.get(d, d) for d in self.dtypes]
+        for d in self.dtypes:
+            if d not in DTYPES:
+                raise SparsebenchError(f"unknown dtype {d!r}; choose from: {', '.join(DTYPES)}")
+        for m in self.modes:
+            if m not in MODES:
+                raise SparsebenchError(f"unknown mode {m!r}; choose from: {', '.join(MODES)}")
+        for i in self.impls:
+            get_impl(i)  # raises with the valid names
+        for key, value in self.params.items():
+            if key not in PARAM_NAMES:
+                raise SparsebenchError(f"unknown pattern parameter {key!r}; valid: {', '.join(PARAM_NAMES)}")
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SparsebenchError(f"pattern parameter {key!r} must be an integer, got {value!r}")
+        if not self.patterns:
+            raise SparsebenchError("no pattern given")
+        for spec in self.patterns:
+            parse_pattern_spec(spec, self.params)  # validates names and parameters
+        if self.timeout <= 0 or self.min_run_time <= 0 or self.min_samples < 1 or self.warmup < 0:
+            raise SparsebenchError("timeout and min_run_time must be > 0, min_samples >= 1, warmup >= 0")
+
+
+def parse_pattern_spec(spec: str, shared: dict[str, int]) -> tuple[str, dict[str, int]]:
+    """'local' or 'local:window=128' -> (name, params); shared params apply where the pattern takes them."""
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    if name not in PATTERNS:
+        raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
+    params = select_params(name, shared)
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not value.strip().lstrip("-").isdigit():
+            raise SparsebenchError(f"bad pattern parameter {item!r} in {spec!r}; write name:key=INT,key=INT")
+        params[key.strip()] = int(value)
+    get_pattern(name, **params)  # PatternError (a SparsebenchError) on bad values
+    return name, params
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a sweep TOML into SweepConfig keyword arguments; unknown keys and wrong types name the key."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise SparsebenchError(f"cannot read config {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SparsebenchError(f"invalid config {path}: {exc}") from None
+    allowed = {f.name: f for f in fields(SweepConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in allowed:
+            raise SparsebenchError(f"{path}: unknown key {key!r}; valid keys: {', '.join(allowed)}")
+        out[key] = _coerce(path, key, value, allowed[key].type)
+    return out
+
+
+def _coerce(path: Path, key: str, value: Any, type_name: str) -> Any:
+    """Check one config value against its field type; scalars are accepted where lists are expected."""
+    def bad(expected: str) -> SparsebenchError:
+        return SparsebenchError(f"{path}: key {key!r} must be {expected}, got {value!r}")
+
+    if type_name.startswith("list"):
+        items = value if isinstance(value, list) else [value]
+        item_type = int if "int" in type_name else str
+        if key == "patterns":
+            items = [_pattern_entry(path, v) for v in items]
+        if not all(isinstance(v, item_type) and not isinstance(v, bool) for v in items):
+            raise bad(f"a list of {item_type.__name__}")
+        return items
+    if type_name.startswith("dict"):
+        if not isinstance(value, dict):
+            raise bad("a table of integers")
+        return value
+    if type_name == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad("a number")
+        return float(value)
+    if type_name == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise bad("an integer")
+    return value
+
+
+def _pattern_entry(path: Path, entry: Any) -> Any:
+    """A patterns entry may be a string or an inline table {name = "local", window = 128}."""
+    if isinstance(entry, dict):
+        entry = dict(entry)
+        name = entry.pop("name", None)
+        if not isinstance(name, str):
+            raise SparsebenchError(f"{path}: a patterns table needs name = \"...\", got {entry!r}")
+        return name + (":" + ",".join(f"{k}={v}" for k, v in entry.items()) if entry else "")
+    return entry
+
+
+def resolve_devices(devices: list[str]) -> list[str]:
+    """'auto' -> cuda when available else cpu; a CUDA device that is not there is a usage error."""
+    import torch
+
+    out = []
+    for device in devices:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+            raise SparsebenchError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto")
+        if kind == "cuda":
+            if not torch.cuda.is_available():
+                raise SparsebenchError(f"--device {device}: no CUDA GPU is available on this machine")
+            if index and int(index) >= torch.cuda.device_count():
+                raise SparsebenchError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
+        if device not in out:
+            out.append(device)
+    return out
+
+
+def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """(cases to run, (case, reason) pairs that are unsupported).
+
+    Cases are ordered by group (shape), the dense SDPA baseline first in each group. Impls that the
+    user did not name explicitly are left out where unsupported rather than reported.
+    """
+    devices = resolve_devices(config.devices)
+    specs = [parse_pattern_spec(s, config.params) for s in config.patterns]
+    impl_names = config.impls or list(IMPLS)
+    run: list[Case] = []
+    unsupported: list[tuple[Case, str]] = []
+    seen: set[tuple] = set()
+    shapes = itertools.product(devices, config.dtypes, config.modes, config.batch, config.heads,
+                               sorted(config.seq), config.head_dim)
+    for device, dtype, mode, batch, heads, n, head_dim in shapes:
+        group: list[Case] = []
+        for (name, params), impl in itertools.product(specs, impl_names):
+            pattern = get_pattern(name, **params)
+            case = Case(name, case_params(pattern), impl, device, dtype, mode, batch, heads, n, head_dim)
+            if case.key() in seen:
+                continue
+            seen.add(case.key())
+            try:
+                pattern.validate(n)
+                reason = get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)
+            except SparsebenchError as exc:
+                reason = str(exc)
+            if reason is None:
+                group.append(case)
+            elif config.impls:
+                unsupported.append((case, reason))
+        if group:
+            base = group[0].baseline()
+            if base.key() not in seen:
+                seen.add(base.key())
+            group = [base] + [c for c in group if c.key() != base.key()]
+            run.extend(group)
+    return run, unsupported

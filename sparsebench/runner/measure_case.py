@@ -1,0 +1,130 @@
+"""Measure one case inside a worker process: setup, first call, accuracy, memory, latency."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from typing import Any, Callable
+
+import torch
+
+from sparsebench.impls import get_impl
+from sparsebench.measure import accuracy, flops, memory, timing
+from sparsebench.runner.cases import Case
+
+Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    """Seeded q, k, v (B, H, N, D) and, for fwdbwd, the output gradient: every impl sees the same inputs."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    needs_grad = case.mode == "fwdbwd"
+    q, k, v = (torch.randn(shape, generator=gen).to(case.device, case.torch_dtype).requires_grad_(needs_grad)
+               for _ in range(3))
+    grad_out = torch.randn(shape, generator=gen).to(case.device, case.torch_dtype) if needs_grad else None
+    return q, k, v, grad_out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _slowdown_factor(impl: str) -> float:
+    """Test-only hook: SPARSEBENCH_TEST_SLOWDOWN='impl:factor' makes that impl's calls `factor` x slower."""
+    spec = os.environ.get("SPARSEBENCH_TEST_SLOWDOWN", "")
+    name, _, factor = spec.partition(":")
+    return float(factor) if name == impl and factor else 1.0
+
+
+def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, Any]:
+    """Return the measured columns of one case's row (status ok or inaccurate)."""
+    device = torch.device(case.device)
+    impl = get_impl(case.impl)
+    pattern = case.build_pattern()
+    q, k, v, grad_out = inputs
+
+    _sync(device)
+    t0 = time.perf_counter()
+    prep = impl.prepare(pattern, case.seq_len, device, case.torch_dtype)
+    _sync(device)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+
+    def forward() -> torch.Tensor:
+        with torch.no_grad():
+            return impl.forward(q, k, v, prep)
+
+    def forward_backward() -> torch.Tensor:
+        out = impl.forward(q, k, v, prep)
+        torch.autograd.grad(out, (q, k, v), grad_out)
+        return out
+
+    call: Callable[[], torch.Tensor] = forward_backward if case.mode == "fwdbwd" else forward
+    factor = _slowdown_factor(case.impl)
+    if factor != 1.0:
+        call = _slowed(call, factor, device)
+
+    # First call: compilation, autotuning, lazy init. Reported apart, never in the latency.
+    t0 = time.perf_counter()
+    out = call()
+    _sync(device)
+    first_call_s = time.perf_counter() - t0
+
+    err = accuracy.max_abs_err(out, q, k, v, pattern)
+    tolerance = accuracy.TOLERANCE[case.torch_dtype]
+    del out
+    for _ in range(settings["warmup"]):
+        call()
+    _sync(device)
+
+    gc.collect()
+    if device.type == "cuda":
+        with memory.NvmlSampler(device.index or 0) as nvml:
+            peak_mib = memory.cuda_peak_mib(call, device)
+        nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
+        samples = timing.time_cuda(call, settings["min_run_time"], settings["min_samples"])
+    else:
+        peak_mib = memory.cpu_peak_mib(call)
+        nvml_peak = nvml_context = float("nan")
+        samples = timing.time_cpu(call, settings["min_run_time"], settings["min_samples"])
+
+    stats = timing.summarize(samples)
+    nnz = pattern.nnz(case.seq_len)
+    useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
+    return {
+        "density": nnz / float(case.seq_len) ** 2,
+        "block_density": prep.extra.get("block_density", float("nan")),
+        "nnz": nnz,
+        "flops_useful": useful,
+        "flops_executed": flops.attention_flops(prep.executed_pairs, case.batch, case.heads, case.head_dim,
+                                                case.mode),
+        **stats,
+        "n_samples": len(samples),
+        "samples": samples,
+        "tflops_useful": flops.tflops(useful, stats["latency_ms"]),
+        "peak_mem_mib": peak_mib,
+        "nvml_peak_mib": nvml_peak,
+        "nvml_context_mib": nvml_context,
+        "setup_ms": setup_ms,
+        "first_call_s": first_call_s,
+        "max_abs_err": err,
+        "tolerance": tolerance,
+        "status": "ok" if err <= tolerance else "inaccurate",
+        "error": "" if err <= tolerance else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
+    }
+
+
+def _slowed(call: Callable[[], torch.Tensor], factor: float, device: torch.device) -> Callable[[], torch.Tensor]:
+    def slowed() -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = call()
+        _sync(device)
+        # busy-wait rather than sleep: sleep granularity would blur short calls
+        end = time.perf_counter() + (factor - 1.0) * (time.perf_counter() - t0)
+        while time.perf_counter() < end:
+            pass
+        return out
+
+    return slowed

@@ -1,0 +1,58 @@
+"""Preflight: skip cases that cannot fit in free memory or finish within the timeout."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.impls import get_impl
+from sparsebench.measure.flops import attention_flops
+from sparsebench.runner.cases import Case
+
+# Conservative sustained throughput (FLOP/s) for the time estimate: far below real peaks on purpose,
+# so only hopeless cases are skipped and the per-case timeout catches the rest.
+ASSUMED_FLOPS = {"cpu": 20e9, "cuda": 20e12}
+CALLS_PER_CASE = 10  # first call, accuracy, warm-up, memory and the fewest timed samples
+MEMORY_HEADROOM = 0.8  # use at most 80% of what is free
+
+
+def free_bytes(device: str) -> int:
+    """Memory free on the device, without creating a CUDA context in this process when NVML works."""
+    if device.startswith("cuda"):
+        index = int(device.partition(":")[2] or 0)
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+        except Exception:
+            return int(torch.cuda.mem_get_info(index)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def input_bytes(case: Case) -> int:
+    elt = torch.finfo(case.torch_dtype).bits // 8
+    tensors = 8 if case.mode == "fwdbwd" else 4  # q, k, v, out (+ grad_out and three grads)
+    return tensors * case.batch * case.heads * case.seq_len * case.head_dim * elt
+
+
+def estimate(case: Case) -> tuple[int, float]:
+    """(peak bytes, seconds) this case is expected to need."""
+    impl, pattern = get_impl(case.impl), case.build_pattern()
+    args = (pattern, case.batch, case.heads, case.seq_len, case.head_dim, case.torch_dtype, case.mode)
+    need = input_bytes(case) + impl.estimate_bytes(*args)
+    pairs = impl.estimate_pairs(pattern, case.seq_len)
+    seconds = CALLS_PER_CASE * attention_flops(pairs, case.batch, case.heads, case.head_dim, case.mode) \
+        / ASSUMED_FLOPS[case.device_type]
+    return need, seconds
+
+
+def skip_reason(case: Case, timeout_s: float, free: int) -> str | None:
+    """A one-line reason to skip the case, or None to run it."""
+    need, seconds = estimate(case)
+    if need > free * MEMORY_HEADROOM:
+        return f"preflight: needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free on {case.device}"
+    if seconds > timeout_s:
+        return f"preflight: estimated ~{seconds:.0f} s, over the {timeout_s:.0f} s timeout"
+    return None

@@ -1,0 +1,62 @@
+"""Worker process: measures the cases of one group on shared inputs, one JSON line per event on stdout.
+
+Protocol (stdin: one JSON object {"cases": [...], "settings": {...}}):
+  {"event": "ready", "start_s": ...}              after imports
+  {"event": "start", "index": i}                   before case i
+  {"event": "result", "index": i, "row": {...}}    after case i
+A crash, OOM kill or timeout therefore always names the case that was running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+T0 = time.perf_counter()
+
+import torch  # noqa: E402
+
+from sparsebench.runner.cases import Case  # noqa: E402
+from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
+
+_OUT = sys.stdout
+sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
+
+
+def emit(**event: object) -> None:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in event.items()}
+    _OUT.write(json.dumps(clean) + "\n")
+    _OUT.flush()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
+
+
+def main() -> None:
+    job = json.loads(sys.stdin.read())
+    cases = [Case(**c) for c in job["cases"]]
+    settings = job["settings"]
+    emit(event="ready", start_s=time.perf_counter() - T0)
+    inputs = make_inputs(cases[0])
+    for index, case in enumerate(cases):
+        emit(event="start", index=index)
+        try:
+            row = measure(case, inputs, settings)
+        except Exception as exc:  # one failed case is a status row, never the end of the sweep
+            row = {"status": "oom" if _is_oom(exc) else "error", "error": _one_line(exc)}
+        if case.device_type == "cuda":
+            torch.cuda.empty_cache()
+        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        emit(event="result", index=index, row=row)
+
+
+if __name__ == "__main__":
+    main()

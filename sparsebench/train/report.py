@@ -1,0 +1,181 @@
+"""What `sparsebench train` writes: results.csv rows, the write-up's table (rich and markdown), the loss curves."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from sparsebench.patterns import Pattern
+from sparsebench.results import format_params, format_samples
+from sparsebench.train.loop import TrainConfig
+
+CAUSAL_NOTE = ("Every pattern is intersected with causal (k <= q) for training: the write-up's local and strided "
+               "rules are bidirectional, so unmasked they would let each byte see the bytes it has to predict "
+               "and the perplexity would mean nothing.")
+TIME_NOTE = ("Training time counts the training steps (forward, backward, optimiser), not the validation passes; "
+             "on a shared machine it varies with the load.")
+
+
+@dataclass
+class VariantRun:
+    """One trained variant: the pattern as the user named it, what was trained, and its result or error."""
+
+    name: str  # e.g. "local"
+    params: dict[str, int]  # the named pattern's parameters, e.g. {"window": 64}
+    pattern: Pattern  # the causal-intersected pattern that was trained
+    impl: str
+    result: dict[str, Any] | None = None
+    error: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return "dense&causal" if self.name == "dense" else self.pattern.label()
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None
+
+
+def dense_of(runs: list[VariantRun]) -> VariantRun | None:
+    """The dense baseline that ratios are taken against, when it ran."""
+    return next((r for r in runs if r.name == "dense" and r.ok), None)
+
+
+def _median_ms(run: VariantRun) -> float:
+    steps = run.result["step_ms"]
+    return statistics.median(steps[1:] or steps)  # the first step builds masks and warms up
+
+
+def result_rows(runs: list[VariantRun], cfg: TrainConfig, *, run_id: str, device: str, device_name: str,
+                corpus: str, corpus_bytes: int) -> list[dict[str, Any]]:
+    """One results.csv row per variant (mode "train"). FLOPs are the attention's, per step, all layers, fwd+bwd."""
+    m = cfg.model
+    dense = dense_of(runs)
+    rows = []
+    for run in runs:
+        n = m.seq_len
+        nnz = run.pattern.nnz(n)
+        # 4·B·H·D per kept pair forward (QK^T and PV); backward 2.5x forward (FlashAttention convention).
+        per_pair = 3.5 * 4 * cfg.batch * m.n_heads * m.head_dim * m.n_layers
+        row: dict[str, Any] = {
+            "run_id": run_id, "pattern": run.name, "params": format_params({**run.params, "causal": 1}),
+            "impl": run.impl, "device": device, "dtype": "float32", "mode": "train", "batch": cfg.batch,
+            "heads": m.n_heads, "seq_len": n, "head_dim": m.head_dim, "device_name": device_name,
+            "density": nnz / (n * n), "nnz": nnz, "flops_useful": per_pair * nnz,
+            "corpus": corpus, "corpus_bytes": corpus_bytes, "steps": cfg.steps,
+            "status": "ok" if run.ok else "error", "error": run.error,
+        }
+        if run.ok:
+            r = run.result
+            steps = r["step_ms"]
+            later = steps[1:] or steps
+            q = statistics.quantiles(later, n=4) if len(later) > 1 else [later[0]] * 3
+            row.update({
+                "flops_executed": per_pair * r["executed_pairs"] if r.get("executed_pairs") else None,
+                "latency_ms": _median_ms(run), "latency_iqr_ms": q[2] - q[0], "latency_min_ms": min(later),
+                "n_samples": len(later), "samples_ms": format_samples(later), "first_call_s": steps[0] / 1e3,
+                "peak_mem_mib": r["peak_mem_mib"], "val_ppl": r["val_ppl"], "train_s": r["train_s"],
+                "tokens_per_s": r["tokens_per_s"],
+            })
+            if dense is not None:
+                row.update({
+                    "dense_latency_ms": _median_ms(dense),
+                    "speedup_vs_dense": dense.result["train_s"] / r["train_s"],
+                    "mem_ratio_vs_dense": (r["peak_mem_mib"] / dense.result["peak_mem_mib"]
+                                           if dense.result["peak_mem_mib"] > 0 else None),
+                })
+        rows.append(row)
+    return rows
+
+
+HEADERS = ["Model (attention)", "impl", "Dataset", "Val perplexity (bytes)", "Training time", "Peak memory",
+           "Time vs dense", "Memory vs dense", "Perplexity vs dense"]
+
+
+def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
+    """The write-up's table, one row of strings per variant, with ratios against dense."""
+    dense = dense_of(runs)
+    rows = []
+    for run in runs:
+        if not run.ok:
+            rows.append([run.label, run.impl, dataset, "error", run.error, "", "", "", ""])
+            continue
+        r = run.result
+        cells = [run.label, run.impl, dataset, f"{r['val_ppl']:.3f}", f"{r['train_s']:.1f} s",
+                 f"{r['peak_mem_mib']:.0f} MiB"]
+        if dense is None:
+            cells += ["", "", ""]
+        else:
+            d = dense.result
+            mem = f"{r['peak_mem_mib'] / d['peak_mem_mib']:.2f}x" if d["peak_mem_mib"] > 0 else ""
+            cells += [f"{r['train_s'] / d['train_s']:.2f}x", mem, f"{100 * (r['val_ppl'] / d['val_ppl'] - 1):+.1f}%"]
+        rows.append(cells)
+    return rows
+
+
+def rich_table(runs: list[VariantRun], dataset: str, title: str) -> Table:
+    table = Table(title=title, caption=CAUSAL_NOTE, caption_justify="left")
+    for i, header in enumerate(HEADERS):
+        table.add_column(header, justify="right" if i >= 3 else "left")
+    for row in table_rows(runs, dataset):
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(runs: list[VariantRun], dataset: str, title: str) -> str:
+    lines = [f"**{title}**", "", "| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(runs, dataset)]
+    lines += ["", CAUSAL_NOTE, TIME_NOTE, ""]
+    return "\n".join(lines)
+
+
+def write_curves(path: Path, runs: list[VariantRun]) -> None:
+    """Long-format loss curves: pattern, step, train_loss (every step), val_loss (at the evaluation steps)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["pattern", "step", "train_loss", "val_loss"])
+        for run in runs:
+            if not run.ok:
+                continue
+            val = dict(run.result["curve"])
+            losses = {i + 1: loss for i, loss in enumerate(run.result["train_losses"])}
+            for step in sorted(set(val) | set(losses)):
+                writer.writerow([run.label, step, _fmt(losses.get(step)), _fmt(val.get(step))])
+
+
+def _fmt(x: float | None) -> str:
+    return "" if x is None else f"{x:.6f}"
+
+
+def loss_figure(path: Path, runs: list[VariantRun], title: str) -> None:
+    """Validation loss against step, one line per variant; the training loss (smoothed) faint behind it."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for i, run in enumerate(r for r in runs if r.ok):
+        color = f"C{i}"
+        steps, val = zip(*run.result["curve"])
+        ax.plot(steps, val, "o-", color=color, markersize=3,
+                label=f"{run.label} [{run.impl}]: val ppl {run.result['val_ppl']:.2f}")
+        ax.plot(range(1, len(run.result["train_losses"]) + 1), _ema(run.result["train_losses"]), color=color,
+                alpha=0.3, linewidth=1)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation loss (nats per byte)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title="solid: validation, faint: training (smoothed)", title_fontsize=8)
+    fig.savefig(path, dpi=120)
+
+
+def _ema(values: list[float], alpha: float = 0.1) -> list[float]:
+    out, avg = [], values[0] if values else 0.0
+    for v in values:
+        avg = alpha * v + (1 - alpha) * avg
+        out.append(avg)
+    return out

@@ -1,0 +1,279 @@
+"""`sparsebench gate` on synthetic result sets with realistic noise (15 samples, ±5% jitter)."""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from sparsebench import gate
+from sparsebench.cli import app
+from sparsebench.results import ResultWriter, format_samples
+
+# (pattern, params, impl, latency at n=1024 in ms, peak MiB); dense/sdpa is the normalisation reference
+CASES = [
+    ("dense", "", "sdpa", 10.0, 20.0),
+    ("local", "window=64", "flex", 3.0, 8.0),
+    ("local", "window=64", "structured", 2.0, 6.0),
+    ("strided", "stride=8", "structured", 4.0, 12.0),
+]
+SEQ_LENS = (1024, 2048)
+FLEX = "local(window=64)/flex/1024/float32/fwd"
+
+
+def make_rows(seed: int, scale: float = 1.0, slow: dict[str, float] | None = None,
+              change: dict[str, dict] | None = None, device: str = "cpu") -> list[dict]:
+    """One run: every case at every seq_len; `slow` multiplies the latency of named cases, `change`
+    overrides columns of named cases (names as the gate prints them)."""
+    rng = random.Random(seed)
+    slow, change = slow or {}, change or {}
+    rows = []
+    for n in SEQ_LENS:
+        dense_ms = None
+        for pattern, params, impl, ms, mib in CASES:
+            row = {"run_id": f"run{seed}", "pattern": pattern, "params": params, "impl": impl, "device": device,
+                   "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 8, "seq_len": n, "head_dim": 64,
+                   "device_name": "synthetic", "density": 0.0625 if pattern != "dense" else 1.0,
+                   "flops_executed": 4 * 8 * 64 * n * n, "peak_mem_mib": mib * n / 1024, "status": "ok"}
+            name = gate.case_name(row)
+            mean = ms * (n / 1024) ** 2 * scale * slow.get(name, 1.0)
+            samples = [mean * rng.uniform(0.95, 1.05) for _ in range(15)]
+            row["samples_ms"] = format_samples(samples)
+            row["latency_ms"] = float(pd.Series(samples).median())
+            row["n_samples"] = len(samples)
+            dense_ms = dense_ms or row["latency_ms"]
+            row["dense_latency_ms"] = dense_ms
+            row.update(change.get(name, {}))
+            rows.append(row)
+    return rows
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    with ResultWriter(path) as writer:
+        for row in rows:
+            writer.write(row)
+    return path
+
+
+def gate_run(tmp_path: Path, baseline: list[dict], current: list[dict], *args: str, env: dict | None = None):
+    base = write(tmp_path / "base" / "results.csv", baseline)
+    cur = write(tmp_path / "cur" / "results.csv", current)
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *args], env=env)
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
+
+
+def test_identical_pair_passes(tmp_path: Path) -> None:
+    rows = make_rows(0)
+    result = gate_run(tmp_path, rows, rows)
+    assert result.exit_code == 0, result.output
+    assert FLEX in result.output and "gate PASS" in result.output
+
+
+def test_independent_noisy_runs_pass(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2))
+    assert result.exit_code == 0, result.output
+    assert FLEX in result.output
+
+
+def test_one_sparse_case_slower_fails(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}))
+    assert result.exit_code == 1, result.output
+    assert re.search(rf"REGRESSION {re.escape(FLEX)}: latency/dense 1\.[45]\dx slower", result.output)
+    assert "local(window=64)/flex/2048/float32/fwd:" not in result.output  # only the slowed case
+
+
+def test_no_latency_gates_deterministic_metrics_only(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--no-latency")
+    assert result.exit_code == 0, result.output
+    assert f"WARNING {FLEX}: latency/dense" in result.output and "[latency not gated]" in result.output
+    current = make_rows(2, slow={FLEX: 1.5}, change={FLEX: {"flops_executed": 1}})
+    result = gate_run(tmp_path, make_rows(1), current, "--no-latency")
+    assert result.exit_code == 1 and f"REGRESSION {FLEX}: flops_executed" in result.output, result.output
+
+
+def test_uniformly_slower_machine_passes_normalised(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, scale=1.5))
+    assert result.exit_code == 0, result.output
+    assert FLEX in result.output
+
+
+def test_uniformly_slower_machine_fails_raw(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, scale=1.5), "--raw")
+    assert result.exit_code == 1, result.output
+    assert "REGRESSION dense/sdpa/1024/float32/fwd: latency 1.5" in result.output
+
+
+def test_more_memory_fails(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"peak_mem_mib": 8.0 * 1.2}}))
+    assert result.exit_code == 1, result.output
+    assert f"REGRESSION {FLEX}: peak memory 8.0 -> 9.6 MiB (+20.0%" in result.output
+
+
+def test_memory_within_floor_passes(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"peak_mem_mib": 8.5}}))
+    assert result.exit_code == 0, result.output  # +6% but only 0.5 MiB: below the absolute floor
+
+
+def test_changed_flops_fails(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"flops_executed": 123}}))
+    assert result.exit_code == 1, result.output
+    assert f"REGRESSION {FLEX}: flops_executed changed" in result.output
+
+
+def test_changed_density_fails(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"density": 0.07}}))
+    assert result.exit_code == 1, result.output
+    assert f"REGRESSION {FLEX}: density changed" in result.output
+
+
+def test_ok_to_oom_fails(tmp_path: Path) -> None:
+    current = make_rows(1, change={FLEX: {"status": "oom", "error": "out of memory", "latency_ms": None,
+                                          "samples_ms": ""}})
+    result = gate_run(tmp_path, make_rows(1), current)
+    assert result.exit_code == 1, result.output
+    assert f"REGRESSION {FLEX}: status ok -> oom (out of memory)" in result.output
+
+
+def test_improvement_reported_with_hint(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 0.6}))
+    assert result.exit_code == 0, result.output
+    assert f"IMPROVEMENT {FLEX}: latency/dense 1.6" in result.output
+    assert "--update-baseline" in result.output
+
+
+@pytest.mark.parametrize("content", ["", "a,b\n1,2\n", "\x00\xff garbage \x01\n"])
+def test_malformed_file_gives_2(tmp_path: Path, content: str) -> None:
+    base = write(tmp_path / "base.csv", make_rows(1))
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    for args in ([str(base), str(bad)], [str(bad), str(base)], [str(base), str(tmp_path / "missing.csv")]):
+        result = CliRunner().invoke(app, ["gate", *args])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+        assert "bad.csv" in result.stderr or "missing.csv" in result.stderr
+
+
+def test_cpu_vs_cuda_gives_3(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, device="cuda"))
+    assert result.exit_code == 3, result.output
+    assert "different devices" in result.stderr and "cpu" in result.stderr and "cuda" in result.stderr
+
+
+def test_other_schema_version_gives_3(tmp_path: Path) -> None:
+    current = [dict(row, schema_version=99) for row in make_rows(1)]
+    base = write(tmp_path / "base.csv", make_rows(1))
+    cur = tmp_path / "cur.csv"
+    pd.DataFrame(current).to_csv(cur, index=False)
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur)])
+    assert result.exit_code == 3, result.output
+    assert "schema version 99" in result.stderr
+
+
+def test_thresholds_file_overrides_per_impl(tmp_path: Path) -> None:
+    toml = tmp_path / "gate.toml"
+    toml.write_text("latency = 1.15\n[impl.flex]\nlatency = 1.6\n")
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--thresholds", str(toml))
+    assert result.exit_code == 0, result.output
+    toml.write_text("[pattern.local]\nlatency = 1.6\n[impl.flex]\nlatency = 1.2\n")  # impl wins over pattern
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--thresholds", str(toml))
+    assert result.exit_code == 1 and FLEX in result.output, result.output
+
+
+def test_example_thresholds_file_is_valid(tmp_path: Path) -> None:
+    example = Path(__file__).parents[1] / "configs" / "gate.toml"
+    result = gate_run(tmp_path, make_rows(1), make_rows(1), "--thresholds", str(example))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("content", ["latency = [", "latncy = 1.2\n", "latency = 0.9\n", "[impl.flex]\nfoo = 1\n"])
+def test_bad_thresholds_file_gives_2(tmp_path: Path, content: str) -> None:
+    toml = tmp_path / "gate.toml"
+    toml.write_text(content)
+    result = gate_run(tmp_path, make_rows(1), make_rows(1), "--thresholds", str(toml))
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1
+
+
+def test_slower_but_not_significant_only_warns() -> None:
+    """Ratio beyond the threshold, but the samples overlap: noise, not a regression."""
+    base, cur = make_rows(1), make_rows(1)
+    for rows, samples in ((base, [1.0, 5.0, 1.1, 4.8, 1.2]), (cur, [1.3, 5.1, 1.4, 4.9, 1.5])):
+        flex = next(r for r in rows if gate.case_name(r) == FLEX)
+        flex.update(samples_ms=format_samples(samples), latency_ms=samples[2], dense_latency_ms=1.0)
+    report = gate.compare(pd.DataFrame(base), pd.DataFrame(cur))
+    case = next(c for c in report.cases if c.name == FLEX)
+    assert case.ratio > 1.15 and case.p_value > 0.05
+    assert case.verdict == gate.WARNING and not report.failed
+
+
+def test_summary_and_github_step_summary(tmp_path: Path) -> None:
+    step = tmp_path / "step.md"
+    step.write_text("earlier step\n")
+    summary = tmp_path / "gate.md"
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--summary", str(summary),
+                      env={"GITHUB_STEP_SUMMARY": str(step)})
+    assert result.exit_code == 1, result.output
+    text = summary.read_text()
+    assert "regression" in text and f"`{FLEX}`" in text and "| **regression** |" in text
+    assert step.read_text() == "earlier step\n" + text
+
+
+def test_update_baseline(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--update-baseline")
+    assert result.exit_code == 0, result.output
+    assert FLEX in result.output and "baseline updated" in result.output
+    assert (tmp_path / "base" / "results.csv").read_text() == (tmp_path / "cur" / "results.csv").read_text()
+    fresh = tmp_path / "new" / "baseline.csv"  # a missing baseline is created
+    result = CliRunner().invoke(app, ["gate", str(fresh), str(tmp_path / "cur" / "results.csv"), "--update-baseline"])
+    assert result.exit_code == 0 and fresh.exists(), result.output
+
+
+def test_no_common_case_gives_3(tmp_path: Path) -> None:
+    current = [dict(row, seq_len=row["seq_len"] * 4) for row in make_rows(1)]
+    result = gate_run(tmp_path, make_rows(1), current)
+    assert result.exit_code == 3, result.output
+
+
+@pytest.mark.parametrize("reproduces, code", [(True, 1), (False, 0)])
+def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             reproduces: bool, code: int) -> None:
+    asked: list[list[dict]] = []
+
+    def rerun(cases: list[dict]) -> pd.DataFrame:
+        asked.append(cases)
+        rows = make_rows(10 + len(asked), slow={FLEX: 1.5} if reproduces else {})
+        wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
+        return pd.DataFrame([r for r in rows if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
+
+    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current: rerun)
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
+    assert result.exit_code == code, result.output
+    assert len(asked) == 3
+    assert {(c["pattern"], c["impl"], c["seq_len"]) for c in asked[0]} == {("local", "flex", 1024),
+                                                                           ("dense", "sdpa", 1024)}
+    assert asked[0][-1]["params"] == {"window": 64}
+    assert f"{FLEX}: {'confirmed' if reproduces else 'not confirmed'}: regression reproduced in " \
+           f"{3 if reproduces else 0}/3 re-runs" in result.output
+
+
+@pytest.mark.slow
+def test_confirm_runner_measures_real_cases(tmp_path: Path) -> None:
+    """The --confirm hook runs cases through sparsebench.runner with the current run's timing settings."""
+    from sparsebench.cli.gate import _runner
+    from sparsebench.results import write_meta
+
+    write_meta(tmp_path / "meta.json", {"config": {"min_run_time": 0.05, "min_samples": 5, "warmup": 1}})
+    shape = {"device": "cpu", "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 2, "seq_len": 128,
+             "head_dim": 16}
+    specs = [{"pattern": "local", "params": {"window": 16}, "impl": "sdpa", **shape},
+             {"pattern": "dense", "params": {}, "impl": "sdpa", **shape}]
+    frame = _runner(tmp_path / "results.csv")(specs)
+    assert list(frame["status"]) == ["ok", "ok"], frame.get("error")
+    local = frame[frame["pattern"] == "local"].iloc[0]
+    assert local["params"] == "window=16" and local["n_samples"] >= 5 and local["dense_latency_ms"] > 0
