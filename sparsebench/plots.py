@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import KEY_COLUMNS
@@ -38,11 +37,12 @@ SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
 # Cases that did not run are drawn at the bottom of the panel with one marker per status.
 NOT_RUN_MARKERS = {"oom": "X", "timeout": "P", "skipped": ">", "unsupported": "x", "error": "D", "inaccurate": "*"}
 
+COLORBAR_TICKS = (0.01, 0.1, 0.5, 1, 2, 10, 100)  # speed-ups labelled on the heatmap's colour bar
 # The dense baseline: pattern dense, impl sdpa, same device/dtype/mode/shape/seq_len, in the same run.
 BASELINE_KEYS = ["run", "device", "dtype", "mode", "batch", "heads", "head_dim", "seq_len"]
 SHAPE = ["batch", "heads", "head_dim"]
 NUMERIC = ["batch", "heads", "head_dim", "seq_len", "density", "flops_useful", "latency_ms", "latency_iqr_ms",
-           "tflops_useful", "dense_latency_ms", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense"]
+           "tflops_useful", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense"]
 
 
 @dataclass
@@ -56,6 +56,8 @@ class Run:
 
 @dataclass
 class Metric:
+    """A line figure's column, title, y label and (optional) error-bar column."""
+
     column: str
     title: str
     ylabel: str
@@ -103,7 +105,7 @@ def combine(runs: list[Run]) -> pd.DataFrame:
         if "params" not in frame.columns:
             frame["params"] = ""
         for col in NUMERIC:
-            frame[col] = pd.to_numeric(frame.get(col), errors="coerce")
+            frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame.columns else np.nan
         frame = frame[frame["mode"] != "train"].drop_duplicates(KEY_COLUMNS, keep="last")
         frames.append(with_dense_ratios(frame.assign(run=run.label)))
     rows = pd.concat(frames, ignore_index=True)
@@ -160,8 +162,8 @@ def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
         device = names.iloc[0] if len(names) else meta.get("device_name") or str(part["device"].iloc[0])
         torch = meta.get("torch")
         date = str(meta.get("date") or "")[:16].replace("T", " ")  # ISO 8601 to the minute
-        fields_ = [device] + ([f"torch {torch}"] if torch else []) + ([date] if date else [])
-        lines.append((f"{run}: " if rows["run"].nunique() > 1 else "") + " · ".join(fields_))
+        known = [device] + ([f"torch {torch}"] if torch else []) + ([date] if date else [])
+        lines.append((f"{run}: " if rows["run"].nunique() > 1 else "") + " · ".join(known))
     return "\n".join(lines)
 
 
@@ -191,6 +193,17 @@ def _ordered(values: pd.Series, first: tuple[str, ...] = ()) -> list[str]:
 def _panels(rows: pd.DataFrame) -> list[str]:
     """Panel order: dense first, then the patterns in the order the results list them."""
     return _ordered(rows.sort_values("pattern", key=lambda p: p != "dense", kind="stable")["panel"])
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.1, 20, 1000) with a unit suffix; minor ones where the range is short."""
+
+    def __init__(self, suffix: str = "") -> None:
+        super().__init__(labelOnlyBase=False)
+        self.suffix = suffix
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}{self.suffix}" if super().__call__(x, pos) else ""
 
 
 def _seq_formatter(x: float, _pos: Any) -> str:
@@ -239,7 +252,7 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             style, marker = styles[s]
             ax.errorbar(ok.index, y, yerr=yerr, color=colors[impl], ls=style, marker=marker, ms=4, lw=1.6,
                         capsize=2, elinewidth=1)
-            for status, missed in line[~line["status"].isin(["ok"])].groupby("status"):
+            for status, missed in line[line["status"] != "ok"].groupby("status"):
                 marker_ = NOT_RUN_MARKERS.get(status, "x")
                 ax.plot(missed["seq_len"] * dodge[(s, impl)], [0.035] * len(missed), ls="none", marker=marker_,
                         ms=6, color=colors[impl], transform=ax.get_xaxis_transform(), clip_on=False,
@@ -264,7 +277,8 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
         ax.set_xticks(seqs)
         ax.xaxis.set_major_formatter(FuncFormatter(_seq_formatter))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}{'×' if kind == 'speedup' else ''}"))
+        for formatter in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            formatter(PlainLogFormatter("×" if kind == "speedup" else ""))
         ax.margins(x=0.08, y=0.18)
         ax.tick_params(labelsize=9)
     fig.supxlabel("sequence length (tokens)", fontsize=10)
@@ -305,15 +319,18 @@ def heatmap_figure(fs: FigureSet) -> Figure:
     limit = max(float(logs.abs().max()) if len(logs) else 0.0, math.log10(2))
     norm = TwoSlopeNorm(vcenter=0, vmin=-limit, vmax=limit)
     cmap = matplotlib.colormaps["RdYlGn"]
-    fig = Figure(figsize=(len(series) * (1.05 * len(seqs) + 1.6) + 1.6, 0.5 * len(panels) + 1.7),
-                 layout="constrained", dpi=110)
+    width = max(len(series) * (1.05 * len(seqs) + 1.6) + 1.6, 7.0)  # at least the width of the title
+    fig = Figure(figsize=(width, 0.5 * len(panels) + 1.7), layout="constrained", dpi=110)
     axes = fig.subplots(1, len(series), squeeze=False, sharey=True).ravel()
     for ax, s in zip(axes, series):
         cells = best[best["series"] == s].set_index(["panel", "seq_len"])
         grid = np.full((len(panels), len(seqs)), np.nan)
         for (r, panel), (c, seq) in ((rp, cs) for rp in enumerate(panels) for cs in enumerate(seqs)):
             if (panel, seq) not in cells.index:
-                ax.text(c, r, "not run", ha="center", va="center", fontsize=7, color="0.4")
+                statuses = set(rows.loc[(rows["series"] == s) & (rows["panel"] == panel) & (rows["seq_len"] == seq),
+                                        "status"])
+                text = statuses.pop() if len(statuses) == 1 else "not run"
+                ax.text(c, r, text, ha="center", va="center", fontsize=7.5, color="0.35")
                 continue
             cell = cells.loc[(panel, seq)]
             speedup = cell["speedup_vs_dense"]
@@ -328,8 +345,9 @@ def heatmap_figure(fs: FigureSet) -> Figure:
         ax.set_xlabel("sequence length (tokens)", fontsize=10)
         if len(series) > 1:
             ax.set_title(s, fontsize=10)
-    bar = fig.colorbar(image, ax=axes.tolist(), shrink=0.9, format=FuncFormatter(lambda v, _: f"{10 ** v:.2g}×"))
-    bar.set_label("best speed-up over dense SDPA (×)", fontsize=9)
+    bar = fig.colorbar(image, ax=axes.tolist(), shrink=0.9, format=FuncFormatter(lambda v, _: f"{10 ** v:g}×"))
+    bar.set_ticks([math.log10(v) for v in COLORBAR_TICKS if abs(math.log10(v)) <= limit])
+    bar.set_label("speed-up (×)", fontsize=9)
     fig.suptitle(f"Best speed-up over dense SDPA — {fs.title}\n{fs.subtitle}", fontsize=11)
     return fig
 
@@ -339,13 +357,9 @@ def _text_color(rgba: Any) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
-FIGURE_BUILDERS: dict[str, Callable[[FigureSet], Figure]] = {
-    "latency": lambda fs: line_figure(fs, "latency"),
-    "speedup": lambda fs: line_figure(fs, "speedup"),
-    "memory": lambda fs: line_figure(fs, "memory"),
-    "tflops": lambda fs: line_figure(fs, "tflops"),
-    "heatmap": heatmap_figure,
-}
+def figure(fs: FigureSet, kind: str) -> Figure:
+    """One of FIGURES for a figure set."""
+    return heatmap_figure(fs) if kind == "heatmap" else line_figure(fs, kind)
 
 
 def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
@@ -379,9 +393,9 @@ def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png") -> list[Path]:
     files: dict[str, list[str]] = {}
     for fs in sets:
         files[fs.name] = []
-        for kind, build in FIGURE_BUILDERS.items():
+        for kind in FIGURES:
             path = out_dir / f"{fs.name}-{kind}.{fmt}"
-            build(fs).savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+            figure(fs, kind).savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
             files[fs.name].append(path.name)
             written.append(path)
     report = out_dir / "report.md"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sparsebench import plots
 from sparsebench.cli import app
-from sparsebench.results import ResultWriter, read_meta, read_results
+from sparsebench.results import REQUIRED_COLUMNS, ResultWriter, read_meta, read_results
 
 SEQ_LENS = (256, 512, 1024)
 # (pattern, params, density, impl, latency at n=256 in ms); latency grows with n², eager runs out of memory at 1024
@@ -131,6 +131,14 @@ def test_cpu_and_gpu_runs_overlay_per_mode(tmp_path):
     assert {"cpu (cpu, float32)", "gpu (cuda, float32)"} <= set(legend_labels(plots.line_figure(fs, "latency")))
 
 
+def test_a_result_with_only_the_required_columns_plots(tmp_path):
+    frame = read_results(write_run(tmp_path))[REQUIRED_COLUMNS]
+    (fs,) = plots.figure_sets([plots.Run("bare", frame)])
+    assert "Synthetic CPU" not in fs.subtitle and "cpu" in fs.subtitle  # no device_name, no meta: falls back
+    for kind in plots.FIGURES:
+        assert plots.figure(fs, kind).axes
+
+
 def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
     good = write_run(tmp_path / "run")
     other = tmp_path / "other.csv"
@@ -142,6 +150,7 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         "missing columns: device, dtype": [str(other)],
         "no result rows": [str(empty)],
         "unknown --format 'jpg'": [str(good), "--format", "jpg"],
+        "cannot write the plots": [str(good), "--out", str(good)],
     }
     for message, args in cases.items():
         result = runner.invoke(app, ["plot", *args])

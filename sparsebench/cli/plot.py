@@ -31,7 +31,10 @@ def plot_cmd(
         metas = [read_meta(path) for path in paths]
         runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
         out_dir = out or paths[0].parent / "plots"
-        written = plots.write_plots(runs, out_dir, fmt)
+        try:
+            written = plots.write_plots(runs, out_dir, fmt)
+        except OSError as exc:
+            fail(f"cannot write the plots to {out_dir}: {exc.strerror or exc}")
     for path in written:
         typer.echo(path)
     console.print(f"wrote {len(written)} files to {out_dir}", style="dim")

@@ -69,7 +69,9 @@ def run_cmd(
         write_meta(out_dir / "meta.json", meta)
         with ResultWriter(csv_path, append=resume) as writer:
             rows = _sweep(cases, unsupported, sweep, writer, dense)
-        meta["harness"] = rows.pop()
+        harness = rows.pop()
+        meta["ceilings"] = harness.pop("ceilings")
+        meta["harness"] = harness
         write_meta(out_dir / "meta.json", meta)
     _summary(rows, csv_path)
 
@@ -123,7 +125,7 @@ def _sweep(cases: list[Case], unsupported: list[tuple[Case, str]], sweep: SweepC
                           timeout_s=sweep.timeout, run_id=run_id, device_names=names, dense=dense)
         progress.update(task, description="done")
     starts = stats.worker_starts_s
-    rows.append({"wall_s": round(stats.wall_s, 2), "workers": len(starts),
+    rows.append({"ceilings": stats.ceilings, "wall_s": round(stats.wall_s, 2), "workers": len(starts),
                  "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None})
     return rows
 

@@ -30,6 +30,7 @@ class SweepStats:
 
     worker_starts_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> dtype -> value
 
 
 class _Worker:
@@ -125,7 +126,9 @@ def run_cases(cases: list[Case], settings: dict[str, Any], on_row: Callable[[Cas
                 finish(case, _status_row("skipped", reason))
             else:
                 runnable.append(case)
-        _run_group(runnable, settings, timeout_s, finish, on_start, stats)
+        # the device's matmul and copy ceilings, once per dtype
+        want = bool(runnable) and group[0].dtype not in stats.ceilings.get("matmul_tflops", {})
+        _run_group(runnable, {**settings, "ceilings": want}, timeout_s, finish, on_start, stats)
     stats.wall_s = time.perf_counter() - t_start
     return stats
 
@@ -154,6 +157,9 @@ def _run_group(pending: list[Case], settings: dict[str, Any], timeout_s: float,
                     break
                 if event["event"] == "ready":
                     stats.worker_starts_s.append(time.perf_counter() - worker.spawned)
+                elif event["event"] == "ceilings":
+                    for metric, value in event["values"].items():
+                        stats.ceilings.setdefault(metric, {})[event["dtype"]] = value
                 elif event["event"] == "start":
                     running = event["index"]
                     if on_start:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import time
 from typing import Any, Callable
 
@@ -39,8 +40,24 @@ def _slowdown_factor(impl: str) -> float:
     return float(factor) if name == impl and factor else 1.0
 
 
+def _inject_fault(impl: str) -> None:
+    """Test-only hook: SPARSEBENCH_TEST_FAULT='impl:kill|raise|oom|hang' makes that impl's case fail so."""
+    name, _, fault = os.environ.get("SPARSEBENCH_TEST_FAULT", "").partition(":")
+    if name != impl:
+        return
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    if fault == "raise":
+        raise RuntimeError("injected failure")
+    if fault == "oom":
+        raise torch.OutOfMemoryError("injected out of memory")
+    if fault == "hang":
+        time.sleep(3600)
+
+
 def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, Any]:
     """Return the measured columns of one case's row (status ok or inaccurate)."""
+    _inject_fault(case.impl)
     device = torch.device(case.device)
     impl = get_impl(case.impl)
     pattern = case.build_pattern()

@@ -2,6 +2,7 @@
 
 Protocol (stdin: one JSON object {"cases": [...], "settings": {...}}):
   {"event": "ready", "start_s": ...}              after imports
+  {"event": "ceilings", "dtype": ..., "values": {...}}   when settings["ceilings"] is set
   {"event": "start", "index": i}                   before case i
   {"event": "result", "index": i, "row": {...}}    after case i
 A crash, OOM kill or timeout therefore always names the case that was running.
@@ -45,6 +46,10 @@ def main() -> None:
     cases = [Case(**c) for c in job["cases"]]
     settings = job["settings"]
     emit(event="ready", start_s=time.perf_counter() - T0)
+    if settings.get("ceilings"):
+        from sparsebench.measure.ceilings import measure_ceilings
+
+        emit(event="ceilings", dtype=cases[0].dtype, values=measure_ceilings(cases[0].device, cases[0].torch_dtype))
     inputs = make_inputs(cases[0])
     for index, case in enumerate(cases):
         emit(event="start", index=index)

@@ -1,0 +1,101 @@
+"""Each (pattern, impl) pair supported on CPU against the float64 brute force: outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import brute_force_attention
+
+from sparsebench.errors import Unsupported
+from sparsebench.impls import IMPLS, get_impl
+from sparsebench.patterns import PATTERNS, get_pattern
+
+SHAPES = [(2, 3, 1000, 32), (2, 2, 1537, 64)]  # n not a multiple of 64 or 128; B > 1, H > 1
+# flex compiles per (pattern, n) on CPU (~5-15 s each), so it is checked on fewer cases.
+FLEX_PATTERNS = ["local", "strided", "bigbird", "longformer"]
+DENSE_IMPLS = ["seed", "eager", "sdpa"]
+
+
+def inputs(shape, dtype=torch.float32, grad=False, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen).to(dtype).requires_grad_(grad) for _ in range(3)]
+
+
+def run(impl_name, pattern, q, k, v):
+    impl = get_impl(impl_name)
+    return impl.forward(q, k, v, impl.prepare(pattern, q.shape[-2], q.device, q.dtype))
+
+
+def supported(impl_name, pattern_name, mode="fwd"):
+    return get_impl(impl_name).unsupported_reason(get_pattern(pattern_name), "cpu", torch.float32, mode) is None
+
+
+CASES = [(i, p) for i in DENSE_IMPLS for p in PATTERNS if supported(i, p)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{s[2]}d{s[3]}")
+@pytest.mark.parametrize("impl_name,pattern_name", CASES)
+def test_forward_matches_float64(impl_name, pattern_name, shape):
+    pattern = get_pattern(pattern_name)
+    q, k, v = inputs(shape)
+    expected = brute_force_attention(q, k, v, pattern.dense_mask(shape[2]))
+    out = run(impl_name, pattern, q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert (out.double() - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("impl_name,pattern_name", CASES)
+def test_gradients_match_float64(impl_name, pattern_name):
+    pattern = get_pattern(pattern_name)
+    q, k, v = inputs((2, 2, 300, 32), grad=True)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad(run(impl_name, pattern, q, k, v), (q, k, v), grad_out)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = torch.autograd.grad(brute_force_attention(q64, k64, v64, pattern.dense_mask(300)), (q64, k64, v64),
+                              grad_out.double())
+    for g, r in zip(got, ref):
+        assert (g.double() - r).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("pattern_name", FLEX_PATTERNS)
+def test_flex_forward_matches_float64(pattern_name):
+    pattern = get_pattern(pattern_name)
+    q, k, v = inputs((2, 3, 1000, 32))
+    expected = brute_force_attention(q, k, v, pattern.dense_mask(1000))
+    assert (run("flex", pattern, q, k, v).double() - expected).abs().max() <= 1e-4
+
+
+def test_flex_skips_blocks_and_reports_block_density():
+    prep = get_impl("flex").prepare(get_pattern("local"), 4096, "cpu", torch.float32)
+    assert prep.executed_pairs < 4096 * 4096 / 8
+    assert 0 < prep.extra["block_density"] < 0.1
+    strided = get_impl("flex").prepare(get_pattern("strided"), 4096, "cpu", torch.float32)
+    assert strided.extra["block_density"] == 1.0  # every 128-block holds a kept column: nothing skipped
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 3e-2), (torch.float16, 5e-3)])
+@pytest.mark.parametrize("impl_name", DENSE_IMPLS)
+def test_low_precision_forward(impl_name, dtype, tol):
+    pattern = get_pattern("local")
+    q, k, v = inputs((1, 2, 200, 64), dtype)
+    expected = brute_force_attention(q, k, v, pattern.dense_mask(200))
+    out = run(impl_name, pattern, q, k, v)
+    assert out.dtype == dtype
+    assert (out.double() - expected).abs().max() <= tol
+
+
+def test_every_impl_declares_what_it_does_not_support():
+    assert "inference only" in IMPLS["flex"].unsupported_reason(get_pattern("local"), "cpu", torch.float32, "fwdbwd")
+    assert "local" in IMPLS["seed"].unsupported_reason(get_pattern("causal"), "cpu", torch.float32, "fwd")
+    assert IMPLS["sdpa"].unsupported_reason(get_pattern("causal"), "mps", torch.float32, "fwd")
+    for impl in IMPLS.values():
+        for name in PATTERNS:
+            reason = impl.unsupported_reason(get_pattern(name), "cpu", torch.float32, "fwd")
+            assert reason is None or isinstance(reason, str)
+
+
+def test_auto_raises_unsupported_with_reason():
+    from sparsebench.api import resolve_impl
+
+    with pytest.raises(Unsupported, match="inference only"):
+        resolve_impl(get_pattern("local"), "flex", torch.device("cpu"), torch.float32, "fwdbwd")

@@ -1,0 +1,164 @@
+"""`sparsebench run`: bad input, isolation (crash, OOM kill, timeout), preflight, memory, resume, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sparsebench.cli import app
+from sparsebench.results import COLUMNS, REQUIRED_COLUMNS, parse_samples, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--min-run-time", "0.05", "--heads", "2", "--head-dim", "32"]
+
+
+def invoke(args, env=None):
+    return CliRunner().invoke(app, args, env=env)
+
+
+def run_ok(tmp_path, *args, env=None):
+    result = invoke(["run", "--out-dir", str(tmp_path), *FAST, *args], env=env)
+    assert result.exit_code == 0, result.stderr
+    return read_results(tmp_path / "results.csv")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seq", "0"], "--seq"),
+    (["--seq", "abc"], "--seq"),
+    (["--pattern", "nope"], "choose from: dense, causal, local"),
+    (["--impl", "nope"], "choose from: seed"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--device", "tpu"], "unknown device"),
+    (["--config", "/no/such/file.toml"], "cannot read config"),
+    (["--dtype", "int8"], "unknown dtype"),
+    (["--mode", "bwd"], "unknown mode"),
+    (["--pattern", "local", "--window", "0"], "window"),
+    (["--pattern", "local:window=x"], "bad pattern parameter"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    result = invoke(["run", "--out-dir", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("seq = 'x'", "'seq'"), ("sequence = [1]", "unknown key 'sequence'"), ("seq = [", "invalid config"),
+    ("[params]\nwindw = 3", "windw"), ("timeout = 'slow'", "'timeout'"),
+])
+def test_bad_config_names_the_key(text, needle, tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = invoke(["run", "--config", str(config), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2 and needle in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke(["run", "--seq", "64", "--out-dir", str(blocker / "sub")])
+    assert result.exit_code == 2 and "cannot write" in result.stderr
+
+
+def test_configs_in_repo_are_valid():
+    from sparsebench.runner.config import SweepConfig, load_config
+
+    for path in (ROOT / "configs").glob("*.toml"):
+        if path.name != "gate.toml":
+            SweepConfig(**load_config(path))
+
+
+def test_run_writes_tidy_rows_with_dense_baseline(tmp_path):
+    frame = run_ok(tmp_path, "--pattern", "local", "--pattern", "strided", "--seq", "200", "--impl", "eager")
+    assert list(frame.columns) == COLUMNS and set(REQUIRED_COLUMNS) <= set(frame.columns)
+    assert list(zip(frame.pattern, frame.impl)) == [("dense", "sdpa"), ("local", "eager"), ("strided", "eager")]
+    assert (frame.status == "ok").all()
+    local = frame[frame.pattern == "local"].iloc[0]
+    assert local.params == "window=64"
+    assert local.flops_useful == 4 * 1 * 2 * 32 * local.nnz
+    assert local.flops_executed == 4 * 1 * 2 * 32 * 200 * 200  # eager computes every pair
+    assert local.speedup_vs_dense == pytest.approx(local.dense_latency_ms / local.latency_ms)
+    assert local.max_abs_err < 1e-4
+    samples = parse_samples(local.samples_ms)
+    assert len(samples) >= 5 and min(samples) <= local.latency_ms <= max(samples)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert meta["torch"] and meta["cpu"] and meta["config"]["seq"] == [200] and meta["harness"]["workers"] == 1
+
+
+def test_explicit_unsupported_impl_is_a_row(tmp_path):
+    frame = run_ok(tmp_path, "--pattern", "causal", "--seq", "64", "--impl", "seed", "--impl", "flex",
+                   "--mode", "fwdbwd")
+    rows = frame.set_index("impl")
+    assert rows.loc["seed", "status"] == "unsupported" and "local" in rows.loc["seed", "error"]
+    assert rows.loc["flex", "status"] == "unsupported" and "inference only" in rows.loc["flex", "error"]
+
+
+@pytest.mark.parametrize("fault,status", [("kill", "oom"), ("oom", "oom"), ("raise", "error")])
+def test_a_failing_case_becomes_a_row_and_the_sweep_goes_on(fault, status, tmp_path):
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--seq", "256", "--impl", "eager",
+                   "--impl", "sdpa", env={"SPARSEBENCH_TEST_FAULT": f"eager:{fault}"})
+    by = {(r.impl, r.pattern, r.seq_len): r for r in frame.itertuples()}
+    for n in (128, 256):
+        assert by[("eager", "local", n)].status == status
+        assert by[("sdpa", "local", n)].status == "ok"  # ran after the failure, in a new worker
+        assert by[("sdpa", "dense", n)].status == "ok"
+
+
+def test_timeout_becomes_a_row(tmp_path):
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--impl", "eager", "--impl", "sdpa",
+                   "--timeout", "5", env={"SPARSEBENCH_TEST_FAULT": "eager:hang"})
+    by = frame.set_index("impl")
+    assert by.loc["eager", "status"] == "timeout"
+    assert (frame[frame.impl == "sdpa"].status == "ok").all()
+
+
+def test_preflight_skips_what_cannot_fit(tmp_path):
+    # eager at n = 131072 needs B*H*n^2*4 bytes = 128 GiB of scores: far beyond this machine.
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "131072", "--impl", "eager", "--impl", "structured",
+                   "--heads", "1", "--min-run-time", "0.05")
+    by = frame.set_index("impl")
+    assert by.loc["eager", "status"] == "skipped" and "preflight" in by.loc["eager", "error"]
+    assert by.loc["structured", "status"] == "ok"
+
+
+def test_eager_peak_memory_holds_its_score_matrix(tmp_path):
+    frame = run_ok(tmp_path, "--pattern", "causal", "--seq", "4096", "--impl", "eager", "--impl", "sdpa")
+    rows = frame.set_index(["pattern", "impl"])
+    scores_mib = 1 * 2 * 4096 * 4096 * 4 / 2**20  # B * H * n^2 * 4 bytes
+    assert rows.loc[("causal", "eager"), "peak_mem_mib"] >= scores_mib
+    assert rows.loc[("causal", "sdpa"), "peak_mem_mib"] < scores_mib / 10
+
+
+def test_resume_skips_done_cases(tmp_path):
+    run_ok(tmp_path, "--pattern", "local", "--seq", "64", "--impl", "eager")
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "64", "--seq", "96", "--impl", "eager", "--resume")
+    assert len(frame) == 4  # 2 from the first run, 2 new
+    assert not frame.duplicated(["pattern", "impl", "seq_len"]).any()
+    assert frame[(frame.seq_len == 96) & (frame.impl == "eager")].speedup_vs_dense.notna().all()
+
+
+def test_ctrl_c_keeps_finished_rows(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARSEBENCH_TEST_FAULT": "eager:hang"}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "run", "--out-dir", str(tmp_path), *FAST,
+                             "--pattern", "local", "--seq", "64", "--impl", "eager"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    csv = tmp_path / "results.csv"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not csv.exists() or len(csv.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    frame = read_results(csv)
+    assert list(frame.impl) == ["sdpa"] and frame.status.iloc[0] == "ok"  # the dense baseline survived
