@@ -35,8 +35,10 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def run(config: str, out_dir: Path, slowdown: str | None = None) -> Path:
-    """One `sparsebench run` of the config into out_dir; returns its results.csv."""
+def run(config: str, out_dir: Path, slowdown: str | None = None, reuse: bool = False) -> Path:
+    """One `sparsebench run` of the config into out_dir; returns its results.csv (--reuse: keep an old one)."""
+    if reuse and (out_dir / "results.csv").is_file():
+        return out_dir / "results.csv"
     env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -48,12 +50,15 @@ def run(config: str, out_dir: Path, slowdown: str | None = None) -> Path:
     return out_dir / "results.csv"
 
 
-def gate_pair(base: Path, cur: Path, extra: list[str]) -> dict:
-    """Gate through the CLI (the exit code CI sees) and in-process (the details)."""
+def gate_pair(base: Path, cur: Path, extra: list[str], slowdown: str | None = None) -> dict:
+    """Gate through the CLI (the exit code CI sees; with --confirm its re-runs keep the slowdown) and
+    in-process (the details, before any --confirm)."""
+    env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
     proc = subprocess.run([sys.executable, "-m", "sparsebench", "gate", str(base), str(cur), *extra],
-                          check=False, env=_env(), capture_output=True, text=True)
+                          check=False, env=env, capture_output=True, text=True)
     (cur.parent / f"gate-vs-{base.parent.name}.log").write_text(proc.stdout + proc.stderr)
-    report = gate.compare(read_results(base), read_results(cur), raw="--raw" in extra)
+    report = gate.compare(read_results(base), read_results(cur), raw="--raw" in extra,
+                          gate_latency="--no-latency" not in extra)
     ratios = [(c.ratio, c.name) for c in report.cases if c.ratio == c.ratio]
     worst = max(ratios) if ratios else (float("nan"), "")
     regressions = [(c.name, c.impl, f.metric, f.message) for c in report.cases for f in c.findings
@@ -71,16 +76,18 @@ def main() -> None:
     parser.add_argument("--slowdown", default="structured:1.3", help="impl:factor for SPARSEBENCH_TEST_SLOWDOWN")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/gate-experiments"))
     parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options, e.g. '--raw'")
+    parser.add_argument("--reuse", action="store_true", help="re-gate the runs already in OUT_DIR, run only "
+                        "the missing ones (e.g. to try other gate options on the same data)")
     args = parser.parse_args()
     extra = args.gate_args.split()
     slowed_impl = args.slowdown.split(":")[0]
     out = args.out_dir
     print(f"baseline run of {args.config}", flush=True)
-    base = run(args.config, out / "base")
+    base = run(args.config, out / "base", reuse=args.reuse)
 
     aa, aa_pairs, previous = [], [], base
     for i in range(1, args.aa + 1):
-        cur = run(args.config, out / f"aa{i:02d}")
+        cur = run(args.config, out / f"aa{i:02d}", reuse=args.reuse)
         aa.append(gate_pair(base, cur, extra))
         if previous != base:
             aa_pairs.append(gate_pair(previous, cur, extra))
@@ -91,8 +98,8 @@ def main() -> None:
 
     ab = []
     for i in range(1, args.ab + 1):
-        cur = run(args.config, out / f"ab{i:02d}", args.slowdown)
-        r = gate_pair(base, cur, extra)
+        cur = run(args.config, out / f"ab{i:02d}", args.slowdown, args.reuse)
+        r = gate_pair(base, cur, extra, args.slowdown)
         r["detected"] = r["exit"] == 1 and any(impl == slowed_impl and metric == "latency"
                                                for _, impl, metric, _ in r["regressions"])
         r["other_regressions"] = [x for x in r["regressions"] if x[1] != slowed_impl]
@@ -102,6 +109,7 @@ def main() -> None:
               f"other regressions {r['other_regressions']}", flush=True)
 
     false_alarms = sum(r["exit"] != 0 for r in aa)
+    deterministic = sum(any(x[2] != "latency" for x in r["regressions"]) for r in aa + aa_pairs)
     pair_alarms = sum(r["exit"] != 0 for r in aa_pairs)
     detected = sum(r["detected"] for r in ab)
     ab_false = sum(bool(r["other_regressions"]) for r in ab)
@@ -110,6 +118,8 @@ def main() -> None:
         (f"- A/A against the baseline run: {false_alarms}/{len(aa)} false alarms "
         f"(largest latency ratio seen {max((r['max_ratio'] for r in aa), default=float('nan')):.3f})"),
         f"- A/A between consecutive runs: {pair_alarms}/{len(aa_pairs)} false alarms",
+        (f"- A/A gates (both kinds) failing on a deterministic metric (flops, density, memory, status): "
+        f"{deterministic}/{len(aa) + len(aa_pairs)}"),
         (f"- A/B with SPARSEBENCH_TEST_SLOWDOWN={args.slowdown}: detected {detected}/{len(ab)}; "
         f"runs with a regression of another impl: {ab_false}/{len(ab)}"),
     ]

@@ -23,6 +23,9 @@ from sparsebench.results import COLUMNS, FAILED_STATUSES, KEY_COLUMNS, parse_par
 SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
 DENSE_REF = ("dense", "sdpa")  # (pattern, impl) of the dense-SDPA reference rows
 MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
+# Default absolute floor of the peak-memory check. CUDA: the allocator peak is exact. CPU: peak RSS moves
+# in 2 MiB transparent huge pages, and A/A runs differ by up to 2 MiB.
+MEM_FLOOR_MIB = {"cuda": 1.0, "cpu": 4.0}
 
 OK, IMPROVEMENT, WARNING, REGRESSION = "ok", "improvement", "warning", "regression"
 MISSING, NEW = "missing", "new"  # a case in only one of the two result sets (reported, never fails)
@@ -42,14 +45,17 @@ class Limits:
     """Thresholds for one case."""
 
     latency: float = 1.15  # current/baseline latency ratio beyond which a case is slower (or 1/x: faster)
-    peak_mem: float = 0.05  # relative tolerance on allocator peak memory
-    peak_mem_floor_mib: float = 1.0  # ... and a change below this many MiB is never flagged
+    peak_mem: float = 0.05  # relative tolerance on peak memory
+    peak_mem_floor_mib: float | None = None  # a change below this many MiB is never flagged; None: by device
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.latency) and self.latency > 1):
             raise SparsebenchError(f"latency threshold must be a ratio > 1 (e.g. 1.15), got {self.latency}")
-        if not (self.peak_mem >= 0 and self.peak_mem_floor_mib >= 0):
+        if not (self.peak_mem >= 0 and (self.peak_mem_floor_mib or 0) >= 0):
             raise SparsebenchError("peak_mem and peak_mem_floor_mib tolerances must be >= 0")
+
+    def mem_floor(self, device: str) -> float:
+        return self.peak_mem_floor_mib if self.peak_mem_floor_mib is not None else MEM_FLOOR_MIB.get(device, 4.0)
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,7 @@ class GateReport:
 
 
 def case_name(row: Any) -> str:
-    """pattern(params)/impl/seq_len/dtype/mode, e.g. local(w=64)/flex/1024/float32/fwd."""
+    """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd."""
     params = row["params"] if isinstance(row["params"], str) else ""
     pattern = f"{row['pattern']}({params.replace(';', ',')})" if params else row["pattern"]
     return f"{pattern}/{row['impl']}/{_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
@@ -247,9 +253,11 @@ def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -
 
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Thresholds = Thresholds(),
             raw: bool = False, only: Iterable[Key] | None = None, gate_latency: bool = True) -> GateReport:
-    """Compare two result frames case by case. `only`: restrict to these case keys (used by confirm).
+    """Compare two result frames case by case. `only`: restrict to these case keys (used by confirm, after
+    the full comparison checked that the sets are comparable).
     `gate_latency=False`: latency is still compared and shown, but a slower case is only a warning."""
-    check_comparable(baseline, current, raw)
+    if only is None:
+        check_comparable(baseline, current, raw)
     base_rows, cur_rows = _by_key(baseline), _by_key(current)
     keys = list(base_rows) + [k for k in cur_rows if k not in base_rows]
     if only is not None:
@@ -307,21 +315,22 @@ def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], b
         if not (b == c or (math.isnan(b) and math.isnan(c))):
             case.findings.append(Finding(metric, REGRESSION, f"{metric} changed {b:.6g} -> {c:.6g} (must match "
                                          "exactly; refresh the baseline if intended)"))
-    _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits)
+    _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits,
+                    limits.mem_floor(str(base["device"])))
     if raw or (case.pattern, case.impl) != DENSE_REF:
         base_ref = 1.0 if raw else _reference(base, base_refs)
         cur_ref = 1.0 if raw else _reference(cur, cur_refs)
         _compare_latency(case, base, cur, base_ref, cur_ref, limits.latency, thresholds.alpha, raw)
 
 
-def _compare_memory(case: CaseResult, base: float, cur: float, limits: Limits) -> None:
+def _compare_memory(case: CaseResult, base: float, cur: float, limits: Limits, floor: float) -> None:
     if math.isnan(base) or math.isnan(cur):
         if not math.isnan(base):
             case.findings.append(Finding("peak_mem_mib", WARNING, "peak memory no longer measured"))
         return
-    allowed = max(limits.peak_mem * abs(base), limits.peak_mem_floor_mib)
+    allowed = max(limits.peak_mem * abs(base), floor)
     change = f"peak memory {base:.1f} -> {cur:.1f} MiB ({_percent(cur, base)}, tolerance " \
-             f"{limits.peak_mem:.0%} or {limits.peak_mem_floor_mib:g} MiB)"
+             f"{limits.peak_mem:.0%} or {floor:g} MiB)"
     if cur - base > allowed:
         case.findings.append(Finding("peak_mem_mib", REGRESSION, change))
     elif base - cur > allowed:

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import pandas as pd
 import typer
@@ -39,7 +39,7 @@ _STYLE = {gate.REGRESSION: "bold red", gate.WARNING: "yellow", gate.IMPROVEMENT:
 
 
 def gate_cmd(
-    baseline: Annotated[Path, typer.Argument(help="Baseline results.csv (e.g. baselines/ci-cpu.csv).",
+    baseline: Annotated[Path, typer.Argument(help="Baseline results.csv (e.g. baselines/ci-cpu/results.csv).",
                                              show_default=False)],
     current: Annotated[Path, typer.Argument(help="Current results.csv to check.", show_default=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Gate raw latency (same machine only) instead of latency "
@@ -47,13 +47,13 @@ def gate_cmd(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Gate latency; --no-latency still "
                                           "shows it but fails only on flops, density, memory and status.")] = True,
     threshold: Annotated[float | None, typer.Option(
-        "--threshold", help="Latency ratio beyond which a case is slower [default: 1.15, or the TOML file].",
+        "--threshold", help="Latency ratio beyond which a case is slower (default 1.15, or the TOML file).",
         show_default=False)] = None,
     mem_tolerance: Annotated[float | None, typer.Option(
-        "--mem-tolerance", help="Relative tolerance on peak_mem_mib [default: 0.05, or the TOML file].",
+        "--mem-tolerance", help="Relative tolerance on peak_mem_mib (default 0.05, or the TOML file).",
         show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
-        "--alpha", help="Significance level of the one-sided Mann-Whitney U test [default: 0.05].",
+        "--alpha", help="Significance level of the one-sided Mann-Whitney U test (default 0.05).",
         show_default=False)] = None,
     thresholds_file: Annotated[Path | None, typer.Option(
         "--thresholds", help="TOML file of thresholds, with per-pattern and per-impl overrides "
@@ -72,22 +72,26 @@ def gate_cmd(
         thresholds = _thresholds(thresholds_file, threshold, mem_tolerance, alpha)
         try:
             _check_schema(current)
-            current_frame = read_results(current)
-            if update_baseline and not baseline.exists():
-                _update(baseline, current, "created")
-                raise typer.Exit(EXIT_OK)
+        except gate.NotComparable as exc:
+            _not_comparable(exc)
+        current_frame = read_results(current)
+        if update_baseline and not baseline.exists():
+            _update(baseline, current, "created")
+            raise typer.Exit(EXIT_OK)
+        if not baseline.is_file():
+            raise SparsebenchError(f"{baseline}: no such file (create the baseline with --update-baseline)")
+        try:
             _check_schema(baseline)
             baseline_frame = read_results(baseline)
             report = gate.compare(baseline_frame, current_frame, thresholds, raw, gate_latency=latency)
         except gate.NotComparable as exc:
-            if update_baseline and "current_frame" in locals():
-                console.print(f"not comparable ({exc}): replacing the baseline", markup=False, soft_wrap=True)
-                _update(baseline, current, "replaced")
-                raise typer.Exit(EXIT_OK) from None
-            if state["debug"]:
-                raise
-            fail(str(exc), EXIT_INCOMPARABLE)
-        if confirm and report.regressions:
+            if not update_baseline:
+                _not_comparable(exc)
+            console.print(f"not comparable ({exc}): replacing the baseline", markup=False, soft_wrap=True)
+            _update(baseline, current, "replaced")
+            raise typer.Exit(EXIT_OK) from None
+        report.notes += _environment_notes(baseline, current)
+        if confirm and report.regressions and not update_baseline:
             console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
             report = gate.confirm(report, baseline_frame, current_frame, _runner(current), confirm)
         _print(report)
@@ -100,6 +104,12 @@ def gate_cmd(
             _update(baseline, current, "updated")
             raise typer.Exit(EXIT_OK)
     raise typer.Exit(EXIT_REGRESSION if report.failed else EXIT_OK)
+
+
+def _not_comparable(exc: gate.NotComparable) -> NoReturn:
+    if state["debug"]:
+        raise exc
+    fail(str(exc), EXIT_INCOMPARABLE)
 
 
 def _thresholds(path: Path | None, latency: float | None, mem: float | None, alpha: float | None) -> gate.Thresholds:
@@ -146,13 +156,25 @@ def _runner(current: Path) -> gate.Rerun:
 
 
 def _update(baseline: Path, current: Path, how: str) -> None:
+    """Copy CURRENT over BASELINE; a baseline named results.csv gets the run's meta.json beside it too."""
+    copies = [(current, baseline)]
+    if baseline.name == "results.csv" and current.with_name("meta.json").is_file():
+        copies.append((current.with_name("meta.json"), baseline.with_name("meta.json")))
     try:
         baseline.parent.mkdir(parents=True, exist_ok=True)
-        if baseline.resolve() != current.resolve():
-            shutil.copyfile(current, baseline)
+        for src, dst in copies:
+            if src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
     except OSError as exc:
         raise SparsebenchError(f"{baseline}: cannot write the baseline ({exc.strerror})") from None
     console.print(f"baseline {how}: {baseline} (from {current})", markup=False)
+
+
+def _environment_notes(baseline: Path, current: Path) -> list[str]:
+    """What changed in the environment between the two runs (from their meta.json, when both have one)."""
+    old, new = read_meta(baseline), read_meta(current)
+    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda", "cpu", "gpus")
+            if key in old and key in new and old[key] != new[key]]
 
 
 def _write(path: Path, text: str, append: bool) -> None:

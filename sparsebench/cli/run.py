@@ -44,6 +44,9 @@ def run_cmd(
     min_run_time: Annotated[Optional[float], typer.Option("--min-run-time", min=0.01,
                                                           help="Seconds of timed calls per case.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep results.csv and skip cases already in it.")] = False,
+    gate: Annotated[Optional[Path], typer.Option("--gate", help="After the run, gate the results against this "
+                                                 "baseline CSV (as `sparsebench gate BASELINE results.csv`).")]
+    = None,
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
     summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
@@ -58,6 +61,8 @@ def run_cmd(
         params = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
                                     random_blocks, mask_seed)
         settings["params"] = {**settings.get("params", {}), **params}
+        if gate is not None and not gate.is_file():
+            raise SparsebenchError(f"--gate {gate}: no such baseline file")
         sweep = SweepConfig(**settings)
         cases, unsupported = expand(sweep)
         _check_writable(out_dir)
@@ -74,6 +79,10 @@ def run_cmd(
         meta["harness"] = harness
         write_meta(out_dir / "meta.json", meta)
     _summary(rows, csv_path)
+    if gate is not None:
+        from sparsebench.cli.gate import gate_cmd
+
+        gate_cmd(gate, csv_path)  # exits with the gate's code
 
 
 def _check_writable(out_dir: Path) -> None:
