@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import platform
-import sys
 import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import torch
 import typer
@@ -16,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sparsebench.api import resolve_impl
 from sparsebench.cli.common import console, err_console, fail, state, user_errors
+from sparsebench.environment import collect, device_name
 from sparsebench.patterns import get_pattern, select_params
 from sparsebench.results import ResultWriter, write_meta
 from sparsebench.train import data, report
@@ -26,24 +25,24 @@ DEFAULT_PATTERNS = ["dense", "local", "strided"]
 
 
 def train_cmd(
-    pattern: Annotated[Optional[list[str]], typer.Option(
+    pattern: Annotated[list[str] | None, typer.Option(
         "--pattern", "-p", help="Attention pattern to train (repeat). Default: dense, local, strided.")] = None,
     impl: Annotated[str, typer.Option(help="Attention implementation, or auto.")] = "auto",
     preset_name: Annotated[str, typer.Option(
         "--preset", help="quick: a few minutes on a 2-core CPU; paper: sized for one GPU.")] = "quick",
-    steps: Annotated[Optional[int], typer.Option(help="Training steps per variant [preset].")] = None,
-    seq: Annotated[Optional[int], typer.Option(help="Sequence length in bytes [preset].")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Sequences per step [preset].")] = None,
-    corpus: Annotated[Optional[Path], typer.Option(
+    steps: Annotated[int | None, typer.Option(help="Training steps per variant [preset].")] = None,
+    seq: Annotated[int | None, typer.Option(help="Sequence length in bytes [preset].")] = None,
+    batch: Annotated[int | None, typer.Option(help="Sequences per step [preset].")] = None,
+    corpus: Annotated[Path | None, typer.Option(
         help="UTF-8 text file to train on. Default: this Python's standard-library sources.")] = None,
-    corpus_bytes: Annotated[Optional[int], typer.Option(
+    corpus_bytes: Annotated[int | None, typer.Option(
         help="Use only the corpus's first N bytes [preset: quick 2 MB, paper 40 MB].")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and the data order.")] = 0,
     out_dir: Annotated[Path, typer.Option(help="Where results.csv, meta.json, the table and figure go.")]
     = Path("sparsebench-results/train"),
-    window: Annotated[Optional[int], typer.Option(help="local and other windowed patterns: window.")] = None,
-    stride: Annotated[Optional[int], typer.Option(help="strided: stride.")] = None,
+    window: Annotated[int | None, typer.Option(help="local and other windowed patterns: window.")] = None,
+    stride: Annotated[int | None, typer.Option(help="strided: stride.")] = None,
 ) -> None:
     """Train the same tiny byte-level transformer once per attention pattern and compare perplexity,
     training time and peak memory against dense, as in the write-up's table.
@@ -122,14 +121,8 @@ def _device(name: str) -> torch.device:
 
 
 def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or platform.machine()
-    return f"{model}, {torch.get_num_threads()} threads"
+    name = device_name(str(dev))
+    return name if dev.type == "cuda" else f"{name}, {torch.get_num_threads()} threads"
 
 
 def _size(n_bytes: int) -> str:
@@ -145,18 +138,15 @@ def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg, source: data.Corp
     with ResultWriter(out_dir / "results.csv") as writer:
         for row in rows:
             writer.write(row)
-    write_meta(out_dir / "meta.json", {
-        "command": "train", "run_id": run_id, "argv": sys.argv[1:], "preset": preset_name,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "wall_s": round(wall_s, 1),
+    write_meta(out_dir / "meta.json", collect({
+        "subcommand": "train", "run_id": run_id, "preset": preset_name, "wall_s": round(wall_s, 1),
         "config": asdict(cfg),
         "corpus": {"name": source.name, "bytes": source.n_bytes, "train_bytes": len(source.train),
                    "val_bytes": len(source.val), "sha256": source.sha256},
         "variants": [{"pattern": r.name, "trained": r.label, "impl": r.impl, "status": "ok" if r.ok else "error",
                       "n_params": r.result["n_params"] if r.ok else None} for r in runs],
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "platform": platform.platform(), "device": dev.type, "device_name": _device_name(dev)},
         "notes": [report.CAUSAL_NOTE, report.TIME_NOTE],
-    })
+    }))
     (out_dir / "table.md").write_text(report.markdown_table(runs, dataset, title))
     report.write_curves(out_dir / "curves.csv", runs)
     report.loss_figure(out_dir / "loss_curve.png", runs, title)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import math
 import multiprocessing as mp
@@ -10,8 +11,9 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -126,6 +128,30 @@ def _maxrss_kib() -> int:
     return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
 
 
+def _warm_up(cfg: TrainConfig, pattern: Pattern, impl: str, dev: torch.device) -> None:
+    """One optimiser step of a tiny model with the same pattern, impl and length (this also builds the masks)."""
+    tiny = ModelConfig(seq_len=cfg.model.seq_len, d_model=8 * cfg.model.n_heads, n_heads=cfg.model.n_heads,
+                       n_layers=1)
+    model = ByteLM(tiny, pattern, impl).to(dev)
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.zeros(1, tiny.seq_len, dtype=torch.long, device=dev)
+    model(x, x)[1].backward()
+    opt.step()
+    with torch.no_grad():
+        model(x, x)
+    del model, opt
+    gc.collect()
+    _malloc_trim()
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so that RSS peaks are not hidden by reuse."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 @torch.no_grad()
 def evaluate(model: ByteLM, val: torch.Tensor, starts: torch.Tensor, cfg: TrainConfig) -> float:
     """Mean validation cross-entropy (nats per byte) over the fixed windows."""
@@ -160,6 +186,7 @@ def train_variant(cfg: TrainConfig, pattern: Pattern, impl: str, train: bytes, v
     val_starts = eval_offsets(len(val), n, cfg.eval_windows).to(dev)
     eval_at = {round(cfg.steps * (i + 1) / cfg.n_evals) for i in range(cfg.n_evals)}
 
+    _warm_up(cfg, pattern, impl, dev)  # first-use costs (kernel code paged in, thread pools) stay out
     memory = PeakMemory(dev)
     memory.start()
     torch.manual_seed(cfg.seed)  # the same initial weights for every variant
@@ -228,7 +255,7 @@ def _worker(job: Job, out: Any) -> None:
     try:
         result = train_variant(job.cfg, job.pattern, job.impl, job.train, job.val, job.device, send)
         out.put(("done", result))
-    except Exception as exc:  # reported as the variant's error row
+    except Exception as exc:  # noqa: BLE001 - any failure becomes the variant's error row
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         out.put(("error", (f"{type(exc).__name__}: {message}", traceback.format_exc())))
 

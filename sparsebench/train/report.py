@@ -96,7 +96,7 @@ def result_rows(runs: list[VariantRun], cfg: TrainConfig, *, run_id: str, device
 
 
 HEADERS = ["Model (attention)", "impl", "Dataset", "Val perplexity (bytes)", "Training time", "Peak memory",
-           "Time vs dense", "Memory vs dense", "Perplexity vs dense"]
+           "Time / dense", "Memory / dense", "Perplexity vs dense"]
 
 
 def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
@@ -123,7 +123,7 @@ def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
 def rich_table(runs: list[VariantRun], dataset: str, title: str) -> Table:
     table = Table(title=title, caption=CAUSAL_NOTE, caption_justify="left")
     for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="right" if i >= 3 else "left")
+        table.add_column(header, justify="right" if i >= 3 else "left", no_wrap=i == 0)
     for row in table_rows(runs, dataset):
         table.add_row(*row)
     return table

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import Kernel, attend, bias_from_mask, pad_rows, use_flash
+from sparsebench.impls.structured_kernels.core import Kernel, attend, bias_from_mask, pad_rows
 
 
 def band_block(span: int) -> int:
@@ -82,11 +82,8 @@ class BandKernel(Kernel):
 
     band: Band
 
-    def __call__(self, q, k, v):
-        B, H, N, D = q.shape
-        out, _ = self.band(q.reshape(B * H, N, D), k.reshape(B * H, N, D), v.reshape(B * H, N, D),
-                           use_flash(q, k, v))
-        return out.reshape(B, H, N, D)
+    def run(self, q, k, v, flash):
+        return self.band(q, k, v, flash)[0]
 
 
 def local_kernel(pattern, n: int, device, dtype) -> BandKernel:
@@ -107,28 +104,26 @@ class DilatedKernel(Kernel):
     """dilated: k = q - j*d, j in [0, w). Within a residue class r = q mod d it is a sliding window of w.
 
     The sequence is padded to a multiple of d and split into d interleaved subsequences of length
-    n/d that run as extra batch rows. Padded keys sit at the end of each class and the band is causal,
-    so only padded queries (dropped) ever see them.
+    ceil(n/d) that run as extra batch rows. Padded keys sit at the end of each class and the band is
+    causal, so only padded queries (dropped) ever see them.
     """
 
     dilation: int
     band: Band
 
-    def __call__(self, q, k, v):
-        B, H, N, D = q.shape
+    def run(self, q, k, v, flash):
+        G, N, D = q.shape
         d, sub = self.dilation, self.band.n
 
-        def split(x: torch.Tensor) -> torch.Tensor:  # (B, H, N, D) -> (B*H*d, N/d, D)
-            x = pad_rows(x, 0, sub * d - N).view(B * H, sub, d, D)
-            return x.transpose(1, 2).reshape(B * H * d, sub, D)
+        def split(x: torch.Tensor) -> torch.Tensor:  # (G, N, D) -> (G*d, N/d, D), class r = rows r, r+d, ...
+            x = pad_rows(x, 0, sub * d - N).view(G, sub, d, D)
+            return x.transpose(1, 2).reshape(G * d, sub, D)
 
-        out, _ = self.band(split(q), split(k), split(v), use_flash(q, k, v))
-        out = out.view(B * H, d, sub, D).transpose(1, 2).reshape(B, H, sub * d, D)
-        return out[:, :, :N]
+        out = self.band(split(q), split(k), split(v), flash)[0]  # (G*d, sub, D)
+        return out.view(G, d, sub, D).transpose(1, 2).reshape(G, sub * d, D)[:, :N]
 
 
 def dilated_kernel(pattern, n: int, device, dtype) -> DilatedKernel:
     d = pattern.dilation
-    sub = -(-n // d)
-    band = Band.build(sub, 1 - pattern.window, 0, 0, device, dtype)
+    band = Band.build(-(-n // d), 1 - pattern.window, 0, 0, device, dtype)
     return DilatedKernel(n=n, executed_pairs=d * band.pairs, dilation=d, band=band)

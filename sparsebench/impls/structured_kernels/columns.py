@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import (NEG_LSE, Kernel, attend, bias_from_mask, merge, pad_rows,
-                                                       use_flash)
+from sparsebench.impls.structured_kernels.core import NEG_LSE, Kernel, attend, bias_from_mask, merge, pad_rows
 
 
 @dataclass(kw_only=True)
@@ -26,11 +25,11 @@ class StridedKernel(Kernel):
     stride: int
     self_extra: torch.Tensor  # (n,) bool: the self key is not already a column
 
-    def __call__(self, q, k, v):
+    def run(self, q, k, v, flash):
         s = self.stride
-        cols = attend(q, k[:, :, ::s], v[:, :, ::s], flash=use_flash(q, k, v))  # (B, H, N, D), (B, H, N)
+        cols = attend(q, k[:, ::s], v[:, ::s], flash=flash)  # (G, N, D), (G, N)
         # The self term is a single key per row: its score is the row-wise dot product q . k.
-        score = (q.float() * k.float()).sum(-1) / math.sqrt(q.shape[-1])  # (B, H, N)
+        score = (q.float() * k.float()).sum(-1) / math.sqrt(q.shape[-1])  # (G, N)
         self_lse = score.masked_fill(~self.self_extra, NEG_LSE)
         return merge([cols, (v, self_lse)]).to(q.dtype)
 
@@ -38,7 +37,7 @@ class StridedKernel(Kernel):
 def strided_kernel(pattern, n: int, device, dtype) -> StridedKernel:
     s = pattern.stride
     extra = torch.arange(n, device=device) % s != 0
-    return StridedKernel(n=n, executed_pairs=n * -(-n // s) + n, stride=s, self_extra=extra)
+    return StridedKernel(n=n, executed_pairs=n * -(-n // s) + n, row_copies=6, stride=s, self_extra=extra)
 
 
 @dataclass(kw_only=True)
@@ -57,32 +56,31 @@ class FixedKernel(Kernel):
     chunk_blocks: int  # query blocks per chunk of the summary part
     chunk_bias: list[torch.Tensor]  # per chunk: (rows, columns) additive bias
 
-    def __call__(self, q, k, v):
-        B, H, N, D = q.shape
+    def run(self, q, k, v, flash):
+        G, N, D = q.shape
         l, c = self.length, self.summary
         nb = -(-N // l)
-        flash = use_flash(q, k, v)
-        qp, kp, vp = (pad_rows(x, 0, nb * l - N) for x in (q, k, v))  # (B, H, nb*l, D)
+        qp, kp, vp = (pad_rows(x, 0, nb * l - N) for x in (q, k, v))  # (G, nb*l, D)
         # Own block, causal: padded keys sit after every real query of the last block, so k <= q hides them.
-        own_out, own_lse = attend(*(x.reshape(B, H * nb, l, D) for x in (qp, kp, vp)), causal=True, flash=flash)
-        own = (own_out.reshape(B, H, nb * l, D), own_lse.reshape(B, H, nb * l))
+        own_out, own_lse = attend(*(x.view(G, nb, l, D) for x in (qp, kp, vp)), causal=True, flash=flash)
+        own = (own_out.reshape(G, nb * l, D), own_lse.reshape(G, nb * l))
         if nb == 1:
-            return own[0][:, :, :N]
+            return own[0][:, :N]
         # Summary columns of blocks 0 .. nb-2 (those of the last block are only seen by its own rows).
-        ks, vs = (x.view(B, H, nb, l, D)[:, :, : nb - 1, l - c:].reshape(B, H, (nb - 1) * c, D) for x in (kp, vp))
+        ks, vs = (x.view(G, nb, l, D)[:, : nb - 1, l - c:].reshape(G, (nb - 1) * c, D) for x in (kp, vp))
         outs, lses = [], []
         for i, bias in enumerate(self.chunk_bias):
-            rows = slice(i * self.chunk_blocks * l, i * self.chunk_blocks * l + bias.shape[0])
-            cols = bias.shape[1]
+            rows, cols = bias.shape
+            start = i * self.chunk_blocks * l
             if cols == 0:  # only block 0: no earlier summary column
-                outs.append(qp.new_zeros(B, H, bias.shape[0], D))
-                lses.append(qp.new_full((B, H, bias.shape[0]), NEG_LSE, dtype=torch.float32))
+                outs.append(qp.new_zeros(G, rows, D))
+                lses.append(qp.new_full((G, rows), NEG_LSE, dtype=torch.float32))
                 continue
-            out, lse = attend(qp[:, :, rows], ks[:, :, :cols], vs[:, :, :cols], bias, flash=flash)
+            out, lse = attend(qp[:, start:start + rows], ks[:, :cols], vs[:, :cols], bias, flash=flash)
             outs.append(out)
             lses.append(lse)
-        summary = (torch.cat(outs, dim=2), torch.cat(lses, dim=2))
-        return merge([own, summary])[:, :, :N].to(q.dtype)
+        summary = (torch.cat(outs, dim=1), torch.cat(lses, dim=1))
+        return merge([own, summary])[:, :N].to(q.dtype)
 
 
 def fixed_kernel(pattern, n: int, device, dtype) -> FixedKernel:
@@ -96,4 +94,5 @@ def fixed_kernel(pattern, n: int, device, dtype) -> FixedKernel:
         col_block = torch.arange(last * c, device=device)[None, :] // c
         biases.append(bias_from_mask(col_block < q_block, dtype))  # (rows, last*c)
         pairs += (last + 1 - first) * l * last * c
-    return FixedKernel(n=n, executed_pairs=pairs, length=l, summary=c, chunk_blocks=chunk_blocks, chunk_bias=biases)
+    return FixedKernel(n=n, executed_pairs=pairs, row_copies=6, length=l, summary=c, chunk_blocks=chunk_blocks,
+                       chunk_bias=biases)

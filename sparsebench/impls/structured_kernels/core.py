@@ -1,4 +1,4 @@
-"""Shared pieces of the structured kernels: partial attention with its logsumexp, and merging partials.
+"""Shared pieces of the structured kernels: partial attention with its logsumexp, merging, the group loop.
 
 Every kernel splits a pattern into a few *parts* whose key sets are disjoint for each query (a band,
 gathered columns, a self term, ...). Each part returns its output and the logsumexp (lse) of its
@@ -11,8 +11,8 @@ Two backends compute a part:
 - everywhere else (CUDA, autograd, any dtype): plain matmul + logsumexp + exp in float32, chunked over
   query rows to bound memory.
 
-Masks are additive biases (0 kept, `neg` dropped) in the compute dtype, built once in `prepare`.
-A large *finite* negative value keeps rows with no kept key finite (lse ~ neg, weight 0 in the merge),
+Masks are additive biases (0 kept, `neg_value` dropped) in the compute dtype, built once in `prepare`.
+A large *finite* negative value keeps rows with no kept key finite (lse ~ -1e30, weight 0 in the merge),
 so there is no NaN in the forward or the backward pass and no special case for empty rows.
 """
 
@@ -24,13 +24,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-_SCORE_BUDGET = 1 << 24  # float32 scores per chunk in the matmul backend (64 MiB)
 NEG_LSE = -1e30  # the lse of an empty part, in float32
+_SCORE_BUDGET = 1 << 22  # float32 scores per chunk in the matmul backend (16 MiB)
+# Batch*head rows are processed in groups whose temporaries stay well below glibc's 32 MiB mmap
+# threshold: larger buffers are mmapped and page-faulted afresh on every call, which costs more than
+# the attention itself at n=8192 on CPU. Small groups also stay in cache.
+_GROUP_BYTES = 8 << 20
 
 
 def neg_value(dtype: torch.dtype) -> float:
     """The masked-out bias: -1e30, or the most negative finite value for float16."""
-    return max(torch.finfo(dtype).min, -1e30)
+    return max(torch.finfo(dtype).min, NEG_LSE)
 
 
 def bias_from_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -48,13 +52,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
            causal: bool = False, flash: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One partial attention with scale 1/sqrt(D).
 
-    q: (*, L, D); k, v: (*, S, D) with the same 2 leading dims (4-D); bias broadcastable to (*, L, S).
-    `causal` keeps k <= q (local indices). Returns out (*, L, D) in q's dtype and lse (*, L) in float32.
+    q: (*, L, D); k, v: (*, S, D), 3-D or 4-D; bias broadcastable to (*, L, S); `causal` keeps k <= q
+    (local indices). Returns out (*, L, D) in q's dtype and lse (*, L) in float32.
     """
+    if q.dim() == 3:  # the flash kernel wants (batch, heads, L, D) and a 2-D or 4-D mask
+        bias = bias[None] if bias is not None and bias.dim() == 3 else bias
+        out, lse = attend(q[None], k[None], v[None], bias, causal, flash)
+        return out[0], lse[0]
     if flash:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k, v, 0.0, causal, attn_mask=None if causal else bias)
-        return out, lse
     return _attend_matmul(q, k, v, bias, causal)
 
 
@@ -62,8 +69,7 @@ def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
     """Matmul backend: any device, dtype and autograd; float32 softmax, chunked over query rows."""
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    batch = math.prod(q.shape[:-2])
-    chunk = max(1, min(L, _SCORE_BUDGET // max(1, batch * S)))
+    chunk = max(1, min(L, _SCORE_BUDGET // max(1, math.prod(q.shape[:-2]) * S)))
     kt = k.transpose(-2, -1)
     outs, lses = [], []
     for start in range(0, L, chunk):
@@ -72,8 +78,8 @@ def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
         if bias is not None:
             scores = scores + (bias if bias.shape[-2] == 1 else bias[..., start:stop, :])
         if causal:
-            rows = torch.arange(start, stop, device=q.device)[:, None]
-            scores = scores.masked_fill(torch.arange(S, device=q.device)[None, :] > rows, NEG_LSE)
+            above = torch.arange(S, device=q.device)[None, :] > torch.arange(start, stop, device=q.device)[:, None]
+            scores = scores.masked_fill(above, NEG_LSE)
         lse = torch.logsumexp(scores, dim=-1)  # (*, rows)
         probs = torch.exp(scores - lse.unsqueeze(-1))
         outs.append(torch.matmul(probs.to(v.dtype), v))
@@ -100,13 +106,35 @@ def pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class Kernel:
-    """A prepared kernel for one (pattern, n, device, dtype): call it with q, k, v of shape (B, H, N, D)."""
+    """A prepared kernel for one (pattern, n, device, dtype): call it with q, k, v of shape (B, H, N, D).
+
+    Subclasses implement `run` on (G, N, D) groups of batch*head rows. Rows q < `global_rows` see every
+    key: they are one small dense SDPA, and `run` returns only the rows after them.
+    """
 
     n: int
     executed_pairs: int  # (q, k) pairs computed per batch and head, block padding included
+    global_rows: int = 0
+    row_copies: int = 4  # (N, D) float32 temporaries per batch*head row at once: sets the group size
+
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool) -> torch.Tensor:
+        """(G, N, D) -> (G, N - global_rows, D): the output of the non-global rows."""
+        raise NotImplementedError
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        B, H, N, D = q.shape
+        g = min(self.global_rows, N)
+        flash = use_flash(q, k, v)
+        q3, k3, v3 = (x.reshape(B * H, N, D) for x in (q, k, v))
+        out = q3.new_empty(B * H, N, D)  # written in slices: autograd records them (CopySlices)
+        if g:
+            out[:, :g] = F.scaled_dot_product_attention(q3[:, :g], k3, v3)
+        if g < N:
+            step = max(1, _GROUP_BYTES // (self.row_copies * N * D * 4))
+            for s in range(0, B * H, step):
+                rows = slice(s, s + step)
+                out[rows, g:] = self.run(q3[rows], k3[rows], v3[rows], flash)
+        return out.view(B, H, N, D)
 
     def state_bytes(self) -> int:
         """Bytes held by the prepared tensors (masks, indices), to check they grow with nnz, not n^2."""
