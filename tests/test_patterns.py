@@ -103,9 +103,9 @@ def test_nnz_needs_no_dense_matrix():
 
 
 def test_causal_of_intersects():
-    p = causal_of(get_pattern("local", window=8))
-    n = 40
-    assert torch.equal(p.dense_mask(n), get_pattern("local", window=8).dense_mask(n) & get_pattern("causal").dense_mask(n))
+    local = get_pattern("local", window=8)
+    p, n = causal_of(local), 40
+    assert torch.equal(p.dense_mask(n), local.dense_mask(n) & get_pattern("causal").dense_mask(n))
     assert p.nnz(n) == int(p.dense_mask(n).sum())
     assert causal_of(get_pattern("sliding_window")) == get_pattern("sliding_window")
 

@@ -7,6 +7,8 @@ import sys
 import typer
 from typer.core import TyperGroup
 
+from sparsebench.cli import common, gate, info, list_cmd, plot, run, train
+
 try:  # typer >= 0.2x vendors its own click
     from typer._click import exceptions as click_exc
 except ImportError:  # pragma: no cover - older typer uses click itself
@@ -15,7 +17,6 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 _ABORT = (typer.Abort, getattr(click_exc, "Abort", typer.Abort))
 _HELP = getattr(click_exc, "NoArgsIsHelpError", ())  # click >= 8.2: `sparsebench` alone prints the help
 
-from sparsebench.cli import common, gate, info, list_cmd, plot, run, train
 
 
 class OneLineErrors(TyperGroup):

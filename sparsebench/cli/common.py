@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, NoReturn
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 
 from sparsebench.errors import SparsebenchError
 
-# Tables and progress go to stderr; stdout is kept for data. Logs and CI are wider than 80 columns.
+# Progress and run summaries go to stderr; stdout is kept for data and for what a command is asked to show
+# (`list`, `info`). Logs and CI are wider than 80 columns.
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+stdout_console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True, style="bold red", highlight=False, soft_wrap=True)
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCOMPARABLE = 0, 1, 2, 3

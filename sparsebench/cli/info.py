@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from sparsebench import environment
-from sparsebench.cli.common import console
+from sparsebench.cli.common import stdout_console as console
 
 
 def info_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of a table.")) -> None:

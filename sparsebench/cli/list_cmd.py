@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from sparsebench.cli.common import console
+from sparsebench.cli.common import stdout_console as console
 from sparsebench.impls import IMPLS
 from sparsebench.patterns import PATTERNS, pattern_params
 

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 PARAMS_PANEL = "Pattern parameters (apply to every pattern that takes them)"
 
-Window = Annotated[Optional[int], typer.Option("--window", help="local / sliding_window / dilated / longformer window w.",
+Window = Annotated[int | None, typer.Option("--window", help="local / sliding_window / dilated / longformer window w.",
                                                rich_help_panel=PARAMS_PANEL)]
-Stride = Annotated[Optional[int], typer.Option("--stride", help="strided: stride s.", rich_help_panel=PARAMS_PANEL)]
-Dilation = Annotated[Optional[int], typer.Option("--dilation", help="dilated: dilation d.",
+Stride = Annotated[int | None, typer.Option("--stride", help="strided: stride s.", rich_help_panel=PARAMS_PANEL)]
+Dilation = Annotated[int | None, typer.Option("--dilation", help="dilated: dilation d.",
                                                  rich_help_panel=PARAMS_PANEL)]
-Length = Annotated[Optional[int], typer.Option("--length", help="fixed: block length l.", rich_help_panel=PARAMS_PANEL)]
-Summary = Annotated[Optional[int], typer.Option("--summary", help="fixed: summary columns c.",
+Length = Annotated[int | None, typer.Option("--length", help="fixed: block length l.", rich_help_panel=PARAMS_PANEL)]
+Summary = Annotated[int | None, typer.Option("--summary", help="fixed: summary columns c.",
                                                 rich_help_panel=PARAMS_PANEL)]
-GlobalTokens = Annotated[Optional[int], typer.Option("--global-tokens", help="longformer: global tokens g.",
+GlobalTokens = Annotated[int | None, typer.Option("--global-tokens", help="longformer: global tokens g.",
                                                      rich_help_panel=PARAMS_PANEL)]
-Block = Annotated[Optional[int], typer.Option("--block", help="bigbird: block size b.", rich_help_panel=PARAMS_PANEL)]
-GlobalBlocks = Annotated[Optional[int], typer.Option("--global-blocks", help="bigbird: global blocks g.",
+Block = Annotated[int | None, typer.Option("--block", help="bigbird: block size b.", rich_help_panel=PARAMS_PANEL)]
+GlobalBlocks = Annotated[int | None, typer.Option("--global-blocks", help="bigbird: global blocks g.",
                                                      rich_help_panel=PARAMS_PANEL)]
-RandomBlocks = Annotated[Optional[int], typer.Option("--random-blocks", help="bigbird: random blocks r.",
+RandomBlocks = Annotated[int | None, typer.Option("--random-blocks", help="bigbird: random blocks r.",
                                                      rich_help_panel=PARAMS_PANEL)]
-MaskSeed = Annotated[Optional[int], typer.Option("--mask-seed", help="bigbird: seed of the random blocks.",
+MaskSeed = Annotated[int | None, typer.Option("--mask-seed", help="bigbird: seed of the random blocks.",
                                                  rich_help_panel=PARAMS_PANEL)]
 
 

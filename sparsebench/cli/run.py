@@ -6,7 +6,7 @@ import dataclasses
 import math
 import uuid
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,27 +24,27 @@ STATUS_STYLE = {"ok": "green", "inaccurate": "yellow", "unsupported": "dim", "sk
 
 
 def run_cmd(
-    pattern: Annotated[Optional[list[str]], typer.Option("--pattern", "-p", help="Pattern name, or name:key=INT,... "
+    pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p", help="Pattern name, or name:key=INT,... "
                                                          "Repeatable. See `sparsebench list`.")] = None,
-    seq: Annotated[Optional[list[int]], typer.Option("--seq", "-n", min=1, help="Sequence length. Repeatable.")] = None,
-    impl: Annotated[Optional[list[str]], typer.Option("--impl", help="Implementation. Repeatable. "
+    seq: Annotated[list[int] | None, typer.Option("--seq", "-n", min=1, help="Sequence length. Repeatable.")] = None,
+    impl: Annotated[list[str] | None, typer.Option("--impl", help="Implementation. Repeatable. "
                                                       "Default: every implementation that supports the case.")] = None,
-    device: Annotated[Optional[list[str]], typer.Option("--device", help="cpu, cuda, cuda:N or auto. Repeatable.")] = None,
-    dtype: Annotated[Optional[list[str]], typer.Option("--dtype", help="float32, bfloat16, float16. Repeatable.")] = None,
-    mode: Annotated[Optional[list[str]], typer.Option("--mode", help="fwd or fwdbwd. Repeatable.")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", "-b", min=1)] = None,
-    heads: Annotated[Optional[int], typer.Option("--heads", min=1)] = None,
-    head_dim: Annotated[Optional[int], typer.Option("--head-dim", min=1)] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML sweep file (see configs/). "
+    device: Annotated[list[str] | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto. Repeatable.")] = None,
+    dtype: Annotated[list[str] | None, typer.Option("--dtype", help="float32, bfloat16, float16. Repeatable.")] = None,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="fwd or fwdbwd. Repeatable.")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", min=1)] = None,
+    heads: Annotated[int | None, typer.Option("--heads", min=1)] = None,
+    head_dim: Annotated[int | None, typer.Option("--head-dim", min=1)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML sweep file (see configs/). "
                                                    "Options given on the command line override it.")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where results.csv and meta.json go.")]
     = Path("sparsebench-results"),
-    timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Seconds per case before it is "
+    timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="Seconds per case before it is "
                                                      "killed and recorded as `timeout`.")] = None,
-    min_run_time: Annotated[Optional[float], typer.Option("--min-run-time", min=0.01,
+    min_run_time: Annotated[float | None, typer.Option("--min-run-time", min=0.01,
                                                           help="Seconds of timed calls per case.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep results.csv and skip cases already in it.")] = False,
-    gate: Annotated[Optional[Path], typer.Option("--gate", help="After the run, gate the results against this "
+    gate: Annotated[Path | None, typer.Option("--gate", help="After the run, gate the results against this "
                                                  "baseline CSV (as `sparsebench gate BASELINE results.csv`).")]
     = None,
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
