@@ -6,7 +6,7 @@ import ctypes
 import resource
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -98,7 +98,7 @@ class NvmlSampler:
             self.peak_mib = max(self.peak_mib, self._used_mib())
             time.sleep(self.interval_s)
 
-    def __enter__(self) -> "NvmlSampler":
+    def __enter__(self) -> NvmlSampler:
         if self._handle is not None:
             self.context_mib = self._used_mib()  # context, inputs and other processes before the call
             self.peak_mib = self.context_mib

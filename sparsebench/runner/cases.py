@@ -49,7 +49,7 @@ class Case:
         """Cases of a group share inputs, a worker process and the dense baseline."""
         return (self.device, self.dtype, self.mode, self.batch, self.heads, self.seq_len, self.head_dim)
 
-    def baseline(self) -> "Case":
+    def baseline(self) -> Case:
         """The dense SDPA case measured beside this one."""
         return Case("dense", "", "sdpa", self.device, self.dtype, self.mode, self.batch, self.heads,
                     self.seq_len, self.head_dim)
