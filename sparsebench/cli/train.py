@@ -8,41 +8,48 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
+import psutil
 import torch
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsebench.api import resolve_impl
+from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, err_console, fail, state, user_errors
 from sparsebench.environment import collect, device_name
-from sparsebench.patterns import get_pattern, select_params
+from sparsebench.impls import get_impl
+from sparsebench.patterns import get_pattern
 from sparsebench.results import ResultWriter, write_meta
+from sparsebench.runner.config import parse_pattern_spec
 from sparsebench.train import data, report
-from sparsebench.train.loop import PRESETS, Job, VariantFailed, preset, train_isolated, train_pattern
+from sparsebench.train.loop import PRESETS, Job, TrainConfig, VariantFailed, preset, train_isolated, train_pattern
 from sparsebench.train.report import VariantRun
 
-DEFAULT_PATTERNS = ["dense", "local", "strided"]
+DEFAULTS = ["dense", "local", "strided"]
 
 
 def train_cmd(
     pattern: Annotated[list[str] | None, typer.Option(
-        "--pattern", "-p", help="Attention pattern to train (repeat). Default: dense, local, strided.")] = None,
-    impl: Annotated[str, typer.Option(help="Attention implementation, or auto.")] = "auto",
+        "--pattern", "-p", help="Pattern name, or name:key=INT,... Repeatable. Default: dense, local, "
+        "strided.")] = None,
+    impl: Annotated[str, typer.Option("--impl", help="Attention implementation, or auto.")] = "auto",
     preset_name: Annotated[str, typer.Option(
         "--preset", help="quick: a few minutes on a 2-core CPU; paper: sized for one GPU.")] = "quick",
-    steps: Annotated[int | None, typer.Option(help="Training steps per variant [preset].")] = None,
-    seq: Annotated[int | None, typer.Option(help="Sequence length in bytes [preset].")] = None,
-    batch: Annotated[int | None, typer.Option(help="Sequences per step [preset].")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Steps per variant (default: from --preset)")] = None,
+    seq: Annotated[int | None, typer.Option("--seq", "-n", help="Bytes per sequence (default: from --preset)")] = None,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", help="Sequences per step (default: from --preset)")]
+    = None,
     corpus: Annotated[Path | None, typer.Option(
-        help="UTF-8 text file to train on. Default: this Python's standard-library sources.")] = None,
+        "--corpus", help="UTF-8 text file to train on. Default: this Python's standard-library sources.")] = None,
     corpus_bytes: Annotated[int | None, typer.Option(
-        help="Use only the corpus's first N bytes [preset: quick 2 MB, paper 40 MB].")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the initial weights and the data order.")] = 0,
-    out_dir: Annotated[Path, typer.Option(help="Where results.csv, meta.json, the table and figure go.")]
-    = Path("sparsebench-results/train"),
-    window: Annotated[int | None, typer.Option(help="local and other windowed patterns: window.")] = None,
-    stride: Annotated[int | None, typer.Option(help="strided: stride.")] = None,
+        "--corpus-bytes", help="Use only the corpus's first N bytes (quick 2 MB, paper 40 MB).")] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the data order.")] = 0,
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where results.csv, meta.json, the table and "
+                                          "the figure go.")] = Path("sparsebench-results/train"),
+    window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
+    summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
+    global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
 ) -> None:
     """Train the same tiny byte-level transformer once per attention pattern and compare perplexity,
     training time and peak memory against dense, as in the write-up's table.
@@ -57,28 +64,53 @@ def train_cmd(
                 fail(f"{flag} must be >= 1, got {value}")
         dev = _device(device)
         cfg = preset(preset_name, steps=steps, seq_len=seq, batch=batch, corpus_bytes=corpus_bytes, seed=seed)
-        n = cfg.model.seq_len
-
-        runs = []
-        for name in dict.fromkeys(pattern or DEFAULT_PATTERNS):
-            get_pattern(name)  # an unknown name is a one-line error
-            params = select_params(name, {"window": window, "stride": stride})
-            named = get_pattern(name, **params)
-            named.validate(n)
-            trained = train_pattern(name, **params)
-            chosen = resolve_impl(trained, impl, dev, torch.float32, "fwdbwd")
-            runs.append(VariantRun(name, named.params, trained, chosen))
-
+        shared = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
+                                    random_blocks, mask_seed)
+        runs = [_variant(spec, shared, impl, cfg, dev) for spec in dict.fromkeys(pattern or DEFAULTS)]
         source = data.file_corpus(corpus, cfg.corpus_bytes) if corpus else data.stdlib_corpus(cfg.corpus_bytes)
-        source.check(n)
+        source.check(cfg.model.seq_len)
 
-    dataset = f"{source.name} ({_size(source.n_bytes)})"
-    console.print(f"[bold]sparsebench train[/] preset {preset_name}: {cfg.model.n_layers} layers, "
-                  f"d_model {cfg.model.d_model}, {cfg.model.n_heads} heads, seq {n}, batch {cfg.batch}, "
-                  f"{cfg.steps} steps, on {dev}; corpus {dataset}, 90% train / 10% validation")
-    console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
+        dataset = f"{source.name} ({_size(source.n_bytes)})"
+        m = cfg.model
+        console.print(f"[bold]sparsebench train[/] --preset {preset_name}: {m.n_layers} layers, d_model {m.d_model}, "
+                      f"{m.n_heads} heads, seq {m.seq_len}, batch {cfg.batch}, {cfg.steps} steps on {dev}; "
+                      f"corpus {dataset}, 90% train / 10% validation")
+        console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
+        started = time.time()
+        _train_all(runs, cfg, source, dev)
 
-    started = time.time()
+        heading = f"sparsebench train --preset {preset_name}: {cfg.steps} steps x {cfg.batch} x {m.seq_len} bytes"
+        setup = f"{m.n_layers} layers, d_model {m.d_model}, {dev} ({_device_name(dev)})"
+        _write_outputs(out_dir, runs, cfg, source, dev, dataset, (heading, setup), preset_name,
+                       time.time() - started)
+        console.print(report.rich_table(runs, dataset, f"{heading}, {setup}"))
+        console.print(report.TIME_NOTE, highlight=False)
+        console.print(f"wrote {out_dir}/: results.csv, meta.json, table.md, curves.csv, loss_curve.png",
+                      highlight=False)
+    if not all(run.ok for run in runs):
+        raise typer.Exit(1)
+
+
+def _variant(spec: str, shared: dict[str, int], impl: str, cfg: TrainConfig, dev: torch.device) -> VariantRun:
+    """Check one --pattern, pick its implementation and check that it fits in memory, before any training."""
+    m = cfg.model
+    name, params = parse_pattern_spec(spec, shared)
+    named = get_pattern(name, **params)
+    named.validate(m.seq_len)
+    trained = train_pattern(name, **params)
+    run = VariantRun(name, named.params, trained, resolve_impl(trained, impl, dev, torch.float32, "fwdbwd"))
+    # Rough: the implementation's own estimate per layer, plus a float (n, n) mask, kept for the backward pass.
+    need = m.n_layers * (get_impl(run.impl).estimate_bytes(trained, cfg.batch, m.n_heads, m.seq_len, m.head_dim,
+                                                           torch.float32, "fwdbwd") + 4 * m.seq_len**2)
+    free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else psutil.virtual_memory().available
+    if need > free:
+        fail(f"{run.label} at --seq {m.seq_len}, --batch {cfg.batch} needs about {need / 2**30:.1f} GiB for "
+             f"attention alone but {free / 2**30:.1f} GiB is free; lower --seq or --batch")
+    return run
+
+
+def _train_all(runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device) -> None:
+    """Each variant in its own worker process, with a progress bar; failures become error rows."""
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console) as progress:
@@ -91,30 +123,21 @@ def train_cmd(
                 else:
                     progress.update(task, val=f"{loss:.3f}")
 
-            job = Job(cfg, run.pattern, run.impl, source.train, source.val, str(dev))
             try:
-                run.result = train_isolated(job, on_event)
+                run.result = train_isolated(Job(cfg, run.pattern, run.impl, source.train, source.val, str(dev)),
+                                            on_event)
             except VariantFailed as exc:
                 run.error = str(exc)
                 err_console.print(f"{run.label}: {exc}", markup=False)
                 if exc.detail and state["debug"]:
                     console.print(exc.detail, markup=False, highlight=False)
 
-    title = (f"sparsebench train --preset {preset_name}: {cfg.steps} steps x {cfg.batch} x {n} bytes, "
-             f"{cfg.model.n_layers} layers, d_model {cfg.model.d_model}, {dev} ({_device_name(dev)})")
-    _write_outputs(out_dir, runs, cfg, source, dev, dataset, title, preset_name, time.time() - started)
-    console.print(report.rich_table(runs, dataset, title))
-    console.print(report.TIME_NOTE, highlight=False)
-    console.print(f"wrote {out_dir}/results.csv, meta.json, table.md, curves.csv, loss_curve.png", highlight=False)
-    if not all(run.ok for run in runs):
-        raise typer.Exit(1)
-
 
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        fail(f"unknown device {name!r}; choose from: cpu, cuda, auto")
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        fail(f"unknown device {name!r}; choose from: cpu, cuda, cuda:N, auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         fail("--device cuda but CUDA is not available; use --device cpu")
     return torch.device(name)
@@ -122,15 +145,16 @@ def _device(name: str) -> torch.device:
 
 def _device_name(dev: torch.device) -> str:
     name = device_name(str(dev))
-    return name if dev.type == "cuda" else f"{name}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return name if dev.type == "cuda" else f"{name}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def _size(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 100_000 else f"{n_bytes / 1e3:.1f} kB"
 
 
-def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg, source: data.Corpus, dev: torch.device,
-                   dataset: str, title: str, preset_name: str, wall_s: float) -> None:
+def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device,
+                   dataset: str, title: tuple[str, str], preset_name: str, wall_s: float) -> None:
     run_id = f"train-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = report.result_rows(runs, cfg, run_id=run_id, device=dev.type, device_name=_device_name(dev),
@@ -147,6 +171,6 @@ def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg, source: data.Corp
                       "n_params": r.result["n_params"] if r.ok else None} for r in runs],
         "notes": [report.CAUSAL_NOTE, report.TIME_NOTE],
     }))
-    (out_dir / "table.md").write_text(report.markdown_table(runs, dataset, title))
+    (out_dir / "table.md").write_text(report.markdown_table(runs, dataset, ", ".join(title)))
     report.write_curves(out_dir / "curves.csv", runs)
-    report.loss_figure(out_dir / "loss_curve.png", runs, title)
+    report.loss_figure(out_dir / "loss_curve.png", runs, "\n".join(title))

@@ -47,5 +47,9 @@ class CausalOf(Pattern):
 
 
 def causal_of(pattern: Pattern) -> Pattern:
-    """The pattern intersected with k <= q (itself when its rule is already causal)."""
+    """The pattern intersected with k <= q (itself when its rule is already causal; dense gives causal)."""
+    if pattern.name == "dense":
+        from sparsebench.patterns.dense import Causal
+
+        return Causal()  # the same mask, and the kernels' fast causal path
     return pattern if pattern.causal_rule else CausalOf(inner=pattern)

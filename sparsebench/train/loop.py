@@ -47,10 +47,10 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
-    # ~1 min per variant on a 2-core CPU (measured: docs/train/).
+    # About 1 min per variant on a 2-core CPU, 3 min for dense, local and strided (measured: docs/train/).
     "quick": TrainConfig(),
-    # Sized for one GPU: 25M parameters, 1024-byte context, the whole standard library (~31 MB).
-    "paper": TrainConfig(model=ModelConfig(seq_len=1024, d_model=512, n_heads=8, n_layers=8), steps=5000,
+    # Sized for one GPU: 26M parameters, 1024-byte context, the whole standard library (~31 MB), ~3.5 epochs.
+    "paper": TrainConfig(model=ModelConfig(seq_len=1024, d_model=512, n_heads=8, n_layers=8), steps=3000,
                          batch=32, lr=6e-4, warmup=200, n_evals=20, eval_windows=512, corpus_bytes=40_000_000),
 }
 
@@ -70,8 +70,7 @@ def train_pattern(name: str, **params: int) -> Pattern:
     The seed's `local` and `strided` are bidirectional; unmasked, they let each byte see the bytes it must
     predict. `dense & causal` is plain `causal`, so it gets the fused causal kernels.
     """
-    pattern = get_pattern(name, **params)
-    return get_pattern("causal") if name == "dense" else causal_of(pattern)
+    return causal_of(get_pattern(name, **params))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -176,9 +175,12 @@ def train_variant(cfg: TrainConfig, pattern: Pattern, impl: str, train: bytes, v
                   device: str = "cpu", on_event: Event | None = None) -> dict[str, Any]:
     """Train one model with `pattern` (used as given) and return its measurements.
 
-    Time counts the training steps only (forward, backward, optimiser), not the validation passes.
+    Time counts the training steps only (forward, backward, optimiser), not the validation passes. On CUDA the
+    float32 matmuls use TF32.
     """
     dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls, as GPU training usually runs
     n = cfg.model.seq_len
     impl = resolve_impl(pattern, impl, dev, torch.float32, "fwdbwd")
     train_t, val_t = as_tensor(train).to(dev), as_tensor(val).to(dev)
@@ -255,6 +257,8 @@ def _worker(job: Job, out: Any) -> None:
     try:
         result = train_variant(job.cfg, job.pattern, job.impl, job.train, job.val, job.device, send)
         out.put(("done", result))
+    except KeyboardInterrupt:  # Ctrl-C reaches the worker too; the parent reports it
+        pass
     except Exception as exc:  # noqa: BLE001 - any failure becomes the variant's error row
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         out.put(("error", (f"{type(exc).__name__}: {message}", traceback.format_exc())))
@@ -279,11 +283,13 @@ def train_isolated(job: Job, on_event: Event | None = None) -> dict[str, Any]:
             try:
                 kind, payload = out.get(timeout=0.5)
             except queue.Empty:
-                if not proc.is_alive():
-                    code = proc.exitcode
-                    hint = " (killed: out of memory?)" if code == -9 else ""
-                    raise VariantFailed(f"worker exited with code {code}{hint}") from None
-                continue
+                if proc.is_alive():
+                    continue
+                try:  # what it sent just before exiting may still be in the pipe
+                    kind, payload = out.get(timeout=2)
+                except queue.Empty:
+                    hint = " (killed: out of memory?)" if proc.exitcode == -9 else ""
+                    raise VariantFailed(f"worker exited with code {proc.exitcode}{hint}") from None
             if kind == "done":
                 return payload
             if kind == "error":

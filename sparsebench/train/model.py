@@ -59,7 +59,8 @@ class ByteLM(nn.Module):
         self.head.weight = self.tok_emb.weight  # weight tying
         self.apply(_init)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor,
+                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx: (B, N) bytes -> logits (B, N, 256) and the mean cross-entropy (nats per byte) if targets."""
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.tok_emb(idx) + self.pos_emb(pos)  # (B, N, C)
