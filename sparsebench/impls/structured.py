@@ -31,12 +31,20 @@ class StructuredImpl(Impl):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared) -> torch.Tensor:
         return prep.state(q, k, v)
 
+    def estimate_pairs(self, pattern: Pattern, n: int) -> int:
+        """Kept pairs plus block padding (~1.5x nnz, plus up to one 64-key block per row); no kernel built."""
+        if pattern.name in ("dense", "causal"):
+            return pattern.nnz(n)
+        return int(1.5 * pattern.nnz(n)) + 64 * n
+
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
                        dtype: torch.dtype, mode: str) -> int:
-        """O(nnz): float32 scores and probabilities for ~2x nnz pairs (block padding) on the matmul path,
-        plus padded/gathered copies of q, k, v and float32 partial outputs; backward keeps them all."""
+        """O(nnz): block padding makes ~1.5x nnz pairs. Inference keeps at most one float32 score per pair
+        (the CPU flash path keeps none); autograd saves scores and probabilities for the backward. Plus
+        padded/gathered copies of K and V (bigbird gathers m key blocks per query block) and outputs."""
         elt = torch.finfo(dtype).bits // 8
-        pairs = 2 * pattern.nnz(n)
-        copies = 8 + (2 * (3 + pattern.global_blocks + pattern.random_blocks) if pattern.name == "bigbird" else 0)
-        per_head = pairs * (8 + elt) + copies * n * head_dim * 4
-        return batch * heads * per_head * (3 if mode == "fwdbwd" else 1)
+        pairs = 1.5 * pattern.nnz(n)
+        gathered = 3 + pattern.global_blocks + pattern.random_blocks if pattern.name == "bigbird" else 1
+        copies = (2 * gathered + 6) * n * head_dim * 4
+        per_head = copies + 4 * pairs if mode == "fwd" else 3 * copies + 2 * (8 + elt) * pairs
+        return int(batch * heads * per_head)

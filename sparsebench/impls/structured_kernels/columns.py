@@ -29,70 +29,77 @@ class StridedKernel(Kernel):
         s = self.stride
         cols = attend(q, k[:, ::s], v[:, ::s], flash=flash)  # (G, N, D), (G, N)
         # The self term is a single key per row: its score is the row-wise dot product q . k.
-        score = (q.float() * k.float()).sum(-1) / math.sqrt(q.shape[-1])  # (G, N)
+        score = torch.linalg.vecdot(q.float(), k.float()) / math.sqrt(q.shape[-1])  # (G, N)
         self_lse = score.masked_fill(~self.self_extra, NEG_LSE)
-        return merge([cols, (v, self_lse)]).to(q.dtype)
+        return merge(cols, (v, self_lse)).to(q.dtype)
 
 
 def strided_kernel(pattern, n: int, device, dtype) -> StridedKernel:
     s = pattern.stride
     extra = torch.arange(n, device=device) % s != 0
-    return StridedKernel(n=n, executed_pairs=n * -(-n // s) + n, row_copies=6, stride=s, self_extra=extra)
+    return StridedKernel(n=n, executed_pairs=n * -(-n // s) + n, stride=s, self_extra=extra)
 
 
 @dataclass(kw_only=True)
 class FixedKernel(Kernel):
-    """fixed: (same block of l, or a summary column k mod l >= l - c) and k <= q.
+    """fixed: (same block of `length` keys, or a summary column k mod length >= length - c) and k <= q.
 
     Two disjoint parts per row:
-    - own block: causal attention inside each block of l rows (the blocks run as extra heads);
+    - own block: causal attention inside each block (the blocks run as extra heads);
     - summary columns of the *earlier* blocks: a gathered (nb - 1) * c column copy of K and V. Block i
-      sees the first i*c of them, so rows go in chunks that each attend only to the columns their last
-      block needs (about half of the rectangle), with a block-causal bias per chunk.
+      sees the first i*c of them, so rows go in chunks of `chunk_blocks` blocks that each attend only to
+      the columns their last block needs (about half of the rectangle).
+    The chunk masks are all views of one `summary_bias`: counted from the right end of a chunk's
+    columns, the mask depends only on a row's block within the chunk.
     """
 
     length: int
     summary: int
     chunk_blocks: int  # query blocks per chunk of the summary part
-    chunk_bias: list[torch.Tensor]  # per chunk: (rows, columns) additive bias
+    summary_bias: torch.Tensor  # (chunk_blocks * size, (nb - 1) * c) additive, right-aligned block-causal mask
 
     def run(self, q, k, v, flash):
         G, N, D = q.shape
-        l, c = self.length, self.summary
-        nb = -(-N // l)
-        qp, kp, vp = (pad_rows(x, 0, nb * l - N) for x in (q, k, v))  # (G, nb*l, D)
+        size, c, per_chunk = self.length, self.summary, self.chunk_blocks
+        nb = -(-N // size)
+        qp, kp, vp = (pad_rows(x, 0, nb * size - N) for x in (q, k, v))  # (G, nb*size, D)
         # Own block, causal: padded keys sit after every real query of the last block, so k <= q hides them.
-        own_out, own_lse = attend(*(x.view(G, nb, l, D) for x in (qp, kp, vp)), causal=True, flash=flash)
-        own = (own_out.reshape(G, nb * l, D), own_lse.reshape(G, nb * l))
+        own_out, own_lse = attend(*(x.view(G, nb, size, D) for x in (qp, kp, vp)), causal=True, flash=flash)
+        own = (own_out.reshape(G, nb * size, D), own_lse.reshape(G, nb * size))
         if nb == 1:
             return own[0][:, :N]
         # Summary columns of blocks 0 .. nb-2 (those of the last block are only seen by its own rows).
-        ks, vs = (x.view(G, nb, l, D)[:, : nb - 1, l - c:].reshape(G, (nb - 1) * c, D) for x in (kp, vp))
+        ks, vs = (x.view(G, nb, size, D)[:, : nb - 1, size - c:].reshape(G, (nb - 1) * c, D) for x in (kp, vp))
         outs, lses = [], []
-        for i, bias in enumerate(self.chunk_bias):
-            rows, cols = bias.shape
-            start = i * self.chunk_blocks * l
+        for first in range(0, nb, per_chunk):
+            blocks = min(nb, first + per_chunk) - first
+            cols = (first + blocks - 1) * c  # the summary columns the chunk's last block sees
+            rows = slice(first * size, (first + blocks) * size)
             if cols == 0:  # only block 0: no earlier summary column
-                outs.append(qp.new_zeros(G, rows, D))
-                lses.append(qp.new_full((G, rows), NEG_LSE, dtype=torch.float32))
+                outs.append(qp.new_zeros(G, blocks * size, D))
+                lses.append(qp.new_full((G, blocks * size), NEG_LSE, dtype=torch.float32))
                 continue
-            out, lse = attend(qp[:, start:start + rows], ks[:, :cols], vs[:, :cols], bias, flash=flash)
+            bias = self.summary_bias[(per_chunk - blocks) * size:, self.summary_bias.shape[1] - cols:]
+            out, lse = attend(qp[:, rows], ks[:, :cols], vs[:, :cols], bias, flash=flash)
             outs.append(out)
             lses.append(lse)
         summary = (torch.cat(outs, dim=1), torch.cat(lses, dim=1))
-        return merge([own, summary])[:, :N].to(q.dtype)
+        return merge(own, summary)[:, :N].to(q.dtype)
 
 
 def fixed_kernel(pattern, n: int, device, dtype) -> FixedKernel:
-    l, c = pattern.length, pattern.summary
-    nb = -(-n // l)
-    chunk_blocks = max(1, 1024 // l)  # ~1024 query rows per summary chunk
-    biases, pairs = [], nb * l * (l + 1) // 2  # own blocks: the flash kernel skips keys above the diagonal
-    for first in range(0, nb, chunk_blocks) if nb > 1 else ():
-        last = min(nb, first + chunk_blocks) - 1
-        q_block = torch.arange(first * l, (last + 1) * l, device=device)[:, None] // l
-        col_block = torch.arange(last * c, device=device)[None, :] // c
-        biases.append(bias_from_mask(col_block < q_block, dtype))  # (rows, last*c)
-        pairs += (last + 1 - first) * l * last * c
-    return FixedKernel(n=n, executed_pairs=pairs, row_copies=6, length=l, summary=c, chunk_blocks=chunk_blocks,
-                       chunk_bias=biases)
+    size, c = pattern.length, pattern.summary
+    nb = -(-n // size)
+    per_chunk = max(1, 1024 // size)  # ~1024 query rows per summary chunk
+    # Row r (block r // size of its chunk) keeps the column at distance e from the right end of the chunk's
+    # columns iff e > (per_chunk - 1 - r // size) * c: the summary columns of the blocks before its own.
+    cols = (nb - 1) * c
+    dist = cols - torch.arange(cols, device=device)[None, :]  # (1, cols): e = 1 .. cols
+    row_block = torch.arange(per_chunk * size, device=device)[:, None] // size
+    bias = bias_from_mask(dist > (per_chunk - 1 - row_block) * c, dtype)
+    # own blocks: the flash kernel skips keys above the diagonal (the matmul path computes whole blocks)
+    pairs = nb * size * (size + 1) // 2
+    for first in range(0, nb, per_chunk) if nb > 1 else ():
+        blocks = min(nb, first + per_chunk) - first
+        pairs += blocks * size * (first + blocks - 1) * c
+    return FixedKernel(n=n, executed_pairs=pairs, length=size, summary=c, chunk_blocks=per_chunk, summary_bias=bias)

@@ -26,10 +26,11 @@ import torch.nn.functional as F
 
 NEG_LSE = -1e30  # the lse of an empty part, in float32
 _SCORE_BUDGET = 1 << 22  # float32 scores per chunk in the matmul backend (16 MiB)
-# Batch*head rows are processed in groups whose temporaries stay well below glibc's 32 MiB mmap
-# threshold: larger buffers are mmapped and page-faulted afresh on every call, which costs more than
-# the attention itself at n=8192 on CPU. Small groups also stay in cache.
-_GROUP_BYTES = 8 << 20
+# Batch*head rows go in groups whose largest temporary stays at or below 16 MiB, under glibc's 32 MiB
+# mmap threshold: larger buffers are mmapped and page-faulted afresh on every call (bigbird's gathered
+# keys for 8 heads at n=8192, 116 MiB, ran 1.7x slower than 16 MiB groups). Groups are kept as large as
+# that allows: every op is a thread-pool round trip, which is slow when other processes share the cores.
+_GROUP_BYTES = 16 << 20
 
 
 def neg_value(dtype: torch.dtype) -> float:
@@ -59,9 +60,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
         bias = bias[None] if bias is not None and bias.dim() == 3 else bias
         out, lse = attend(q[None], k[None], v[None], bias, causal, flash)
         return out[0], lse[0]
-    if flash:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, causal, attn_mask=None if causal else bias)
+    if flash:  # the CPU flash kernel wants the mask in q's dtype
+        mask = None if causal or bias is None else bias.to(q.dtype)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask)
     return _attend_matmul(q, k, v, bias, causal)
 
 
@@ -69,7 +70,8 @@ def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
     """Matmul backend: any device, dtype and autograd; float32 softmax, chunked over query rows."""
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    chunk = max(1, min(L, _SCORE_BUDGET // max(1, math.prod(q.shape[:-2]) * S)))
+    # Blocked callers have short L and many leading dims: never split below 128 rows.
+    chunk = max(128, _SCORE_BUDGET // max(1, math.prod(q.shape[:-2]) * S))
     kt = k.transpose(-2, -1)
     outs, lses = [], []
     for start in range(0, L, chunk):
@@ -82,26 +84,49 @@ def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
             scores = scores.masked_fill(above, NEG_LSE)
         lse = torch.logsumexp(scores, dim=-1)  # (*, rows)
         probs = torch.exp(scores - lse.unsqueeze(-1))
-        outs.append(torch.matmul(probs.to(v.dtype), v))
+        outs.append(_contiguous_grad(torch.matmul(probs.to(v.dtype), v)))
         lses.append(lse)
     if len(outs) == 1:
         return outs[0], lses[0]
     return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
 
 
-def merge(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Softmax over the union of disjoint key sets: the lse-weighted sum of the partial outputs (float32)."""
-    lse = torch.logsumexp(torch.stack([p_lse for _, p_lse in parts]), dim=0)
-    out = None
-    for p_out, p_lse in parts:
-        term = p_out.float() * torch.exp(p_lse - lse).unsqueeze(-1)
-        out = term if out is None else out + term
-    return out
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous. `out.sum().backward()` sends an
+    expanded (stride 0) gradient, on which CPU bmm takes a naive path ~500x slower than BLAS."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def _contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    return _ContiguousGrad.apply(x) if x.requires_grad else x
+
+
+def merge(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Softmax over the union of two disjoint key sets, from each part's (out, lse); float32 result.
+
+    The weight of part b is exp(lse_b) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_b - lse_a), so the
+    merge is one lerp: stable for an empty part (lse -1e30 gives weight exactly 0 or 1) and few ops.
+    """
+    (out_a, lse_a), (out_b, lse_b) = a, b
+    return torch.lerp(out_a.float(), out_b.float(), torch.sigmoid(lse_b - lse_a).unsqueeze(-1))
 
 
 def pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
-    """Zero-pad x (*, N, D) along the sequence dim; x itself when nothing is added."""
-    return F.pad(x, (0, 0, before, after)) if before or after else x
+    """Zero-pad x (*, N, D) along the sequence dim; x itself when nothing is added.
+
+    A cat with small zero blocks: F.pad would first fill the whole output, then copy x over it.
+    """
+    if before == 0 and after == 0:
+        return x
+    zeros = [x.new_zeros(*x.shape[:-2], rows, x.shape[-1]) for rows in (before, after)]
+    return torch.cat([zeros[0], x, zeros[1]], dim=-2)
 
 
 @dataclass(kw_only=True)
@@ -115,7 +140,7 @@ class Kernel:
     n: int
     executed_pairs: int  # (q, k) pairs computed per batch and head, block padding included
     global_rows: int = 0
-    row_copies: int = 4  # (N, D) float32 temporaries per batch*head row at once: sets the group size
+    largest_temp: int = 1  # size of the largest temporary, in (N, D) float32 tensors per batch*head row
 
     def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool) -> torch.Tensor:
         """(G, N, D) -> (G, N - global_rows, D): the output of the non-global rows."""
@@ -123,17 +148,20 @@ class Kernel:
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, H, N, D = q.shape
+        if N != self.n:
+            raise ValueError(f"kernel prepared for n={self.n}, called with n={N}")
         g = min(self.global_rows, N)
         flash = use_flash(q, k, v)
         q3, k3, v3 = (x.reshape(B * H, N, D) for x in (q, k, v))
+        step = max(1, _GROUP_BYTES // (self.largest_temp * N * D * 4))
+        if g == 0 and step >= B * H:  # one group: no output copy
+            return self.run(q3, k3, v3, flash).reshape(B, H, N, D)
         out = q3.new_empty(B * H, N, D)  # written in slices: autograd records them (CopySlices)
-        if g:
-            out[:, :g] = F.scaled_dot_product_attention(q3[:, :g], k3, v3)
-        if g < N:
-            step = max(1, _GROUP_BYTES // (self.row_copies * N * D * 4))
-            for s in range(0, B * H, step):
-                rows = slice(s, s + step)
-                out[rows, g:] = self.run(q3[rows], k3[rows], v3[rows], flash)
+        if g:  # 4-D, or SDPA falls back to its slow math path on CPU
+            out[:, :g] = F.scaled_dot_product_attention(q3[None, :, :g], k3[None], v3[None])[0]
+        for s in range(0, B * H, step) if g < N else ():
+            rows = slice(s, s + step)
+            out[rows, g:] = self.run(q3[rows], k3[rows], v3[rows], flash)
         return out.view(B, H, N, D)
 
     def state_bytes(self) -> int:

@@ -31,7 +31,7 @@ class LongformerKernel(Kernel):
         if g == 0:
             return out
         glob = attend(q[:, g:], k[:, :g], v[:, :g], flash=flash)
-        return merge([(out[:, g:], lse[:, g:]), glob]).to(q.dtype)
+        return merge((out[:, g:], lse[:, g:]), glob).to(q.dtype)
 
 
 def longformer_kernel(pattern, n: int, device, dtype) -> LongformerKernel:
@@ -39,7 +39,7 @@ def longformer_kernel(pattern, n: int, device, dtype) -> LongformerKernel:
     if g >= n:
         return LongformerKernel(n=n, executed_pairs=n * n, global_rows=n, band=None)
     band = Band.build(n, -half, half, g, device, dtype)
-    return LongformerKernel(n=n, executed_pairs=band.pairs + 2 * g * n, global_rows=g, row_copies=6, band=band)
+    return LongformerKernel(n=n, executed_pairs=band.pairs + 2 * g * n, global_rows=g, band=band)
 
 
 @dataclass(kw_only=True)
@@ -81,5 +81,5 @@ def bigbird_kernel(pattern, n: int, device, dtype) -> BigBirdKernel:
     keep = (slot_ok[:, :, None] & (key_pos < n)).reshape(nb - g, 1, m * b)
     index = torch.where(slot_ok, order, 0)
     pairs = (nb - g) * b * m * b + g * b * n
-    return BigBirdKernel(n=n, executed_pairs=pairs, global_rows=g * b, row_copies=2 * m + 2, block=b,
+    return BigBirdKernel(n=n, executed_pairs=pairs, global_rows=g * b, largest_temp=m, block=b,
                          index=index.to(device), bias=bias_from_mask(keep.to(device), dtype))

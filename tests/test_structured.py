@@ -1,0 +1,216 @@
+"""`structured`: exact against a float64 brute force for every pattern, and work/memory that grow with nnz."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import sparsebench.impls.structured_kernels.core as core
+from sparsebench.impls import get_impl
+from sparsebench.patterns import PATTERNS, causal_of, get_pattern
+
+IMPL = get_impl("structured")
+SPARSE = [name for name in PATTERNS if name not in ("dense", "causal")]
+SIZES = (1, 7, 1000, 1537)
+TOL = {torch.float32: 1e-4, torch.bfloat16: 4e-2, torch.float16: 5e-3}
+
+
+def qkv(n: int, d: int, dtype: torch.dtype = torch.float32, b: int = 2, h: int = 3, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=gen).to(dtype) for _ in range(3)]
+
+
+def reference(q, k, v, mask, grad_out=None):
+    """Softmax over the dense boolean mask in float64; with grad_out also the (q, k, v) gradients.
+
+    The gradients are written out (dS = P * (dP - rowsum(dO * O))): half the time of autograd here.
+    """
+    q, k, v = (x.double() for x in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    probs = torch.softmax((q @ k.transpose(-2, -1) * scale).masked_fill_(~mask, float("-inf")), dim=-1)
+    out = probs @ v
+    if grad_out is None:
+        return out
+    grad_out = grad_out.double()
+    grad_scores = (grad_out @ v.transpose(-2, -1)).sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
+    grads = [grad_scores @ k * scale, grad_scores.transpose(-2, -1) @ q * scale, probs.transpose(-2, -1) @ grad_out]
+    return out, grads
+
+
+def run(pattern, q, k, v, grad_out=None):
+    """Structured output, and with grad_out the (q, k, v) gradients from a backward pass."""
+    prep = IMPL.prepare(pattern, q.shape[-2], q.device, q.dtype)
+    if grad_out is None:
+        with torch.no_grad():
+            return IMPL.forward(q, k, v, prep), None
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    out = IMPL.forward(*leaves, prep)
+    out.backward(grad_out.to(out.dtype))
+    return out.detach(), [x.grad for x in leaves]
+
+
+def check_exact(pattern, n: int, d: int) -> None:
+    """fp32 forward (flash path, no grad) and forward+backward (matmul path) against float64."""
+    q, k, v = qkv(n, d)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    ref, ref_grads = reference(q, k, v, pattern.dense_mask(n), grad_out)
+    out, _ = run(pattern, q, k, v)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), ref, atol=TOL[torch.float32], rtol=0)
+    out, grads = run(pattern, q, k, v, grad_out)
+    torch.testing.assert_close(out.double(), ref, atol=TOL[torch.float32], rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=TOL[torch.float32], rtol=0)
+
+
+@pytest.mark.parametrize("d", [32, 64])
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_exact_fp32_with_gradients(name, n, d):
+    check_exact(get_pattern(name), n, d)
+
+
+@pytest.mark.parametrize("pattern", [
+    get_pattern("local", window=2), get_pattern("local", window=7),
+    get_pattern("strided", stride=1), get_pattern("strided", stride=5),
+    get_pattern("sliding_window", window=1), get_pattern("sliding_window", window=5),
+    get_pattern("dilated", window=1, dilation=1), get_pattern("dilated", window=5, dilation=3),
+    get_pattern("fixed", length=16, summary=16), get_pattern("fixed", length=8, summary=1),
+    get_pattern("longformer", window=1, global_tokens=0), get_pattern("longformer", window=7, global_tokens=3),
+    get_pattern("longformer", global_tokens=600),
+    get_pattern("bigbird", block=16, global_blocks=0, random_blocks=0),
+    get_pattern("bigbird", block=7, global_blocks=2, random_blocks=2, seed=3),
+    get_pattern("bigbird", block=1000),
+], ids=lambda p: p.label())
+@pytest.mark.parametrize("n", [1, 7, 130, 517])
+def test_exact_other_parameters(pattern, n):
+    check_exact(pattern, n, 32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_half_precision(name, dtype):
+    """Both paths (CPU flash without grad, matmul with grad) stay within a dtype tolerance."""
+    pattern, n = get_pattern(name), 517
+    q, k, v = qkv(n, 64, dtype)
+    ref = reference(q, k, v, pattern.dense_mask(n))
+    out, _ = run(pattern, q, k, v)
+    assert out.dtype == dtype
+    assert (out.double() - ref).abs().max() <= TOL[dtype]
+    out, grads = run(pattern, q, k, v, torch.randn_like(ref))
+    assert (out.double() - ref).abs().max() <= TOL[dtype]
+    assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_matmul_path_without_grad(name, monkeypatch):
+    """The device-agnostic path (what CUDA runs) gives the same result as the CPU flash path."""
+    pattern, n = get_pattern(name), 1000
+    q, k, v = qkv(n, 64)
+    flash, _ = run(pattern, q, k, v)
+    monkeypatch.setattr(core, "use_flash", lambda *args: False)
+    matmul, _ = run(pattern, q, k, v)
+    torch.testing.assert_close(matmul, flash, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["local", "fixed"])
+def test_sum_backward_is_fast(name):
+    """out.sum().backward() sends an expanded (stride 0) gradient; CPU bmm once took ~8 s on it here."""
+    q, k, v = (x.requires_grad_() for x in qkv(1024, 64, b=1, h=8))
+    prep = IMPL.prepare(get_pattern(name), 1024, "cpu", torch.float32)
+    start = time.perf_counter()
+    IMPL.forward(q, k, v, prep).sum().backward()
+    assert time.perf_counter() - start < 3.0
+
+
+def test_non_contiguous_inputs():
+    """(B, N, H, D) projections transposed to (B, H, N, D), as SparseAttention passes them."""
+    pattern, n = get_pattern("longformer"), 1000
+    q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in qkv(n, 64))
+    assert not q.is_contiguous()
+    out, _ = run(pattern, q, k, v)
+    torch.testing.assert_close(out.double(), reference(q, k, v, pattern.dense_mask(n)), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_executed_pairs_follow_nnz(name):
+    """Block padding costs at most 2x the kept pairs, far below n^2."""
+    pattern, n = get_pattern(name), 4096
+    pairs = IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs
+    assert pattern.nnz(n) <= pairs <= 2 * pattern.nnz(n)
+    assert pairs <= n * n / 5
+    assert pairs <= IMPL.estimate_pairs(pattern, n) <= 3 * pattern.nnz(n)  # the preflight's estimate bounds it
+
+
+class LargestStorage(TorchDispatchMode):
+    """Records the largest storage that any op returns (views count their base once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("name", SPARSE)
+def test_memory_grows_linearly(name):
+    """Prepared state and the largest intermediate double (not quadruple) when n doubles (inference)."""
+    state, largest = {}, {}
+    for n in (4096, 8192):
+        pattern = get_pattern(name)
+        prep = IMPL.prepare(pattern, n, "cpu", torch.float32)
+        state[n] = prep.state.state_bytes()
+        q, k, v = qkv(n, 32, b=1, h=2)
+        with torch.no_grad(), LargestStorage() as mode:
+            IMPL.forward(q, k, v, prep)
+        largest[n] = mode.largest
+        assert largest[n] < 2 * n * n  # one (n, n) fp32 score matrix per head would be 2 * 4 * n^2 bytes
+    assert state[8192] <= 2.2 * state[4096]
+    assert largest[8192] <= 2.2 * largest[4096]
+
+
+def test_estimate_is_far_below_eager():
+    eager = get_impl("eager")
+    for name in SPARSE:
+        pattern = get_pattern(name)
+        fwd, fwdbwd = ((pattern, 1, 8, 8192, 64, torch.float32, mode) for mode in ("fwd", "fwdbwd"))
+        assert IMPL.estimate_bytes(*fwd) < eager.estimate_bytes(*fwd) / 5
+        # with autograd the scores of every kept pair are saved: strided keeps 1/8 of eager's
+        assert IMPL.estimate_bytes(*fwdbwd) < eager.estimate_bytes(*fwdbwd) / 2
+    local = get_pattern("local")
+    assert IMPL.estimate_bytes(local, 1, 8, 16384, 64, torch.float32, "fwd") <= 2.2 * IMPL.estimate_bytes(
+        local, 1, 8, 8192, 64, torch.float32, "fwd")
+
+
+def test_supports_every_pattern_and_explains_the_rest():
+    for name in PATTERNS:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for mode in ("fwd", "fwdbwd"):
+                assert IMPL.unsupported_reason(get_pattern(name), "cpu", dtype, mode) is None
+    reason = IMPL.unsupported_reason(causal_of(get_pattern("local")), "cpu", torch.float32, "fwd")
+    assert reason and "structured implements only" in reason
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_cuda_matches_reference(name):
+    pattern, n = get_pattern(name), 1537
+    q, k, v = (x.cuda() for x in qkv(n, 64))
+    grad_out = torch.randn_like(q)
+    ref, ref_grads = reference(q, k, v, pattern.dense_mask(n, "cuda"), grad_out)
+    out, grads = run(pattern, q, k, v, grad_out)
+    # TF32 may be on for CUDA matmuls: a looser bound than on CPU
+    torch.testing.assert_close(out.double(), ref, atol=2e-3, rtol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=2e-3, rtol=0)
