@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sparsebench import gate
-from sparsebench.results import read_results
+from sparsebench import gate  # noqa: E402  (after the sys.path insert)
+from sparsebench.results import read_results  # noqa: E402
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import resource
 import threading
 import time
@@ -42,32 +43,44 @@ def _trim_heap() -> None:
         pass
 
 
-def cpu_peak_mib(fn: Callable[[], object]) -> float:
-    """Peak RSS during fn() minus RSS before it, in MiB.
+class PeakMemory:
+    """Peak extra memory from `start()` to `peak_mib()`, above what was held at the start.
 
-    With a resettable high-water mark (Linux) this is exact per call; otherwise it falls back to
-    ru_maxrss, which is only right in a fresh process whose earlier work used less memory.
+    CUDA: the allocator peak (exact). CPU: the RSS high-water mark, reset at the start through
+    /proc/self/clear_refs (Linux >= 4.0), so it is exact per call; without it, ru_maxrss, which is only
+    right in a fresh process whose earlier work used less memory.
     """
-    _trim_heap()
-    before_kib = _read_status_kib("VmRSS")
-    if _reset_rss_peak() and before_kib is not None:
-        fn()
-        peak_kib = _read_status_kib("VmHWM") or before_kib
-    else:
-        before_kib = before_kib or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return max(peak_kib - before_kib, 0) / 1024.0
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    def start(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        _trim_heap()
+        rss = _read_status_kib("VmRSS")
+        self.hwm_reset = rss is not None and _reset_rss_peak()
+        self.base = rss if self.hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_mib(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            return (torch.cuda.max_memory_allocated(self.device) - self.base) / MIB
+        peak = _read_status_kib("VmHWM") if self.hwm_reset else None
+        peak = peak or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(peak - self.base, 0) / 1024.0
 
 
-def cuda_peak_mib(fn: Callable[[], object], device: torch.device) -> float:
-    """Allocator peak during fn() above the memory allocated before it, in MiB (exact)."""
-    torch.cuda.synchronize(device)
-    before = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
+def call_peak_mib(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Peak extra memory of one call of fn(), in MiB."""
+    tracker = PeakMemory(device)
+    tracker.start()
     fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - before) / MIB
+    return tracker.peak_mib()
 
 
 class NvmlSampler:

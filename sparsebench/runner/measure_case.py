@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 import signal
 import time
@@ -97,14 +96,13 @@ def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, A
         call()
     _sync(device)
 
-    gc.collect()
     if device.type == "cuda":
         with memory.NvmlSampler(device.index or 0) as nvml:
-            peak_mib = memory.cuda_peak_mib(call, device)
+            peak_mib = memory.call_peak_mib(call, device)
         nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
         samples = timing.time_cuda(call, settings["min_run_time"], settings["min_samples"])
     else:
-        peak_mib = memory.cpu_peak_mib(call)
+        peak_mib = memory.call_peak_mib(call, device)
         nvml_peak = nvml_context = float("nan")
         samples = timing.time_cpu(call, settings["min_run_time"], settings["min_samples"])
 

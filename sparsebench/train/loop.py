@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import math
 import multiprocessing as mp
 import queue
-import resource
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -19,6 +16,7 @@ import torch
 
 from sparsebench.api import resolve_impl
 from sparsebench.impls import get_impl
+from sparsebench.measure.memory import PeakMemory
 from sparsebench.patterns import Pattern, causal_of, get_pattern
 from sparsebench.train.data import as_tensor, batch_offsets, eval_offsets, windows
 from sparsebench.train.model import ByteLM, ModelConfig
@@ -81,52 +79,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-class PeakMemory:
-    """Peak extra memory from `start()`: CUDA allocator peak, or on CPU the peak RSS (VmHWM) above the start."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        self.base = _proc_status_kib("VmRSS")
-        try:  # "5" resets VmHWM (the peak RSS) to the current RSS
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-            self.hwm_reset = self.base is not None
-        except OSError:
-            self.hwm_reset = False
-        if not self.hwm_reset:
-            self.base = _maxrss_kib()  # a fresh worker's lifetime peak is close to its current RSS
-
-    def peak_mib(self) -> float:
-        if self.device.type == "cuda":
-            return (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
-        peak = _proc_status_kib("VmHWM") if self.hwm_reset else _maxrss_kib()
-        return max(0, peak - self.base) / 1024
-
-
-def _proc_status_kib(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _maxrss_kib() -> int:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
-
-
 def _warm_up(cfg: TrainConfig, pattern: Pattern, impl: str, dev: torch.device) -> None:
     """One optimiser step of a tiny model with the same pattern, impl and length (this also builds the masks)."""
     tiny = ModelConfig(seq_len=cfg.model.seq_len, d_model=8 * cfg.model.n_heads, n_heads=cfg.model.n_heads,
@@ -140,15 +92,6 @@ def _warm_up(cfg: TrainConfig, pattern: Pattern, impl: str, dev: torch.device) -
         model(x, x)
     del model, opt
     gc.collect()
-    _malloc_trim()
-
-
-def _malloc_trim() -> None:
-    """Give freed heap memory back to the OS (glibc), so that RSS peaks are not hidden by reuse."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 @torch.no_grad()
