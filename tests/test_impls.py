@@ -99,3 +99,14 @@ def test_auto_raises_unsupported_with_reason():
 
     with pytest.raises(Unsupported, match="inference only"):
         resolve_impl(get_pattern("local"), "flex", torch.device("cpu"), torch.float32, "fwdbwd")
+
+
+def test_flex_never_falls_back_to_eager_in_a_sweep():
+    # dynamo's default cache limit (8 graphs) is smaller than one sweep group's masks; past it, flex would
+    # silently run eagerly and materialise n^2 scores.
+    import torch._dynamo
+
+    from sparsebench.impls.flex import compiled_flex
+
+    compiled_flex()
+    assert torch._dynamo.config.cache_size_limit >= 256

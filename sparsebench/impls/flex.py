@@ -13,9 +13,15 @@ BLOCK_SIZE = 128  # FlexAttention's default tile
 
 @lru_cache(maxsize=1)
 def compiled_flex():
-    """One compiled flex_attention per process: recompiles per shape are cached by dynamo."""
+    """One compiled flex_attention per process: recompiles per shape and mask are cached by dynamo."""
+    import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 
+    # Every mask_mod and shape is a new graph. Past dynamo's default cache limit (8) it silently falls back
+    # to eager flex_attention, which materialises all n^2 scores: a sweep must never measure that.
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    torch._dynamo.config.accumulated_cache_size_limit = max(torch._dynamo.config.accumulated_cache_size_limit,
+                                                            1024)
     return torch.compile(flex_attention, dynamic=False)
 
 
