@@ -19,6 +19,7 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.results import KEY_COLUMNS, ResultWriter, read_results, write_meta
 from sparsebench.runner import Case, SweepConfig, load_config, run_cases
 from sparsebench.runner.config import expand
+from sparsebench.runner.launcher import SweepStats
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "yellow", "unsupported": "dim", "skipped": "dim"}
 
@@ -73,10 +74,11 @@ def run_cmd(
         meta = environment.collect({"config": dataclasses.asdict(sweep), "config_file": str(config or "")})
         write_meta(out_dir / "meta.json", meta)
         with ResultWriter(csv_path, append=resume) as writer:
-            rows = _sweep(cases, unsupported, sweep, writer, dense)
-        harness = rows.pop()
-        meta["ceilings"] = harness.pop("ceilings")
-        meta["harness"] = harness
+            rows, stats = _sweep(cases, unsupported, sweep, writer, dense)
+        starts = stats.worker_starts_s
+        meta["ceilings"] = stats.ceilings
+        meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
+                           "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
         write_meta(out_dir / "meta.json", meta)
     _summary(rows, csv_path)
     if gate is not None:
@@ -111,8 +113,8 @@ def _resume_state(csv_path: Path) -> tuple[set[tuple], dict[tuple, dict]]:
 
 
 def _sweep(cases: list[Case], unsupported: list[tuple[Case, str]], sweep: SweepConfig, writer: ResultWriter,
-           dense: dict[tuple, dict]) -> list[dict]:
-    """Run everything with a progress bar; returns the rows, then the harness stats as the last item."""
+           dense: dict[tuple, dict]) -> tuple[list[dict], SweepStats]:
+    """Run everything with a progress bar; returns the rows and the harness's own statistics."""
     run_id = uuid.uuid4().hex[:12]
     rows: list[dict] = []
     names = {d: environment.device_name(d) for d in {c.device for c in cases + [c for c, _ in unsupported]}}
@@ -133,10 +135,7 @@ def _sweep(cases: list[Case], unsupported: list[tuple[Case, str]], sweep: SweepC
                           on_start=lambda c: progress.update(task, description=c.label()),
                           timeout_s=sweep.timeout, run_id=run_id, device_names=names, dense=dense)
         progress.update(task, description="done")
-    starts = stats.worker_starts_s
-    rows.append({"ceilings": stats.ceilings, "wall_s": round(stats.wall_s, 2), "workers": len(starts),
-                 "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None})
-    return rows
+    return rows, stats
 
 
 def _settings(sweep: SweepConfig) -> dict[str, Any]:
