@@ -17,11 +17,18 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import COLUMNS, FAILED_STATUSES, KEY_COLUMNS, parse_params, parse_samples
+from sparsebench.results import (
+    COLUMNS,
+    DENSE_BASELINE,
+    FAILED_STATUSES,
+    KEY_COLUMNS,
+    parse_params,
+    parse_samples,
+)
 
 # Columns that fix the shape of a case: the dense reference of a row has the same values.
 SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
-DENSE_REF = ("dense", "sdpa")  # (pattern, impl) of the dense-SDPA reference rows
+DENSE_REF = DENSE_BASELINE  # (pattern, impl) of the dense-SDPA reference rows
 MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
 # Default absolute floor of the peak-memory check. CUDA: the allocator peak is exact. CPU: peak RSS moves
 # in 2 MiB transparent huge pages, and A/A runs differ by up to 2 MiB.

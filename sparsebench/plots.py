@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS
+from sparsebench.results import DENSE_BASELINE, KEY_COLUMNS
 
 matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
 
@@ -85,7 +85,8 @@ class FigureSet:
 
 def with_dense_ratios(frame: pd.DataFrame) -> pd.DataFrame:
     """Fill empty speedup_vs_dense, mem_ratio_vs_dense and tflops_useful from the dense SDPA rows."""
-    base = frame[(frame["pattern"] == "dense") & (frame["impl"] == "sdpa") & (frame["status"] == "ok")]
+    dense_pattern, dense_impl = DENSE_BASELINE
+    base = frame[(frame["pattern"] == dense_pattern) & (frame["impl"] == dense_impl) & (frame["status"] == "ok")]
     base = base.drop_duplicates(BASELINE_KEYS, keep="last")[BASELINE_KEYS + ["latency_ms", "peak_mem_mib"]]
     base = base.rename(columns={"latency_ms": "_base_ms", "peak_mem_mib": "_base_mib"})
     out = frame.merge(base, on=BASELINE_KEYS, how="left")

@@ -39,6 +39,15 @@ REQUIRED_COLUMNS = [
     "max_abs_err", "status", "error",
 ]
 
+# (pattern, impl) of the dense-SDPA baseline that every run measures beside its cases.
+DENSE_BASELINE = ("dense", "sdpa")
+
+
+def is_dense_baseline(row: dict[str, Any]) -> bool:
+    """True for a measured (status ok) dense-SDPA baseline row."""
+    return (row["pattern"], row["impl"]) == DENSE_BASELINE and row["status"] == "ok"
+
+
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error", "inaccurate")
 FAILED_STATUSES = ("oom", "timeout", "error", "inaccurate")
 

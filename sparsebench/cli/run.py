@@ -16,7 +16,7 @@ from sparsebench import environment
 from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, user_errors
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS, ResultWriter, read_results, write_meta
+from sparsebench.results import KEY_COLUMNS, ResultWriter, is_dense_baseline, read_results, write_meta
 from sparsebench.runner import Case, SweepConfig, load_config, run_cases
 from sparsebench.runner.config import expand
 from sparsebench.runner.launcher import SweepStats
@@ -107,7 +107,7 @@ def _resume_state(csv_path: Path) -> tuple[set[tuple], dict[tuple, dict]]:
     for row in frame.to_dict("records"):
         key = tuple(row[c] for c in KEY_COLUMNS)
         keys.add(key)
-        if row["pattern"] == "dense" and row["impl"] == "sdpa" and row["status"] == "ok":
+        if is_dense_baseline(row):
             dense[key] = row
     return keys, dense
 
