@@ -8,7 +8,7 @@ from conftest import brute_force_attention
 
 from sparsebench.errors import Unsupported
 from sparsebench.impls import IMPLS, get_impl
-from sparsebench.patterns import PATTERNS, get_pattern
+from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 SHAPES = [(2, 3, 1000, 32), (2, 2, 1537, 64)]  # n not a multiple of 64 or 128; B > 1, H > 1
 # flex compiles per (pattern, n) on CPU (~5-15 s each), so it is checked on fewer cases.
@@ -63,6 +63,26 @@ def test_flex_forward_matches_float64(pattern_name):
     q, k, v = inputs((2, 3, 1000, 32))
     expected = brute_force_attention(q, k, v, pattern.dense_mask(1000))
     assert (run("flex", pattern, q, k, v).double() - expected).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("pattern_name", list(PATTERNS))
+def test_flex_block_mask_equals_create_block_mask(pattern_name):
+    """block_mask_for builds, a band of rows at a time, the BlockMask that create_block_mask builds from all n^2
+    pairs at once: same partial and full blocks, in the same order, both ways (kv and q)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from sparsebench.impls.flex import block_mask_for
+
+    for pattern, n in ((get_pattern(pattern_name), 1537), (causal_of(get_pattern(pattern_name)), 300)):
+        want = create_block_mask(pattern.mask_mod_for(n, "cpu"), None, None, n, n, device="cpu")
+        got = block_mask_for(pattern, n, "cpu", chunk_entries=1 << 15)  # bands of one 128-row block
+        assert got.seq_lengths == want.seq_lengths == (n, n)
+        for prefix in ("", "full_"):
+            for side in ("kv", "q"):
+                count, indices = (getattr(want, f"{prefix}{side}_{what}") for what in ("num_blocks", "indices"))
+                assert torch.equal(getattr(got, f"{prefix}{side}_num_blocks"), count)
+                kept = torch.arange(indices.shape[-1]) < count[..., None]  # entries past the count are unused
+                assert torch.equal(getattr(got, f"{prefix}{side}_indices")[kept], indices[kept])
 
 
 def test_flex_skips_blocks_and_reports_block_density():

@@ -145,6 +145,10 @@ def test_resume_skips_done_cases(tmp_path):
     assert len(frame) == 4  # 2 from the first run, 2 new
     assert not frame.duplicated(["pattern", "impl", "seq_len"]).any()
     assert frame[(frame.seq_len == 96) & (frame.impl == "eager")].speedup_vs_dense.notna().all()
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    assert [run["config"]["seq"] for run in meta["earlier_runs"]] == [[64]]  # the first run's config is kept
+    assert meta["config"]["seq"] == [64, 96]
+    assert "matmul_tflops" in meta["ceilings"]
 
 
 def test_ctrl_c_keeps_finished_rows(tmp_path):

@@ -95,7 +95,7 @@ def test_exact_other_parameters(pattern, n):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("name", list(PATTERNS))
 def test_half_precision(name, dtype):
-    """Both paths (CPU flash without grad, matmul with grad) stay within a dtype tolerance."""
+    """Without and with autograd (CPU flash, fused flash with its backward, matmul) within a dtype tolerance."""
     pattern, n = get_pattern(name), 517
     q, k, v = qkv(n, 64, dtype)
     ref = reference(q, k, v, pattern.dense_mask(n))
@@ -108,14 +108,57 @@ def test_half_precision(name, dtype):
 
 
 @pytest.mark.parametrize("name", SPARSE)
-def test_matmul_path_without_grad(name, monkeypatch):
-    """The device-agnostic path (what CUDA runs) gives the same result as the CPU flash path."""
+def test_matmul_path(name, monkeypatch):
+    """The device-agnostic path alone (what CUDA runs for float32 and masked parts) matches the CPU flash
+    path without grad, and float64 with gradients."""
     pattern, n = get_pattern(name), 1000
-    q, k, v = qkv(n, 64)
+    q, k, v = qkv(n, 32, h=2)
     flash, _ = run(pattern, q, k, v)
     monkeypatch.setattr(core, "use_flash", lambda *args: False)
+    monkeypatch.setattr(core, "fused_available", lambda q: False)
     matmul, _ = run(pattern, q, k, v)
     torch.testing.assert_close(matmul, flash, atol=1e-5, rtol=0)
+    grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    _, ref_grads = reference(q, k, v, pattern.dense_mask(n), grad_out)
+    _, grads = run(pattern, q, k, v, grad_out)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("with_other", [False, True])
+def test_fused_merge_gradients(with_other, causal):
+    """attend_merge's fused backward (flash backward fed the merged output and lse) equals autograd through
+    the matmul path, for the flash part's q, k, v and for the other part's out and lse."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 40, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    other = (torch.randn(2, 3, 40, 16, generator=gen, dtype=torch.float64),
+             torch.randn(2, 3, 40, generator=gen, dtype=torch.float64) * 3)
+    other[1][0, 0, :5] = core.NEG_LSE  # rows where the other part is empty
+    grad_out = torch.randn(2, 3, 40, 16, generator=gen, dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [x.float().requires_grad_() for x in (q, k, v, *other)]
+        parts = leaves[3:] if with_other else None
+        if fused:
+            out = core.attend_merge(*leaves[:3], other=parts, causal=causal)
+        else:
+            part = core.attend(*leaves[:3], causal=causal)
+            out = core.merge(part, parts) if with_other else part[0]
+        used = leaves if with_other else leaves[:3]
+        results.append([out, *torch.autograd.grad(out, used, grad_out.float())])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_fused_autograd_saves_no_scores():
+    """With autograd, strided keeps no (n, n/s) score or probability tensor: the flash backward recomputes."""
+    n = 4096
+    prep = IMPL.prepare(get_pattern("strided"), n, "cpu", torch.float32)
+    q, k, v = (x.requires_grad_() for x in qkv(n, 32, b=1, h=2))
+    with LargestStorage() as mode:
+        IMPL.forward(q, k, v, prep)
+    assert mode.largest < 2 * 4 * n * (n // 8) / 4  # a quarter of one head's (n, n/8) float32 scores
 
 
 @pytest.mark.parametrize("name", ["local", "fixed"])

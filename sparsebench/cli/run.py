@@ -16,7 +16,7 @@ from sparsebench import environment
 from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, user_errors
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS, ResultWriter, is_dense_baseline, read_results, write_meta
+from sparsebench.results import KEY_COLUMNS, ResultWriter, is_dense_baseline, read_meta, read_results, write_meta
 from sparsebench.runner import Case, SweepConfig, load_config, run_cases
 from sparsebench.runner.config import expand
 from sparsebench.runner.launcher import SweepStats
@@ -72,11 +72,13 @@ def run_cmd(
         cases = [c for c in cases if c.key() not in done]
         unsupported = [(c, r) for c, r in unsupported if c.key() not in done]
         meta = environment.collect({"config": dataclasses.asdict(sweep), "config_file": str(config or "")})
+        earlier = _earlier_meta(csv_path) if resume else {}
+        meta.update(earlier)
         write_meta(out_dir / "meta.json", meta)
         with ResultWriter(csv_path, append=resume) as writer:
             rows, stats = _sweep(cases, unsupported, sweep, writer, dense)
         starts = stats.worker_starts_s
-        meta["ceilings"] = stats.ceilings
+        meta["ceilings"] = _merge_ceilings(earlier.get("ceilings", {}), stats.ceilings)
         meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
                            "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
         write_meta(out_dir / "meta.json", meta)
@@ -95,6 +97,25 @@ def _check_writable(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise SparsebenchError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+
+
+def _earlier_meta(csv_path: Path) -> dict[str, Any]:
+    """What a resumed run keeps of the meta.json it appends to: the earlier runs' metadata (config, environment,
+    harness) under `earlier_runs`, and their ceilings (this run measures only the dtypes it runs)."""
+    old = read_meta(csv_path)
+    if not old:
+        return {}
+    runs = old.pop("earlier_runs", [])
+    old.pop("schema_version", None)
+    return {"earlier_runs": [*runs, old], "ceilings": old.get("ceilings", {})}
+
+
+def _merge_ceilings(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict:
+    """metric -> dtype -> value, this run's measurements over the earlier ones."""
+    merged = {metric: dict(values) for metric, values in old.items()}
+    for metric, values in new.items():
+        merged.setdefault(metric, {}).update(values)
+    return merged
 
 
 def _resume_state(csv_path: Path) -> tuple[set[tuple], dict[tuple, dict]]:

@@ -7,6 +7,7 @@ from functools import lru_cache
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
+from sparsebench.patterns import Pattern
 
 BLOCK_SIZE = 128  # FlexAttention's default tile
 
@@ -25,6 +26,39 @@ def compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+def block_mask_for(pattern: Pattern, n: int, device: torch.device | str, block: int = BLOCK_SIZE,
+                   chunk_entries: int = 1 << 26):
+    """The BlockMask that `create_block_mask(pattern.mask_mod_for(n, device), None, None, n, n)` builds, made
+    from the pattern's row masks a band of query blocks at a time (about `chunk_entries` mask entries each).
+
+    create_block_mask evaluates mask_mod on all n^2 pairs at once, with int64 intermediates: 32 GiB at
+    n = 65536. Like it, blocks past n count as masked (so a padded block is partial, never full).
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nb = -(-n // block)
+    rows_per_band = block * max(1, chunk_entries // (nb * block * block))
+    partial, full = [], []
+    for start in range(0, nb * block, rows_per_band):
+        stop = min(start + rows_per_band, nb * block)
+        mask = torch.zeros(stop - start, nb * block, dtype=torch.bool, device=device)
+        if start < n:
+            rows = torch.arange(start, min(stop, n), device=device)
+            mask[: len(rows), :n] = pattern.rows_mask(rows, n, device)
+        kept = mask.view(-1, block, nb, block).sum(dim=(1, 3))  # (query blocks of the band, nb)
+        partial.append((kept > 0) & (kept < block * block))
+        full.append(kept == block * block)
+
+    def ordered(blocks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(count, indices) per query block, kept indices first: BlockMask's (B, H, rows[, cols]) layout."""
+        dense = torch.cat(blocks).to(torch.int32)
+        indices = torch.argsort(dense, dim=-1, descending=True, stable=True).to(torch.int32)
+        return dense.sum(-1, dtype=torch.int32)[None, None], indices[None, None]
+
+    return BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=block,
+                                    mask_mod=pattern.mask_mod_for(n, device), seq_lengths=(n, n))
+
+
 class FlexImpl(Impl):
     name = "flex"
     description = "torch flex_attention + BlockMask (compiled); skips empty 128x128 blocks"
@@ -39,10 +73,7 @@ class FlexImpl(Impl):
         return None
 
     def prepare(self, pattern, n, device, dtype) -> Prepared:
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        block_mask = create_block_mask(pattern.mask_mod_for(n, device), None, None, n, n, device=device,
-                                       BLOCK_SIZE=BLOCK_SIZE)
+        block_mask = block_mask_for(pattern, n, device)
         blocks = int(block_mask.kv_num_blocks.sum())
         if block_mask.full_kv_num_blocks is not None:
             blocks += int(block_mask.full_kv_num_blocks.sum())

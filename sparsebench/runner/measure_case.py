@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import time
@@ -97,6 +98,10 @@ def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, A
     _sync(device)
 
     if device.type == "cuda":
+        # Hand the allocator's cached blocks (earlier cases, mask building) back to the driver, so NVML's
+        # used memory is the context, the inputs and what this call takes, not the cache.
+        gc.collect()
+        torch.cuda.empty_cache()
         with memory.NvmlSampler(device.index or 0) as nvml:
             peak_mib = memory.call_peak_mib(call, device)
         nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib

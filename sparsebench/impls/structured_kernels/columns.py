@@ -2,7 +2,8 @@
 
 A set of key columns shared by many queries is one dense attention against a strided view or a small
 gathered copy of K and V; the per-row extras (self for strided, the own block for fixed) are separate
-parts, merged through their logsumexp.
+parts, merged through their logsumexp. The unmasked part of each runs on the fused flash kernel where
+torch has one (`attend_merge`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import NEG_LSE, Kernel, attend, bias_from_mask, merge, pad_rows
+from sparsebench.impls.structured_kernels.core import NEG_LSE, Kernel, attend, attend_merge, bias_from_mask, pad_rows
 
 
 @dataclass(kw_only=True)
@@ -27,11 +28,10 @@ class StridedKernel(Kernel):
 
     def run(self, q, k, v, flash):
         s = self.stride
-        cols = attend(q, k[:, ::s], v[:, ::s], flash=flash)  # (G, N, D), (G, N)
         # The self term is a single key per row: its score is the row-wise dot product q . k.
         score = torch.linalg.vecdot(q.float(), k.float()) / math.sqrt(q.shape[-1])  # (G, N)
         self_lse = score.masked_fill(~self.self_extra, NEG_LSE)
-        return merge(cols, (v, self_lse)).to(q.dtype)
+        return attend_merge(q, k[:, ::s], v[:, ::s], other=(v, self_lse), flash=flash)
 
 
 def strided_kernel(pattern, n: int, device, dtype) -> StridedKernel:
@@ -64,10 +64,9 @@ class FixedKernel(Kernel):
         nb = -(-N // size)
         qp, kp, vp = (pad_rows(x, 0, nb * size - N) for x in (q, k, v))  # (G, nb*size, D)
         # Own block, causal: padded keys sit after every real query of the last block, so k <= q hides them.
-        own_out, own_lse = attend(*(x.view(G, nb, size, D) for x in (qp, kp, vp)), causal=True, flash=flash)
-        own = (own_out.reshape(G, nb * size, D), own_lse.reshape(G, nb * size))
+        own = tuple(x.view(G, nb, size, D) for x in (qp, kp, vp))  # the blocks run as extra heads
         if nb == 1:
-            return own[0][:, :N]
+            return attend_merge(*own, causal=True, flash=flash).reshape(G, size, D)[:, :N]
         # Summary columns of blocks 0 .. nb-2 (those of the last block are only seen by its own rows).
         ks, vs = (x.view(G, nb, size, D)[:, : nb - 1, size - c:].reshape(G, (nb - 1) * c, D) for x in (kp, vp))
         outs, lses = [], []
@@ -83,8 +82,8 @@ class FixedKernel(Kernel):
             out, lse = attend(qp[:, rows], ks[:, :cols], vs[:, :cols], bias, flash=flash)
             outs.append(out)
             lses.append(lse)
-        summary = (torch.cat(outs, dim=1), torch.cat(lses, dim=1))
-        return merge(own, summary)[:, :N].to(q.dtype)
+        summary = (torch.cat(outs, dim=1).view(G, nb, size, D), torch.cat(lses, dim=1).view(G, nb, size))
+        return attend_merge(*own, other=summary, causal=True, flash=flash).reshape(G, nb * size, D)[:, :N]
 
 
 def fixed_kernel(pattern, n: int, device, dtype) -> FixedKernel:

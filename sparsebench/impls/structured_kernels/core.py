@@ -4,12 +4,15 @@ Every kernel splits a pattern into a few *parts* whose key sets are disjoint for
 gathered columns, a self term, ...). Each part returns its output and the logsumexp (lse) of its
 scores; softmax over the union of the key sets is then the lse-weighted sum of the parts.
 
-Two backends compute a part:
-- CPU inference: torch's flash kernel `_scaled_dot_product_flash_attention_for_cpu`, which returns the
-  lse and never materialises the scores. Its lse is not differentiable, so it is used only without
-  autograd.
-- everywhere else (CUDA, autograd, any dtype): plain matmul + logsumexp + exp in float32, chunked over
-  query rows to bound memory.
+Three backends compute a part:
+- `attend_merge`, for a part with no mask that is merged with at most one other part: torch's fused
+  flash kernel (`_scaled_dot_product_flash_attention_for_cpu` on CPU, `_scaled_dot_product_flash_attention`
+  on CUDA in float16/bfloat16) inside `_FusedMerge`, an autograd Function whose backward calls the
+  kernel's own backward with the *merged* output and lse (as ring attention does), so the scores are never
+  materialised, in the forward or the backward pass.
+- CPU inference of a masked part: the CPU flash kernel with the bias as its mask.
+- everywhere else (masked parts on CUDA or with autograd, float32 on CUDA): plain matmul + logsumexp + exp
+  in float32, chunked over query rows to bound memory.
 
 Masks are additive biases (0 kept, `neg_value` dropped) in the compute dtype, built once in `prepare`.
 A large *finite* negative value keeps rows with no kept key finite (lse ~ -1e30, weight 0 in the merge),
@@ -47,6 +50,90 @@ def use_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """True when the CPU flash kernel may be used: a CPU tensor and no gradient to propagate."""
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     return q.device.type == "cpu" and not needs_grad
+
+
+def fused_available(q: torch.Tensor) -> bool:
+    """True when torch has a fused flash kernel returning the lse, with a backward, for q's device and dtype."""
+    if q.device.type == "cpu":
+        return True
+    # CUDA flash: half precision, head_dim a multiple of 8 up to 256. float32 goes to the matmul backend.
+    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
+            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256)
+
+
+def _fused_forward(q, k, v, causal: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(out, lse, what the backward needs besides q, k, v, out, lse) from the device's flash kernel."""
+    if q.device.type == "cpu":
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+        return out, lse, ()
+    out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+        q, k, v, 0.0, causal)
+    return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
+
+
+def _fused_backward(grad_out, q, k, v, out, lse, causal: bool, extra: tuple):
+    if q.device.type == "cpu":
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            grad_out, q, k, v, out, lse, 0.0, causal)
+    cum_q, cum_k, max_q, max_k, seed, offset = extra
+    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+        grad_out, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset)
+
+
+class _FusedMerge(torch.autograd.Function):
+    """Flash attention of (q, k, v), merged with a disjoint `other` part (out, lse) when one is given.
+
+    Backward: for the union softmax with merged output O and lse L, the flash part's gradients are the
+    flash backward evaluated with (O, L) in place of its own output and lse: its probabilities become
+    exp(s - L), the union's, and its row term becomes dO . O (the ring-attention identity). The other
+    part gets d out = w dO and d lse = w (dO . out_other - dO . O), w = its merge weight.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal: bool, other_out, other_lse):
+        out, lse, extra = _fused_forward(q, k, v, causal)
+        weight = None
+        if other_out is not None:
+            weight = torch.sigmoid(other_lse - lse)
+            out = torch.lerp(out.float(), other_out.float(), weight.unsqueeze(-1))
+            lse = torch.logaddexp(lse, other_lse)
+        out = out.to(q.dtype).contiguous()
+        lse = lse.contiguous()
+        ctx.causal, ctx.extra = causal, extra
+        ctx.save_for_backward(q, k, v, out, lse, other_out, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, other_out, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = _fused_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.extra)
+        d_other_out = d_other_lse = None
+        if other_out is not None:
+            g = grad_out.float()
+            d_other_out = (weight.unsqueeze(-1) * g).to(other_out.dtype)
+            d_other_lse = weight * (torch.linalg.vecdot(g, other_out.float()) - torch.linalg.vecdot(g, out.float()))
+        return dq, dk, dv, None, d_other_out, d_other_lse
+
+
+def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 other: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False,
+                 flash: bool = False) -> torch.Tensor:
+    """Softmax over the keys of an unmasked part (q against k, v) and of a disjoint `other` part (out, lse).
+
+    Shapes as in `attend`; `other` is (out like q's output, lse like its lse) or None. Returns the merged
+    output in q's dtype. Uses the fused flash kernel where one exists (`fused_available`), else `attend`.
+    """
+    if not fused_available(q):
+        part = attend(q, k, v, causal=causal, flash=flash)
+        return (part[0] if other is None else merge(part, other)).to(q.dtype)
+    if q.dim() == 3:  # the kernels want (batch, heads, L, D)
+        other = None if other is None else (other[0][None], other[1][None])
+        return attend_merge(q[None], k[None], v[None], other, causal)[0]
+    if q.device.type == "cuda":  # flash wants unit stride in D; a strided view of keys is copied (small)
+        k, v = k.contiguous(), v.contiguous()
+    other_out, other_lse = (None, None) if other is None else other
+    return _FusedMerge.apply(q, k, v, causal, other_out, other_lse)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -153,7 +240,8 @@ class Kernel:
         g = min(self.global_rows, N)
         flash = use_flash(q, k, v)
         q3, k3, v3 = (x.reshape(B * H, N, D) for x in (q, k, v))
-        step = max(1, _GROUP_BYTES // (self.largest_temp * N * D * 4))
+        # The group bound is for CPU caches and malloc; on a GPU more groups only mean more kernel launches.
+        step = max(1, _GROUP_BYTES // (self.largest_temp * N * D * 4)) if q.device.type == "cpu" else B * H
         if g == 0 and step >= B * H:  # one group: no output copy
             return self.run(q3, k3, v3, flash).reshape(B, H, N, D)
         out = q3.new_empty(B * H, N, D)  # written in slices: autograd records them (CopySlices)

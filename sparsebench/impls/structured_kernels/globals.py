@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.impls.structured_kernels.band import Band
-from sparsebench.impls.structured_kernels.core import Kernel, attend, bias_from_mask, merge, pad_rows
+from sparsebench.impls.structured_kernels.core import Kernel, attend, attend_merge, bias_from_mask, pad_rows
 
 
 @dataclass(kw_only=True)
@@ -30,8 +30,7 @@ class LongformerKernel(Kernel):
         out, lse = self.band(q, k, v, flash)  # (G, N, D), (G, N); rows < g are dropped
         if g == 0:
             return out
-        glob = attend(q[:, g:], k[:, :g], v[:, :g], flash=flash)
-        return merge((out[:, g:], lse[:, g:]), glob).to(q.dtype)
+        return attend_merge(q[:, g:], k[:, :g], v[:, :g], other=(out[:, g:], lse[:, g:]), flash=flash)
 
 
 def longformer_kernel(pattern, n: int, device, dtype) -> LongformerKernel:

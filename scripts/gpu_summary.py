@@ -1,0 +1,112 @@
+"""Issue 7's summary of a GPU sweep: the targets at one length, memory growth in n, and flex against flash.
+
+    python3 scripts/gpu_summary.py RESULTS_CSV [--seq 32768]
+
+Every ratio compares rows of the same run and shape group (same mode, dtype, batch, heads and head_dim).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sparsebench.results import read_results  # noqa: E402
+
+# (pattern, reference pattern run on sdpa, the speed-up issue 7 asks for at 32768)
+TARGETS = [("local", "dense", 30.0), ("strided", "dense", 5.0), ("sliding_window", "causal", 8.0)]
+GROUP = ["mode", "dtype", "batch", "heads", "head_dim", "seq_len"]
+SPARSE_IMPLS = ("structured", "flex")
+
+
+def _ref_latency(frame: pd.DataFrame, ref_pattern: str) -> pd.Series:
+    """Latency of `ref_pattern` on sdpa in each row's shape group (NaN where it did not run)."""
+    ref = frame[(frame.pattern == ref_pattern) & (frame.impl == "sdpa") & (frame.status == "ok")]
+    ref = ref.groupby(GROUP).latency_ms.first().rename("ref_ms").reset_index()
+    return frame[GROUP].merge(ref, on=GROUP, how="left").ref_ms.set_axis(frame.index)
+
+
+def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
+    """One dict per (target, mode, head_dim): the best implementation's speed-up against its reference."""
+    checks = []
+    at = frame[frame.seq_len == seq]
+    for pattern, ref_pattern, want in TARGETS:
+        rows = at[(at.pattern == pattern) & (at.impl != "sdpa") & (at.status == "ok")].copy()
+        rows["ref_ms"] = _ref_latency(at, ref_pattern).reindex(rows.index)
+        rows["speedup"] = rows.ref_ms / rows.latency_ms
+        for (mode, head_dim), group in rows.groupby(["mode", "head_dim"]):
+            best = group.loc[group.speedup.idxmax()] if group.speedup.notna().any() else None
+            checks.append({"pattern": pattern, "mode": mode, "head_dim": head_dim, "reference": f"{ref_pattern} sdpa",
+                           "want": want, "impl": None if best is None else best.impl,
+                           "speedup": math.nan if best is None else float(best.speedup),
+                           "tflops": math.nan if best is None else float(best.tflops_useful)})
+    return checks
+
+
+def memory_growth(frame: pd.DataFrame) -> pd.DataFrame:
+    """Peak memory per n for the sparse impls, and its growth exponent: log2(peak(2n) / peak(n)), 1 = linear."""
+    ok = frame[frame.impl.isin(SPARSE_IMPLS) & (frame.status == "ok") & (frame.pattern != "dense")]
+    table = ok.pivot_table(index=["pattern", "impl", "mode", "head_dim"], columns="seq_len", values="peak_mem_mib")
+    lengths = list(table.columns)
+    exponents = [table[b] / table[a] for a, b in zip(lengths, lengths[1:]) if b == 2 * a]
+    if exponents:
+        table["exponent"] = pd.concat(exponents, axis=1).apply(lambda r: math.log2(r.median()), axis=1)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--seq", type=int, default=32768)
+    args = parser.parse_args()
+    frame = read_results(args.results)
+    console = Console(width=160)
+    device = ", ".join(sorted(set(frame.device_name.dropna().astype(str)))) or "?"
+    console.print(f"[bold]{args.results}[/]: {len(frame)} rows on {device}; statuses "
+                  + ", ".join(f"{s} {c}" for s, c in frame.status.value_counts().items()))
+
+    at = frame[frame.seq_len == args.seq].copy()
+    at["vs_causal"] = _ref_latency(at, "causal") / at.latency_ms
+    table = Table(title=f"n = {args.seq}")
+    columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "head_dim": "D", "latency_ms": "ms",
+               "speedup_vs_dense": "x dense", "vs_causal": "x causal", "tflops_useful": "TFLOP/s",
+               "block_density": "blocks", "peak_mem_mib": "peak MiB", "nvml_peak_mib": "NVML MiB",
+               "first_call_s": "1st call s", "status": "status"}
+    for column, header in columns.items():
+        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
+    for row in at.sort_values(["mode", "head_dim", "pattern", "impl"]).to_dict("records"):
+        table.add_row(*(_fmt(row.get(c)) for c in columns))
+    console.print(table)
+
+    console.print("[bold]issue 7 targets[/] (best sparse implementation against its flash reference, same run)")
+    for c in target_checks(frame, args.seq):
+        verdict = "[green]met[/]" if c["speedup"] >= c["want"] else "[red]missed[/]"
+        console.print(f"  {c['pattern']:>15} {c['mode']:>6} D={c['head_dim']}: {c['impl']} {c['speedup']:.1f}x "
+                      f"vs {c['reference']} (target {c['want']:.0f}x) {verdict}; {c['tflops']:.3g} useful TFLOP/s")
+    dense = at[(at.pattern == "dense") & (at.status == "ok")].set_index(["mode", "head_dim", "impl"]).tflops_useful
+    for (mode, head_dim), rates in dense.groupby(level=[0, 1]):
+        rates = rates.droplevel([0, 1])
+        if "flex" in rates and "sdpa" in rates:
+            console.print(f"  dense {mode} D={head_dim}: flex {rates['flex']:.3g} TFLOP/s = "
+                          f"{rates['flex'] / rates['sdpa']:.0%} of flash SDPA's {rates['sdpa']:.3g}")
+
+    growth = memory_growth(frame)
+    if not growth.empty:
+        console.print("[bold]peak memory (MiB) against n[/]; exponent 1 = linear, 2 = quadratic")
+        console.print(growth.round(2).to_string())
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""scripts/gpu_summary.py (issue 7's GPU summary) on a synthetic result frame."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_summary.py"
+spec = importlib.util.spec_from_file_location("gpu_summary", SCRIPT)
+gpu_summary = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_summary)
+
+
+def row(pattern, impl, n, ms, mib=1.0, mode="fwd", status="ok", head_dim=64):
+    return {"pattern": pattern, "impl": impl, "mode": mode, "dtype": "bfloat16", "batch": 1, "heads": 16,
+            "head_dim": head_dim, "seq_len": n, "latency_ms": ms, "tflops_useful": 100.0, "peak_mem_mib": mib,
+            "status": status}
+
+
+def test_targets_use_the_best_impl_and_the_right_reference():
+    n = 32768
+    frame = pd.DataFrame([
+        row("dense", "sdpa", n, 10.0), row("causal", "sdpa", n, 5.0),
+        row("local", "sdpa", n, 11.0), row("local", "flex", n, 0.25), row("local", "structured", n, 0.5),
+        row("strided", "structured", n, 2.5), row("strided", "flex", n, 0.1, status="inaccurate"),
+        row("sliding_window", "flex", n, 0.5),
+        row("dense", "sdpa", n, 20.0, mode="fwdbwd"), row("local", "structured", n, 1.0, mode="fwdbwd"),
+        row("local", "flex", 4096, 0.001),  # another length: ignored
+    ])
+    checks = {(c["pattern"], c["mode"]): c for c in gpu_summary.target_checks(frame, n)}
+    assert checks["local", "fwd"]["impl"] == "flex" and checks["local", "fwd"]["speedup"] == pytest.approx(40.0)
+    assert checks["local", "fwdbwd"]["speedup"] == pytest.approx(20.0)
+    # an inaccurate row never counts, however fast
+    assert checks["strided", "fwd"]["impl"] == "structured" and checks["strided", "fwd"]["speedup"] == 4.0
+    # sliding_window is measured against causal flash, not dense
+    assert checks["sliding_window", "fwd"]["speedup"] == pytest.approx(10.0)
+    assert checks["sliding_window", "fwd"]["reference"] == "causal sdpa"
+
+
+def test_memory_growth_exponent():
+    frame = pd.DataFrame([row("local", "structured", n, 0.1, mib=n / 1024) for n in (4096, 8192, 16384)]
+                         + [row("strided", "flex", n, 0.1, mib=(n / 1024) ** 2) for n in (4096, 8192, 16384)]
+                         + [row("dense", "flex", n, 0.1, mib=5.0) for n in (4096, 8192)])
+    growth = gpu_summary.memory_growth(frame)
+    assert math.isclose(growth.loc[("local", "structured", "fwd", 64), "exponent"], 1.0)
+    assert math.isclose(growth.loc[("strided", "flex", "fwd", 64), "exponent"], 2.0)
+    assert "dense" not in growth.index.get_level_values("pattern")
