@@ -109,7 +109,7 @@ def test_half_precision(name, dtype):
 
 @pytest.mark.parametrize("name", SPARSE)
 def test_matmul_path(name, monkeypatch):
-    """The device-agnostic path alone (what CUDA runs for float32 and masked parts) matches the CPU flash
+    """The device-agnostic path alone (what CUDA runs for float32 and for merged masked parts) matches the CPU flash
     path without grad, and float64 with gradients."""
     pattern, n = get_pattern(name), 1000
     q, k, v = qkv(n, 32, h=2)

@@ -5,8 +5,9 @@ The kernels live in `structured_kernels/`, one file per family:
 - columns.py: gathered columns for strided (plus a self term) and fixed (plus causal own blocks);
 - globals.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
 - dense.py:   SDPA for dense and causal (is_causal already skips the upper triangle).
-On CPU without autograd the parts run on torch's flash kernel and merge through their logsumexp; with
-autograd or on other devices they run on a chunked matmul + softmax path with the same block structure.
+Each part runs on one of torch's fused attention kernels where one fits (flash with its backward, merged
+through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
+autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. See structured_kernels/core.py.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ class StructuredImpl(Impl):
 
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
                        dtype: torch.dtype, mode: str) -> int:
-        """O(nnz): block padding makes ~1.5x nnz pairs. Inference keeps at most one float32 score per pair
-        (the CPU flash path keeps none); autograd saves scores and probabilities for the backward. Plus
+        """An O(nnz) upper bound: block padding makes ~1.5x nnz pairs. Inference keeps at most one float32 score
+        per pair (the fused kernels keep none); the matmul path saves scores and probabilities for the backward. Plus
         padded/gathered copies of K and V (bigbird gathers m key blocks per query block) and outputs."""
         elt = torch.finfo(dtype).bits // 8
         pairs = 1.5 * pattern.nnz(n)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import Kernel, attend, bias_from_mask, pad_rows
+from sparsebench.impls.structured_kernels.core import Kernel, attend, attend_out, bias_from_mask, pad_rows
 
 BLOCK = 32  # queries per block: the window is BLOCK + span - 1 keys wide; 32 measured best on CPU
 
@@ -50,9 +50,9 @@ class Band:
     def pairs(self) -> int:
         return self.blocks * self.block * self.width
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 flash: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n)."""
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool,
+                 with_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n) (None unless `with_lse`)."""
         G, n, D = q.shape
         padded = self.blocks * self.block
         qb = pad_rows(q, 0, padded - n).view(G, self.blocks, self.block, D)
@@ -60,6 +60,8 @@ class Band:
         # The windows are overlapping views of the padded K and V: nothing is copied per block.
         kw, vw = (pad_rows(x, -self.lo, padded + self.hi - n).unfold(1, self.width, self.block).transpose(-2, -1)
                   for x in (k, v))  # (G, blocks, width, D)
+        if not with_lse:
+            return attend_out(qb, kw, vw, self.bias[None]).reshape(G, padded, D)[:, :n], None
         out, lse = attend(qb, kw, vw, self.bias[None], flash=flash)
         return out.reshape(G, padded, D)[:, :n], lse.reshape(G, padded)[:, :n]
 
@@ -71,7 +73,7 @@ class BandKernel(Kernel):
     band: Band
 
     def run(self, q, k, v, flash):
-        return self.band(q, k, v, flash)[0]
+        return self.band(q, k, v, flash, with_lse=False)[0]
 
 
 def local_kernel(pattern, n: int, device, dtype) -> BandKernel:
@@ -107,7 +109,7 @@ class DilatedKernel(Kernel):
             x = pad_rows(x, 0, sub * d - N).view(G, sub, d, D)
             return x.transpose(1, 2).reshape(G * d, sub, D)
 
-        out = self.band(split(q), split(k), split(v), flash)[0]  # (G*d, sub, D)
+        out = self.band(split(q), split(k), split(v), flash, with_lse=False)[0]  # (G*d, sub, D)
         return out.view(G, d, sub, D).transpose(1, 2).reshape(G, sub * d, D)[:, :N]
 
 

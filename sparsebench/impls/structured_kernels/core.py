@@ -4,13 +4,15 @@ Every kernel splits a pattern into a few *parts* whose key sets are disjoint for
 gathered columns, a self term, ...). Each part returns its output and the logsumexp (lse) of its
 scores; softmax over the union of the key sets is then the lse-weighted sum of the parts.
 
-Three backends compute a part:
+Four backends compute a part:
 - `attend_merge`, for a part with no mask that is merged with at most one other part: torch's fused
   flash kernel (`_scaled_dot_product_flash_attention_for_cpu` on CPU, `_scaled_dot_product_flash_attention`
   on CUDA in float16/bfloat16) inside `_FusedMerge`, an autograd Function whose backward calls the
   kernel's own backward with the *merged* output and lse (as ring attention does), so the scores are never
   materialised, in the forward or the backward pass.
-- CPU inference of a masked part: the CPU flash kernel with the bias as its mask.
+- `attend_out`, for a masked part whose lse is not needed (the kernel's only part): SDPA with the bias as its
+  mask, fused on CPU and CUDA, forward and backward.
+- CPU inference of a masked part that is merged: the CPU flash kernel with the bias as its mask.
 - everywhere else (masked parts on CUDA or with autograd, float32 on CUDA): plain matmul + logsumexp + exp
   in float32, chunked over query rows to bound memory.
 
@@ -134,6 +136,17 @@ def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         k, v = k.contiguous(), v.contiguous()
     other_out, other_lse = (None, None) if other is None else other
     return _FusedMerge.apply(q, k, v, causal, other_out, other_lse)
+
+
+def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """One masked attention whose lse nobody needs: torch's SDPA with the bias as its mask, on any device and
+    with autograd (CPU flash, or CUDA memory-efficient attention: no score matrix in either pass).
+
+    Shapes as in `attend`; the bias is in q's dtype. Returns out (*, L, D) in q's dtype.
+    """
+    if q.dim() == 3:  # 4-D, or SDPA takes its slow math path on CPU
+        return attend_out(q[None], k[None], v[None], bias[None] if bias.dim() == 3 else bias)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,

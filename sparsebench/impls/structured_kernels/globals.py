@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.impls.structured_kernels.band import Band
-from sparsebench.impls.structured_kernels.core import Kernel, attend, attend_merge, bias_from_mask, pad_rows
+from sparsebench.impls.structured_kernels.core import Kernel, attend_merge, attend_out, bias_from_mask, pad_rows
 
 
 @dataclass(kw_only=True)
@@ -59,7 +59,7 @@ class BigBirdKernel(Kernel):
         g = nb - self.index.shape[0]  # global blocks
         qp, kp, vp = (pad_rows(x, 0, nb * b - N).view(G, nb, b, D) for x in (q, k, v))
         kg, vg = (x.index_select(1, self.index.flatten()).view(G, nb - g, -1, D) for x in (kp, vp))  # (G, nb-g, m*b, D)
-        out, _ = attend(qp[:, g:], kg, vg, self.bias[None], flash=flash)  # (G, nb-g, b, D)
+        out = attend_out(qp[:, g:], kg, vg, self.bias[None])  # (G, nb-g, b, D)
         return out.reshape(G, (nb - g) * b, D)[:, : N - g * b]
 
 
