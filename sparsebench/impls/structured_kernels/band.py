@@ -50,20 +50,29 @@ class Band:
     def pairs(self) -> int:
         return self.blocks * self.block * self.width
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool,
-                 with_lse: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n) (None unless `with_lse`)."""
+    def query_blocks(self, q: torch.Tensor) -> torch.Tensor:
+        """(G, n, D) -> (G, blocks, block, D), zero-padded at the end."""
         G, n, D = q.shape
+        return pad_rows(q, 0, self.blocks * self.block - n).view(G, self.blocks, self.block, D)
+
+    def key_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(G, n, D) -> (G, blocks, width, D): window i starts at padded index i*block (-lo zeros before the
+        keys, enough after them). Overlapping views of the padded K or V: nothing is copied per block."""
         padded = self.blocks * self.block
-        qb = pad_rows(q, 0, padded - n).view(G, self.blocks, self.block, D)
-        # Key window i starts at padded index i*block: -lo zeros before the keys, enough after them.
-        # The windows are overlapping views of the padded K and V: nothing is copied per block.
-        kw, vw = (pad_rows(x, -self.lo, padded + self.hi - n).unfold(1, self.width, self.block).transpose(-2, -1)
-                  for x in (k, v))  # (G, blocks, width, D)
-        if not with_lse:
-            return attend_out(qb, kw, vw, self.bias[None]).reshape(G, padded, D)[:, :n], None
-        out, lse = attend(qb, kw, vw, self.bias[None], flash=flash)
-        return out.reshape(G, padded, D)[:, :n], lse.reshape(G, padded)[:, :n]
+        return pad_rows(x, -self.lo, padded + self.hi - x.shape[1]).unfold(1, self.width, self.block).transpose(-2, -1)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q, k, v: (G, n, D) -> out (G, n, D)."""
+        G, n, D = q.shape
+        out = attend_out(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None])
+        return out.reshape(G, -1, D)[:, :n]
+
+    def with_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 flash: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n): the band as one part of a merge."""
+        G, n, D = q.shape
+        out, lse = attend(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None], flash=flash)
+        return out.reshape(G, -1, D)[:, :n], lse.reshape(G, -1)[:, :n]
 
 
 @dataclass(kw_only=True)
@@ -73,7 +82,7 @@ class BandKernel(Kernel):
     band: Band
 
     def run(self, q, k, v, flash):
-        return self.band(q, k, v, flash, with_lse=False)[0]
+        return self.band(q, k, v)
 
 
 def local_kernel(pattern, n: int, device, dtype) -> BandKernel:
@@ -109,7 +118,7 @@ class DilatedKernel(Kernel):
             x = pad_rows(x, 0, sub * d - N).view(G, sub, d, D)
             return x.transpose(1, 2).reshape(G * d, sub, D)
 
-        out = self.band(split(q), split(k), split(v), flash, with_lse=False)[0]  # (G*d, sub, D)
+        out = self.band(split(q), split(k), split(v))  # (G*d, sub, D)
         return out.view(G, d, sub, D).transpose(1, 2).reshape(G, sub * d, D)[:, :N]
 
 

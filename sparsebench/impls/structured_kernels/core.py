@@ -10,11 +10,11 @@ Four backends compute a part:
   on CUDA in float16/bfloat16) inside `_FusedMerge`, an autograd Function whose backward calls the
   kernel's own backward with the *merged* output and lse (as ring attention does), so the scores are never
   materialised, in the forward or the backward pass.
-- `attend_out`, for a masked part whose lse is not needed (the kernel's only part): SDPA with the bias as its
-  mask, fused on CPU and CUDA, forward and backward.
-- CPU inference of a masked part that is merged: the CPU flash kernel with the bias as its mask.
-- everywhere else (masked parts on CUDA or with autograd, float32 on CUDA): plain matmul + logsumexp + exp
-  in float32, chunked over query rows to bound memory.
+- `attend_out`, for a masked part whose lse is not needed (the kernel's only part: bands, bigbird's blocks,
+  longformer's globals + band): SDPA with the bias as its mask, fused on CPU and CUDA, forward and backward.
+- `attend`, for a masked part that is merged (fixed's summary columns; longformer's band in CPU inference):
+  in CPU inference the CPU flash kernel with the bias as its mask; otherwise (and for strided's columns in
+  float32 on CUDA) plain matmul + logsumexp + exp in float32, chunked over query rows to bound memory.
 
 Masks are additive biases (0 kept, `neg_value` dropped) in the compute dtype, built once in `prepare`.
 A large *finite* negative value keeps rows with no kept key finite (lse ~ -1e30, weight 0 in the merge),

@@ -1,7 +1,7 @@
 """Band plus globals: `longformer`; gathered blocks: `bigbird`. Both have global rows that see every key.
 
 Global rows are one small dense SDPA (see `Kernel.global_rows`). The other rows see a few key sets that
-a blocked kernel handles: a band plus the g global columns (longformer) or a gathered list of key blocks
+a blocked kernel handles: the g global columns plus a band (longformer) or a gathered list of key blocks
 per query block (bigbird).
 """
 
@@ -19,18 +19,29 @@ from sparsebench.impls.structured_kernels.core import Kernel, attend_merge, atte
 class LongformerKernel(Kernel):
     """longformer: |q - k| <= w//2, or q < g, or k < g.
 
-    Rows q >= g: the band restricted to k >= g, merged with the g global columns (disjoint key sets).
+    Rows q >= g see two disjoint key sets, the g global keys and the band restricted to k >= g:
+    - CPU inference: the band (flash with its mask) and the global keys (flash) merged through their lse;
+    - with autograd or on CUDA: one masked attention per query block over the global keys followed by the
+      block's band window (no merge, so SDPA's fused backward applies), at the price of copying the global
+      keys into every block's window (3x slower than the merge in CPU inference at n = 8192).
     Rows q < g are global rows (dense).
     """
 
     band: Band | None  # None when every row is global
+    bias: torch.Tensor | None = None  # (blocks, block, g + width): the global keys, then the band's bias
 
     def run(self, q, k, v, flash):
-        g = self.global_rows
-        out, lse = self.band(q, k, v, flash)  # (G, N, D), (G, N); rows < g are dropped
+        g, band = self.global_rows, self.band
         if g == 0:
-            return out
-        return attend_merge(q[:, g:], k[:, :g], v[:, :g], other=(out[:, g:], lse[:, g:]), flash=flash)
+            return band(q, k, v)
+        if flash:
+            out, lse = band.with_lse(q, k, v, flash)  # rows < g are dropped
+            return attend_merge(q[:, g:], k[:, :g], v[:, :g], other=(out[:, g:], lse[:, g:]), flash=flash)
+        G, N, D = q.shape
+        kw, vw = (torch.cat([x[:, None, :g].expand(G, band.blocks, g, D), band.key_windows(x)], dim=2)
+                  for x in (k, v))  # (G, blocks, g + width, D)
+        out = attend_out(band.query_blocks(q), kw, vw, self.bias[None])
+        return out.reshape(G, -1, D)[:, g:N]
 
 
 def longformer_kernel(pattern, n: int, device, dtype) -> LongformerKernel:
@@ -38,7 +49,11 @@ def longformer_kernel(pattern, n: int, device, dtype) -> LongformerKernel:
     if g >= n:
         return LongformerKernel(n=n, executed_pairs=n * n, global_rows=n, band=None)
     band = Band.build(n, -half, half, g, device, dtype)
-    return LongformerKernel(n=n, executed_pairs=band.pairs + 2 * g * n, global_rows=g, band=band)
+    if g == 0:
+        return LongformerKernel(n=n, executed_pairs=band.pairs, band=band)
+    bias = torch.cat([band.bias.new_zeros(band.blocks, band.block, g), band.bias], dim=-1)
+    return LongformerKernel(n=n, executed_pairs=band.pairs + band.blocks * band.block * g + g * n, global_rows=g,
+                            largest_temp=-(-bias.shape[-1] // band.block), band=band, bias=bias)
 
 
 @dataclass(kw_only=True)
