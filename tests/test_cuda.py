@@ -61,6 +61,6 @@ def test_cuda_sweep_end_to_end(tmp_path):
     assert (frame.latency_ms > 0).all() and (frame.peak_mem_mib >= 0).all()
     assert frame.nvml_peak_mib.notna().all() and (frame.nvml_peak_mib >= frame.nvml_context_mib).all()
     strided = frame[(frame.pattern == "strided") & (frame.impl == "structured")]
-    assert (strided.speedup_vs_dense > 1).all()  # 1/8 of the pairs on the flash kernel
+    assert (strided.flops_executed < 0.2 * strided.flops_useful / strided.density).all()  # ~1/8 of dense's pairs
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["ceilings"]["matmul_tflops"]["bfloat16"] > 10
