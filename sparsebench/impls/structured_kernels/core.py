@@ -98,7 +98,7 @@ class _FusedMerge(torch.autograd.Function):
         if other_out is not None:
             weight = torch.sigmoid(other_lse - lse)  # float32
             # The lerp runs in the output's dtype: in half precision, float32 copies of both outputs would
-            # triple the merge's memory traffic, and the result is rounded to half precision anyway.
+            # multiply the merge's memory traffic, and the result is rounded to half precision anyway.
             out = torch.lerp(out, other_out.to(out.dtype), weight.unsqueeze(-1).to(out.dtype))
             lse = torch.logaddexp(lse, other_lse)
         out = out.contiguous()
