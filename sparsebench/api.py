@@ -11,7 +11,9 @@ from sparsebench.errors import Unsupported
 from sparsebench.impls import IMPLS, Prepared, get_impl
 from sparsebench.patterns import Pattern, get_pattern
 
-# impl="auto": most preferred first, per device type. Chosen from the committed benchmarks in docs/.
+# impl="auto": most preferred first, per device type. CPU: from the committed benchmarks in docs/results/.
+# CUDA: provisional (no GPU benchmark committed yet); flex's block sparsity cannot help patterns that keep a key
+# in every 128-block, such as strided, where structured does 1/8 of the work (see the CPU results).
 AUTO_ORDER = {
     "cpu": ("structured", "sdpa", "eager"),
     "cuda": ("flex", "structured", "sdpa", "eager"),
