@@ -25,11 +25,11 @@ GROUP = ["mode", "dtype", "batch", "heads", "head_dim", "seq_len"]
 SPARSE_IMPLS = ("structured", "flex")
 
 
-def _ref_latency(frame: pd.DataFrame, ref_pattern: str) -> pd.Series:
-    """Latency of `ref_pattern` on sdpa in each row's shape group (NaN where it did not run)."""
+def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms") -> pd.Series:
+    """`column` of the `ref_pattern` sdpa row in each row's shape group (NaN where it did not run)."""
     ref = frame[(frame.pattern == ref_pattern) & (frame.impl == "sdpa") & (frame.status == "ok")]
-    ref = ref.groupby(GROUP).latency_ms.first().rename("ref_ms").reset_index()
-    return frame[GROUP].merge(ref, on=GROUP, how="left").ref_ms.set_axis(frame.index)
+    ref = ref.groupby(GROUP)[column].first().rename("ref").reset_index()
+    return frame[GROUP].merge(ref, on=GROUP, how="left").ref.set_axis(frame.index)
 
 
 def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
@@ -38,14 +38,16 @@ def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
     at = frame[frame.seq_len == seq]
     for pattern, ref_pattern, want in TARGETS:
         rows = at[(at.pattern == pattern) & (at.impl != "sdpa") & (at.status == "ok")].copy()
-        rows["ref_ms"] = _ref_latency(at, ref_pattern).reindex(rows.index)
+        rows["ref_ms"] = _ref_column(at, ref_pattern).reindex(rows.index)
+        rows["ref_tflops"] = _ref_column(at, ref_pattern, "tflops_useful").reindex(rows.index)
         rows["speedup"] = rows.ref_ms / rows.latency_ms
         for (mode, head_dim), group in rows.groupby(["mode", "head_dim"]):
             best = group.loc[group.speedup.idxmax()] if group.speedup.notna().any() else None
             checks.append({"pattern": pattern, "mode": mode, "head_dim": head_dim, "reference": f"{ref_pattern} sdpa",
                            "want": want, "impl": None if best is None else best.impl,
                            "speedup": math.nan if best is None else float(best.speedup),
-                           "tflops": math.nan if best is None else float(best.tflops_useful)})
+                           "tflops": math.nan if best is None else float(best.tflops_useful),
+                           "ref_tflops": math.nan if best is None else float(best.ref_tflops)})
     return checks
 
 
@@ -72,7 +74,7 @@ def main() -> None:
                   + ", ".join(f"{s} {c}" for s, c in frame.status.value_counts().items()))
 
     at = frame[frame.seq_len == args.seq].copy()
-    at["vs_causal"] = _ref_latency(at, "causal") / at.latency_ms
+    at["vs_causal"] = _ref_column(at, "causal") / at.latency_ms
     table = Table(title=f"n = {args.seq}")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "head_dim": "D", "latency_ms": "ms",
                "speedup_vs_dense": "x dense", "vs_causal": "x causal", "tflops_useful": "TFLOP/s",
@@ -88,7 +90,8 @@ def main() -> None:
     for c in target_checks(frame, args.seq):
         verdict = "[green]met[/]" if c["speedup"] >= c["want"] else "[red]missed[/]"
         console.print(f"  {c['pattern']:>15} {c['mode']:>6} D={c['head_dim']}: {c['impl']} {c['speedup']:.1f}x "
-                      f"vs {c['reference']} (target {c['want']:.0f}x) {verdict}; {c['tflops']:.3g} useful TFLOP/s")
+                      f"vs {c['reference']} (target {c['want']:.0f}x) {verdict}; {c['tflops']:.3g} useful TFLOP/s "
+                      f"({c['reference']}: {c['ref_tflops']:.3g})")
     dense = at[(at.pattern == "dense") & (at.status == "ok")].set_index(["mode", "head_dim", "impl"]).tflops_useful
     for (mode, head_dim), rates in dense.groupby(level=[0, 1]):
         rates = rates.droplevel([0, 1])
