@@ -264,7 +264,9 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             density = prows.groupby("seq_len")["density"].mean().dropna()
             density = density[density > 0]
             if len(density):
-                (refs["ideal 1/density"],) = ax.plot(density.index, 1 / density, color="black", ls=":", lw=1.6)
+                # a marker too: with one sequence length the line has no length to show
+                (refs["ideal 1/density"],) = ax.plot(density.index, 1 / density, color="black", ls=":", lw=1.6,
+                                                     marker="_", ms=14)
         if kind == "tflops":
             for s, ceilings in fs.ceilings.items():
                 for name, value in ceilings.items():

@@ -84,6 +84,7 @@ class ResultWriter:
             check_header(self.path)
         self._fh = open(self.path, "w" if new else "a", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self.rows_written = 0  # by this writer (a resumed file holds more)
         if new:
             self._writer.writeheader()
             self._sync()
@@ -92,6 +93,7 @@ class ResultWriter:
         full = {"schema_version": SCHEMA_VERSION, **row}
         self._writer.writerow({k: ("" if v is None else v) for k, v in full.items()})
         self._sync()
+        self.rows_written += 1
 
     def _sync(self) -> None:
         self._fh.flush()

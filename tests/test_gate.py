@@ -232,7 +232,7 @@ def test_summary_and_github_step_summary(tmp_path: Path) -> None:
 def test_update_baseline(tmp_path: Path) -> None:
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--update-baseline")
     assert result.exit_code == 0, result.output
-    assert FLEX in result.output and "baseline updated" in result.output
+    assert FLEX in result.output and "baseline updated" in result.output and "exit 0 all the same" in result.output
     assert (tmp_path / "base" / "results.csv").read_text() == (tmp_path / "cur" / "results.csv").read_text()
     fresh = tmp_path / "new" / "baseline.csv"  # a missing baseline is created
     result = CliRunner().invoke(app, ["gate", str(fresh), str(tmp_path / "cur" / "results.csv"), "--update-baseline"])

@@ -164,5 +164,6 @@ def test_ctrl_c_keeps_finished_rows(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+    assert "interrupted: 1 finished row(s) of this run kept in" in err and "--resume" in err
     frame = read_results(csv)
     assert list(frame.impl) == ["sdpa"] and frame.status.iloc[0] == "ok"  # the dense baseline survived

@@ -180,6 +180,16 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(out.double(), reference(q, k, v, pattern.dense_mask(n)), atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("name,n,pairs", [("local", 256, 256 * 256), ("sliding_window", 256, 256 * 257 // 2)])
+def test_window_covering_the_sequence_is_flash_sdpa(name, n, pairs):
+    """A window of 1024 at n = 256 keeps every (causal) pair: SDPA's work, not a band 4x wider than n."""
+    pattern = get_pattern(name, window=1024)
+    assert IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs == pairs == pattern.nnz(n)
+    q, k, v = qkv(n, 32)
+    out, _ = run(pattern, q, k, v)
+    torch.testing.assert_close(out.double(), reference(q, k, v, pattern.dense_mask(n)), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("name", SPARSE)
 def test_executed_pairs_follow_nnz(name):
     """Block padding costs at most 2x the kept pairs, far below n^2."""

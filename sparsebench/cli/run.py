@@ -14,7 +14,7 @@ from rich.table import Table
 
 from sparsebench import environment
 from sparsebench.cli import options as opt
-from sparsebench.cli.common import console, user_errors
+from sparsebench.cli.common import console, err_console, user_errors
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import KEY_COLUMNS, ResultWriter, is_dense_baseline, read_meta, read_results, write_meta
 from sparsebench.runner import Case, SweepConfig, load_config, run_cases
@@ -33,9 +33,9 @@ def run_cmd(
     device: Annotated[list[str] | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto. Repeatable.")] = None,
     dtype: Annotated[list[str] | None, typer.Option("--dtype", help="float32, bfloat16, float16. Repeatable.")] = None,
     mode: Annotated[list[str] | None, typer.Option("--mode", help="fwd or fwdbwd. Repeatable.")] = None,
-    batch: Annotated[int | None, typer.Option("--batch", "-b", min=1)] = None,
-    heads: Annotated[int | None, typer.Option("--heads", min=1)] = None,
-    head_dim: Annotated[int | None, typer.Option("--head-dim", min=1)] = None,
+    batch: Annotated[int | None, typer.Option("--batch", "-b", min=1, help="Batch size B (default 1).")] = None,
+    heads: Annotated[int | None, typer.Option("--heads", min=1, help="Attention heads H (default 8).")] = None,
+    head_dim: Annotated[int | None, typer.Option("--head-dim", min=1, help="Head dimension D (default 64).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML sweep file (see configs/). "
                                                    "Options given on the command line override it.")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where results.csv and meta.json go.")]
@@ -76,7 +76,12 @@ def run_cmd(
         meta.update(earlier)
         write_meta(out_dir / "meta.json", meta)
         with ResultWriter(csv_path, append=resume) as writer:
-            rows, stats = _sweep(cases, unsupported, sweep, writer, dense)
+            try:
+                rows, stats = _sweep(cases, unsupported, sweep, writer, dense)
+            except KeyboardInterrupt:
+                err_console.print(f"interrupted: {writer.rows_written} finished row(s) of this run kept in {csv_path}; "
+                                  "the same command with --resume runs the rest", markup=False)
+                raise typer.Exit(130) from None
         starts = stats.worker_starts_s
         meta["ceilings"] = _merge_ceilings(earlier.get("ceilings", {}), stats.ceilings)
         meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
@@ -171,22 +176,28 @@ def _fmt(value: Any, spec: str) -> str:
 
 def _summary(rows: list[dict], csv_path: Path) -> None:
     """The end-of-sweep table; dtype/mode/device go in the title when the sweep has one of each."""
-    setups = sorted({f"{r['dtype']} {r['mode']} {r['device']}" for r in rows})
+    def setup(r: dict) -> str:
+        return f"{r['dtype']} {r['mode']} {r['device']}"
+
+    setups = sorted({setup(r) for r in rows})
     table = Table(title=f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else ""))
     headers = ["pattern", "impl", "n", "ms", "IQR", "vs dense", "MiB", "err", "status"]
     if len(setups) > 1:
-        headers.insert(2, "setup")
+        headers.insert(2, "dtype mode device")
     for col in headers:
-        table.add_column(col, justify="left" if col in ("pattern", "impl", "setup", "status") else "right")
-    for r in rows:
+        table.add_column(col, justify="right" if col in ("n", "ms", "IQR", "vs dense", "MiB", "err") else "left")
+    # per setup and length: the dense baseline first, then the cases in run order, the ones not run last
+    order = sorted(rows, key=lambda r: (setup(r), r["seq_len"], r["status"] in ("unsupported", "skipped"),
+                                        not is_dense_baseline(r)))
+    for r in order:
         label = f"{r['pattern']}({r['params'].replace(';', ',')})" if r.get("params") else r["pattern"]
-        status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:60]}"
+        status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
         cells = [label, r["impl"], str(r["seq_len"]), _fmt(r.get("latency_ms"), ".1f"),
                  _fmt(r.get("latency_iqr_ms"), ".1f"), _fmt(r.get("speedup_vs_dense"), ".2f"),
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),
                  f"[{STATUS_STYLE.get(r['status'], 'red')}]{status}[/]"]
         if len(setups) > 1:
-            cells.insert(2, f"{r['dtype']} {r['mode']} {r['device']}")
+            cells.insert(2, setup(r))
         table.add_row(*cells)
     console.print(table)
     console.print(f"wrote {csv_path} and {csv_path.with_name('meta.json')}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.impls.structured_kernels.core import Kernel, attend, attend_out, bias_from_mask, pad_rows
+from sparsebench.impls.structured_kernels.dense import SdpaKernel
 
 BLOCK = 32  # queries per block: the window is BLOCK + span - 1 keys wide; 32 measured best on CPU
 
@@ -85,15 +86,19 @@ class BandKernel(Kernel):
         return self.band(q, k, v)
 
 
-def local_kernel(pattern, n: int, device, dtype) -> BandKernel:
-    """local: q - w//2 <= k < q + w//2."""
+def local_kernel(pattern, n: int, device, dtype) -> Kernel:
+    """local: q - w//2 <= k < q + w//2 (every pair once w//2 >= n: then it is dense SDPA, not a wider band)."""
     half = pattern.window // 2
+    if half >= n:
+        return SdpaKernel(n=n, executed_pairs=n * n, causal=False)
     band = Band.build(n, -half, half - 1, 0, device, dtype)
     return BandKernel(n=n, executed_pairs=band.pairs, band=band)
 
 
-def sliding_window_kernel(pattern, n: int, device, dtype) -> BandKernel:
-    """sliding_window: q - w < k <= q."""
+def sliding_window_kernel(pattern, n: int, device, dtype) -> Kernel:
+    """sliding_window: q - w < k <= q (causal once w >= n: then it is causal SDPA)."""
+    if pattern.window >= n:
+        return SdpaKernel(n=n, executed_pairs=n * (n + 1) // 2, causal=True)
     band = Band.build(n, 1 - pattern.window, 0, 0, device, dtype)
     return BandKernel(n=n, executed_pairs=band.pairs, band=band)
 
