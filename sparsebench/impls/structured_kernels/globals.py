@@ -23,7 +23,7 @@ class LongformerKernel(Kernel):
     - CPU inference: the band (flash with its mask) and the global keys (flash) merged through their lse;
     - with autograd or on CUDA: one masked attention per query block over the global keys followed by the
       block's band window (no merge, so SDPA's fused backward applies), at the price of copying the global
-      keys into every block's window (3x slower than the merge in CPU inference at n = 8192).
+      keys into every block's window (slower than the merge in CPU inference, which therefore keeps it).
     Rows q < g are global rows (dense).
     """
 
