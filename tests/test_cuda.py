@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
 from conftest import brute_force_attention
@@ -42,14 +49,6 @@ def test_cuda_forward_and_backward(impl_name, pattern_name, dtype):
 
 def test_cuda_sweep_end_to_end(tmp_path):
     """`sparsebench run` on CUDA: event/do_bench timing, allocator and NVML peaks, ceilings, accuracy."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import pandas as pd
-
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "sparsebench", "run", "--device", "cuda", "--dtype", "bf16", "--mode", "fwd",
            "--mode", "fwdbwd", "--pattern", "local", "--pattern", "strided", "--seq", "4096", "--impl", "sdpa",
