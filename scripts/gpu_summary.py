@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sparsebench.errors import SparsebenchError  # noqa: E402
 from sparsebench.results import read_results  # noqa: E402
 
 # (pattern, reference pattern run on sdpa, the speed-up issue 7 asks for at 32768)
@@ -67,7 +68,10 @@ def main() -> None:
     parser.add_argument("results", type=Path)
     parser.add_argument("--seq", type=int, default=32768)
     args = parser.parse_args()
-    frame = read_results(args.results)
+    try:
+        frame = read_results(args.results)
+    except SparsebenchError as exc:
+        parser.exit(2, f"error: {exc}\n")
     console = Console(width=160)
     device = ", ".join(sorted(set(frame.device_name.dropna().astype(str)))) or "?"
     console.print(f"[bold]{args.results}[/]: {len(frame)} rows on {device}; statuses "

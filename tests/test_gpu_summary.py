@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -49,3 +51,9 @@ def test_memory_growth_exponent():
     assert math.isclose(growth.loc[("local", "structured", "fwd", 64), "exponent"], 1.0)
     assert math.isclose(growth.loc[("strided", "flex", "fwd", 64), "exponent"], 2.0)
     assert "dense" not in growth.index.get_level_values("pattern")
+
+
+def test_missing_results_file_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.csv")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no such file" in proc.stderr
