@@ -1,4 +1,4 @@
-"""A/A and A/B experiments for `sparsebench gate` (issue 5): does the gate cry wolf, does it catch a slowdown?
+"""A/A and A/B experiments for `sparsebench gate`: does the gate cry wolf, does it catch a slowdown?
 
 A/A: one baseline run of the config, then N more independent runs, each gated against the baseline (as CI
 does with a committed baseline) and against the previous run. Any exit 1 is a false alarm (target 0).

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One-shot GPU validation (issue 7), from a checkout: scripts/gpu_check.sh OUT_DIR [BUDGET_S]
+# One-shot GPU validation, from a checkout: scripts/gpu_check.sh OUT_DIR [BUDGET_S]
 #
 # Steps run in order of importance, each under a timeout cut from what is left of the budget (default
 # 480 s), so a slow step costs the later ones and never the whole run. `run` gets SIGINT at its limit and
 # keeps every finished row; later steps append with --resume. OUT_DIR gets at most 8 files (what the device
-# tool returns): info.json, pytest_cuda.log, run.log, sweep/results.csv, sweep/meta.json, plots.tgz,
-# summary.txt.
+# tool returns): info.json, pytest_cuda.log, run.log, profile.txt, sweep/results.csv, sweep/meta.json,
+# plots.tgz, summary.txt.
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}
 budget=${2:-480}
@@ -41,12 +41,15 @@ python3 -c "import pytest_timeout" 2> /dev/null && plugins+=(--timeout 140)
 step tests 150 python3 -m pytest -q -p no:cacheprovider -m cuda "${plugins[@]}" \
   tests/test_cuda.py tests/test_structured.py > "$out/pytest_cuda.log" 2>&1
 tail -3 "$out/pytest_cuda.log"
-# 3. 4096 to 65536 for sdpa and structured (memory growth, speed-up against n)
+# 3. where the time goes in the target cases: host enqueue vs kernel time, launches, top kernels
+step profile 60 python3 scripts/gpu_profile.py sdpa/dense sdpa/causal structured/local structured/strided \
+  structured/sliding_window:window=1024 flex/local flex/sliding_window:window=1024 > "$out/profile.txt" 2>&1
+# 4. 4096 to 65536 for sdpa and structured (memory growth, speed-up against n)
 step lengths 180 "${sb[@]}" run "${sweep[@]}" --resume >> "$out/run.log" 2>&1
-# 4. D = 128 for one pattern
+# 5. D = 128 for one pattern
 step d128 90 "${sb[@]}" run "${sweep[@]}" --resume --pattern local --head-dim 128 --seq 32768 --impl sdpa \
   --impl structured --impl flex >> "$out/run.log" 2>&1
-# 5. flex at the other lengths, as far as the budget goes
+# 6. flex at the other lengths, as far as the budget goes
 step flex-lengths 300 "${sb[@]}" run "${sweep[@]}" --resume --impl flex --pattern local \
   --pattern sliding_window:window=1024 --seq 4096 --seq 8192 --seq 16384 --seq 65536 >> "$out/run.log" 2>&1
 

@@ -11,18 +11,30 @@ from sparsebench.errors import Unsupported
 from sparsebench.impls import IMPLS, Prepared, get_impl
 from sparsebench.patterns import Pattern, get_pattern
 
-# impl="auto": most preferred first, per device type. CPU: from the committed benchmarks in docs/results/.
-# CUDA: provisional (no GPU benchmark committed yet); flex's block sparsity cannot help patterns that keep a key
-# in every 128-block, such as strided, where structured does 1/8 of the work (see the CPU results).
+# impl="auto": most preferred first, per device type and pattern (the device's default order where the pattern
+# has none). CPU: from the committed CPU benchmarks (docs/results/cpu-default, cpu-fwdbwd). CUDA: from the
+# H200 run in docs/results/h200 (bf16, H=16, D=64, 4096-65536, forward and forward+backward): flex was the
+# fastest on local and sliding_window at every length (local 42x dense SDPA at 32768, structured 9.7x),
+# structured on strided (4.5x; flex 0.55x: every 128-block keeps a column), and SDPA's own kernels on dense
+# and causal (flex 0.85x). dilated, fixed, longformer and bigbird were not measured on a GPU yet: flex's
+# block skipping first, as for the band patterns.
 AUTO_ORDER = {
     "cpu": ("structured", "sdpa", "eager"),
     "cuda": ("flex", "structured", "sdpa", "eager"),
+}
+AUTO_ORDER_BY_PATTERN = {
+    ("cuda", "dense"): ("sdpa",),
+    ("cuda", "causal"): ("sdpa",),
+    ("cuda", "strided"): ("structured", "flex", "sdpa", "eager"),
 }
 
 
 def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch.dtype, mode: str) -> str:
     """The implementation to use; raises Unsupported with the reason when none fits."""
-    candidates = AUTO_ORDER.get(device.type, tuple(IMPLS)) if impl == "auto" else (impl,)
+    if impl == "auto":
+        candidates = AUTO_ORDER_BY_PATTERN.get((device.type, pattern.name), AUTO_ORDER.get(device.type, tuple(IMPLS)))
+    else:
+        candidates = (impl,)
     reasons = []
     for name in candidates:
         reason = get_impl(name).unsupported_reason(pattern, str(device), dtype, mode)

@@ -32,7 +32,7 @@ COLUMNS = [
     "val_ppl", "train_s", "tokens_per_s", "corpus", "corpus_bytes", "steps",
 ]
 
-# The columns issue #3 requires; a file without them is not a sparsebench result.
+# The columns every result file has; a file without them is not a sparsebench result.
 REQUIRED_COLUMNS = [
     "pattern", "impl", "device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim", "density",
     "flops_useful", "flops_executed", "latency_ms", "latency_iqr_ms", "tflops_useful", "peak_mem_mib",

@@ -1,4 +1,4 @@
-"""scripts/gpu_summary.py (issue 7's GPU summary) on a synthetic result frame."""
+"""scripts/gpu_summary.py (the GPU check's summary) on a synthetic result frame."""
 
 from __future__ import annotations
 

@@ -121,6 +121,17 @@ def test_auto_raises_unsupported_with_reason():
         resolve_impl(get_pattern("local"), "flex", torch.device("cpu"), torch.float32, "fwdbwd")
 
 
+@pytest.mark.parametrize("device,pattern,mode,want", [
+    ("cuda", "local", "fwd", "flex"), ("cuda", "sliding_window", "fwdbwd", "flex"), ("cuda", "strided", "fwd",
+    "structured"), ("cuda", "dense", "fwd", "sdpa"), ("cuda", "causal", "fwdbwd", "sdpa"), ("cpu", "local", "fwd",
+    "structured"), ("cpu", "dense", "fwdbwd", "structured")])
+def test_auto_follows_the_measured_order(device, pattern, mode, want):
+    """impl="auto" picks per device and pattern, from the committed CPU and H200 results (no GPU needed)."""
+    from sparsebench.api import resolve_impl
+
+    assert resolve_impl(get_pattern(pattern), "auto", torch.device(device), torch.bfloat16, mode) == want
+
+
 def test_flex_never_falls_back_to_eager_in_a_sweep():
     # dynamo's default cache limit (8 graphs) is smaller than one sweep group's masks; past it, flex would
     # silently run eagerly and materialise n^2 scores.

@@ -115,7 +115,7 @@ def test_matmul_path(name, monkeypatch):
     q, k, v = qkv(n, 32, h=2)
     flash, _ = run(pattern, q, k, v)
     monkeypatch.setattr(core, "use_flash", lambda *args: False)
-    monkeypatch.setattr(core, "fused_available", lambda q: False)
+    monkeypatch.setattr(core, "fused_backend", lambda q: None)
     matmul, _ = run(pattern, q, k, v)
     torch.testing.assert_close(matmul, flash, atol=1e-5, rtol=0)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
@@ -252,6 +252,40 @@ def test_supports_every_pattern_and_explains_the_rest():
                 assert IMPL.unsupported_reason(get_pattern(name), "cpu", dtype, mode) is None
     reason = IMPL.unsupported_reason(causal_of(get_pattern("local")), "cpu", torch.float32, "fwd")
     assert reason and "structured implements only" in reason
+
+
+def test_fused_backend_choice(monkeypatch):
+    """CPU flash on CPU; on CUDA cuDNN first (half precision, D <= 128), flash up to D = 256, else none."""
+    def fake(device: str, dtype: torch.dtype, head_dim: int):
+        return type("T", (), {"device": torch.device(device), "dtype": dtype, "shape": (1, 2, 64, head_dim)})()
+
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    assert core.fused_backend(torch.zeros(1, 2, 8, 16)) == "cpu_flash"
+    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cudnn"
+    assert core.fused_backend(fake("cuda", torch.float16, 128)) == "cudnn"
+    assert core.fused_backend(fake("cuda", torch.bfloat16, 256)) == "cuda_flash"
+    assert core.fused_backend(fake("cuda", torch.bfloat16, 72 + 4)) is None  # not a multiple of 8
+    assert core.fused_backend(fake("cuda", torch.float32, 64)) is None
+    assert core.fused_backend(fake("meta", torch.bfloat16, 64)) is None
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)
+    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cuda_flash"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", ["strided", "fixed", "longformer"])
+@pytest.mark.parametrize("backend", ["cudnn", "cuda_flash"])
+def test_cuda_fused_backends_match_reference(name, backend, monkeypatch):
+    """Both CUDA fused kernels, fed the merged output and lse in their backward, against float64."""
+    monkeypatch.setattr(core, "fused_backend", lambda q: backend)
+    pattern, n = get_pattern(name), 1537
+    q, k, v = (x.cuda().to(torch.bfloat16) for x in qkv(n, 64))
+    grad_out = torch.randn_like(q)
+    ref, ref_grads = reference(q, k, v, pattern.dense_mask(n, "cuda"), grad_out)
+    out, grads = run(pattern, q, k, v, grad_out)
+    assert (out.double() - ref).abs().max() <= TOL[torch.bfloat16]
+    for got, want in zip(grads, ref_grads):
+        assert (got.double() - want).abs().max() <= 0.1 * max(1.0, want.abs().max().item())
 
 
 @pytest.mark.cuda

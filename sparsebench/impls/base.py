@@ -65,7 +65,7 @@ class Impl:
         return n * n
 
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
-                       dtype: torch.dtype, mode: str) -> int:
+                       dtype: torch.dtype, mode: str, device_type: str = "cpu") -> int:
         """Rough peak extra memory of one call, for the preflight (default: O(nnz) working set)."""
         elt = torch.finfo(dtype).bits // 8
         work = batch * heads * (pattern.nnz(n) * 2 + 4 * n * head_dim) * max(elt, 4)

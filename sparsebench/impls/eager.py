@@ -21,6 +21,6 @@ class EagerImpl(Impl):
             scores = scores.masked_fill(~prep.state, float("-inf"))
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
-    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode):
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
         elt = torch.finfo(dtype).bits // 8
         return n * n + 2 * batch * heads * n * n * elt * (2 if mode == "fwdbwd" else 1)

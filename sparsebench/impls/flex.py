@@ -87,7 +87,7 @@ class FlexImpl(Impl):
     def estimate_pairs(self, pattern, n):
         return 2 * pattern.nnz(n)  # block rounding: a rough upper bound for the preflight
 
-    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode):
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
         elt = torch.finfo(dtype).bits // 8
         nb = -(-n // BLOCK_SIZE)
         return 4 * batch * heads * n * head_dim * elt * (3 if mode == "fwdbwd" else 1) + 8 * nb * nb

@@ -27,7 +27,7 @@ class SdpaImpl(Impl):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=prep.state)
 
-    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode):
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
         elt = torch.finfo(dtype).bits // 8
         io = 4 * batch * heads * n * head_dim * elt
         if pattern.name in ("dense", "causal"):

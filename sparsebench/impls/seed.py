@@ -37,7 +37,7 @@ class SeedImpl(Impl):
         attention_weights = torch.softmax(scores, dim=-1)
         return torch.matmul(attention_weights, v)
 
-    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode):
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
         elt = torch.finfo(dtype).bits // 8
         # float32 mask + scores, masked scores and softmax output; backward keeps them all
         return 4 * n * n + 3 * batch * heads * n * n * elt * (2 if mode == "fwdbwd" else 1)

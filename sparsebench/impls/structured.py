@@ -15,7 +15,9 @@ from __future__ import annotations
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.sdpa import SdpaImpl
 from sparsebench.impls.structured_kernels import BUILDERS, build_kernel
+from sparsebench.impls.structured_kernels.band import BLOCK as BAND_BLOCK
 from sparsebench.patterns import Pattern
 
 
@@ -39,13 +41,29 @@ class StructuredImpl(Impl):
         return int(1.5 * pattern.nnz(n)) + 64 * n
 
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
-                       dtype: torch.dtype, mode: str) -> int:
-        """An O(nnz) upper bound: block padding makes ~1.5x nnz pairs. Inference keeps at most one float32 score
-        per pair (the fused kernels keep none); the matmul path saves scores and probabilities for the backward. Plus
-        padded/gathered copies of K and V (bigbird gathers m key blocks per query block) and outputs."""
+                       dtype: torch.dtype, mode: str, device_type: str = "cpu") -> int:
+        """An O(nnz) upper bound. dense and causal are SDPA's. Padded/gathered copies of K and V (bigbird gathers
+        m key blocks per query block) and outputs; then either the float32 scores and probabilities that the
+        chunked matmul path keeps (~1.5x nnz pairs; inference keeps at most one chunk), or, on the fused
+        kernels, the per-block key windows that a backward (or bigbird's gather) materialises."""
+        if pattern.name in ("dense", "causal"):
+            return SdpaImpl().estimate_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
         elt = torch.finfo(dtype).bits // 8
         pairs = 1.5 * pattern.nnz(n)
         gathered = 3 + pattern.global_blocks + pattern.random_blocks if pattern.name == "bigbird" else 1
         copies = (2 * gathered + 6) * n * head_dim * 4
-        per_head = copies + 4 * pairs if mode == "fwd" else 3 * copies + 2 * (8 + elt) * pairs
-        return int(batch * heads * per_head)
+        if _keeps_scores(pattern, device_type, dtype, mode):
+            work = 4 * pairs if mode == "fwd" else 2 * (8 + elt) * pairs
+        else:
+            # query rows that share one key window: all of them for gathered columns, a block for the others
+            rows = n if pattern.name in ("strided", "fixed") else getattr(pattern, "block", BAND_BLOCK)
+            work = pairs / rows * head_dim * elt * (2 if mode == "fwd" else 4)
+        return int(batch * heads * ((1 if mode == "fwd" else 3) * copies + work))
+
+
+def _keeps_scores(pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> bool:
+    """Whether a part of the kernel runs on the chunked matmul path (see structured_kernels/core.py): fixed's
+    summary columns except in CPU inference, and the merged parts on CUDA in float32 (no fused kernel)."""
+    if pattern.name == "fixed":
+        return mode == "fwdbwd" or device_type == "cuda"
+    return device_type == "cuda" and dtype == torch.float32 and pattern.name in ("strided", "longformer")

@@ -41,7 +41,7 @@ def estimate(case: Case) -> tuple[int, float]:
     """(peak bytes, seconds) this case is expected to need."""
     impl, pattern = get_impl(case.impl), case.build_pattern()
     args = (pattern, case.batch, case.heads, case.seq_len, case.head_dim, case.torch_dtype, case.mode)
-    need = input_bytes(case) + impl.estimate_bytes(*args)
+    need = input_bytes(case) + impl.estimate_bytes(*args, device_type=case.device_type)
     pairs = impl.estimate_pairs(pattern, case.seq_len)
     seconds = CALLS_PER_CASE * attention_flops(pairs, case.batch, case.heads, case.head_dim, case.mode) \
         / ASSUMED_FLOPS[case.device_type]

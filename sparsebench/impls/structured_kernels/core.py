@@ -5,11 +5,11 @@ gathered columns, a self term, ...). Each part returns its output and the logsum
 scores; softmax over the union of the key sets is then the lse-weighted sum of the parts.
 
 Four backends compute a part:
-- `attend_merge`, for a part with no mask that is merged with at most one other part: torch's fused
-  flash kernel (`_scaled_dot_product_flash_attention_for_cpu` on CPU, `_scaled_dot_product_flash_attention`
-  on CUDA in float16/bfloat16) inside `_FusedMerge`, an autograd Function whose backward calls the
-  kernel's own backward with the *merged* output and lse (as ring attention does), so the scores are never
-  materialised, in the forward or the backward pass.
+- `attend_merge`, for a part with no mask that is merged with at most one other part: one of torch's fused
+  kernels that return the lse (`fused_backend`: the CPU flash kernel; on CUDA in float16/bfloat16, cuDNN's
+  or flash's) inside `_FusedMerge`, an autograd Function whose backward calls the kernel's own backward
+  with the *merged* output and lse (as ring attention does), so the scores are never materialised, in the
+  forward or the backward pass.
 - `attend_out`, for a masked part whose lse is not needed (the kernel's only part: bands, bigbird's blocks,
   longformer's globals + band): SDPA with the bias as its mask, fused on CPU and CUDA, forward and backward.
 - `attend`, for a masked part that is merged (fixed's summary columns; longformer's band in CPU inference):
@@ -54,30 +54,48 @@ def use_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return q.device.type == "cpu" and not needs_grad
 
 
-def fused_available(q: torch.Tensor) -> bool:
-    """True when torch has a fused flash kernel returning the lse, with a backward, for q's device and dtype."""
+def fused_backend(q: torch.Tensor) -> str | None:
+    """The fused kernel that returns the lse and has a backward, for q's device, dtype and head dim.
+
+    'cpu_flash' on CPU. On CUDA, half precision only: 'cudnn' (head_dim <= 128) unless torch's cuDNN SDPA is
+    switched off (`torch.backends.cuda.enable_cudnn_sdp(False)`), else 'cuda_flash' (head_dim <= 256). On an
+    H200 (torch 2.11, bf16, D=64) cuDNN's kernel ran dense attention at 465 TFLOP/s and flash's at 301, so
+    cuDNN comes first (docs/results/h200). None: no fused kernel; float32 on CUDA goes to the matmul backend.
+    """
     if q.device.type == "cpu":
-        return True
-    # CUDA flash: half precision, head_dim a multiple of 8 up to 256. float32 goes to the matmul backend.
-    return (q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16)
-            and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256)
+        return "cpu_flash"
+    head_dim = q.shape[-1]
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or head_dim % 8:
+        return None
+    if head_dim <= 128 and torch.backends.cudnn.is_available() and torch.backends.cuda.cudnn_sdp_enabled():
+        return "cudnn"
+    return "cuda_flash" if head_dim <= 256 else None
 
 
-def _fused_forward(q, k, v, causal: bool) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-    """(out, lse, what the backward needs besides q, k, v, out, lse) from the device's flash kernel."""
-    if q.device.type == "cpu":
+def _fused_forward(q, k, v, causal: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+    """(out, lse (B, H, L) float32, what the backward needs besides q, k, v, out, lse) from a fused kernel."""
+    if backend == "cpu_flash":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
         return out, lse, ()
+    if backend == "cudnn":
+        # cuDNN's lse is (B, H, L, 1); its output may follow q's layout rather than be contiguous
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
+            q, k, v, None, True, 0.0, causal)
+        return out, lse.view(lse.shape[:3]), (cum_q, cum_k, max_q, max_k, seed, offset)
     out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
         q, k, v, 0.0, causal)
     return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
 
 
-def _fused_backward(grad_out, q, k, v, out, lse, causal: bool, extra: tuple):
-    if q.device.type == "cpu":
+def _fused_backward(grad_out, q, k, v, out, lse, causal: bool, backend: str, extra: tuple):
+    """(dq, dk, dv) from the fused kernel's own backward, given the (merged) out and lse."""
+    if backend == "cpu_flash":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             grad_out, q, k, v, out, lse, 0.0, causal)
     cum_q, cum_k, max_q, max_k, seed, offset = extra
+    if backend == "cudnn":  # no bias: None is passed as an undefined tensor
+        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+            grad_out, q, k, v, out, lse.unsqueeze(-1), seed, offset, None, cum_q, cum_k, max_q, max_k, 0.0, causal)
     return torch.ops.aten._scaled_dot_product_flash_attention_backward(
         grad_out, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset)
 
@@ -92,8 +110,8 @@ class _FusedMerge(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, causal: bool, other_out, other_lse):
-        out, lse, extra = _fused_forward(q, k, v, causal)
+    def forward(ctx, q, k, v, causal: bool, backend: str, other_out, other_lse):
+        out, lse, extra = _fused_forward(q, k, v, causal, backend)
         weight = None
         if other_out is not None:
             weight = torch.sigmoid(other_lse - lse)  # float32
@@ -103,7 +121,7 @@ class _FusedMerge(torch.autograd.Function):
             lse = torch.logaddexp(lse, other_lse)
         out = out.contiguous()
         lse = lse.contiguous()
-        ctx.causal, ctx.extra = causal, extra
+        ctx.causal, ctx.backend, ctx.extra = causal, backend, extra
         ctx.save_for_backward(q, k, v, out, lse, other_out, weight)
         return out
 
@@ -111,13 +129,13 @@ class _FusedMerge(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse, other_out, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        dq, dk, dv = _fused_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.extra)
+        dq, dk, dv = _fused_backward(grad_out, q, k, v, out, lse, ctx.causal, ctx.backend, ctx.extra)
         d_other_out = d_other_lse = None
         if other_out is not None:
             g = grad_out.float()
             d_other_out = (weight.unsqueeze(-1) * g).to(other_out.dtype)
             d_other_lse = weight * (torch.linalg.vecdot(g, other_out.float()) - torch.linalg.vecdot(g, out.float()))
-        return dq, dk, dv, None, d_other_out, d_other_lse
+        return dq, dk, dv, None, None, d_other_out, d_other_lse
 
 
 def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -126,18 +144,19 @@ def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Softmax over the keys of an unmasked part (q against k, v) and of a disjoint `other` part (out, lse).
 
     Shapes as in `attend`; `other` is (out like q's output, lse like its lse) or None. Returns the merged
-    output in q's dtype. Uses the fused flash kernel where one exists (`fused_available`), else `attend`.
+    output in q's dtype. Uses a fused kernel where one exists (`fused_backend`), else `attend`.
     """
-    if not fused_available(q):
+    backend = fused_backend(q)
+    if backend is None:
         part = attend(q, k, v, causal=causal, flash=flash)
         return (part[0] if other is None else merge(part, other)).to(q.dtype)
     if q.dim() == 3:  # the kernels want (batch, heads, L, D)
         other = None if other is None else (other[0][None], other[1][None])
         return attend_merge(q[None], k[None], v[None], other, causal)[0]
-    if q.device.type == "cuda":  # flash wants unit stride in D; a strided view of keys is copied (small)
-        k, v = k.contiguous(), v.contiguous()
+    if q.device.type == "cuda":  # the CUDA kernels want dense rows; a strided view of keys is copied (small)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     other_out, other_lse = (None, None) if other is None else other
-    return _FusedMerge.apply(q, k, v, causal, other_out, other_lse)
+    return _FusedMerge.apply(q, k, v, causal, backend, other_out, other_lse)
 
 
 def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
