@@ -2,7 +2,7 @@
 
     python3 scripts/gpu_summary.py RESULTS_CSV [--seq 32768]
 
-Every ratio compares rows of the same run and shape group (same mode, dtype, batch, heads and head_dim).
+Every ratio compares rows of the same run and shape (`results.reference_rows`).
 """
 
 from __future__ import annotations
@@ -18,19 +18,16 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sparsebench.errors import SparsebenchError  # noqa: E402
-from sparsebench.results import read_results  # noqa: E402
+from sparsebench.results import latest, read_results, reference_rows  # noqa: E402
 
 # (pattern, reference pattern run on sdpa, the speed-up the GPU check asks for at 32768)
 TARGETS = [("local", "dense", 30.0), ("strided", "dense", 5.0), ("sliding_window", "causal", 8.0)]
-GROUP = ["mode", "dtype", "batch", "heads", "head_dim", "seq_len"]
 SPARSE_IMPLS = ("structured", "flex")
 
 
 def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms") -> pd.Series:
-    """`column` of the `ref_pattern` sdpa row in each row's shape group (NaN where it did not run)."""
-    ref = frame[(frame.pattern == ref_pattern) & (frame.impl == "sdpa") & (frame.status == "ok")]
-    ref = ref.groupby(GROUP)[column].first().rename("ref").reset_index()
-    return frame[GROUP].merge(ref, on=GROUP, how="left").ref.set_axis(frame.index)
+    """`column` of the `ref_pattern` sdpa row of each row's run and shape (NaN where it did not run)."""
+    return reference_rows(frame, (ref_pattern, "sdpa"))[column]
 
 
 def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
@@ -69,7 +66,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=32768)
     args = parser.parse_args()
     try:
-        frame = read_results(args.results)
+        frame = latest(read_results(args.results))
     except SparsebenchError as exc:
         parser.exit(2, f"error: {exc}\n")
     console = Console(width=160)

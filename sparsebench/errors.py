@@ -11,3 +11,7 @@ class PatternError(SparsebenchError, ValueError):
 
 class Unsupported(SparsebenchError):
     """An implementation cannot run this (pattern, device, dtype, mode) combination."""
+
+
+class NotComparable(SparsebenchError):
+    """Two result sets cannot be compared (other device, other result schema, no common case): gate exit 3."""

@@ -9,26 +9,34 @@ threshold and a significant one-sided Mann-Whitney U test on the (normalised) ra
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from scipy.stats import mannwhitneyu
 
-from sparsebench.errors import SparsebenchError
+from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import (
     COLUMNS,
-    DENSE_BASELINE,
+    DENSE_REFERENCE,
     FAILED_STATUSES,
     KEY_COLUMNS,
+    case_key,
+    key_text,
     parse_params,
     parse_samples,
+    shape_key,
+    with_dense_reference,
 )
 
-# Columns that fix the shape of a case: the dense reference of a row has the same values.
-SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
-DENSE_REF = DENSE_BASELINE  # (pattern, impl) of the dense-SDPA reference rows
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
 # Default absolute floor of the peak-memory check. CUDA: the allocator peak is exact. CPU: peak RSS moves
 # in 2 MiB transparent huge pages, and A/A runs differ by up to 2 MiB.
@@ -42,9 +50,7 @@ Key = tuple[str, ...]
 # Re-runs a list of cases (dicts of the KEY_COLUMNS, params as a dict) and returns their result rows.
 Rerun = Callable[[list[dict[str, Any]]], pd.DataFrame]
 
-
-class NotComparable(SparsebenchError):
-    """The two result sets cannot be compared (different device, schema or no common case): exit 3."""
+__all__ = ["NotComparable", "Thresholds", "Limits", "compare", "confirm"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,21 @@ class Thresholds:
 
     def for_case(self, pattern: str, impl: str) -> Limits:
         return replace(self.default, **{**self.patterns.get(pattern, {}), **self.impls.get(impl, {})})
+
+    @classmethod
+    def from_toml(cls, path: Path | None, **overrides: float | None) -> Thresholds:
+        """From a TOML file (a bare table or a [gate] table; see configs/gate.toml), or the defaults when `path`
+        is None; non-None `overrides` win (see `from_dict`)."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except OSError as exc:
+                raise SparsebenchError(f"{path}: cannot read thresholds ({exc.strerror})") from None
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise SparsebenchError(f"{path}: not valid TOML ({exc})") from None
+            data = data.get("gate", data)
+        return cls.from_dict(data, **overrides)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: float | None) -> Thresholds:
@@ -192,28 +213,15 @@ def case_name(row: Any) -> str:
     """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd."""
     params = row["params"] if isinstance(row["params"], str) else ""
     pattern = f"{row['pattern']}({params.replace(';', ',')})" if params else row["pattern"]
-    return f"{pattern}/{row['impl']}/{_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
-
-
-def _text(value: Any) -> str:
-    """A key value as canonical text: 8.0 and 8 read the same, NaN reads ''."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ""
-        if value.is_integer():
-            return str(int(value))
-    return str(value)
-
-
-def _key(row: Any, columns: list[str] = KEY_COLUMNS) -> Key:
-    return tuple(_text(row[c]) for c in columns)
+    return f"{pattern}/{row['impl']}/{key_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
 
 
 def _by_key(frame: pd.DataFrame) -> dict[Key, dict[str, Any]]:
-    """Rows by case key; the last row wins when a case was written twice (e.g. a resumed run).
-    Columns the frame lacks read as empty."""
+    """Rows by case key, each with its dense reference columns filled from its own run; the last row wins when
+    a case was written twice (e.g. a resumed run). Columns the frame lacks read as empty."""
     empty = dict.fromkeys(COLUMNS, math.nan) | {"params": "", "samples_ms": "", "error": ""}
-    return {_key(row): row for row in ({**empty, **r} for r in frame.to_dict("records"))}
+    frame = with_dense_reference(frame.assign(**{c: v for c, v in empty.items() if c not in frame.columns}))
+    return {case_key(row): row for row in frame.to_dict("records")}
 
 
 def _float(value: Any) -> float:
@@ -223,30 +231,13 @@ def _float(value: Any) -> float:
         return math.nan
 
 
-def _dense_refs(rows: dict[Key, dict[str, Any]]) -> dict[Key, float]:
-    """Dense-SDPA latency (ms) of each shape of one run, from its dense/sdpa rows."""
-    refs = {}
-    for row in rows.values():
-        latency = _float(row["latency_ms"])
-        if (row["pattern"], row["impl"]) == DENSE_REF and row["status"] == "ok" and latency > 0:
-            refs[_key(row, SHAPE_COLUMNS)] = latency
-    return refs
-
-
-def _reference(row: dict[str, Any], refs: dict[Key, float]) -> float:
-    """The dense-SDPA latency of the row's run and shape: its dense_latency_ms column, else the dense row."""
-    own = _float(row.get("dense_latency_ms"))
-    return own if own > 0 else refs.get(_key(row, SHAPE_COLUMNS), math.nan)
+def _is_reference(case: CaseResult) -> bool:
+    return (case.pattern, case.impl) == DENSE_REFERENCE
 
 
 def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -> None:
-    """Raise NotComparable when the two result sets measure different things."""
-    for column in ("schema_version",):
-        if column in baseline and column in current:
-            b, c = set(baseline[column].dropna().astype(int)), set(current[column].dropna().astype(int))
-            if b != c:
-                raise NotComparable(f"result schema versions differ: baseline {sorted(b)}, current {sorted(c)}; "
-                                    "refresh the baseline with --update-baseline")
+    """Raise NotComparable when the two result sets measure different things (the schema version is checked
+    when a file is read: `results.read_results`)."""
     b, c = set(baseline["device"].astype(str)), set(current["device"].astype(str))
     if b != c:
         raise NotComparable(f"different devices: baseline ran on {', '.join(sorted(b))}, current on "
@@ -272,7 +263,6 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
         keys = [k for k in keys if k in wanted]
     elif not set(base_rows) & set(cur_rows):
         raise NotComparable("the two result sets have no case in common (different configs?)")
-    base_refs, cur_refs = _dense_refs(base_rows), _dense_refs(cur_rows)
     cases = []
     for key in keys:
         base, cur = base_rows.get(key), cur_rows.get(key)
@@ -283,7 +273,7 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
             case.base_status = base["status"] if base is not None else ""
             case.cur_status = cur["status"] if cur is not None else ""
         else:
-            _compare_case(case, base, cur, base_refs, cur_refs, thresholds, raw)
+            _compare_case(case, base, cur, thresholds, raw)
             if not gate_latency:
                 for finding in case.findings:
                     if finding.metric == "latency" and finding.verdict == REGRESSION:
@@ -294,9 +284,10 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
     for case in cases:
         if names.count(case.name) > 1:  # same name, other batch/heads/head_dim: say which
             row = base_rows.get(case.key) or cur_rows[case.key]
-            case.name += f"/B{_text(row['batch'])}xH{_text(row['heads'])}xD{_text(row['head_dim'])}"
+            case.name += f"/B{key_text(row['batch'])}xH{key_text(row['heads'])}xD{key_text(row['head_dim'])}"
     notes = []
-    if not raw and not base_refs and not cur_refs:
+    has_reference = any(_float(r["dense_latency_ms"]) > 0 for r in [*base_rows.values(), *cur_rows.values()])
+    if not raw and not has_reference:
         notes.append("no ok dense/sdpa rows of the same shape: latency was not gated (add dense+sdpa to the "
                      "config, or use --raw on one machine)")
     if not gate_latency:
@@ -305,8 +296,8 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
     return GateReport(cases, raw, thresholds, notes, gate_latency)
 
 
-def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], base_refs: dict[Key, float],
-                  cur_refs: dict[Key, float], thresholds: Thresholds, raw: bool) -> None:
+def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], thresholds: Thresholds,
+                  raw: bool) -> None:
     case.base_status, case.cur_status = str(base["status"]), str(cur["status"])
     limits = thresholds.for_case(case.pattern, case.impl)
     if case.base_status == "ok" and case.cur_status != "ok":
@@ -324,9 +315,9 @@ def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], b
                                          "exactly; refresh the baseline if intended)"))
     _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits,
                     limits.mem_floor(str(base["device"])))
-    if raw or (case.pattern, case.impl) != DENSE_REF:
-        base_ref = 1.0 if raw else _reference(base, base_refs)
-        cur_ref = 1.0 if raw else _reference(cur, cur_refs)
+    if raw or not _is_reference(case):
+        base_ref = 1.0 if raw else _float(base["dense_latency_ms"])
+        cur_ref = 1.0 if raw else _float(cur["dense_latency_ms"])
         _compare_latency(case, base, cur, base_ref, cur_ref, limits.latency, thresholds.alpha, raw)
 
 
@@ -397,9 +388,9 @@ def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, r
     rows = _by_key(current)
     specs = [case_spec(rows[k]) for k in regressed]
     if not report.raw:
-        shapes = {_key(rows[k], SHAPE_COLUMNS) for k in regressed}
-        refs = [r for k, r in rows.items() if (r["pattern"], r["impl"]) == DENSE_REF
-                and _key(r, SHAPE_COLUMNS) in shapes and k not in regressed]
+        shapes = {shape_key(rows[k]) for k in regressed}
+        refs = [r for k, r in rows.items() if (r["pattern"], r["impl"]) == DENSE_REFERENCE
+                and shape_key(r) in shapes and k not in regressed]
         specs = [case_spec(r) for r in refs] + specs
     hits = {k: 0 for k in regressed}
     for _ in range(times):

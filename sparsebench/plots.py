@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import DENSE_BASELINE, KEY_COLUMNS
+from sparsebench.results import ceilings_for, latest, with_dense_reference
 
 matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
 
@@ -38,9 +38,7 @@ SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
 NOT_RUN_MARKERS = {"oom": "X", "timeout": "P", "skipped": ">", "unsupported": "x", "error": "D", "inaccurate": "*"}
 
 COLORBAR_TICKS = (0.01, 0.1, 0.5, 1, 2, 10, 100)  # speed-ups labelled on the heatmap's colour bar
-# The dense baseline: pattern dense, impl sdpa, same device/dtype/mode/shape/seq_len, in the same run.
-BASELINE_KEYS = ["run", "device", "dtype", "mode", "batch", "heads", "head_dim", "seq_len"]
-SHAPE = ["batch", "heads", "head_dim"]
+SHAPE = ["batch", "heads", "head_dim"]  # one figure set per (device, dtype, mode) and these
 NUMERIC = ["batch", "heads", "head_dim", "seq_len", "density", "flops_useful", "latency_ms", "latency_iqr_ms",
            "tflops_useful", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense"]
 
@@ -83,21 +81,6 @@ class FigureSet:
     ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # series -> {ceiling name: TFLOP/s}
 
 
-def with_dense_ratios(frame: pd.DataFrame) -> pd.DataFrame:
-    """Fill empty speedup_vs_dense, mem_ratio_vs_dense and tflops_useful from the dense SDPA rows."""
-    dense_pattern, dense_impl = DENSE_BASELINE
-    base = frame[(frame["pattern"] == dense_pattern) & (frame["impl"] == dense_impl) & (frame["status"] == "ok")]
-    base = base.drop_duplicates(BASELINE_KEYS, keep="last")[BASELINE_KEYS + ["latency_ms", "peak_mem_mib"]]
-    base = base.rename(columns={"latency_ms": "_base_ms", "peak_mem_mib": "_base_mib"})
-    out = frame.merge(base, on=BASELINE_KEYS, how="left")
-    ok = out["status"] == "ok"
-    base_mib = out["_base_mib"].where(out["_base_mib"] > 0)
-    out["speedup_vs_dense"] = out["speedup_vs_dense"].fillna((out["_base_ms"] / out["latency_ms"]).where(ok))
-    out["mem_ratio_vs_dense"] = out["mem_ratio_vs_dense"].fillna((out["peak_mem_mib"] / base_mib).where(ok))
-    out["tflops_useful"] = out["tflops_useful"].fillna((out["flops_useful"] / out["latency_ms"] / 1e9).where(ok))
-    return out.drop(columns=["_base_ms", "_base_mib"])
-
-
 def combine(runs: list[Run]) -> pd.DataFrame:
     """All runs' attention rows in one frame with the columns run, series (a legend entry) and panel."""
     frames = []
@@ -107,8 +90,8 @@ def combine(runs: list[Run]) -> pd.DataFrame:
             frame["params"] = ""
         for col in NUMERIC:
             frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame.columns else np.nan
-        frame = frame[frame["mode"] != "train"].drop_duplicates(KEY_COLUMNS, keep="last")
-        frames.append(with_dense_ratios(frame.assign(run=run.label)))
+        frame = latest(frame[frame["mode"] != "train"])
+        frames.append(with_dense_reference(frame).assign(run=run.label))
     rows = pd.concat(frames, ignore_index=True)
     rows["series"] = rows["run"]
     if len(runs) > 1 and not _runs_share_a_set(rows):
@@ -148,8 +131,8 @@ def figure_sets(runs: list[Run]) -> list[FigureSet]:
                 title=" · ".join(parts + [shape_text]),
                 subtitle=_subtitle(part, metas),
                 rows=part,
-                ceilings={s: _ceilings(metas[run], dtype) for (s, run, dtype), _ in
-                          part.groupby(["series", "run", "dtype"], sort=False)},
+                ceilings={s: _tflops_ceilings(metas[run], device, dtype) for (s, run, device, dtype), _ in
+                          part.groupby(["series", "run", "device", "dtype"], sort=False)},
             ))
     return sets
 
@@ -168,15 +151,10 @@ def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ceilings(meta: dict[str, Any], dtype: str) -> dict[str, float]:
-    """meta['ceilings']: {name: TFLOP/s} or {name: {dtype: TFLOP/s}}; names like 'matmul_tflops'."""
-    out = {}
-    for name, value in (meta.get("ceilings") or {}).items():
-        if isinstance(value, dict):
-            value = value.get(dtype)
-        if isinstance(value, (int, float)) and value > 0:
-            out[str(name).removesuffix("_tflops")] = float(value)
-    return out
+def _tflops_ceilings(meta: dict[str, Any], device: str, dtype: str) -> dict[str, float]:
+    """The run's measured TFLOP/s ceilings for the device and dtype, by name ('matmul_tflops' -> 'matmul')."""
+    return {name.removesuffix("_tflops"): value for name, value in ceilings_for(meta, device, dtype).items()
+            if name.endswith("_tflops") and value > 0}
 
 
 def impl_colors(impls: list[str]) -> dict[str, str]:

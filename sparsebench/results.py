@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from sparsebench.errors import SparsebenchError
+from sparsebench.errors import NotComparable, SparsebenchError
+from sparsebench.measure.flops import tflops
 
 SCHEMA_VERSION = 1
 
 # Columns that identify a case: two rows with equal keys measure the same thing.
 KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
+# Columns that fix a case's shape: its dense reference is the row of the same run with the same shape.
+SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
 
 COLUMNS = [
     "schema_version", "run_id",
@@ -39,17 +44,160 @@ REQUIRED_COLUMNS = [
     "max_abs_err", "status", "error",
 ]
 
-# (pattern, impl) of the dense-SDPA baseline that every run measures beside its cases.
-DENSE_BASELINE = ("dense", "sdpa")
+# (pattern, impl) of the dense reference that every run measures beside its cases, on the same inputs.
+DENSE_REFERENCE = ("dense", "sdpa")
 
 
-def is_dense_baseline(row: dict[str, Any]) -> bool:
-    """True for a measured (status ok) dense-SDPA baseline row."""
-    return (row["pattern"], row["impl"]) == DENSE_BASELINE and row["status"] == "ok"
+def is_dense_reference(row: dict[str, Any]) -> bool:
+    """True for a dense reference case (dense SDPA; for `train` rows, the dense variant of the same run)."""
+    return row["pattern"] == DENSE_REFERENCE[0] and (row["impl"] == DENSE_REFERENCE[1] or row["mode"] == "train")
 
 
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error", "inaccurate")
 FAILED_STATUSES = ("oom", "timeout", "error", "inaccurate")
+
+
+def key_text(value: Any) -> str:
+    """A key value as canonical text: 8, 8.0 and "8" read the same, NaN and None read ''."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value)
+
+
+def case_key(row: Any, columns: list[str] = KEY_COLUMNS) -> tuple[str, ...]:
+    """The case key of a row (dict, Series or record) as canonical text: equal keys measure the same case."""
+    return tuple(key_text(row[c]) for c in columns)
+
+
+def shape_key(row: Any) -> tuple[str, ...]:
+    """The shape key: rows with equal run_id and shape key share a dense reference."""
+    return case_key(row, SHAPE_COLUMNS)
+
+
+def dense_ratios(row: dict[str, Any], reference: dict[str, Any] | None) -> dict[str, float]:
+    """The dense-reference columns of a row: the reference's latency, and the row's speed-up and memory ratio
+    against it. Empty when either did not run."""
+    ref_ms, ms = _positive(reference, "latency_ms"), _positive(row, "latency_ms")
+    if not (ref_ms and ms) or reference.get("status", "ok") != "ok":
+        return {}
+    out = {"dense_latency_ms": ref_ms, "speedup_vs_dense": ref_ms / ms}
+    ref_mib, mib = _positive(reference, "peak_mem_mib"), _number(row, "peak_mem_mib")
+    if ref_mib and mib is not None:
+        out["mem_ratio_vs_dense"] = mib / ref_mib
+    return out
+
+
+def _number(row: dict[str, Any] | None, column: str) -> float | None:
+    try:
+        value = float(row[column])  # type: ignore[index]
+    except (TypeError, ValueError, KeyError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _positive(row: dict[str, Any] | None, column: str) -> float | None:
+    value = _number(row, column)
+    return value if value is not None and value > 0 else None
+
+
+def latest(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per case: the last one written (a resumed run re-measures the dense reference of a shape)."""
+    if frame.empty:
+        return frame
+    keys = frame.apply(case_key, axis=1)
+    return frame[~keys.duplicated(keep="last")]
+
+
+def reference_rows(frame: pd.DataFrame, reference: tuple[str, str] = DENSE_REFERENCE) -> pd.DataFrame:
+    """For each row of `frame`, the ok `reference` (pattern, impl) row of the same run (run_id) and shape, indexed
+    like `frame`; all NaN where that run measured no such reference. The default is the dense reference."""
+    if reference == DENSE_REFERENCE:
+        is_ref = frame.apply(is_dense_reference, axis=1) if len(frame) else pd.Series(dtype=bool)
+    else:
+        is_ref = (frame["pattern"] == reference[0]) & (frame["impl"] == reference[1])
+    keys = [c for c in ("run_id", *SHAPE_COLUMNS) if c in frame.columns]  # hand-made frames may lack some
+    refs = frame[is_ref.astype(bool) & (frame["status"] == "ok")].drop_duplicates(keys, keep="last")
+    matched = frame[keys].merge(refs, on=keys, how="left")
+    return matched.set_axis(frame.index)
+
+
+def with_dense_reference(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with dense_latency_ms, speedup_vs_dense, mem_ratio_vs_dense and tflops_useful filled where they
+    are empty, each row against the dense reference of its own run and shape (ratios never mix runs)."""
+    out = frame.copy()
+    for column in ("dense_latency_ms", "speedup_vs_dense", "mem_ratio_vs_dense", "tflops_useful", "run_id"):
+        if column not in out.columns:
+            out[column] = math.nan
+    refs = reference_rows(out).to_dict("records")
+    for i, (row, ref) in enumerate(zip(out.to_dict("records"), refs)):
+        ratios = dense_ratios(row, ref if _positive(ref, "latency_ms") else None)
+        for column, value in ratios.items():
+            if _number(row, column) is None:
+                out.iat[i, out.columns.get_loc(column)] = value
+        if _number(row, "tflops_useful") is None and row["status"] == "ok":
+            flops, ms = _number(row, "flops_useful"), _positive(row, "latency_ms")
+            if flops is not None and ms:
+                out.iat[i, out.columns.get_loc("tflops_useful")] = tflops(flops, ms)
+    return out
+
+
+@dataclass
+class Measurement:
+    """What was measured for one case, named as the CSV names it (the raw samples as a list).
+
+    A case that did not run has only `status` and `error`. `extra` holds columns of other row kinds (the
+    `train` command's val_ppl, train_s, ...); `make_row` checks that they are schema columns.
+    """
+
+    status: str
+    error: str = ""
+    density: float | None = None
+    block_density: float | None = None
+    nnz: int | None = None
+    flops_useful: float | None = None
+    flops_executed: float | None = None
+    latency_ms: float | None = None
+    latency_iqr_ms: float | None = None
+    latency_min_ms: float | None = None
+    samples: list[float] = field(default_factory=list)
+    tflops_useful: float | None = None
+    peak_mem_mib: float | None = None
+    nvml_peak_mib: float | None = None
+    nvml_context_mib: float | None = None
+    setup_ms: float | None = None
+    first_call_s: float | None = None
+    max_abs_err: float | None = None
+    tolerance: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN as None): what a worker sends."""
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        return cls(**data)
+
+
+def make_row(case: dict[str, Any], measured: Measurement, run_id: str, device_name: str = "",
+             reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The CSV row of a case: its key columns (`case`), the run, what was measured and, when `reference` (the
+    dense reference row of the same run and shape) is given, the ratios against it."""
+    unknown = set(measured.extra) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"not result columns: {', '.join(sorted(unknown))}")
+    values = {k: v for k, v in asdict(measured).items() if k not in ("samples", "extra")}
+    row = {**case, "run_id": run_id, "device_name": device_name, **values, **measured.extra}
+    if measured.samples:
+        row["n_samples"] = len(measured.samples)
+        row["samples_ms"] = format_samples(measured.samples)
+    row.update(dense_ratios(row, reference))
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -126,14 +274,15 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
                             dtype={"params": str, "error": str, "samples_ms": str, "corpus": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if "schema_version" in frame.columns and len(frame):
+        versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
+        if versions - {SCHEMA_VERSION}:
+            raise NotComparable(f"{path}: result schema version {', '.join(map(str, sorted(versions)))}, this "
+                                f"sparsebench reads version {SCHEMA_VERSION}; measure it again (a gate baseline: "
+                                "refresh it with --update-baseline)")
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     if missing:
         raise SparsebenchError(f"{path}: not a sparsebench result, missing columns: {', '.join(missing)}")
-    if "schema_version" in frame.columns and len(frame):
-        versions = set(frame["schema_version"].dropna().astype(int))
-        if versions - {SCHEMA_VERSION}:
-            raise SparsebenchError(f"{path}: schema version {sorted(versions)} but this sparsebench reads "
-                                   f"version {SCHEMA_VERSION}")
     if frame.empty and not allow_empty:
         raise SparsebenchError(f"{path}: no result rows")
     for col in ("params", "error", "samples_ms"):
@@ -145,6 +294,47 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2, default=str) + "\n")
+
+
+Ceilings = dict[str, dict[str, dict[str, float]]]  # device type -> dtype -> {metric: value}
+
+
+def ceilings_for(meta: dict[str, Any], device: str, dtype: str) -> dict[str, float]:
+    """The device's measured ceilings for a dtype ({'matmul_tflops': .., 'copy_gbps': ..}) from a meta.json.
+
+    Reads meta["ceilings"] as {device: {dtype: {metric: value}}}, and the older {metric: {dtype: value}}
+    layout (which did not name the device: taken as the ceilings of the run's only device).
+    """
+    ceilings = meta.get("ceilings")
+    if not isinstance(ceilings, dict):
+        return {}
+    by_dtype = ceilings.get(device)
+    if isinstance(by_dtype, dict):
+        values = by_dtype.get(dtype)
+        return {k: float(v) for k, v in values.items() if _is_number(v)} if isinstance(values, dict) else {}
+    # older layouts: {metric: {dtype: value}} or {metric: value}
+    old = {metric: values.get(dtype) if isinstance(values, dict) else values for metric, values in ceilings.items()
+           if metric.endswith(("_tflops", "_gbps"))}
+    devices = (meta.get("config") or {}).get("devices") if isinstance(meta.get("config"), dict) else None
+    if isinstance(devices, list) and len(devices) == 1 and str(devices[0]).split(":")[0] not in (device, "auto"):
+        return {}
+    return {k: float(v) for k, v in old.items() if _is_number(v)}
+
+
+def merge_ceilings(old: Any, new: Ceilings) -> Ceilings:
+    """device -> dtype -> metrics, the new measurements over the old (old files' layout is dropped)."""
+    merged: Ceilings = {}
+    for source in (old if isinstance(old, dict) else {}, new):
+        for device, by_dtype in source.items():
+            if isinstance(by_dtype, dict) and all(isinstance(v, dict) for v in by_dtype.values()):
+                for dtype, values in by_dtype.items():
+                    if values:
+                        merged.setdefault(device, {})[dtype] = dict(values)
+    return merged
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_meta(results_csv: str | Path) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def write_run(out_dir: Path, scale: float = 1.0, device: str = "cpu", ceiling: f
                 })
     meta = {"torch": "2.13.0", "date": "2025-01-02T03:04:05+00:00"}
     if ceiling:
-        meta["ceilings"] = {"matmul_tflops": ceiling}
+        meta["ceilings"] = {device: {"float32": {"matmul_tflops": ceiling, "copy_gbps": 100.0}}}
     (out_dir / "meta.json").write_text(json.dumps(meta))
     return out_dir / "results.csv"
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sparsebench.cli import app
-from sparsebench.results import COLUMNS, REQUIRED_COLUMNS, parse_samples, read_results
+from sparsebench.results import COLUMNS, REQUIRED_COLUMNS, latest, parse_samples, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--min-run-time", "0.05", "--heads", "2", "--head-dim", "32"]
@@ -148,7 +148,23 @@ def test_resume_skips_done_cases(tmp_path):
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert [run["config"]["seq"] for run in meta["earlier_runs"]] == [[64]]  # the first run's config is kept
     assert meta["config"]["seq"] == [64, 96]
-    assert "matmul_tflops" in meta["ceilings"]
+    assert "matmul_tflops" in meta["ceilings"]["cpu"]["float32"]
+
+
+def test_resume_measures_the_dense_reference_again(tmp_path):
+    """A resumed shape group gets its own dense reference: no speed-up compares two runs."""
+    run_ok(tmp_path, "--pattern", "local", "--seq", "64", "--impl", "eager")
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "64", "--impl", "eager", "--impl", "structured",
+                   "--resume")
+    assert len(frame) == 4  # dense and eager from the first run; dense again and structured from the second
+    first, second = frame.run_id.unique()
+    dense = frame[frame.pattern == "dense"].set_index("run_id")
+    structured = frame[frame.impl == "structured"].iloc[0]
+    assert structured.run_id == second
+    assert structured.dense_latency_ms == dense.loc[second, "latency_ms"]
+    eager = frame[frame.impl == "eager"].iloc[0]
+    assert eager.run_id == first and eager.dense_latency_ms == dense.loc[first, "latency_ms"]
+    assert list(latest(frame).pattern).count("dense") == 1  # readers take the latest row of a case
 
 
 def test_ctrl_c_keeps_finished_rows(tmp_path):
@@ -166,4 +182,4 @@ def test_ctrl_c_keeps_finished_rows(tmp_path):
     assert "Traceback" not in err
     assert "interrupted: 1 finished row(s) of this run kept in" in err and "--resume" in err
     frame = read_results(csv)
-    assert list(frame.impl) == ["sdpa"] and frame.status.iloc[0] == "ok"  # the dense baseline survived
+    assert list(frame.impl) == ["sdpa"] and frame.status.iloc[0] == "ok"  # the dense reference survived

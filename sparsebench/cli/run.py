@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,10 +14,10 @@ from sparsebench import environment
 from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, err_console, user_errors
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS, ResultWriter, is_dense_baseline, read_meta, read_results, write_meta
-from sparsebench.runner import Case, SweepConfig, load_config, run_cases
-from sparsebench.runner.config import expand
+from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
+from sparsebench.runner import Case, SweepConfig, load_config
 from sparsebench.runner.launcher import SweepStats
+from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "yellow", "unsupported": "dim", "skipped": "dim"}
 
@@ -64,86 +62,30 @@ def run_cmd(
         settings["params"] = {**settings.get("params", {}), **params}
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
-        sweep = SweepConfig(**settings)
-        cases, unsupported = expand(sweep)
-        _check_writable(out_dir)
-        csv_path = out_dir / "results.csv"
-        done, dense = _resume_state(csv_path) if resume else (set(), {})
-        cases = [c for c in cases if c.key() not in done]
-        unsupported = [(c, r) for c, r in unsupported if c.key() not in done]
-        meta = environment.collect({"config": dataclasses.asdict(sweep), "config_file": str(config or "")})
-        earlier = _earlier_meta(csv_path) if resume else {}
-        meta.update(earlier)
-        write_meta(out_dir / "meta.json", meta)
-        with ResultWriter(csv_path, append=resume) as writer:
+        sweep = Sweep(SweepConfig(**settings))
+        out = ResultsDir(out_dir, resume)
+        cases, unsupported = sweep.cases(out.done())
+        meta = out.start_meta(sweep.config, str(config or ""))
+        with out.writer() as writer:
             try:
-                rows, stats = _sweep(cases, unsupported, sweep, writer, dense)
+                rows, stats = _sweep(sweep, cases, unsupported, writer)
             except KeyboardInterrupt:
-                err_console.print(f"interrupted: {writer.rows_written} finished row(s) of this run kept in {csv_path}; "
-                                  "the same command with --resume runs the rest", markup=False)
+                err_console.print(f"interrupted: {writer.rows_written} finished row(s) of this run kept in "
+                                  f"{out.csv_path}; the same command with --resume runs the rest", markup=False)
                 raise typer.Exit(130) from None
-        starts = stats.worker_starts_s
-        meta["ceilings"] = _merge_ceilings(earlier.get("ceilings", {}), stats.ceilings)
-        meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
-                           "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
-        write_meta(out_dir / "meta.json", meta)
-    _summary(rows, csv_path)
+        out.finish_meta(meta, stats)
+    _summary(rows, out.csv_path)
     if gate is not None:
         from sparsebench.cli.gate import gate_cmd
 
-        gate_cmd(gate, csv_path)  # exits with the gate's code
+        gate_cmd(gate, out.csv_path)  # exits with the gate's code
 
 
-def _check_writable(out_dir: Path) -> None:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SparsebenchError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
-
-
-def _earlier_meta(csv_path: Path) -> dict[str, Any]:
-    """What a resumed run keeps of the meta.json it appends to: the earlier runs' metadata (config, environment,
-    harness) under `earlier_runs`, and their ceilings (this run measures only the dtypes it runs)."""
-    old = read_meta(csv_path)
-    if not old:
-        return {}
-    runs = old.pop("earlier_runs", [])
-    old.pop("schema_version", None)
-    return {"earlier_runs": [*runs, old], "ceilings": old.get("ceilings", {})}
-
-
-def _merge_ceilings(old: dict[str, dict[str, float]], new: dict[str, dict[str, float]]) -> dict:
-    """metric -> dtype -> value, this run's measurements over the earlier ones."""
-    merged = {metric: dict(values) for metric, values in old.items()}
-    for metric, values in new.items():
-        merged.setdefault(metric, {}).update(values)
-    return merged
-
-
-def _resume_state(csv_path: Path) -> tuple[set[tuple], dict[tuple, dict]]:
-    """Keys already measured, and the dense baselines among them."""
-    if not csv_path.exists():
-        return set(), {}
-    frame = read_results(csv_path, allow_empty=True)
-    keys: set[tuple] = set()
-    dense: dict[tuple, dict] = {}
-    for row in frame.to_dict("records"):
-        key = tuple(row[c] for c in KEY_COLUMNS)
-        keys.add(key)
-        if is_dense_baseline(row):
-            dense[key] = row
-    return keys, dense
-
-
-def _sweep(cases: list[Case], unsupported: list[tuple[Case, str]], sweep: SweepConfig, writer: ResultWriter,
-           dense: dict[tuple, dict]) -> tuple[list[dict], SweepStats]:
+def _sweep(sweep: Sweep, cases: list[Case], unsupported: list[tuple[Case, str]],
+           writer: ResultWriter) -> tuple[list[dict], SweepStats]:
     """Run everything with a progress bar; returns the rows and the harness's own statistics."""
-    run_id = uuid.uuid4().hex[:12]
+    run_id = new_run_id()
     rows: list[dict] = []
-    names = {d: environment.device_name(d) for d in {c.device for c in cases + [c for c, _ in unsupported]}}
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -155,17 +97,12 @@ def _sweep(cases: list[Case], unsupported: list[tuple[Case, str]], sweep: SweepC
             progress.advance(task)
 
         for case, reason in unsupported:
-            on_row(case, {**case.row(), "run_id": run_id, "device_name": names[case.device],
-                          "status": "unsupported", "error": reason})
-        stats = run_cases(cases, _settings(sweep), on_row,
-                          on_start=lambda c: progress.update(task, description=c.label()),
-                          timeout_s=sweep.timeout, run_id=run_id, device_names=names, dense=dense)
+            on_row(case, make_row(case.row(), Measurement("unsupported", reason), run_id,
+                                  environment.device_name(case.device)))
+        stats = sweep.measure(cases, on_row, on_start=lambda c: progress.update(task, description=c.label()),
+                              run_id=run_id)
         progress.update(task, description="done")
     return rows, stats
-
-
-def _settings(sweep: SweepConfig) -> dict[str, Any]:
-    return {"min_run_time": sweep.min_run_time, "min_samples": sweep.min_samples, "warmup": sweep.warmup}
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -186,9 +123,9 @@ def _summary(rows: list[dict], csv_path: Path) -> None:
         headers.insert(2, "dtype mode device")
     for col in headers:
         table.add_column(col, justify="right" if col in ("n", "ms", "IQR", "vs dense", "MiB", "err") else "left")
-    # per setup and length: the dense baseline first, then the cases in run order, the ones not run last
+    # per setup and length: the dense reference first, then the cases in run order, the ones not run last
     order = sorted(rows, key=lambda r: (setup(r), r["seq_len"], r["status"] in ("unsupported", "skipped"),
-                                        not is_dense_baseline(r)))
+                                        not (is_dense_reference(r) and r["status"] == "ok")))
     for r in order:
         label = f"{r['pattern']}({r['params'].replace(';', ',')})" if r.get("params") else r["pattern"]
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 
@@ -14,13 +14,19 @@ ALL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
 ALL_MODES = frozenset({"fwd", "fwdbwd"})
 
 
+StateT = TypeVar("StateT")
+
+
 @dataclass
-class Prepared:
-    """What `Impl.prepare` built once per (pattern, n, device, dtype); its cost is `setup_ms`."""
+class Prepared(Generic[StateT]):
+    """What `Impl.prepare` built once per (pattern, n, device, dtype); its cost is `setup_ms`.
+
+    `state` is the implementation's own type (a mask, a BlockMask, a prepared kernel, or None).
+    """
 
     pattern: Pattern
     n: int
-    state: Any = None
+    state: StateT | None = None
     executed_pairs: int = 0  # (q, k) pairs the kernel really computes, per batch and head
     extra: dict[str, float] = field(default_factory=dict)  # e.g. block_density
 

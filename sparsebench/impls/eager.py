@@ -11,11 +11,11 @@ class EagerImpl(Impl):
     name = "eager"
     description = "dense n x n scores, mask built once; on `dense` the Standard Transformer"
 
-    def prepare(self, pattern, n, device, dtype) -> Prepared:
+    def prepare(self, pattern, n, device, dtype) -> Prepared[torch.Tensor]:
         mask = None if pattern.name == "dense" else pattern.dense_mask(n, device)  # (N, N) bool
         return Prepared(pattern, n, state=mask, executed_pairs=n * n)
 
-    def forward(self, q, k, v, prep: Prepared):
+    def forward(self, q, k, v, prep: Prepared[torch.Tensor]):
         scores = torch.matmul(q, k.transpose(-2, -1)) * default_scale(q.shape[-1])  # (B, H, N, N)
         if prep.state is not None:
             scores = scores.masked_fill(~prep.state, float("-inf"))

@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.base import Impl, Prepared
 
 
+@dataclass(frozen=True)
+class SdpaState:
+    """How SDPA is called: plain (dense), is_causal, or with a boolean mask."""
+
+    causal: bool = False
+    mask: torch.Tensor | None = None  # (N, N) bool, True = kept
+
+
 class SdpaImpl(Impl):
     name = "sdpa"
     description = "F.scaled_dot_product_attention: is_causal for causal, boolean attn_mask for the rest"
 
-    def prepare(self, pattern, n, device, dtype) -> Prepared:
+    def prepare(self, pattern, n, device, dtype) -> Prepared[SdpaState]:
         if pattern.name == "dense":
-            return Prepared(pattern, n, state=None, executed_pairs=n * n)
+            return Prepared(pattern, n, state=SdpaState(), executed_pairs=n * n)
         if pattern.name == "causal":
             # The flash kernels skip key blocks above the diagonal: about half the pairs.
-            return Prepared(pattern, n, state="causal", executed_pairs=n * (n + 1) // 2)
-        return Prepared(pattern, n, state=pattern.dense_mask(n, device), executed_pairs=n * n)
+            return Prepared(pattern, n, state=SdpaState(causal=True), executed_pairs=n * (n + 1) // 2)
+        return Prepared(pattern, n, state=SdpaState(mask=pattern.dense_mask(n, device)), executed_pairs=n * n)
 
-    def forward(self, q, k, v, prep: Prepared):
-        if prep.state is None:
-            return F.scaled_dot_product_attention(q, k, v)
-        if isinstance(prep.state, str):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=prep.state)
+    def forward(self, q, k, v, prep: Prepared[SdpaState]):
+        state = prep.state
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=state.mask, is_causal=state.causal)
 
     def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
         elt = torch.finfo(dtype).bits // 8

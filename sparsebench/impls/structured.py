@@ -16,7 +16,7 @@ import torch
 
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.sdpa import SdpaImpl
-from sparsebench.impls.structured_kernels import BUILDERS, build_kernel
+from sparsebench.impls.structured_kernels import BUILDERS, Kernel, build_kernel
 from sparsebench.impls.structured_kernels.band import BLOCK as BAND_BLOCK
 from sparsebench.patterns import Pattern
 
@@ -26,12 +26,12 @@ class StructuredImpl(Impl):
     description = "pattern-aware kernels: banded blocks, gathered columns, band + globals, gathered blocks"
     patterns = frozenset(BUILDERS)
 
-    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Prepared:
+    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Prepared[Kernel]:
         kernel = build_kernel(pattern, n, device, dtype)
         return Prepared(pattern, n, state=kernel, executed_pairs=kernel.executed_pairs,
                         extra={"pair_density": kernel.executed_pairs / float(n * n)})
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared[Kernel]) -> torch.Tensor:
         return prep.state(q, k, v)
 
     def estimate_pairs(self, pattern: Pattern, n: int) -> int:

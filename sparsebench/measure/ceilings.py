@@ -11,7 +11,8 @@ def measure_ceilings(device: str, dtype: torch.dtype, min_run_time: float = 0.3)
     """{'matmul_tflops': ..., 'copy_gbps': ...} for this device and dtype."""
     dev = torch.device(device)
     timer = timing.time_cuda if dev.type == "cuda" else timing.time_cpu
-    size = 8192 if dev.type == "cuda" else 2048
+    # CPU half-precision matmul is slow (one 2048^3 float16 product took 43 s on a 2-core VM): a smaller one
+    size = 8192 if dev.type == "cuda" else 2048 if dtype == torch.float32 else 512
     a = torch.randn(size, size, device=dev).to(dtype)
     b = torch.randn(size, size, device=dev).to(dtype)
     matmul_ms = timing.summarize(timer(lambda: a @ b, min_run_time, 5))["latency_ms"]

@@ -1,4 +1,4 @@
-"""One benchmark case and the dtype names the CSV uses."""
+"""One benchmark case, how a worker measures it, and the dtype names the CSV uses."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from sparsebench.patterns import Pattern, get_pattern
-from sparsebench.results import format_params, parse_params
+from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format_params, parse_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -40,18 +40,19 @@ class Case:
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
-    def key(self) -> tuple:
+    def key(self) -> tuple[str, ...]:
         """The key the CSV and the gate use (device type only, so cuda:0 and cuda:1 results compare)."""
-        return (self.pattern, self.params, self.impl, self.device_type, self.dtype, self.mode, self.batch,
-                self.heads, self.seq_len, self.head_dim)
+        return case_key(self.row())
 
     def group(self) -> tuple:
-        """Cases of a group share inputs, a worker process and the dense baseline."""
-        return (self.device, self.dtype, self.mode, self.batch, self.heads, self.seq_len, self.head_dim)
+        """Cases of a group share inputs, a worker process and the dense reference: the shape, on one device
+        (cuda:0 and cuda:1 are two groups)."""
+        return tuple(self.device if c == "device" else getattr(self, c) for c in SHAPE_COLUMNS)
 
-    def baseline(self) -> Case:
-        """The dense SDPA case measured beside this one."""
-        return Case("dense", "", "sdpa", self.device, self.dtype, self.mode, self.batch, self.heads,
+    def reference(self) -> Case:
+        """The dense reference case (dense SDPA) measured beside this one, on the same inputs."""
+        pattern, impl = DENSE_REFERENCE
+        return Case(pattern, "", impl, self.device, self.dtype, self.mode, self.batch, self.heads,
                     self.seq_len, self.head_dim)
 
     def label(self) -> str:
@@ -64,6 +65,18 @@ class Case:
     def row(self) -> dict:
         """The key columns as they go into the CSV."""
         return {**self.to_dict(), "device": self.device_type}
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a worker measures each case (the sweep's timing settings)."""
+
+    min_run_time: float = 1.0  # seconds of timed calls per case
+    min_samples: int = 5
+    warmup: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def case_params(pattern: Pattern) -> str:

@@ -162,7 +162,7 @@ def resolve_devices(devices: list[str]) -> list[str]:
 def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     """(cases to run, (case, reason) pairs that are unsupported).
 
-    Cases are ordered by group (shape), the dense SDPA baseline first in each group. Impls that the
+    Cases are ordered by group (shape), the dense reference (dense SDPA) first in each group. Impls that the
     user did not name explicitly are left out where unsupported rather than reported.
     """
     devices = resolve_devices(config.devices)
@@ -191,9 +191,7 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             elif config.impls:
                 unsupported.append((case, reason))
         if group:
-            base = group[0].baseline()
-            if base.key() not in seen:
-                seen.add(base.key())
-            group = [base] + [c for c in group if c.key() != base.key()]
-            run.extend(group)
+            ref = group[0].reference()
+            seen.add(ref.key())
+            run.extend([ref] + [c for c in group if c.key() != ref.key()])
     return run, unsupported

@@ -18,26 +18,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsebench.results import format_samples
-from sparsebench.runner.cases import Case
+from sparsebench.results import Measurement, dense_ratios, make_row
+from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.preflight import free_bytes, skip_reason
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+# A worker's start-up (interpreter, torch import) and the device's ceilings, measured once per (device type,
+# dtype) before the first case, are outside every case's timeout. Ceilings past their limit are left out
+# (no roof in the figures), and no case is charged for them.
+START_TIMEOUT_S = 120.0
+CEILINGS_TIMEOUT_S = 120.0
+
+Ceilings = dict[str, dict[str, dict[str, float]]]  # device type -> dtype -> {metric: value}
 
 
 @dataclass
 class SweepStats:
-    """What the harness itself cost: worker start-ups (process + imports) and wall time."""
+    """What the harness itself cost: worker start-ups (process + imports) and wall time; the ceilings."""
 
     worker_starts_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
-    ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> dtype -> value
+    ceilings: Ceilings = field(default_factory=dict)
+    ceiling_notes: list[str] = field(default_factory=list)  # ceilings that could not be measured, and why
+
+    def has_ceilings(self, case: Case) -> bool:
+        return case.dtype in self.ceilings.get(case.device_type, {})
 
 
 class _Worker:
     """One worker process for a list of cases of the same group."""
 
-    def __init__(self, cases: list[Case], settings: dict[str, Any]) -> None:
+    def __init__(self, cases: list[Case], settings: MeasureSettings, ceilings: bool) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.stderr = tempfile.TemporaryFile(mode="w+")
@@ -48,7 +59,8 @@ class _Worker:
                                      start_new_session=True)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        self.proc.stdin.write(json.dumps({"cases": [c.to_dict() for c in cases], "settings": settings}))
+        job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings}
+        self.proc.stdin.write(json.dumps(job))
         self.proc.stdin.close()
 
     def _read(self) -> None:
@@ -71,102 +83,108 @@ class _Worker:
                 pass
         self.proc.wait()
 
-    def death_row(self) -> dict[str, str]:
-        """Status row for the case that was running when the process died."""
+    def death(self) -> Measurement:
+        """Status of the case that was running when the process died."""
         self.proc.wait()
         code = self.proc.returncode
         self.stderr.seek(0)
         lines = [ln.strip() for ln in self.stderr.read().splitlines() if ln.strip()]
         last = lines[-1][:300] if lines else ""
         if code == -signal.SIGKILL:
-            return {"status": "oom", "error": "worker killed by SIGKILL (out of memory, most likely)"}
+            return Measurement("oom", "worker killed by SIGKILL (out of memory, most likely)")
         if "out of memory" in last.lower() or "MemoryError" in last:
-            return {"status": "oom", "error": last}
-        return {"status": "error", "error": f"worker exited with code {code}: {last}".strip()}
+            return Measurement("oom", last)
+        return Measurement("error", f"worker exited with code {code}: {last}".strip())
 
 
-def _status_row(status: str, error: str) -> dict[str, Any]:
-    return {"status": status, "error": error}
-
-
-def run_cases(cases: list[Case], settings: dict[str, Any], on_row: Callable[[Case, dict[str, Any]], None],
+def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Case, dict[str, Any]], None],
               on_start: Callable[[Case], None] | None = None, timeout_s: float = 600.0,
               run_id: str | None = None, device_names: dict[str, str] | None = None,
-              dense: dict[tuple, dict[str, Any]] | None = None) -> SweepStats:
+              ceilings: bool = True) -> SweepStats:
     """Measure `cases` group by group (cases of a group share inputs and one worker process).
 
-    `on_row(case, row)` gets every finished row at once, so the caller can write it before the next case.
-    `dense` maps a baseline case key to its row (e.g. from a resumed results.csv).
+    `on_row(case, row)` gets every finished row (CSV columns) at once, so the caller can write it before the
+    next case. A group's dense reference, when it is among the cases, runs first and gives the group's rows
+    their speed-up. `ceilings`: measure the device's matmul and copy ceilings once per (device, dtype).
     """
     run_id = run_id or uuid.uuid4().hex[:12]
     device_names = device_names or {}
     stats = SweepStats()
     t_start = time.perf_counter()
-    dense = dict(dense or {})
 
-    def finish(case: Case, measured: dict[str, Any]) -> None:
-        row = {**case.row(), "run_id": run_id, "device_name": device_names.get(case.device, ""), **measured}
-        row["samples_ms"] = format_samples(row.pop("samples", []) or [])
-        base = dense.get(case.baseline().key())
-        if case == case.baseline() and row.get("status") == "ok":
-            dense[case.key()] = base = row
-        if base is not None and row.get("latency_ms"):
-            row["dense_latency_ms"] = base["latency_ms"]
-            row["speedup_vs_dense"] = base["latency_ms"] / row["latency_ms"]
-            if row.get("peak_mem_mib") is not None and base.get("peak_mem_mib"):
-                row["mem_ratio_vs_dense"] = row["peak_mem_mib"] / base["peak_mem_mib"]
+    reference: dict[str, Any] = {}  # the current group's dense reference row, once measured
+
+    def finish(case: Case, measured: Measurement) -> None:
+        name = device_names.get(case.device, "")
+        if case == case.reference():
+            row = make_row(case.row(), measured, run_id, name)
+            if measured.status == "ok":
+                reference.update(row)
+                row.update(dense_ratios(row, row))
+        else:
+            row = make_row(case.row(), measured, run_id, name, reference or None)
         on_row(case, row)
 
     for _, group_iter in itertools.groupby(cases, key=Case.group):
         group = list(group_iter)
+        reference.clear()
         free = free_bytes(group[0].device)
         runnable = []
         for case in group:
             reason = skip_reason(case, timeout_s, free)
             if reason:
-                finish(case, _status_row("skipped", reason))
+                finish(case, Measurement("skipped", reason))
             else:
                 runnable.append(case)
-        # the device's matmul and copy ceilings, once per dtype
-        want = bool(runnable) and group[0].dtype not in stats.ceilings.get("matmul_tflops", {})
-        _run_group(runnable, {**settings, "ceilings": want}, timeout_s, finish, on_start, stats)
+        want_ceilings = ceilings and bool(runnable) and not stats.has_ceilings(group[0])
+        _run_group(runnable, settings, timeout_s, finish, on_start, stats, want_ceilings)
     stats.wall_s = time.perf_counter() - t_start
     return stats
 
 
-def _run_group(pending: list[Case], settings: dict[str, Any], timeout_s: float,
-               finish: Callable[[Case, dict[str, Any]], None], on_start: Callable[[Case], None] | None,
-               stats: SweepStats) -> None:
+def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
+               finish: Callable[[Case, Measurement], None], on_start: Callable[[Case], None] | None,
+               stats: SweepStats, ceilings: bool) -> None:
+    """Measure `pending` in a worker; after a crash or timeout, the rest in a fresh one."""
     while pending:
-        worker = _Worker(pending, settings)
+        worker = _Worker(pending, settings, ceilings)
+        phase = "start"  # then "ceilings" (when asked for), then "cases"
+        limits = {"start": START_TIMEOUT_S, "ceilings": CEILINGS_TIMEOUT_S, "cases": timeout_s}
         running: int | None = None
         done = 0
         try:
             while True:
                 try:
-                    event = worker.next_event(timeout=timeout_s)
+                    event = worker.next_event(timeout=limits[phase])
                 except queue.Empty:
+                    event, failed = None, Measurement("timeout", f"no result within {limits[phase]:.0f} s")
                     worker.kill()
-                    index = running if running is not None else 0
-                    finish(pending[index], _status_row("timeout", f"no result within {timeout_s:.0f} s"))
-                    done = index + 1
-                    break
-                if event is None:  # the process died
+                else:
+                    failed = worker.death() if event is None else None
+                if failed is not None:  # the worker hung or died
+                    if phase == "ceilings":  # no case is charged: measure the cases without the ceilings
+                        _no_ceilings(stats, pending[0], failed.error)
+                        ceilings = False
+                        break
+                    if phase == "start":
+                        failed = Measurement("error", f"the worker did not start: {failed.error}")
                     index = running if running is not None else done
-                    finish(pending[index], worker.death_row())
+                    finish(pending[index], failed)
                     done = index + 1
                     break
                 if event["event"] == "ready":
                     stats.worker_starts_s.append(time.perf_counter() - worker.spawned)
+                    phase = "ceilings" if ceilings else "cases"
                 elif event["event"] == "ceilings":
-                    for metric, value in event["values"].items():
-                        stats.ceilings.setdefault(metric, {})[event["dtype"]] = value
+                    case = pending[0]
+                    stats.ceilings.setdefault(case.device_type, {})[case.dtype] = event["values"]
+                    phase, ceilings = "cases", False
                 elif event["event"] == "start":
                     running = event["index"]
                     if on_start:
                         on_start(pending[running])
                 elif event["event"] == "result":
-                    finish(pending[event["index"]], event["row"])
+                    finish(pending[event["index"]], Measurement.from_dict(event["measurement"]))
                     running, done = None, event["index"] + 1
                     if done == len(pending):
                         break
@@ -174,3 +192,9 @@ def _run_group(pending: list[Case], settings: dict[str, Any], timeout_s: float,
             worker.kill()
             worker.stderr.close()
         pending = pending[done:]
+
+
+def _no_ceilings(stats: SweepStats, case: Case, why: str) -> None:
+    """Record that this (device, dtype) has no ceilings, so they are not tried again in this sweep."""
+    stats.ceilings.setdefault(case.device_type, {})[case.dtype] = {}
+    stats.ceiling_notes.append(f"{case.device_type} {case.dtype}: ceilings {why}".strip())

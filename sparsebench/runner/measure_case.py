@@ -7,13 +7,13 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from sparsebench.impls import get_impl
 from sparsebench.measure import accuracy, flops, memory, timing
-from sparsebench.runner.cases import Case
+from sparsebench.results import Measurement
+from sparsebench.runner.cases import Case, MeasureSettings
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
@@ -56,8 +56,8 @@ def _inject_fault(impl: str) -> None:
         time.sleep(3600)
 
 
-def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, Any]:
-    """Return the measured columns of one case's row (status ok or inaccurate)."""
+def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measurement:
+    """Measure one case (status ok or inaccurate); raises when the implementation fails."""
     _inject_fault(case.impl)
     device = torch.device(case.device)
     impl = get_impl(case.impl)
@@ -93,7 +93,7 @@ def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, A
     err = accuracy.max_abs_err(out, q, k, v, pattern)
     tolerance = accuracy.TOLERANCE[case.torch_dtype]
     del out
-    for _ in range(settings["warmup"]):
+    for _ in range(settings.warmup):
         call()
     _sync(device)
 
@@ -105,36 +105,35 @@ def measure(case: Case, inputs: Inputs, settings: dict[str, Any]) -> dict[str, A
         with memory.NvmlSampler(device.index or 0) as nvml:
             peak_mib = memory.call_peak_mib(call, device)
         nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
-        samples = timing.time_cuda(call, settings["min_run_time"], settings["min_samples"])
+        samples = timing.time_cuda(call, settings.min_run_time, settings.min_samples)
     else:
         peak_mib = memory.call_peak_mib(call, device)
         nvml_peak = nvml_context = float("nan")
-        samples = timing.time_cpu(call, settings["min_run_time"], settings["min_samples"])
+        samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
     nnz = pattern.nnz(case.seq_len)
     useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
-    return {
-        "density": nnz / float(case.seq_len) ** 2,
-        "block_density": prep.extra.get("block_density", float("nan")),
-        "nnz": nnz,
-        "flops_useful": useful,
-        "flops_executed": flops.attention_flops(prep.executed_pairs, case.batch, case.heads, case.head_dim,
-                                                case.mode),
+    accurate = err <= tolerance
+    return Measurement(
+        status="ok" if accurate else "inaccurate",
+        error="" if accurate else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
+        density=nnz / float(case.seq_len) ** 2,
+        block_density=prep.extra.get("block_density"),
+        nnz=nnz,
+        flops_useful=useful,
+        flops_executed=flops.attention_flops(prep.executed_pairs, case.batch, case.heads, case.head_dim, case.mode),
         **stats,
-        "n_samples": len(samples),
-        "samples": samples,
-        "tflops_useful": flops.tflops(useful, stats["latency_ms"]),
-        "peak_mem_mib": peak_mib,
-        "nvml_peak_mib": nvml_peak,
-        "nvml_context_mib": nvml_context,
-        "setup_ms": setup_ms,
-        "first_call_s": first_call_s,
-        "max_abs_err": err,
-        "tolerance": tolerance,
-        "status": "ok" if err <= tolerance else "inaccurate",
-        "error": "" if err <= tolerance else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
-    }
+        samples=samples,
+        tflops_useful=flops.tflops(useful, stats["latency_ms"]),
+        peak_mem_mib=peak_mib,
+        nvml_peak_mib=nvml_peak,
+        nvml_context_mib=nvml_context,
+        setup_ms=setup_ms,
+        first_call_s=first_call_s,
+        max_abs_err=err,
+        tolerance=tolerance,
+    )
 
 
 def _slowed(call: Callable[[], torch.Tensor], factor: float, device: torch.device) -> Callable[[], torch.Tensor]:

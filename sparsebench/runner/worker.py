@@ -2,9 +2,9 @@
 
 Protocol (stdin: one JSON object {"cases": [...], "settings": {...}}):
   {"event": "ready", "start_s": ...}              after imports
-  {"event": "ceilings", "dtype": ..., "values": {...}}   when settings["ceilings"] is set
+  {"event": "ceilings", "values": {...}}          when the job asks for the device's ceilings (before any case)
   {"event": "start", "index": i}                   before case i
-  {"event": "result", "index": i, "row": {...}}    after case i
+  {"event": "result", "index": i, "measurement": {...}}   after case i (a results.Measurement)
 A crash, OOM kill or timeout therefore always names the case that was running.
 """
 
@@ -19,7 +19,8 @@ T0 = time.perf_counter()
 
 import torch  # noqa: E402
 
-from sparsebench.runner.cases import Case  # noqa: E402
+from sparsebench.results import Measurement  # noqa: E402
+from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
 
 _OUT = sys.stdout
@@ -44,23 +45,22 @@ def _one_line(exc: BaseException) -> str:
 def main() -> None:
     job = json.loads(sys.stdin.read())
     cases = [Case(**c) for c in job["cases"]]
-    settings = job["settings"]
+    settings = MeasureSettings(**job["settings"])
     emit(event="ready", start_s=time.perf_counter() - T0)
-    if settings.get("ceilings"):
+    if job.get("ceilings"):
         from sparsebench.measure.ceilings import measure_ceilings
 
-        emit(event="ceilings", dtype=cases[0].dtype, values=measure_ceilings(cases[0].device, cases[0].torch_dtype))
+        emit(event="ceilings", values=measure_ceilings(cases[0].device, cases[0].torch_dtype))
     inputs = make_inputs(cases[0])
     for index, case in enumerate(cases):
         emit(event="start", index=index)
         try:
-            row = measure(case, inputs, settings)
+            measured = measure(case, inputs, settings)
         except Exception as exc:  # one failed case is a status row, never the end of the sweep
-            row = {"status": "oom" if _is_oom(exc) else "error", "error": _one_line(exc)}
+            measured = Measurement("oom" if _is_oom(exc) else "error", _one_line(exc))
         if case.device_type == "cuda":
             torch.cuda.empty_cache()
-        row = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-        emit(event="result", index=index, row=row)
+        emit(event="result", index=index, measurement=measured.to_dict())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,10 @@ from typing import Any
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from sparsebench.measure.flops import attention_flops
+from sparsebench.measure.timing import summarize
 from sparsebench.patterns import Pattern
-from sparsebench.results import format_params, format_samples
+from sparsebench.results import Measurement, dense_ratios, format_params, make_row
 from sparsebench.train.loop import TrainConfig
 
 CAUSAL_NOTE = ("Every pattern is intersected with causal (k <= q) for training: the write-up's local and strided "
@@ -44,7 +47,7 @@ class VariantRun:
 
 
 def dense_of(runs: list[VariantRun]) -> VariantRun | None:
-    """The dense baseline that ratios are taken against, when it ran."""
+    """The dense variant that ratios are taken against (the dense reference of a training run), when it ran."""
     return next((r for r in runs if r.name == "dense" and r.ok), None)
 
 
@@ -53,45 +56,47 @@ def _median_ms(run: VariantRun) -> float:
     return statistics.median(steps[1:] or steps)  # the first step is reported apart, as first_call_s
 
 
+def _vs_dense(run: VariantRun, dense: VariantRun | None) -> dict[str, float]:
+    """The dense-reference columns of a trained variant (`results.dense_ratios`; the median step as latency)."""
+    if dense is None or not run.ok:
+        return {}
+    return dense_ratios(_measured(run), _measured(dense))
+
+
+def _measured(run: VariantRun) -> dict[str, float]:
+    return {"latency_ms": _median_ms(run), "peak_mem_mib": run.result["peak_mem_mib"]}
+
+
 def result_rows(runs: list[VariantRun], cfg: TrainConfig, *, run_id: str, device: str, device_name: str,
                 corpus: str, corpus_bytes: int) -> list[dict[str, Any]]:
-    """One results.csv row per variant (mode "train"). FLOPs are the attention's, per step, all layers, fwd+bwd."""
-    m = cfg.model
+    """One results.csv row per variant (mode "train"). FLOPs are the attention's, per step, all layers, fwd+bwd.
+    Latency is the median training step, the first step apart (as first_call_s)."""
+    m, n = cfg.model, cfg.model.seq_len
     dense = dense_of(runs)
+
+    def step_flops(pairs: int) -> int:  # attention of every layer, forward and backward
+        return attention_flops(pairs, cfg.batch, m.n_heads, m.head_dim, "fwdbwd") * m.n_layers
+
     rows = []
     for run in runs:
-        n = m.seq_len
+        key = {"pattern": run.name, "params": format_params({**run.params, "causal": 1}), "impl": run.impl,
+               "device": device, "dtype": "float32", "mode": "train", "batch": cfg.batch, "heads": m.n_heads,
+               "seq_len": n, "head_dim": m.head_dim}
         nnz = run.pattern.nnz(n)
-        # 4·B·H·D per kept pair forward (QK^T and PV); backward 2.5x forward (FlashAttention convention).
-        per_pair = 3.5 * 4 * cfg.batch * m.n_heads * m.head_dim * m.n_layers
-        row: dict[str, Any] = {
-            "run_id": run_id, "pattern": run.name, "params": format_params({**run.params, "causal": 1}),
-            "impl": run.impl, "device": device, "dtype": "float32", "mode": "train", "batch": cfg.batch,
-            "heads": m.n_heads, "seq_len": n, "head_dim": m.head_dim, "device_name": device_name,
-            "density": nnz / (n * n), "nnz": nnz, "flops_useful": per_pair * nnz,
-            "corpus": corpus, "corpus_bytes": corpus_bytes, "steps": cfg.steps,
-            "status": "ok" if run.ok else "error", "error": run.error,
-        }
+        measured = Measurement("ok" if run.ok else "error", run.error, density=nnz / (n * n), nnz=nnz,
+                               flops_useful=step_flops(nnz),
+                               extra={"corpus": corpus, "corpus_bytes": corpus_bytes, "steps": cfg.steps})
         if run.ok:
             r = run.result
-            steps = r["step_ms"]
-            later = steps[1:] or steps
-            q = statistics.quantiles(later, n=4) if len(later) > 1 else [later[0]] * 3
-            row.update({
-                "flops_executed": per_pair * r["executed_pairs"] if r.get("executed_pairs") else None,
-                "latency_ms": _median_ms(run), "latency_iqr_ms": q[2] - q[0], "latency_min_ms": min(later),
-                "n_samples": len(later), "samples_ms": format_samples(later), "first_call_s": steps[0] / 1e3,
-                "peak_mem_mib": r["peak_mem_mib"], "val_ppl": r["val_ppl"], "train_s": r["train_s"],
-                "tokens_per_s": r["tokens_per_s"],
-            })
-            if dense is not None:
-                row.update({
-                    "dense_latency_ms": _median_ms(dense),
-                    "speedup_vs_dense": _median_ms(dense) / _median_ms(run),
-                    "mem_ratio_vs_dense": (r["peak_mem_mib"] / dense.result["peak_mem_mib"]
-                                           if dense.result["peak_mem_mib"] > 0 else None),
-                })
-        rows.append(row)
+            later = r["step_ms"][1:] or r["step_ms"]
+            measured = dataclasses.replace(
+                measured, **summarize(later), samples=later, first_call_s=r["step_ms"][0] / 1e3,
+                flops_executed=step_flops(r["executed_pairs"]) if r.get("executed_pairs") else None,
+                peak_mem_mib=r["peak_mem_mib"],
+                extra={**measured.extra, "val_ppl": r["val_ppl"], "train_s": r["train_s"],
+                       "tokens_per_s": r["tokens_per_s"]})
+        reference = _measured(dense) if dense is not None and run.ok else None
+        rows.append(make_row(key, measured, run_id, device_name, reference))
     return rows
 
 
@@ -113,13 +118,13 @@ def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
         r = run.result
         cells = [run.label, run.impl, dataset, f"{r['val_ppl']:.3f}", f"{r['train_s']:.1f} s",
                  f"{_median_ms(run):.0f} ms", f"{r['peak_mem_mib']:.0f} MiB"]
-        if dense is None:
+        ratios = _vs_dense(run, dense)
+        if not ratios:
             cells += ["", "", ""]
         else:
-            d = dense.result
-            mem = f"{r['peak_mem_mib'] / d['peak_mem_mib']:.2f}x" if d["peak_mem_mib"] > 0 else ""
-            cells += [f"{_median_ms(run) / _median_ms(dense):.2f}x", mem,
-                      f"{100 * (r['val_ppl'] / d['val_ppl'] - 1):+.1f}%"]
+            mem = f"{ratios['mem_ratio_vs_dense']:.2f}x" if "mem_ratio_vs_dense" in ratios else ""
+            cells += [f"{1 / ratios['speedup_vs_dense']:.2f}x", mem,
+                      f"{100 * (r['val_ppl'] / dense.result['val_ppl'] - 1):+.1f}%"]
         rows.append(cells)
     return rows
 

@@ -1,0 +1,124 @@
+"""A sweep from its configuration to its result files: cases, resume, meta.json and the measuring workers.
+
+`Sweep` is what `run` and `gate --confirm` share (the cases of a config, measured with its settings);
+`ResultsDir` is one --out-dir: what a resumed run keeps, the meta.json it merges, the row writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sparsebench import environment
+from sparsebench.errors import SparsebenchError
+from sparsebench.results import (
+    ResultWriter,
+    case_key,
+    merge_ceilings,
+    read_meta,
+    read_results,
+    write_meta,
+)
+from sparsebench.runner.cases import Case, MeasureSettings
+from sparsebench.runner.config import SweepConfig, expand
+from sparsebench.runner.launcher import SweepStats, run_cases
+
+OnRow = Callable[[Case, dict[str, Any]], None]
+
+
+class Sweep:
+    """The cases of one configuration and the settings they are measured with."""
+
+    def __init__(self, config: SweepConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Sweep:
+        """The timing settings a results file was measured with (its meta.json's config), defaults elsewhere."""
+        saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        names = ("timeout", "min_run_time", "min_samples", "warmup")
+        return cls(SweepConfig(**{k: saved[k] for k in names if k in saved}))
+
+    @property
+    def settings(self) -> MeasureSettings:
+        c = self.config
+        return MeasureSettings(min_run_time=c.min_run_time, min_samples=c.min_samples, warmup=c.warmup)
+
+    def cases(self, done: set[tuple] = frozenset()) -> tuple[list[Case], list[tuple[Case, str]]]:
+        """(cases to measure, (case, reason) of unsupported ones), leaving out the keys in `done`.
+
+        A shape group with any case left to measure keeps its dense reference, measured again even when it is
+        done: every speed-up compares two measurements of the same run.
+        """
+        cases, unsupported = expand(self.config)
+        left = {c.group() for c in cases if c.key() not in done}
+        cases = [c for c in cases if c.key() not in done or (c == c.reference() and c.group() in left)]
+        return cases, [(c, r) for c, r in unsupported if c.key() not in done]
+
+    def measure(self, cases: list[Case], on_row: OnRow, on_start: Callable[[Case], None] | None = None,
+                run_id: str | None = None, ceilings: bool = True) -> SweepStats:
+        """Measure `cases` (grouped by shape, each group's dense reference first) in worker processes."""
+        names = {d: environment.device_name(d) for d in {c.device for c in cases}}
+        return run_cases(cases, self.settings, on_row, on_start=on_start, timeout_s=self.config.timeout,
+                         run_id=run_id or new_run_id(), device_names=names, ceilings=ceilings)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class ResultsDir:
+    """One output directory: results.csv (rows appended and fsynced as they finish) and meta.json. Nothing is
+    written before `start_meta`, so a sweep that fails validation leaves the directory as it was."""
+
+    def __init__(self, out_dir: Path, resume: bool) -> None:
+        self.out_dir = Path(out_dir)
+        self.resume = resume
+        self.csv_path = self.out_dir / "results.csv"
+        self.meta_path = self.out_dir / "meta.json"
+
+    def done(self) -> set[tuple]:
+        """Keys of the cases already in results.csv (when resuming)."""
+        if not (self.resume and self.csv_path.exists()):
+            return set()
+        return {case_key(row) for row in read_results(self.csv_path, allow_empty=True).to_dict("records")}
+
+    def writer(self) -> ResultWriter:
+        return ResultWriter(self.csv_path, append=self.resume)
+
+    def start_meta(self, config: SweepConfig, config_file: str) -> dict[str, Any]:
+        """This run's meta.json, written before the first case; a resumed run keeps the earlier runs' meta
+        under `earlier_runs` and their ceilings. The first write into the directory."""
+        _check_writable(self.out_dir)
+        meta = environment.collect({"config": dataclasses.asdict(config), "config_file": config_file})
+        old = read_meta(self.csv_path) if self.resume else {}
+        if old:
+            runs = old.pop("earlier_runs", [])
+            old.pop("schema_version", None)
+            meta["earlier_runs"] = [*runs, old]
+            meta["ceilings"] = merge_ceilings(old.get("ceilings"), {})
+        write_meta(self.meta_path, meta)
+        return meta
+
+    def finish_meta(self, meta: dict[str, Any], stats: SweepStats) -> None:
+        """Add what the sweep measured about the device and itself."""
+        starts = stats.worker_starts_s
+        meta["ceilings"] = merge_ceilings(meta.get("ceilings"), stats.ceilings)
+        if stats.ceiling_notes:
+            meta["ceiling_notes"] = stats.ceiling_notes
+        meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
+                           "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
+        write_meta(self.meta_path, meta)
+
+
+def _check_writable(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SparsebenchError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
