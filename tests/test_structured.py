@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 import sparsebench.impls.structured_kernels.core as core
 from sparsebench.impls import get_impl
+from sparsebench.impls.structured_kernels import aten_ops
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 IMPL = get_impl("structured")
@@ -107,6 +109,16 @@ def test_half_precision(name, dtype):
     assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
 
 
+def cuda_float32_backends(monkeypatch) -> None:
+    """Every part takes the backend that CUDA gets in float32 (no fused kernel: the matmul path), on the CPU."""
+    select = core.select_backend
+
+    def cuda_float32(device, dtype, *args, **kwargs):
+        return select(torch.device("cuda"), torch.float32, *args, **kwargs)
+
+    monkeypatch.setattr(core, "select_backend", cuda_float32)
+
+
 @pytest.mark.parametrize("name", SPARSE)
 def test_matmul_path(name, monkeypatch):
     """The device-agnostic path alone (what CUDA runs for float32 and for merged masked parts) matches the CPU flash
@@ -114,8 +126,7 @@ def test_matmul_path(name, monkeypatch):
     pattern, n = get_pattern(name), 1000
     q, k, v = qkv(n, 32, h=2)
     flash, _ = run(pattern, q, k, v)
-    monkeypatch.setattr(core, "use_flash", lambda *args: False)
-    monkeypatch.setattr(core, "fused_backend", lambda q: None)
+    cuda_float32_backends(monkeypatch)
     matmul, _ = run(pattern, q, k, v)
     torch.testing.assert_close(matmul, flash, atol=1e-5, rtol=0)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
@@ -141,9 +152,9 @@ def test_fused_merge_gradients(with_other, causal):
         leaves = [x.float().requires_grad_() for x in (q, k, v, *other)]
         parts = leaves[3:] if with_other else None
         if fused:
-            out = core.attend_merge(*leaves[:3], other=parts, causal=causal)
+            out = core.attend_merge(*leaves[:3], backend="cpu_flash", other=parts, causal=causal)
         else:
-            part = core.attend(*leaves[:3], causal=causal)
+            part = core.attend(*leaves[:3], backend="matmul", causal=causal)
             out = core.merge(part, parts) if with_other else part[0]
         used = leaves if with_other else leaves[:3]
         results.append([out, *torch.autograd.grad(out, used, grad_out.float())])
@@ -254,21 +265,77 @@ def test_supports_every_pattern_and_explains_the_rest():
     assert reason and "structured implements only" in reason
 
 
-def test_fused_backend_choice(monkeypatch):
-    """CPU flash on CPU; on CUDA cuDNN first (half precision, D <= 128), flash up to D = 256, else none."""
-    def fake(device: str, dtype: torch.dtype, head_dim: int):
-        return type("T", (), {"device": torch.device(device), "dtype": dtype, "shape": (1, 2, 64, head_dim)})()
-
+def test_select_backend(monkeypatch):
+    """Each part's backend from the call (device, dtype, head dim, autograd) and the part (masked, merged)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-    assert core.fused_backend(torch.zeros(1, 2, 8, 16)) == "cpu_flash"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cudnn"
-    assert core.fused_backend(fake("cuda", torch.float16, 128)) == "cudnn"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 256)) == "cuda_flash"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 72 + 4)) is None  # not a multiple of 8
-    assert core.fused_backend(fake("cuda", torch.float32, 64)) is None
-    assert core.fused_backend(fake("meta", torch.bfloat16, 64)) is None
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: True)
+
+    def unmasked(device, dtype, head_dim, needs_grad=False):
+        return core.select_backend(device, dtype, head_dim, needs_grad, masked=False, merged=True)
+
+    # unmasked parts: a fused kernel with its own backward; on CUDA cuDNN first, flash up to D = 256
+    for needs_grad in (False, True):
+        assert unmasked(cpu, torch.float32, 64, needs_grad) == "cpu_flash"
+    assert core.select_backend(cpu, torch.bfloat16, 16, False, masked=False, merged=False) == "cpu_flash"
+    assert unmasked(cuda, torch.bfloat16, 64) == "cudnn"
+    assert unmasked(cuda, torch.float16, 128, needs_grad=True) == "cudnn"
+    assert unmasked(cuda, torch.bfloat16, 256) == "cuda_flash"
+    assert unmasked(cuda, torch.bfloat16, 72 + 4) == "matmul"  # not a multiple of 8
+    assert unmasked(cuda, torch.bfloat16, 512) == "matmul"
+    assert unmasked(cuda, torch.float32, 64) == "matmul"
+    assert unmasked(torch.device("meta"), torch.bfloat16, 64) == "matmul"
+    # masked parts: SDPA with the bias when nobody needs the lse; merged, CPU flash in CPU inference only
+    for device in (cpu, cuda):
+        for needs_grad in (False, True):
+            assert core.select_backend(device, torch.bfloat16, 64, needs_grad, masked=True, merged=False) == "sdpa"
+    assert core.select_backend(cpu, torch.float32, 64, False, masked=True, merged=True) == "cpu_flash"
+    assert core.select_backend(cpu, torch.float32, 64, True, masked=True, merged=True) == "matmul"
+    assert core.select_backend(cuda, torch.bfloat16, 64, False, masked=True, merged=True) == "matmul"
     monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cuda_flash"
+    assert unmasked(cuda, torch.bfloat16, 64) == "cuda_flash"
+
+
+@pytest.fixture
+def fresh_op_checks():
+    aten_ops.clear_checks()
+    yield
+    aten_ops.clear_checks()
+
+
+def test_private_ops_match_this_torch(fresh_op_checks):
+    ops = [op for backend_ops in core.FUSED_OPS.values() for op in backend_ops]
+    assert [op.problem() for op in ops] == [None] * len(ops)
+
+
+@pytest.mark.parametrize("schema", [
+    # attn_mask became positional and dropout_p went away
+    "(Tensor query, Tensor key, Tensor value, bool is_causal=False, Tensor? attn_mask=None) -> (Tensor, Tensor)",
+    # a new required argument
+    "(Tensor query, Tensor key, Tensor value, float dropout_p, bool is_causal, *, Tensor? attn_mask=None, "
+    "float block) -> (Tensor, Tensor)",
+    # one more result
+    "(Tensor query, Tensor key, Tensor value, float dropout_p=0., bool is_causal=False, *, Tensor? attn_mask=None) "
+    "-> (Tensor, Tensor, Tensor)",
+    None,  # the op is gone
+], ids=["reordered", "new-argument", "new-result", "missing"])
+def test_changed_private_op_is_an_unsupported_row(schema, monkeypatch, fresh_op_checks):
+    """A torch whose CPU flash op differs: the kernels that call it are unsupported, with a one-line reason that
+    names the op and the torch version; the others still run. Called anyway, the op fails with that reason."""
+    name = "_scaled_dot_product_flash_attention_for_cpu"
+    changed = None if schema is None else torch._C.parse_schema(f"aten::{name}{schema}")
+    monkeypatch.setattr(torch.ops.aten, name, SimpleNamespace() if changed is None else SimpleNamespace(
+        default=SimpleNamespace(_schema=changed)))
+    for pattern_name, mode in [("strided", "fwd"), ("fixed", "fwdbwd"), ("longformer", "fwd")]:
+        reason = IMPL.unsupported_reason(get_pattern(pattern_name), "cpu", torch.float32, mode)
+        assert reason is not None and f"aten.{name}" in reason and f"torch {torch.__version__}" in reason
+        assert "\n" not in reason
+    for pattern_name, mode in [("local", "fwd"), ("bigbird", "fwd"), ("longformer", "fwdbwd")]:
+        assert IMPL.unsupported_reason(get_pattern(pattern_name), "cpu", torch.float32, mode) is None
+    assert IMPL.unsupported_reason(get_pattern("strided"), "cuda", torch.bfloat16, "fwd") is None
+    q, k, v = qkv(64, 16)
+    with pytest.raises(RuntimeError, match=f"aten.{name}"), torch.no_grad():
+        IMPL.forward(q, k, v, IMPL.prepare(get_pattern("strided"), 64, "cpu", torch.float32))
 
 
 @pytest.mark.cuda
@@ -277,7 +344,9 @@ def test_fused_backend_choice(monkeypatch):
 @pytest.mark.parametrize("backend", ["cudnn", "cuda_flash"])
 def test_cuda_fused_backends_match_reference(name, backend, monkeypatch):
     """Both CUDA fused kernels, fed the merged output and lse in their backward, against float64."""
-    monkeypatch.setattr(core, "fused_backend", lambda q: backend)
+    select = core.select_backend
+    monkeypatch.setattr(core, "select_backend", lambda *args, masked, merged: backend if not masked else select(
+        *args, masked=masked, merged=merged))
     pattern, n = get_pattern(name), 1537
     q, k, v = (x.cuda().to(torch.bfloat16) for x in qkv(n, 64))
     grad_out = torch.randn_like(q)
