@@ -13,7 +13,7 @@ from torch.utils._pytree import tree_leaves
 
 import sparsebench.impls.structured_kernels.core as core
 from sparsebench.impls import get_impl
-from sparsebench.impls.structured_kernels import aten_ops
+from sparsebench.impls.structured_kernels import aten_ops, band, columns
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 IMPL = get_impl("structured")
@@ -209,6 +209,97 @@ def test_executed_pairs_follow_nnz(name):
     assert pattern.nnz(n) <= pairs <= 2 * pattern.nnz(n)
     assert pairs <= n * n / 5
     assert pairs <= IMPL.estimate_pairs(pattern, n) <= 3 * pattern.nnz(n)  # the preflight's estimate bounds it
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def expected_pairs(pattern, n: int, block: int, chunk_rows: int) -> int:
+    """The (q, k) pairs each kernel computes at length n, from its block layout: `block` queries per band block,
+    `chunk_rows` query rows per chunk of fixed's summary part. Block padding is computed, as the kernels do."""
+    name = pattern.name
+
+    def band(length: int, keys: int) -> int:  # each query block of `block` rows sees block - 1 + keys keys
+        return ceil_div(length, block) * block * (block - 1 + keys)
+
+    if name == "dense":
+        return n * n
+    if name == "causal":
+        return n * (n + 1) // 2
+    if name == "local":  # keys q - w/2 .. q + w/2 - 1; dense SDPA once the window covers the sequence
+        half = pattern.window // 2
+        return n * n if half >= n else band(n, 2 * half)
+    if name == "sliding_window":
+        return n * (n + 1) // 2 if pattern.window >= n else band(n, pattern.window)
+    if name == "dilated":  # d interleaved subsequences of ceil(n / d), each a sliding window of w
+        return pattern.dilation * band(ceil_div(n, pattern.dilation), pattern.window)
+    if name == "strided":  # every row against ceil(n / s) columns, plus one self dot product
+        return n * ceil_div(n, pattern.stride) + n
+    if name == "fixed":  # causal own blocks; each query block sees the summary columns of the blocks before
+        size, c = pattern.length, pattern.summary  # the last block of its chunk
+        nb, per_chunk = ceil_div(n, size), max(1, chunk_rows // size)
+        summary = sum(size * c * (min(nb, (i // per_chunk + 1) * per_chunk) - 1) for i in range(nb)) if nb > 1 else 0
+        return nb * size * (size + 1) // 2 + summary
+    if name == "longformer":  # global rows dense; the others see the band |q - k| <= w/2 and the global keys
+        half, g = pattern.window // 2, pattern.global_tokens
+        if g >= n:
+            return n * n
+        return band(n, 2 * half + 1) + (ceil_div(n, block) * block * g + g * n if g else 0)
+    if name == "bigbird":  # global blocks dense; the others gather m key blocks, the most any block keeps
+        b, g = pattern.block, pattern.global_blocks
+        nb = ceil_div(n, b)
+        if nb <= g:
+            return n * n
+        m = int(pattern.block_table(n)[g:].sum(1).max())
+        return (nb - g) * b * m * b + g * b * n
+    raise AssertionError(f"no layout for {name}")
+
+
+PAIR_SIZES = (1, 7, 130, 517, 1000)
+PAIR_PATTERNS = [get_pattern(name) for name in PATTERNS] + [
+    get_pattern("fixed", length=16, summary=4), get_pattern("fixed", length=2048, summary=8),
+    get_pattern("longformer", window=7, global_tokens=0), get_pattern("longformer", window=7, global_tokens=3),
+    get_pattern("bigbird", block=7, global_blocks=2, random_blocks=2, seed=3),
+]
+
+
+def tuning(device_type: str) -> tuple[int, int]:
+    """(band block, fixed's rows per chunk) from the kernels' per-device tables."""
+    return band.band_block(device_type), core.per_device(columns.CHUNK_ROWS, device_type)
+
+
+@pytest.mark.parametrize("n", PAIR_SIZES)
+@pytest.mark.parametrize("pattern", PAIR_PATTERNS, ids=lambda p: p.label())
+def test_executed_pairs_exact(pattern, n):
+    """executed_pairs (the gate compares flops_executed exactly) equals the count from each kernel's layout."""
+    assert IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs == expected_pairs(pattern, n, *tuning("cpu"))
+
+
+@pytest.mark.parametrize("pattern", [p for p in PAIR_PATTERNS if p.name in ("local", "sliding_window", "dilated",
+                                                                             "fixed", "longformer")],
+                         ids=lambda p: p.label())
+def test_executed_pairs_with_cuda_tables(pattern, monkeypatch):
+    """CUDA's tuning tables give CUDA's counts. Kernels build only on the CPU here: the CPU's entries are
+    replaced by CUDA's, so the builders and the pair counts run with CUDA's values."""
+    cuda = tuning("cuda")
+    monkeypatch.setitem(band.BLOCK, "cpu", cuda[0])
+    monkeypatch.setitem(columns.CHUNK_ROWS, "cpu", cuda[1])
+    for n in PAIR_SIZES:
+        assert IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs == expected_pairs(pattern, n, *cuda)
+
+
+def test_cuda_band_block_changes_the_counts():
+    """CUDA bands use their own block, so their executed pairs differ from the CPU's (fixed's chunks do not)."""
+    cpu, cuda = tuning("cpu"), tuning("cuda")
+    assert cuda[0] != cpu[0]
+    for name in ("local", "sliding_window", "dilated", "longformer"):
+        pattern = get_pattern(name)
+        assert expected_pairs(pattern, 1000, *cuda) != expected_pairs(pattern, 1000, *cpu)
+    assert band.band_pairs(1000, -32, 31, cuda[0]) == expected_pairs(get_pattern("local"), 1000, *cuda)
+    fixed = get_pattern("fixed")
+    assert columns.fixed_pairs(1000, fixed.length, fixed.summary, cuda[1] // fixed.length) == expected_pairs(
+        fixed, 1000, *cuda)
 
 
 class LargestStorage(TorchDispatchMode):
