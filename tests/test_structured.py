@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -172,14 +171,56 @@ def test_fused_autograd_saves_no_scores():
     assert mode.largest < 2 * 4 * n * (n // 8) / 4  # a quarter of one head's (n, n/8) float32 scores
 
 
-@pytest.mark.parametrize("name", ["local", "fixed"])
-def test_sum_backward_is_fast(name):
-    """out.sum().backward() sends an expanded (stride 0) gradient; CPU bmm once took ~8 s on it here."""
+class MatmulOperands(TorchDispatchMode):
+    """Records the tensor operands of every BLAS matmul (mm, bmm, addmm, baddbmm)."""
+
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.baddbmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operands: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.operands.extend(t for t in args if isinstance(t, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+def blas_layout(t: torch.Tensor) -> bool:
+    """Whether BLAS reads the matrices directly: one of the last two dims has stride 1, the other a leading
+    dimension at least as long (row- or column-major, possibly with a row gap); an expanded tensor has none."""
+    (rows, cols), (row_stride, col_stride) = t.shape[-2:], t.stride()[-2:]
+    return (col_stride == 1 and row_stride >= cols) or (row_stride == 1 and col_stride >= rows)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matmul_part_sum_backward_gives_blas_layouts(causal):
+    """out.sum().backward() sends an expanded (stride 0) gradient, on which CPU bmm takes a naive path ~500x slower
+    than BLAS. Summed as it is, the matmul path's output passes that gradient straight to its bmm: every matmul
+    in the backward must still get operands that BLAS reads directly."""
+    q, k, v = (x.requires_grad_() for x in qkv(300, 32))
+    out, _ = core.attend(q, k, v, backend="matmul", causal=causal)
+    with MatmulOperands() as mode:
+        out.sum().backward()
+    assert mode.operands
+    for t in mode.operands:
+        assert blas_layout(t), (t.shape, t.stride())
+
+
+@pytest.mark.parametrize("name,matmul_path", [("fixed", False), ("fixed", True), ("strided", True)])
+def test_sum_backward_gives_matmuls_blas_layouts(name, matmul_path, monkeypatch):
+    """The same through whole kernels, whose backward reaches the matmul path (~8 s once here at this size)."""
+    if matmul_path:
+        cuda_float32_backends(monkeypatch)
     q, k, v = (x.requires_grad_() for x in qkv(1024, 64, b=1, h=8))
     prep = IMPL.prepare(get_pattern(name), 1024, "cpu", torch.float32)
-    start = time.perf_counter()
-    IMPL.forward(q, k, v, prep).sum().backward()
-    assert time.perf_counter() - start < 3.0
+    out = IMPL.forward(q, k, v, prep).sum()
+    with MatmulOperands() as mode:
+        out.backward()
+    assert mode.operands  # the matmul path's backward
+    for t in mode.operands:
+        assert blas_layout(t), (t.shape, t.stride())
 
 
 def test_non_contiguous_inputs():
