@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +12,7 @@ from torch.utils._pytree import tree_leaves
 
 import sparsebench.impls.structured_kernels.core as core
 from sparsebench.impls import get_impl
+from sparsebench.impls.structured_kernels import aten_ops, band, columns
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 IMPL = get_impl("structured")
@@ -107,6 +108,16 @@ def test_half_precision(name, dtype):
     assert all(g.dtype == dtype and torch.isfinite(g).all() for g in grads)
 
 
+def cuda_float32_backends(monkeypatch) -> None:
+    """Every part takes the backend that CUDA gets in float32 (no fused kernel: the matmul path), on the CPU."""
+    select = core.select_backend
+
+    def cuda_float32(device, dtype, *args, **kwargs):
+        return select(torch.device("cuda"), torch.float32, *args, **kwargs)
+
+    monkeypatch.setattr(core, "select_backend", cuda_float32)
+
+
 @pytest.mark.parametrize("name", SPARSE)
 def test_matmul_path(name, monkeypatch):
     """The device-agnostic path alone (what CUDA runs for float32 and for merged masked parts) matches the CPU flash
@@ -114,8 +125,7 @@ def test_matmul_path(name, monkeypatch):
     pattern, n = get_pattern(name), 1000
     q, k, v = qkv(n, 32, h=2)
     flash, _ = run(pattern, q, k, v)
-    monkeypatch.setattr(core, "use_flash", lambda *args: False)
-    monkeypatch.setattr(core, "fused_backend", lambda q: None)
+    cuda_float32_backends(monkeypatch)
     matmul, _ = run(pattern, q, k, v)
     torch.testing.assert_close(matmul, flash, atol=1e-5, rtol=0)
     grad_out = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
@@ -141,9 +151,9 @@ def test_fused_merge_gradients(with_other, causal):
         leaves = [x.float().requires_grad_() for x in (q, k, v, *other)]
         parts = leaves[3:] if with_other else None
         if fused:
-            out = core.attend_merge(*leaves[:3], other=parts, causal=causal)
+            out = core.attend_merge(*leaves[:3], backend="cpu_flash", other=parts, causal=causal)
         else:
-            part = core.attend(*leaves[:3], causal=causal)
+            part = core.attend(*leaves[:3], backend="matmul", causal=causal)
             out = core.merge(part, parts) if with_other else part[0]
         used = leaves if with_other else leaves[:3]
         results.append([out, *torch.autograd.grad(out, used, grad_out.float())])
@@ -161,14 +171,56 @@ def test_fused_autograd_saves_no_scores():
     assert mode.largest < 2 * 4 * n * (n // 8) / 4  # a quarter of one head's (n, n/8) float32 scores
 
 
-@pytest.mark.parametrize("name", ["local", "fixed"])
-def test_sum_backward_is_fast(name):
-    """out.sum().backward() sends an expanded (stride 0) gradient; CPU bmm once took ~8 s on it here."""
+class MatmulOperands(TorchDispatchMode):
+    """Records the tensor operands of every BLAS matmul (mm, bmm, addmm, baddbmm)."""
+
+    OPS = (torch.ops.aten.mm.default, torch.ops.aten.bmm.default, torch.ops.aten.addmm.default,
+           torch.ops.aten.baddbmm.default)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.operands: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.OPS:
+            self.operands.extend(t for t in args if isinstance(t, torch.Tensor))
+        return func(*args, **(kwargs or {}))
+
+
+def blas_layout(t: torch.Tensor) -> bool:
+    """Whether BLAS reads the matrices directly: one of the last two dims has stride 1, the other a leading
+    dimension at least as long (row- or column-major, possibly with a row gap); an expanded tensor has none."""
+    (rows, cols), (row_stride, col_stride) = t.shape[-2:], t.stride()[-2:]
+    return (col_stride == 1 and row_stride >= cols) or (row_stride == 1 and col_stride >= rows)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_matmul_part_sum_backward_gives_blas_layouts(causal):
+    """out.sum().backward() sends an expanded (stride 0) gradient, on which CPU bmm takes a naive path ~500x slower
+    than BLAS. Summed as it is, the matmul path's output passes that gradient straight to its bmm: every matmul
+    in the backward must still get operands that BLAS reads directly."""
+    q, k, v = (x.requires_grad_() for x in qkv(300, 32))
+    out, _ = core.attend(q, k, v, backend="matmul", causal=causal)
+    with MatmulOperands() as mode:
+        out.sum().backward()
+    assert mode.operands
+    for t in mode.operands:
+        assert blas_layout(t), (t.shape, t.stride())
+
+
+@pytest.mark.parametrize("name,matmul_path", [("fixed", False), ("fixed", True), ("strided", True)])
+def test_sum_backward_gives_matmuls_blas_layouts(name, matmul_path, monkeypatch):
+    """The same through whole kernels, whose backward reaches the matmul path (~8 s once here at this size)."""
+    if matmul_path:
+        cuda_float32_backends(monkeypatch)
     q, k, v = (x.requires_grad_() for x in qkv(1024, 64, b=1, h=8))
     prep = IMPL.prepare(get_pattern(name), 1024, "cpu", torch.float32)
-    start = time.perf_counter()
-    IMPL.forward(q, k, v, prep).sum().backward()
-    assert time.perf_counter() - start < 3.0
+    out = IMPL.forward(q, k, v, prep).sum()
+    with MatmulOperands() as mode:
+        out.backward()
+    assert mode.operands  # the matmul path's backward
+    for t in mode.operands:
+        assert blas_layout(t), (t.shape, t.stride())
 
 
 def test_non_contiguous_inputs():
@@ -198,6 +250,97 @@ def test_executed_pairs_follow_nnz(name):
     assert pattern.nnz(n) <= pairs <= 2 * pattern.nnz(n)
     assert pairs <= n * n / 5
     assert pairs <= IMPL.estimate_pairs(pattern, n) <= 3 * pattern.nnz(n)  # the preflight's estimate bounds it
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def expected_pairs(pattern, n: int, block: int, chunk_rows: int) -> int:
+    """The (q, k) pairs each kernel computes at length n, from its block layout: `block` queries per band block,
+    `chunk_rows` query rows per chunk of fixed's summary part. Block padding is computed, as the kernels do."""
+    name = pattern.name
+
+    def band(length: int, keys: int) -> int:  # each query block of `block` rows sees block - 1 + keys keys
+        return ceil_div(length, block) * block * (block - 1 + keys)
+
+    if name == "dense":
+        return n * n
+    if name == "causal":
+        return n * (n + 1) // 2
+    if name == "local":  # keys q - w/2 .. q + w/2 - 1; dense SDPA once the window covers the sequence
+        half = pattern.window // 2
+        return n * n if half >= n else band(n, 2 * half)
+    if name == "sliding_window":
+        return n * (n + 1) // 2 if pattern.window >= n else band(n, pattern.window)
+    if name == "dilated":  # d interleaved subsequences of ceil(n / d), each a sliding window of w
+        return pattern.dilation * band(ceil_div(n, pattern.dilation), pattern.window)
+    if name == "strided":  # every row against ceil(n / s) columns, plus one self dot product
+        return n * ceil_div(n, pattern.stride) + n
+    if name == "fixed":  # causal own blocks; each query block sees the summary columns of the blocks before
+        size, c = pattern.length, pattern.summary  # the last block of its chunk
+        nb, per_chunk = ceil_div(n, size), max(1, chunk_rows // size)
+        summary = sum(size * c * (min(nb, (i // per_chunk + 1) * per_chunk) - 1) for i in range(nb)) if nb > 1 else 0
+        return nb * size * (size + 1) // 2 + summary
+    if name == "longformer":  # global rows dense; the others see the band |q - k| <= w/2 and the global keys
+        half, g = pattern.window // 2, pattern.global_tokens
+        if g >= n:
+            return n * n
+        return band(n, 2 * half + 1) + (ceil_div(n, block) * block * g + g * n if g else 0)
+    if name == "bigbird":  # global blocks dense; the others gather m key blocks, the most any block keeps
+        b, g = pattern.block, pattern.global_blocks
+        nb = ceil_div(n, b)
+        if nb <= g:
+            return n * n
+        m = int(pattern.block_table(n)[g:].sum(1).max())
+        return (nb - g) * b * m * b + g * b * n
+    raise AssertionError(f"no layout for {name}")
+
+
+PAIR_SIZES = (1, 7, 130, 517, 1000)
+PAIR_PATTERNS = [get_pattern(name) for name in PATTERNS] + [
+    get_pattern("fixed", length=16, summary=4), get_pattern("fixed", length=2048, summary=8),
+    get_pattern("longformer", window=7, global_tokens=0), get_pattern("longformer", window=7, global_tokens=3),
+    get_pattern("bigbird", block=7, global_blocks=2, random_blocks=2, seed=3),
+]
+
+
+def tuning(device_type: str) -> tuple[int, int]:
+    """(band block, fixed's rows per chunk) from the kernels' per-device tables."""
+    return band.band_block(device_type), core.per_device(columns.CHUNK_ROWS, device_type)
+
+
+@pytest.mark.parametrize("n", PAIR_SIZES)
+@pytest.mark.parametrize("pattern", PAIR_PATTERNS, ids=lambda p: p.label())
+def test_executed_pairs_exact(pattern, n):
+    """executed_pairs (the gate compares flops_executed exactly) equals the count from each kernel's layout."""
+    assert IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs == expected_pairs(pattern, n, *tuning("cpu"))
+
+
+@pytest.mark.parametrize("pattern", [p for p in PAIR_PATTERNS if p.name in ("local", "sliding_window", "dilated",
+                                                                             "fixed", "longformer")],
+                         ids=lambda p: p.label())
+def test_executed_pairs_with_cuda_tables(pattern, monkeypatch):
+    """CUDA's tuning tables give CUDA's counts. Kernels build only on the CPU here: the CPU's entries are
+    replaced by CUDA's, so the builders and the pair counts run with CUDA's values."""
+    cuda = tuning("cuda")
+    monkeypatch.setitem(band.BLOCK, "cpu", cuda[0])
+    monkeypatch.setitem(columns.CHUNK_ROWS, "cpu", cuda[1])
+    for n in PAIR_SIZES:
+        assert IMPL.prepare(pattern, n, "cpu", torch.float32).executed_pairs == expected_pairs(pattern, n, *cuda)
+
+
+def test_cuda_band_block_changes_the_counts():
+    """CUDA bands use their own block, so their executed pairs differ from the CPU's (fixed's chunks do not)."""
+    cpu, cuda = tuning("cpu"), tuning("cuda")
+    assert cuda[0] != cpu[0]
+    for name in ("local", "sliding_window", "dilated", "longformer"):
+        pattern = get_pattern(name)
+        assert expected_pairs(pattern, 1000, *cuda) != expected_pairs(pattern, 1000, *cpu)
+    assert band.band_pairs(1000, -32, 31, cuda[0]) == expected_pairs(get_pattern("local"), 1000, *cuda)
+    fixed = get_pattern("fixed")
+    assert columns.fixed_pairs(1000, fixed.length, fixed.summary, cuda[1] // fixed.length) == expected_pairs(
+        fixed, 1000, *cuda)
 
 
 class LargestStorage(TorchDispatchMode):
@@ -254,21 +397,77 @@ def test_supports_every_pattern_and_explains_the_rest():
     assert reason and "structured implements only" in reason
 
 
-def test_fused_backend_choice(monkeypatch):
-    """CPU flash on CPU; on CUDA cuDNN first (half precision, D <= 128), flash up to D = 256, else none."""
-    def fake(device: str, dtype: torch.dtype, head_dim: int):
-        return type("T", (), {"device": torch.device(device), "dtype": dtype, "shape": (1, 2, 64, head_dim)})()
-
+def test_select_backend(monkeypatch):
+    """Each part's backend from the call (device, dtype, head dim, autograd) and the part (masked, merged)."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
-    assert core.fused_backend(torch.zeros(1, 2, 8, 16)) == "cpu_flash"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cudnn"
-    assert core.fused_backend(fake("cuda", torch.float16, 128)) == "cudnn"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 256)) == "cuda_flash"
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 72 + 4)) is None  # not a multiple of 8
-    assert core.fused_backend(fake("cuda", torch.float32, 64)) is None
-    assert core.fused_backend(fake("meta", torch.bfloat16, 64)) is None
+    monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: True)
+
+    def unmasked(device, dtype, head_dim, needs_grad=False):
+        return core.select_backend(device, dtype, head_dim, needs_grad, masked=False, merged=True)
+
+    # unmasked parts: a fused kernel with its own backward; on CUDA cuDNN first, flash up to D = 256
+    for needs_grad in (False, True):
+        assert unmasked(cpu, torch.float32, 64, needs_grad) == "cpu_flash"
+    assert core.select_backend(cpu, torch.bfloat16, 16, False, masked=False, merged=False) == "cpu_flash"
+    assert unmasked(cuda, torch.bfloat16, 64) == "cudnn"
+    assert unmasked(cuda, torch.float16, 128, needs_grad=True) == "cudnn"
+    assert unmasked(cuda, torch.bfloat16, 256) == "cuda_flash"
+    assert unmasked(cuda, torch.bfloat16, 72 + 4) == "matmul"  # not a multiple of 8
+    assert unmasked(cuda, torch.bfloat16, 512) == "matmul"
+    assert unmasked(cuda, torch.float32, 64) == "matmul"
+    assert unmasked(torch.device("meta"), torch.bfloat16, 64) == "matmul"
+    # masked parts: SDPA with the bias when nobody needs the lse; merged, CPU flash in CPU inference only
+    for device in (cpu, cuda):
+        for needs_grad in (False, True):
+            assert core.select_backend(device, torch.bfloat16, 64, needs_grad, masked=True, merged=False) == "sdpa"
+    assert core.select_backend(cpu, torch.float32, 64, False, masked=True, merged=True) == "cpu_flash"
+    assert core.select_backend(cpu, torch.float32, 64, True, masked=True, merged=True) == "matmul"
+    assert core.select_backend(cuda, torch.bfloat16, 64, False, masked=True, merged=True) == "matmul"
     monkeypatch.setattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)
-    assert core.fused_backend(fake("cuda", torch.bfloat16, 64)) == "cuda_flash"
+    assert unmasked(cuda, torch.bfloat16, 64) == "cuda_flash"
+
+
+@pytest.fixture
+def fresh_op_checks():
+    aten_ops.clear_checks()
+    yield
+    aten_ops.clear_checks()
+
+
+def test_private_ops_match_this_torch(fresh_op_checks):
+    ops = [op for backend_ops in core.FUSED_OPS.values() for op in backend_ops]
+    assert [op.problem() for op in ops] == [None] * len(ops)
+
+
+@pytest.mark.parametrize("schema", [
+    # attn_mask became positional and dropout_p went away
+    "(Tensor query, Tensor key, Tensor value, bool is_causal=False, Tensor? attn_mask=None) -> (Tensor, Tensor)",
+    # a new required argument
+    "(Tensor query, Tensor key, Tensor value, float dropout_p, bool is_causal, *, Tensor? attn_mask=None, "
+    "float block) -> (Tensor, Tensor)",
+    # one more result
+    "(Tensor query, Tensor key, Tensor value, float dropout_p=0., bool is_causal=False, *, Tensor? attn_mask=None) "
+    "-> (Tensor, Tensor, Tensor)",
+    None,  # the op is gone
+], ids=["reordered", "new-argument", "new-result", "missing"])
+def test_changed_private_op_is_an_unsupported_row(schema, monkeypatch, fresh_op_checks):
+    """A torch whose CPU flash op differs: the kernels that call it are unsupported, with a one-line reason that
+    names the op and the torch version; the others still run. Called anyway, the op fails with that reason."""
+    name = "_scaled_dot_product_flash_attention_for_cpu"
+    changed = None if schema is None else torch._C.parse_schema(f"aten::{name}{schema}")
+    monkeypatch.setattr(torch.ops.aten, name, SimpleNamespace() if changed is None else SimpleNamespace(
+        default=SimpleNamespace(_schema=changed)))
+    for pattern_name, mode in [("strided", "fwd"), ("fixed", "fwdbwd"), ("longformer", "fwd")]:
+        reason = IMPL.unsupported_reason(get_pattern(pattern_name), "cpu", torch.float32, mode)
+        assert reason is not None and f"aten.{name}" in reason and f"torch {torch.__version__}" in reason
+        assert "\n" not in reason
+    for pattern_name, mode in [("local", "fwd"), ("bigbird", "fwd"), ("longformer", "fwdbwd")]:
+        assert IMPL.unsupported_reason(get_pattern(pattern_name), "cpu", torch.float32, mode) is None
+    assert IMPL.unsupported_reason(get_pattern("strided"), "cuda", torch.bfloat16, "fwd") is None
+    q, k, v = qkv(64, 16)
+    with pytest.raises(RuntimeError, match=f"aten.{name}"), torch.no_grad():
+        IMPL.forward(q, k, v, IMPL.prepare(get_pattern("strided"), 64, "cpu", torch.float32))
 
 
 @pytest.mark.cuda
@@ -277,7 +476,9 @@ def test_fused_backend_choice(monkeypatch):
 @pytest.mark.parametrize("backend", ["cudnn", "cuda_flash"])
 def test_cuda_fused_backends_match_reference(name, backend, monkeypatch):
     """Both CUDA fused kernels, fed the merged output and lse in their backward, against float64."""
-    monkeypatch.setattr(core, "fused_backend", lambda q: backend)
+    select = core.select_backend
+    monkeypatch.setattr(core, "select_backend", lambda *args, masked, merged: backend if not masked else select(
+        *args, masked=masked, merged=merged))
     pattern, n = get_pattern(name), 1537
     q, k, v = (x.cuda().to(torch.bfloat16) for x in qkv(n, 64))
     grad_out = torch.randn_like(q)

@@ -3,11 +3,13 @@
 The kernels live in `structured_kernels/`, one file per family:
 - band.py:    banded query blocks for local, sliding_window, and dilated (a sliding window per q mod d);
 - columns.py: gathered columns for strided (plus a self term) and fixed (plus causal own blocks);
-- globals.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
+- global_tokens.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
 - dense.py:   SDPA for dense and causal (is_causal already skips the upper triangle).
-Each part runs on one of torch's fused attention kernels where one fits (flash with its backward, merged
-through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
-autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. See structured_kernels/core.py.
+Each part runs on one of torch's fused attention kernels where one fits (flash or cuDNN with its backward,
+merged through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
+autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. `select_backend` in
+structured_kernels/core.py makes that choice; the private aten ops it may pick are checked against the
+installed torch (aten_ops.py), and a mismatch is an `unsupported` row.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import torch
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.sdpa import SdpaImpl
 from sparsebench.impls.structured_kernels import BUILDERS, Kernel, build_kernel
-from sparsebench.impls.structured_kernels.band import BLOCK as BAND_BLOCK
+from sparsebench.impls.structured_kernels.band import band_block
+from sparsebench.impls.structured_kernels.core import private_ops
 from sparsebench.patterns import Pattern
 
 
@@ -33,6 +36,15 @@ class StructuredImpl(Impl):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared[Kernel]) -> torch.Tensor:
         return prep.state(q, k, v)
+
+    def device_reason(self, pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> str | None:
+        """Why torch's private attention ops that this kernel would call do not fit, if they do not."""
+        if not _uses_private_ops(pattern, device_type, mode):
+            return None
+        for op in private_ops(device_type, dtype, needs_grad=mode == "fwdbwd"):
+            if (reason := op.problem()) is not None:
+                return reason
+        return None
 
     def estimate_pairs(self, pattern: Pattern, n: int) -> int:
         """Kept pairs plus block padding (~1.5x nnz, plus up to one 64-key block per row); no kernel built."""
@@ -56,9 +68,17 @@ class StructuredImpl(Impl):
             work = 4 * pairs if mode == "fwd" else 2 * (8 + elt) * pairs
         else:
             # query rows that share one key window: all of them for gathered columns, a block for the others
-            rows = n if pattern.name in ("strided", "fixed") else getattr(pattern, "block", BAND_BLOCK)
+            rows = n if pattern.name in ("strided", "fixed") else getattr(pattern, "block", band_block(device_type))
             work = pairs / rows * head_dim * elt * (2 if mode == "fwd" else 4)
         return int(batch * heads * ((1 if mode == "fwd" else 3) * copies + work))
+
+
+def _uses_private_ops(pattern: Pattern, device_type: str, mode: str) -> bool:
+    """Whether a part of the kernel may run on a fused backend (private aten ops; see structured_kernels/core.py):
+    the kernels that merge parts through their lse, longformer's only in CPU inference."""
+    if pattern.name == "longformer":
+        return device_type == "cpu" and mode == "fwd"
+    return pattern.name in ("strided", "fixed")
 
 
 def _keeps_scores(pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> bool:

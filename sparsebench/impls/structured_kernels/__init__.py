@@ -10,7 +10,7 @@ from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kern
 from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
 from sparsebench.impls.structured_kernels.core import Kernel
 from sparsebench.impls.structured_kernels.dense import causal_kernel, dense_kernel
-from sparsebench.impls.structured_kernels.globals import bigbird_kernel, longformer_kernel
+from sparsebench.impls.structured_kernels.global_tokens import bigbird_kernel, longformer_kernel
 from sparsebench.patterns import Pattern
 
 Builder = Callable[[Pattern, int, torch.device, torch.dtype], Kernel]

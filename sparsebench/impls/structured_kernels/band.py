@@ -12,10 +12,31 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import Kernel, attend, attend_out, bias_from_mask, pad_rows
+from sparsebench.impls.structured_kernels.core import (
+    Backend,
+    Kernel,
+    attend,
+    attend_out,
+    bias_from_mask,
+    pad_rows,
+    per_device,
+)
 from sparsebench.impls.structured_kernels.dense import SdpaKernel
 
-BLOCK = 32  # queries per block: the window is BLOCK + span - 1 keys wide; 32 measured best on CPU
+# Queries per block, by device type: the window is block + span - 1 keys wide. 32 measured best on CPU.
+# The CUDA value is provisional until measured on a GPU: an H200 run showed cuDNN's SDPA kernel working on
+# 64x128 tiles, so a 32-query block wastes half of each tile.
+BLOCK = {"cpu": 32, "cuda": 64}
+
+
+def band_block(device_type: str) -> int:
+    """Queries per band block on this device type."""
+    return per_device(BLOCK, device_type)
+
+
+def band_pairs(n: int, lo: int, hi: int, block: int) -> int:
+    """Pairs a band computes: ceil(n / block) query blocks of `block` rows, each against block + hi - lo keys."""
+    return -(-n // block) * block * (block + hi - lo)
 
 
 @dataclass
@@ -30,7 +51,9 @@ class Band:
     bias: torch.Tensor  # (blocks, block, width) additive mask, shared by every batch and head
 
     @classmethod
-    def build(cls, n: int, lo: int, hi: int, kmin: int, device, dtype: torch.dtype, block: int = BLOCK) -> Band:
+    def build(cls, n: int, lo: int, hi: int, kmin: int, device: torch.device, dtype: torch.dtype) -> Band:
+        """The band on `device`, in blocks of `band_block(device.type)` queries."""
+        block = band_block(device.type)
         blocks = -(-n // block)
         width = block + hi - lo
         qpos = torch.arange(blocks * block, device=device).view(blocks, block, 1)
@@ -49,7 +72,7 @@ class Band:
 
     @property
     def pairs(self) -> int:
-        return self.blocks * self.block * self.width
+        return band_pairs(self.n, self.lo, self.hi, self.block)
 
     def query_blocks(self, q: torch.Tensor) -> torch.Tensor:
         """(G, n, D) -> (G, blocks, block, D), zero-padded at the end."""
@@ -62,17 +85,19 @@ class Band:
         padded = self.blocks * self.block
         return pad_rows(x, -self.lo, padded + self.hi - x.shape[1]).unfold(1, self.width, self.block).transpose(-2, -1)
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q, k, v: (G, n, D) -> out (G, n, D)."""
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: Backend) -> torch.Tensor:
+        """q, k, v: (G, n, D) -> out (G, n, D): the band as the kernel's only part."""
         G, n, D = q.shape
-        out = attend_out(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None])
+        out = attend_out(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None],
+                         backend=backend)
         return out.reshape(G, -1, D)[:, :n]
 
     def with_lse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 flash: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 backend: Backend) -> tuple[torch.Tensor, torch.Tensor]:
         """q, k, v: (G, n, D) -> out (G, n, D), lse (G, n): the band as one part of a merge."""
         G, n, D = q.shape
-        out, lse = attend(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None], flash=flash)
+        out, lse = attend(self.query_blocks(q), self.key_windows(k), self.key_windows(v), self.bias[None],
+                          backend=backend)
         return out.reshape(G, -1, D)[:, :n], lse.reshape(G, -1)[:, :n]
 
 
@@ -82,8 +107,8 @@ class BandKernel(Kernel):
 
     band: Band
 
-    def run(self, q, k, v, flash):
-        return self.band(q, k, v)
+    def run(self, q, k, v, inputs):
+        return self.band(q, k, v, inputs.backend(masked=True, merged=False))
 
 
 def local_kernel(pattern, n: int, device, dtype) -> Kernel:
@@ -115,7 +140,7 @@ class DilatedKernel(Kernel):
     dilation: int
     band: Band
 
-    def run(self, q, k, v, flash):
+    def run(self, q, k, v, inputs):
         G, N, D = q.shape
         d, sub = self.dilation, self.band.n
 
@@ -123,7 +148,8 @@ class DilatedKernel(Kernel):
             x = pad_rows(x, 0, sub * d - N).view(G, sub, d, D)
             return x.transpose(1, 2).reshape(G * d, sub, D)
 
-        out = self.band(split(q), split(k), split(v))  # (G*d, sub, D)
+        backend = inputs.backend(masked=True, merged=False)
+        out = self.band(split(q), split(k), split(v), backend)  # (G*d, sub, D)
         return out.view(G, d, sub, D).transpose(1, 2).reshape(G, sub * d, D)[:, :N]
 
 

@@ -4,17 +4,27 @@ Every kernel splits a pattern into a few *parts* whose key sets are disjoint for
 gathered columns, a self term, ...). Each part returns its output and the logsumexp (lse) of its
 scores; softmax over the union of the key sets is then the lse-weighted sum of the parts.
 
-Four backends compute a part:
-- `attend_merge`, for a part with no mask that is merged with at most one other part: one of torch's fused
-  kernels that return the lse (`fused_backend`: the CPU flash kernel; on CUDA in float16/bfloat16, cuDNN's
-  or flash's) inside `_FusedMerge`, an autograd Function whose backward calls the kernel's own backward
-  with the *merged* output and lse (as ring attention does), so the scores are never materialised, in the
-  forward or the backward pass.
-- `attend_out`, for a masked part whose lse is not needed (the kernel's only part: bands, bigbird's blocks,
-  longformer's globals + band): SDPA with the bias as its mask, fused on CPU and CUDA, forward and backward.
-- `attend`, for a masked part that is merged (fixed's summary columns; longformer's band in CPU inference):
-  in CPU inference the CPU flash kernel with the bias as its mask; otherwise (and for strided's columns in
-  float32 on CUDA) plain matmul + logsumexp + exp in float32, chunked over query rows to bound memory.
+`select_backend` picks the backend of each part from the call (device, dtype, head dim, whether autograd is
+needed) and two facts about the part: whether it has a mask, and whether it is merged with another part
+through its lse. Kernels ask for it in one way, `Inputs.backend(masked=..., merged=...)`, per part:
+- an unmasked part, merged with at most one other part: a fused kernel that returns the lse and has a
+  backward ('cpu_flash': the CPU flash kernel; on CUDA in float16/bfloat16, 'cudnn' or 'cuda_flash'), run
+  by `attend_merge` inside `_FusedMerge`, an autograd Function whose backward calls the kernel's own
+  backward with the *merged* output and lse (as ring attention does), so the scores are never
+  materialised, in the forward or the backward pass. Where no fused kernel fits (float32 on CUDA): 'matmul'.
+- a masked part whose lse nobody needs (the kernel's only part: bands, bigbird's blocks, longformer's
+  globals + band): 'sdpa', torch's SDPA with the bias as its mask (`attend_out`), fused on CPU and CUDA,
+  forward and backward.
+- a masked part that is merged (fixed's summary columns; longformer's band in CPU inference): in CPU
+  inference 'cpu_flash', the CPU flash kernel with the bias as its mask (`attend`); otherwise 'matmul'
+  (with autograd the part's lse needs a gradient, which the flash op does not give; the CUDA kernels are
+  called without a mask here).
+- 'matmul': plain matmul + logsumexp + exp in float32, chunked over query rows to bound memory; any device,
+  dtype and autograd.
+Dense and causal, and the global rows of longformer and bigbird, are whole attentions, not parts: torch's
+public SDPA, which picks its own kernel.
+
+The fused backends call private aten ops; `aten_ops` checks each once against the installed torch.
 
 Masks are additive biases (0 kept, `neg_value` dropped) in the compute dtype, built once in `prepare`.
 A large *finite* negative value keeps rows with no kept key finite (lse ~ -1e30, weight 0 in the merge),
@@ -25,9 +35,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from sparsebench.impls.structured_kernels import aten_ops
 
 NEG_LSE = -1e30  # the lse of an empty part, in float32
 _SCORE_BUDGET = 1 << 22  # float32 scores per chunk in the matmul backend (16 MiB)
@@ -48,63 +61,106 @@ def bias_from_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, neg_value(dtype))
 
 
-def use_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """True when the CPU flash kernel may be used: a CPU tensor and no gradient to propagate."""
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    return q.device.type == "cpu" and not needs_grad
+Backend = Literal["cpu_flash", "cudnn", "cuda_flash", "sdpa", "matmul"]
+_HALF = (torch.float16, torch.bfloat16)
+
+# The fused backends' private ops: (forward, backward).
+FUSED_OPS: dict[Backend, tuple[aten_ops.AtenOp, aten_ops.AtenOp]] = {
+    "cpu_flash": (aten_ops.CPU_FLASH, aten_ops.CPU_FLASH_BACKWARD),
+    "cudnn": (aten_ops.CUDNN, aten_ops.CUDNN_BACKWARD),
+    "cuda_flash": (aten_ops.CUDA_FLASH, aten_ops.CUDA_FLASH_BACKWARD),
+}
 
 
-def fused_backend(q: torch.Tensor) -> str | None:
-    """The fused kernel that returns the lse and has a backward, for q's device, dtype and head dim.
+def select_backend(device: torch.device, dtype: torch.dtype, head_dim: int, needs_grad: bool, *,
+                   masked: bool, merged: bool) -> Backend:
+    """The backend that computes one part of a kernel (see the module docstring).
 
-    'cpu_flash' on CPU. On CUDA, half precision only: 'cudnn' (head_dim <= 128) unless torch's cuDNN SDPA is
-    switched off (`torch.backends.cuda.enable_cudnn_sdp(False)`), else 'cuda_flash' (head_dim <= 256). On an
-    H200 (torch 2.11, bf16, D=64) cuDNN's kernel ran dense attention at 465 TFLOP/s and flash's at 301, so
-    cuDNN comes first (docs/results/h200). None: no fused kernel; float32 on CUDA goes to the matmul backend.
+    Unmasked parts: 'cpu_flash' on CPU. On CUDA, half precision and head_dim a multiple of 8 only: 'cudnn'
+    (head_dim <= 128) unless torch's cuDNN SDPA is switched off (`torch.backends.cuda.enable_cudnn_sdp(False)`),
+    else 'cuda_flash' (head_dim <= 256). On an H200 (torch 2.11, bf16, D=64) cuDNN's kernel ran dense attention
+    at 465 TFLOP/s and flash's at 301, so cuDNN comes first (docs/results/h200). Anything else: 'matmul'.
+    Masked parts: 'sdpa' when not merged; when merged, 'cpu_flash' in CPU inference, else 'matmul'.
     """
-    if q.device.type == "cpu":
+    if masked:
+        if not merged:
+            return "sdpa"
+        cpu_inference = device.type == "cpu" and not needs_grad
+        return "cpu_flash" if cpu_inference else "matmul"
+    if device.type == "cpu":
         return "cpu_flash"
-    head_dim = q.shape[-1]
-    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or head_dim % 8:
-        return None
+    if device.type != "cuda" or dtype not in _HALF or head_dim % 8:
+        return "matmul"
     if head_dim <= 128 and torch.backends.cudnn.is_available() and torch.backends.cuda.cudnn_sdp_enabled():
         return "cudnn"
-    return "cuda_flash" if head_dim <= 256 else None
+    return "cuda_flash" if head_dim <= 256 else "matmul"
+
+
+def private_ops(device_type: str, dtype: torch.dtype, needs_grad: bool) -> list[aten_ops.AtenOp]:
+    """The private ops that `select_backend` may pick on this device and dtype, for any head dim and part."""
+    if device_type == "cpu":
+        backends = ["cpu_flash"]
+    elif device_type == "cuda" and dtype in _HALF:
+        backends = ["cudnn", "cuda_flash"]
+    else:
+        backends = []
+    return [op for backend in backends for op in FUSED_OPS[backend][: 2 if needs_grad else 1]]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the backend choice needs to know about one call's q, k, v (shared by every part)."""
+
+    device: torch.device
+    dtype: torch.dtype
+    head_dim: int
+    needs_grad: bool
+
+    @classmethod
+    def of(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Inputs:
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return cls(q.device, q.dtype, q.shape[-1], needs_grad)
+
+    def backend(self, *, masked: bool, merged: bool) -> Backend:
+        """The backend of a part with (masked) or without a bias mask, merged through its lse or alone."""
+        return select_backend(self.device, self.dtype, self.head_dim, self.needs_grad, masked=masked, merged=merged)
+
+
+def per_device(table: dict[str, int], device_type: str) -> int:
+    """A tuning constant for this device type; the CPU's for devices without an entry of their own."""
+    return table.get(device_type, table["cpu"])
 
 
 def _fused_forward(q, k, v, causal: bool, backend: str) -> tuple[torch.Tensor, torch.Tensor, tuple]:
     """(out, lse (B, H, L) float32, what the backward needs besides q, k, v, out, lse) from a fused kernel."""
     if backend == "cpu_flash":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+        out, lse = aten_ops.CPU_FLASH(q, k, v, 0.0, causal)
         return out, lse, ()
     if backend == "cudnn":
         # cuDNN's lse is (B, H, L, 1); its output may follow q's layout rather than be contiguous
-        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_cudnn_attention(
-            q, k, v, None, True, 0.0, causal)
+        out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = aten_ops.CUDNN(q, k, v, None, True, 0.0, causal)
         return out, lse.view(lse.shape[:3]), (cum_q, cum_k, max_q, max_k, seed, offset)
-    out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
-        q, k, v, 0.0, causal)
+    out, lse, cum_q, cum_k, max_q, max_k, seed, offset, _ = aten_ops.CUDA_FLASH(q, k, v, 0.0, causal)
     return out, lse, (cum_q, cum_k, max_q, max_k, seed, offset)
 
 
 def _fused_backward(grad_out, q, k, v, out, lse, causal: bool, backend: str, extra: tuple):
     """(dq, dk, dv) from the fused kernel's own backward, given the (merged) out and lse."""
     if backend == "cpu_flash":
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out, q, k, v, out, lse, 0.0, causal)
+        return aten_ops.CPU_FLASH_BACKWARD(grad_out, q, k, v, out, lse, 0.0, causal)
     cum_q, cum_k, max_q, max_k, seed, offset = extra
     if backend == "cudnn":  # no bias: None is passed as an undefined tensor
-        return torch.ops.aten._scaled_dot_product_cudnn_attention_backward(
+        return aten_ops.CUDNN_BACKWARD(
             grad_out, q, k, v, out, lse.unsqueeze(-1), seed, offset, None, cum_q, cum_k, max_q, max_k, 0.0, causal)
-    return torch.ops.aten._scaled_dot_product_flash_attention_backward(
+    return aten_ops.CUDA_FLASH_BACKWARD(
         grad_out, q, k, v, out, lse, cum_q, cum_k, max_q, max_k, 0.0, causal, seed, offset)
 
 
 class _FusedMerge(torch.autograd.Function):
-    """Flash attention of (q, k, v), merged with a disjoint `other` part (out, lse) when one is given.
+    """A fused kernel's attention of (q, k, v), merged with a disjoint `other` part (out, lse) when one is given.
 
-    Backward: for the union softmax with merged output O and lse L, the flash part's gradients are the
-    flash backward evaluated with (O, L) in place of its own output and lse: its probabilities become
+    Backward: for the union softmax with merged output O and lse L, the fused part's gradients are the
+    kernel's backward evaluated with (O, L) in place of its own output and lse: its probabilities become
     exp(s - L), the union's, and its row term becomes dO . O (the ring-attention identity). The other
     part gets d out = w dO and d lse = w (dO . out_other - dO . O), w = its merge weight.
     """
@@ -138,53 +194,59 @@ class _FusedMerge(torch.autograd.Function):
         return dq, dk, dv, None, None, d_other_out, d_other_lse
 
 
-def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 other: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False,
-                 flash: bool = False) -> torch.Tensor:
+def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: Backend,
+                 other: tuple[torch.Tensor, torch.Tensor] | None = None, causal: bool = False) -> torch.Tensor:
     """Softmax over the keys of an unmasked part (q against k, v) and of a disjoint `other` part (out, lse).
 
     Shapes as in `attend`; `other` is (out like q's output, lse like its lse) or None. Returns the merged
-    output in q's dtype. Uses a fused kernel where one exists (`fused_backend`), else `attend`.
+    output in q's dtype. `backend`: a fused one (`_FusedMerge`) or 'matmul' (`attend`, then `merge`).
     """
-    backend = fused_backend(q)
-    if backend is None:
-        part = attend(q, k, v, causal=causal, flash=flash)
+    if backend == "matmul":
+        part = attend(q, k, v, backend=backend, causal=causal)
         return (part[0] if other is None else merge(part, other)).to(q.dtype)
+    if backend not in FUSED_OPS:
+        raise ValueError(f"attend_merge runs on a fused backend or matmul, not {backend!r}")
     if q.dim() == 3:  # the kernels want (batch, heads, L, D)
         other = None if other is None else (other[0][None], other[1][None])
-        return attend_merge(q[None], k[None], v[None], other, causal)[0]
+        return attend_merge(q[None], k[None], v[None], backend=backend, other=other, causal=causal)[0]
     if q.device.type == "cuda":  # the CUDA kernels want dense rows; a strided view of keys is copied (small)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     other_out, other_lse = (None, None) if other is None else other
     return _FusedMerge.apply(q, k, v, causal, backend, other_out, other_lse)
 
 
-def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """One masked attention whose lse nobody needs: torch's SDPA with the bias as its mask, on any device and
-    with autograd (CPU flash, or CUDA memory-efficient attention: no score matrix in either pass).
+def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, *,
+               backend: Backend) -> torch.Tensor:
+    """One masked attention whose lse nobody needs, on 'sdpa': torch's SDPA with the bias as its mask, on any
+    device and with autograd (CPU flash, or CUDA memory-efficient attention: no score matrix in either pass).
 
     Shapes as in `attend`; the bias is in q's dtype. Returns out (*, L, D) in q's dtype.
     """
+    if backend != "sdpa":
+        raise ValueError(f"attend_out runs on sdpa, not {backend!r}")
     if q.dim() == 3:  # 4-D, or SDPA takes its slow math path on CPU
-        return attend_out(q[None], k[None], v[None], bias[None] if bias.dim() == 3 else bias)[0]
+        return attend_out(q[None], k[None], v[None], bias[None] if bias.dim() == 3 else bias, backend=backend)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
-           causal: bool = False, flash: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One partial attention with scale 1/sqrt(D).
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, *,
+           backend: Backend, causal: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One partial attention with scale 1/sqrt(D), on 'cpu_flash' (no autograd) or 'matmul'.
 
     q: (*, L, D); k, v: (*, S, D), 3-D or 4-D; bias broadcastable to (*, L, S); `causal` keeps k <= q
     (local indices). Returns out (*, L, D) in q's dtype and lse (*, L) in float32.
     """
+    if backend == "matmul":
+        return _attend_matmul(q, k, v, bias, causal)
+    if backend != "cpu_flash":
+        raise ValueError(f"attend runs on cpu_flash or matmul, not {backend!r}")
     if q.dim() == 3:  # the flash kernel wants (batch, heads, L, D) and a 2-D or 4-D mask
         bias = bias[None] if bias is not None and bias.dim() == 3 else bias
-        out, lse = attend(q[None], k[None], v[None], bias, causal, flash)
+        out, lse = attend(q[None], k[None], v[None], bias, backend=backend, causal=causal)
         return out[0], lse[0]
-    if flash:  # the CPU flash kernel wants the mask in q's dtype
-        mask = None if causal or bias is None else bias.to(q.dtype)
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=mask)
-    return _attend_matmul(q, k, v, bias, causal)
+    # the CPU flash kernel wants the mask in q's dtype
+    mask = None if causal or bias is None else bias.to(q.dtype)
+    return aten_ops.CPU_FLASH(q, k, v, 0.0, causal, attn_mask=mask)
 
 
 def _attend_matmul(q, k, v, bias, causal) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +316,8 @@ def pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
 class Kernel:
     """A prepared kernel for one (pattern, n, device, dtype): call it with q, k, v of shape (B, H, N, D).
 
-    Subclasses implement `run` on (G, N, D) groups of batch*head rows. Rows q < `global_rows` see every
+    Subclasses implement `run` on (G, N, D) groups of batch*head rows; each part there asks the call's
+    `Inputs` for its backend. Rows q < `global_rows` see every
     key: they are one small dense SDPA, and `run` returns only the rows after them.
     """
 
@@ -263,7 +326,7 @@ class Kernel:
     global_rows: int = 0
     largest_temp: int = 1  # size of the largest temporary, in (N, D) float32 tensors per batch*head row
 
-    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, flash: bool) -> torch.Tensor:
+    def run(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: Inputs) -> torch.Tensor:
         """(G, N, D) -> (G, N - global_rows, D): the output of the non-global rows."""
         raise NotImplementedError
 
@@ -271,19 +334,19 @@ class Kernel:
         B, H, N, D = q.shape
         if N != self.n:
             raise ValueError(f"kernel prepared for n={self.n}, called with n={N}")
-        g = min(self.global_rows, N)
-        flash = use_flash(q, k, v)
+        n_global = min(self.global_rows, N)
+        inputs = Inputs.of(q, k, v)
         q3, k3, v3 = (x.reshape(B * H, N, D) for x in (q, k, v))
         # The group bound is for CPU caches and malloc; on a GPU more groups only mean more kernel launches.
         step = max(1, _GROUP_BYTES // (self.largest_temp * N * D * 4)) if q.device.type == "cpu" else B * H
-        if g == 0 and step >= B * H:  # one group: no output copy
-            return self.run(q3, k3, v3, flash).reshape(B, H, N, D)
+        if n_global == 0 and step >= B * H:  # one group: no output copy
+            return self.run(q3, k3, v3, inputs).reshape(B, H, N, D)
         out = q3.new_empty(B * H, N, D)  # written in slices: autograd records them (CopySlices)
-        if g:  # 4-D, or SDPA falls back to its slow math path on CPU
-            out[:, :g] = F.scaled_dot_product_attention(q3[None, :, :g], k3[None], v3[None])[0]
-        for s in range(0, B * H, step) if g < N else ():
-            rows = slice(s, s + step)
-            out[rows, g:] = self.run(q3[rows], k3[rows], v3[rows], flash)
+        if n_global:  # 4-D, or SDPA falls back to its slow math path on CPU
+            out[:, :n_global] = F.scaled_dot_product_attention(q3[None, :, :n_global], k3[None], v3[None])[0]
+        for s in range(0, B * H, step) if n_global < N else ():
+            group = slice(s, s + step)
+            out[group, n_global:] = self.run(q3[group], k3[group], v3[group], inputs)
         return out.view(B, H, N, D)
 
     def state_bytes(self) -> int:
