@@ -20,11 +20,11 @@ from scipy.stats import mannwhitneyu
 
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import (
-    COLUMNS,
     DENSE_REFERENCE,
     FAILED_STATUSES,
     KEY_COLUMNS,
     case_key,
+    complete_columns,
     key_text,
     parse_params,
     parse_samples,
@@ -219,8 +219,7 @@ def case_name(row: Any) -> str:
 def _by_key(frame: pd.DataFrame) -> dict[Key, dict[str, Any]]:
     """Rows by case key, each with its dense reference columns filled from its own run; the last row wins when
     a case was written twice (e.g. a resumed run). Columns the frame lacks read as empty."""
-    empty = dict.fromkeys(COLUMNS, math.nan) | {"params": "", "samples_ms": "", "error": ""}
-    frame = with_dense_reference(frame.assign(**{c: v for c, v in empty.items() if c not in frame.columns}))
+    frame = with_dense_reference(complete_columns(frame.copy()))
     return {case_key(row): row for row in frame.to_dict("records")}
 
 

@@ -22,12 +22,22 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import ceilings_for, latest, with_dense_reference
+from sparsebench.measure.peaks import vendor_peak_tflops
+from sparsebench.results import (
+    BEST_DENSE_REFERENCE,
+    ceilings_for,
+    complete_columns,
+    latest,
+    reference_rows,
+    with_dense_reference,
+)
 
 matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
 
 FORMATS = ("png", "svg")
-FIGURES = ("latency", "speedup", "memory", "tflops", "heatmap")
+FIGURES = ("latency", "speedup", "memory", "tflops", "bandwidth", "heatmap")  # bandwidth: decode sets only
+REFERENCES = ("sdpa", "best-dense")  # what the speed-up divides: dense SDPA (its default kernel), or the fastest
+#                                      dense SDPA backend measured in the same run and shape
 
 # Each implementation keeps its colour in every figure; others take the spare colours in name order.
 IMPL_COLORS = {"seed": "#d62728", "eager": "#ff7f0e", "sdpa": "#1f77b4", "flex": "#2ca02c", "structured": "#9467bd"}
@@ -38,9 +48,10 @@ SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
 NOT_RUN_MARKERS = {"oom": "X", "timeout": "P", "skipped": ">", "unsupported": "x", "error": "D", "inaccurate": "*"}
 
 COLORBAR_TICKS = (0.01, 0.1, 0.5, 1, 2, 10, 100)  # speed-ups labelled on the heatmap's colour bar
-SHAPE = ["batch", "heads", "head_dim"]  # one figure set per (device, dtype, mode) and these
-NUMERIC = ["batch", "heads", "head_dim", "seq_len", "density", "flops_useful", "latency_ms", "latency_iqr_ms",
-           "tflops_useful", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense"]
+SHAPE = ["batch", "heads", "kv_heads", "head_dim", "decode_q"]  # one figure set per (device, dtype, mode) and these
+NUMERIC = ["batch", "heads", "kv_heads", "head_dim", "seq_len", "q_len", "density", "flops_useful", "latency_ms",
+           "latency_iqr_ms", "tflops_useful", "speedup_vs_dense", "peak_mem_mib", "mem_ratio_vs_dense", "gbps",
+           "pct_of_peak", "pct_of_vendor_peak"]
 
 
 @dataclass
@@ -67,7 +78,10 @@ METRICS = {
     "speedup": Metric("speedup_vs_dense", "Speed-up over dense SDPA", "speed-up over dense SDPA (×)"),
     "memory": Metric("peak_mem_mib", "Peak memory", "peak extra memory (MiB)"),
     "tflops": Metric("tflops_useful", "Useful throughput", "useful TFLOP/s"),
+    "bandwidth": Metric("gbps", "K/V bandwidth (decode)", "K and V read, GB/s"),
 }
+BEST_DENSE = {"speedup": Metric("speedup_vs_dense", "Speed-up over the fastest dense SDPA backend",
+                                "speed-up over the fastest dense SDPA backend (×)")}
 
 
 @dataclass
@@ -79,19 +93,25 @@ class FigureSet:
     subtitle: str  # run metadata: device name, torch version, date
     rows: pd.DataFrame  # with the extra columns run, series and panel
     ceilings: dict[str, dict[str, float]] = field(default_factory=dict)  # series -> {ceiling name: TFLOP/s}
+    bandwidth: dict[str, float] = field(default_factory=dict)  # series -> measured copy GB/s
+    reference: str = "sdpa"  # what speedup_vs_dense divides (REFERENCES)
 
 
-def combine(runs: list[Run]) -> pd.DataFrame:
-    """All runs' attention rows in one frame with the columns run, series (a legend entry) and panel."""
+def combine(runs: list[Run], reference: str = "sdpa") -> pd.DataFrame:
+    """All runs' attention rows in one frame with the columns run, series (a legend entry) and panel.
+    `reference="best-dense"`: speed-up and memory ratios against the fastest dense SDPA backend instead."""
     frames = []
     for run in runs:
-        frame = run.frame.copy()
-        if "params" not in frame.columns:
-            frame["params"] = ""
+        frame = complete_columns(run.frame.copy())
         for col in NUMERIC:
             frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame.columns else np.nan
-        frame = latest(frame[frame["mode"] != "train"])
-        frames.append(with_dense_reference(frame).assign(run=run.label))
+        frame = with_dense_reference(latest(frame[frame["mode"] != "train"]))
+        if reference == "best-dense":
+            best = reference_rows(frame, BEST_DENSE_REFERENCE)
+            frame["speedup_vs_dense"] = best["latency_ms"] / frame["latency_ms"].where(frame["status"] == "ok")
+            frame["mem_ratio_vs_dense"] = frame["peak_mem_mib"] / best["peak_mem_mib"].where(best["peak_mem_mib"] > 0)
+        frame["decode_q"] = frame["q_len"].where(frame["mode"] == "decode", 0)
+        frames.append(frame.assign(run=run.label))
     rows = pd.concat(frames, ignore_index=True)
     rows["series"] = rows["run"]
     if len(runs) > 1 and not _runs_share_a_set(rows):
@@ -112,9 +132,10 @@ def _panel_labels(rows: pd.DataFrame) -> pd.Series:
     return rows["pattern"].where(~ambiguous, with_params)
 
 
-def figure_sets(runs: list[Run]) -> list[FigureSet]:
-    """One set per (device, dtype, mode), split further by shape (B, H, D) when a set holds several."""
-    rows = combine(runs)
+def figure_sets(runs: list[Run], reference: str = "sdpa") -> list[FigureSet]:
+    """One set per (device, dtype, mode), split further by shape (B, H, KV heads, D, decode q_len) when a set holds
+    several."""
+    rows = combine(runs, reference)
     if rows.empty:
         raise SparsebenchError("no attention benchmark rows to plot (only `sparsebench train` rows)")
     keys = ["mode"] if (rows["series"] != rows["run"]).any() else ["device", "dtype", "mode"]
@@ -124,15 +145,20 @@ def figure_sets(runs: list[Run]) -> list[FigureSet]:
         shapes = group.groupby(SHAPE, sort=False)
         for shape, part in shapes:
             parts = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
-            shape_text = "B={} H={} D={}".format(*(int(v) for v in shape))
+            batch, heads, kv_heads, head_dim, decode_q = (int(v) for v in shape)
+            shape_text = f"B={batch} H={heads}" + (f" KV={kv_heads}" if kv_heads != heads else "") + \
+                f" D={head_dim}" + (f" q={decode_q}" if decode_q else "")
             name = "-".join(parts + ([shape_text.replace("=", "").replace(" ", "")] if len(shapes) > 1 else []))
             sets.append(FigureSet(
                 name=re.sub(r"[^A-Za-z0-9_.+-]+", "_", name),
                 title=" · ".join(parts + [shape_text]),
                 subtitle=_subtitle(part, metas),
                 rows=part,
-                ceilings={s: _tflops_ceilings(metas[run], device, dtype) for (s, run, device, dtype), _ in
-                          part.groupby(["series", "run", "device", "dtype"], sort=False)},
+                ceilings={s: _tflops_ceilings(metas[run], device, dtype, _device_name(p)) for (s, run, device, dtype), p
+                          in part.groupby(["series", "run", "device", "dtype"], sort=False)},
+                bandwidth={s: ceilings_for(metas[run], device, dtype).get("copy_gbps") for (s, run, device, dtype), _
+                           in part.groupby(["series", "run", "device", "dtype"], sort=False)},
+                reference=reference,
             ))
     return sets
 
@@ -151,10 +177,21 @@ def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _tflops_ceilings(meta: dict[str, Any], device: str, dtype: str) -> dict[str, float]:
-    """The run's measured TFLOP/s ceilings for the device and dtype, by name ('matmul_tflops' -> 'matmul')."""
-    return {name.removesuffix("_tflops"): value for name, value in ceilings_for(meta, device, dtype).items()
-            if name.endswith("_tflops") and value > 0}
+def _tflops_ceilings(meta: dict[str, Any], device: str, dtype: str, device_name: str) -> dict[str, float]:
+    """The run's measured TFLOP/s ceilings for the device and dtype, by name ('matmul_tflops' -> 'measured
+    matmul'), and the vendor's datasheet peak for a known GPU."""
+    measured = ceilings_for(meta, device, dtype)
+    out = {"measured " + name.removesuffix("_tflops"): value for name, value in measured.items()
+           if name.endswith("_tflops") and value > 0}
+    vendor = vendor_peak_tflops(device_name, dtype)
+    if vendor:
+        out["vendor peak"] = vendor
+    return out
+
+
+def _device_name(rows: pd.DataFrame) -> str:
+    names = rows["device_name"].dropna().astype(str) if "device_name" in rows else pd.Series(dtype=str)
+    return names.iloc[0] if len(names) else ""
 
 
 def impl_colors(impls: list[str]) -> dict[str, str]:
@@ -203,7 +240,7 @@ def _grid(fs: FigureSet, title: str, n: int, width: float, height: float) -> tup
 
 def line_figure(fs: FigureSet, kind: str) -> Figure:
     """One panel per pattern: `kind`'s metric against seq_len, one line per impl (and per series)."""
-    metric = METRICS[kind]
+    metric = BEST_DENSE.get(kind, METRICS[kind]) if fs.reference == "best-dense" else METRICS[kind]
     rows = fs.rows
     panels = _panels(rows)
     impls = _ordered(rows["impl"], tuple(IMPL_COLORS))
@@ -238,7 +275,8 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
                         label=f"not run: {status}")
                 statuses.add(status)
         if kind == "speedup":
-            refs["1× (dense SDPA)"] = ax.axhline(1, color="0.35", ls="--", lw=1)
+            label = "1× (fastest dense SDPA backend)" if fs.reference == "best-dense" else "1× (dense SDPA)"
+            refs[label] = ax.axhline(1, color="0.35", ls="--", lw=1)
             density = prows.groupby("seq_len")["density"].mean().dropna()
             density = density[density > 0]
             if len(density):
@@ -248,7 +286,13 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
         if kind == "tflops":
             for s, ceilings in fs.ceilings.items():
                 for name, value in ceilings.items():
-                    label = f"ceiling: {name} {value:g}" + (f" ({s})" if len(fs.ceilings) > 1 else "")
+                    label = f"{name} {value:.4g}" + (f" ({s})" if len(fs.ceilings) > 1 else "")
+                    color = "0.65" if name == "vendor peak" else "0.45"
+                    refs[label] = ax.axhline(value, color=color, lw=1.2, ls=styles[s][0])
+        if kind == "bandwidth":
+            for s, value in fs.bandwidth.items():
+                if value:
+                    label = f"measured copy {value:.4g} GB/s" + (f" ({s})" if len(fs.bandwidth) > 1 else "")
                     refs[label] = ax.axhline(value, color="0.45", lw=1.2, ls=styles[s][0])
         ax.set_title(panel, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
@@ -286,7 +330,8 @@ def best_cells(rows: pd.DataFrame) -> pd.DataFrame:
     best = ok.loc[ok.groupby(["series", "panel", "seq_len"], sort=False)["latency_ms"].idxmin()]
     rank = {name: i for i, name in enumerate(_ordered(rows["series"]) + _panels(rows))}
     best = best.sort_values(["series", "panel", "seq_len"], key=lambda c: c if c.name == "seq_len" else c.map(rank))
-    return best[["series", "panel", "seq_len", "impl", "latency_ms", "speedup_vs_dense", "mem_ratio_vs_dense"]]
+    return best[["series", "panel", "seq_len", "impl", "latency_ms", "speedup_vs_dense", "mem_ratio_vs_dense",
+                 "tflops_useful", "pct_of_peak", "pct_of_vendor_peak"]]
 
 
 def heatmap_figure(fs: FigureSet) -> Figure:
@@ -351,30 +396,41 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
         lines += [line for name in files[fs.name] for line in (f"![{name}]({name})", "")]
         best = best_cells(fs.rows)
         multi = best["series"].nunique() > 1
+        dense = "the fastest dense SDPA backend" if fs.reference == "best-dense" else "dense SDPA"
         lines += ["| " + ("run | " if multi else "") + "pattern | seq_len | fastest impl | latency (ms) | "
-                  "speed-up vs dense SDPA | memory vs dense SDPA |",
-                  "|" + "---|" * (6 + multi)]
+                  f"speed-up vs {dense} | memory vs {dense} | useful TFLOP/s (% of measured / vendor peak) |",
+                  "|" + "---|" * (7 + multi)]
         for _, b in best.iterrows():
             lines.append("| " + (f"{b['series']} | " if multi else "") + f"{b['panel']} | {int(b['seq_len'])} | "
                          f"{b['impl']} | {b['latency_ms']:.3g} | {_ratio(b['speedup_vs_dense'])} | "
-                         f"{_ratio(b['mem_ratio_vs_dense'])} |")
+                         f"{_ratio(b['mem_ratio_vs_dense'])} | {_rate(b)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _rate(row: pd.Series) -> str:
+    """TFLOP/s with the % of the measured and the vendor's peak where known, e.g. '296 (42% / 30%)'."""
+    if pd.isna(row["tflops_useful"]):
+        return "n/a"
+    pcts = [f"{row[c]:.0f}%" if pd.notna(row[c]) else "-" for c in ("pct_of_peak", "pct_of_vendor_peak")]
+    return f"{row['tflops_useful']:.3g} ({' / '.join(pcts)})"
 
 
 def _ratio(value: float) -> str:
     return f"{value:.2f}×" if pd.notna(value) and np.isfinite(value) else "n/a"
 
 
-def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png") -> list[Path]:
+def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png", reference: str = "sdpa") -> list[Path]:
     """Write every figure set and report.md into out_dir; return the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    sets = figure_sets(runs)
+    sets = figure_sets(runs, reference)
     written: list[Path] = []
     files: dict[str, list[str]] = {}
     for fs in sets:
         files[fs.name] = []
         for kind in FIGURES:
+            if kind == "bandwidth" and not (fs.rows["gbps"] > 0).any():
+                continue  # only decode rows count the bytes they read
             path = out_dir / f"{fs.name}-{kind}.{fmt}"
             figure(fs, kind).savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
             files[fs.name].append(path.name)

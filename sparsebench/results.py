@@ -15,13 +15,18 @@ import pandas as pd
 
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.measure.flops import tflops
+from sparsebench.measure.peaks import vendor_peak_tflops
 
-SCHEMA_VERSION = 1
+# 2: kv_heads and q_len (GQA/MQA and decode) join the case key; bytes_moved, gbps and the % of peak columns.
+# Version 1 files are read as version 2 (kv_heads = heads, q_len = seq_len: what they measured).
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 # Columns that identify a case: two rows with equal keys measure the same thing.
-KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
+KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len",
+               "q_len", "head_dim"]
 # Columns that fix a case's shape: its dense reference is the row of the same run with the same shape.
-SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
+SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim"]
 
 COLUMNS = [
     "schema_version", "run_id",
@@ -29,7 +34,8 @@ COLUMNS = [
     "device_name", "density", "block_density", "nnz",
     "flops_useful", "flops_executed",
     "latency_ms", "latency_iqr_ms", "latency_min_ms", "n_samples", "samples_ms",
-    "tflops_useful", "dense_latency_ms", "speedup_vs_dense",
+    "tflops_useful", "pct_of_peak", "pct_of_vendor_peak", "bytes_moved", "gbps", "pct_of_bandwidth",
+    "dense_latency_ms", "speedup_vs_dense",
     "peak_mem_mib", "mem_ratio_vs_dense", "nvml_peak_mib", "nvml_context_mib",
     "setup_ms", "first_call_s", "max_abs_err", "tolerance",
     "status", "error",
@@ -46,6 +52,8 @@ REQUIRED_COLUMNS = [
 
 # (pattern, impl) of the dense reference that every run measures beside its cases, on the same inputs.
 DENSE_REFERENCE = ("dense", "sdpa")
+# The fastest of the dense SDPA rows (sdpa and its forced backends, sdpa[cudnn], ...) of a run and shape.
+BEST_DENSE_REFERENCE = ("dense", "sdpa*")
 
 
 def is_dense_reference(row: dict[str, Any]) -> bool:
@@ -118,10 +126,16 @@ def reference_rows(frame: pd.DataFrame, reference: tuple[str, str] = DENSE_REFER
     like `frame`; all NaN where that run measured no such reference. The default is the dense reference."""
     if reference == DENSE_REFERENCE:
         is_ref = frame.apply(is_dense_reference, axis=1) if len(frame) else pd.Series(dtype=bool)
+    elif reference == BEST_DENSE_REFERENCE:
+        is_ref = (frame["pattern"] == reference[0]) & frame["impl"].astype(str).str.startswith("sdpa")
     else:
         is_ref = (frame["pattern"] == reference[0]) & (frame["impl"] == reference[1])
     keys = [c for c in ("run_id", *SHAPE_COLUMNS) if c in frame.columns]  # hand-made frames may lack some
-    refs = frame[is_ref.astype(bool) & (frame["status"] == "ok")].drop_duplicates(keys, keep="last")
+    refs = frame[is_ref.astype(bool) & (frame["status"] == "ok")]
+    if reference == BEST_DENSE_REFERENCE:  # the fastest first
+        refs = refs.sort_values("latency_ms", kind="stable").drop_duplicates(keys, keep="first")
+    else:
+        refs = refs.drop_duplicates(keys, keep="last")
     matched = frame[keys].merge(refs, on=keys, how="left")
     return matched.set_axis(frame.index)
 
@@ -166,6 +180,7 @@ class Measurement:
     latency_min_ms: float | None = None
     samples: list[float] = field(default_factory=list)
     tflops_useful: float | None = None
+    bytes_moved: float | None = None  # decode: K and V bytes read
     peak_mem_mib: float | None = None
     nvml_peak_mib: float | None = None
     nvml_context_mib: float | None = None
@@ -185,9 +200,10 @@ class Measurement:
 
 
 def make_row(case: dict[str, Any], measured: Measurement, run_id: str, device_name: str = "",
-             reference: dict[str, Any] | None = None) -> dict[str, Any]:
+             reference: dict[str, Any] | None = None, ceilings: dict[str, float] | None = None) -> dict[str, Any]:
     """The CSV row of a case: its key columns (`case`), the run, what was measured and, when `reference` (the
-    dense reference row of the same run and shape) is given, the ratios against it."""
+    dense reference row of the same run and shape) is given, the ratios against it. `ceilings`: the device's
+    measured ceilings for the case's dtype ({'matmul_tflops': .., 'copy_gbps': ..}), for the % of peak."""
     unknown = set(measured.extra) - set(COLUMNS)
     if unknown:
         raise ValueError(f"not result columns: {', '.join(sorted(unknown))}")
@@ -197,7 +213,25 @@ def make_row(case: dict[str, Any], measured: Measurement, run_id: str, device_na
         row["n_samples"] = len(measured.samples)
         row["samples_ms"] = format_samples(measured.samples)
     row.update(dense_ratios(row, reference))
+    row.update(peak_fractions(row, ceilings or {}))
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+
+
+def peak_fractions(row: dict[str, Any], ceilings: dict[str, float]) -> dict[str, float]:
+    """gbps, and the row's rate as a fraction of the measured ceilings (pct_of_peak: matmul TFLOP/s,
+    pct_of_bandwidth: copy GB/s) and of the vendor's datasheet peak for known GPUs (pct_of_vendor_peak)."""
+    out: dict[str, float] = {}
+    rate, moved, ms = _number(row, "tflops_useful"), _number(row, "bytes_moved"), _positive(row, "latency_ms")
+    if moved is not None and ms:
+        out["gbps"] = moved / (ms * 1e-3) / 1e9
+    if rate is not None and ceilings.get("matmul_tflops"):
+        out["pct_of_peak"] = 100 * rate / ceilings["matmul_tflops"]
+    vendor = vendor_peak_tflops(str(row.get("device_name") or ""), str(row.get("dtype")))
+    if rate is not None and vendor:
+        out["pct_of_vendor_peak"] = 100 * rate / vendor
+    if "gbps" in out and ceilings.get("copy_gbps"):
+        out["pct_of_bandwidth"] = 100 * out["gbps"] / ceilings["copy_gbps"]
+    return out
 
 
 def format_params(params: dict[str, Any]) -> str:
@@ -276,7 +310,7 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if "schema_version" in frame.columns and len(frame):
         versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
-        if versions - {SCHEMA_VERSION}:
+        if versions - set(READABLE_VERSIONS):
             raise NotComparable(f"{path}: result schema version {', '.join(map(str, sorted(versions)))}, this "
                                 f"sparsebench reads version {SCHEMA_VERSION}; measure it again (a gate baseline: "
                                 "refresh it with --update-baseline)")
@@ -285,9 +319,26 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
         raise SparsebenchError(f"{path}: not a sparsebench result, missing columns: {', '.join(missing)}")
     if frame.empty and not allow_empty:
         raise SparsebenchError(f"{path}: no result rows")
+    frame = complete_columns(frame)
     for col in ("params", "error", "samples_ms"):
         if col in frame.columns:
             frame[col] = frame[col].fillna("")
+    return frame
+
+
+def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every schema column, in place: version 1 rows read as version 2 (multi-head attention over the full
+    sequence: kv_heads = heads, q_len = n), and the other columns a frame lacks empty."""
+    if "kv_heads" not in frame.columns:
+        frame.insert(frame.columns.get_loc("heads") + 1, "kv_heads", frame["heads"])
+    if "q_len" not in frame.columns:
+        frame.insert(frame.columns.get_loc("seq_len") + 1, "q_len", frame["seq_len"])
+    frame["kv_heads"] = frame["kv_heads"].fillna(frame["heads"])  # rows written without them
+    frame["q_len"] = frame["q_len"].fillna(frame["seq_len"])
+    for column in COLUMNS:
+        if column not in frame.columns:
+            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus") else math.nan
+    frame["schema_version"] = SCHEMA_VERSION
     return frame
 
 

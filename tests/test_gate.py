@@ -296,8 +296,8 @@ def test_confirm_runner_measures_real_cases(tmp_path: Path) -> None:
     from sparsebench.results import write_meta
 
     write_meta(tmp_path / "meta.json", {"config": {"min_run_time": 0.05, "min_samples": 5, "warmup": 1}})
-    shape = {"device": "cpu", "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 2, "seq_len": 128,
-             "head_dim": 16}
+    shape = {"device": "cpu", "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 2, "kv_heads": 2,
+             "seq_len": 128, "q_len": 128, "head_dim": 16}
     specs = [{"pattern": "local", "params": {"window": 16}, "impl": "sdpa", **shape},
              {"pattern": "dense", "params": {}, "impl": "sdpa", **shape}]
     frame = _runner(tmp_path / "results.csv")(specs)

@@ -25,8 +25,8 @@ from sparsebench.results import (
 
 def row(pattern: str, impl: str, ms: float, run_id: str = "r1", n: int = 1024, mib: float = 10.0, **kw) -> dict:
     return {"run_id": run_id, "pattern": pattern, "params": "", "impl": impl, "device": "cpu", "dtype": "float32",
-            "mode": "fwd", "batch": 1, "heads": 2, "seq_len": n, "head_dim": 16, "latency_ms": ms,
-            "peak_mem_mib": mib, "flops_useful": 1e9, "status": "ok", **kw}
+            "mode": "fwd", "batch": 1, "heads": 2, "kv_heads": 2, "seq_len": n, "q_len": n, "head_dim": 16,
+            "latency_ms": ms, "peak_mem_mib": mib, "flops_useful": 1e9, "status": "ok", **kw}
 
 
 def test_case_key_is_canonical_text():
@@ -100,8 +100,8 @@ def test_each_device_draws_its_own_roof(tmp_path):
     frame = pd.DataFrame([row("dense", "sdpa", 10.0), row("local", "flex", 2.0),
                           row("dense", "sdpa", 1.0, device="cuda"), row("local", "flex", 0.5, device="cuda")])
     sets = {fs.title.split(" · ")[0]: fs for fs in plots.figure_sets([plots.Run("run", frame, meta)])}
-    assert sets["cpu"].ceilings == {"run": {"matmul": 0.1}}
-    assert sets["cuda"].ceilings == {"run": {"matmul": 50.0}}
+    assert sets["cpu"].ceilings == {"run": {"measured matmul": 0.1}}
+    assert sets["cuda"].ceilings == {"run": {"measured matmul": 50.0}}
 
 
 def test_other_schema_version_is_not_comparable(tmp_path):

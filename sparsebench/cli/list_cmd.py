@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from sparsebench.cli.common import stdout_console as console
@@ -22,8 +23,10 @@ def list_cmd() -> None:
         impls.add_column(col)
     for name, impl in IMPLS.items():
         dtypes = ", ".join(sorted(str(d).removeprefix("torch.") for d in impl.dtypes))
-        impls.add_row(name, impl.description, ", ".join(sorted(impl.patterns)) if impl.patterns else "all",
-                      ", ".join(sorted(impl.devices)), dtypes, ", ".join(sorted(impl.modes)))
+        patterns_ = ", ".join(sorted(impl.patterns)) if impl.patterns else "all"
+        impls.add_row(escape(name), escape(impl.description), patterns_, ", ".join(sorted(impl.devices)), dtypes,
+                      ", ".join(sorted(impl.modes)))
     console.print(patterns)
     console.print(impls)
-    console.print("CPU flex_attention is inference only (fwd).", style="dim")
+    console.print("CPU flex_attention is inference only (fwd, decode). sdpa[...] force one SDPA backend: run "
+                  "when named with --impl.", style="dim")

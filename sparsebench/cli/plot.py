@@ -21,10 +21,15 @@ def plot_cmd(
         "--out", help="Directory for the figures and report.md (default: plots/ beside the first input).",
         show_default=False)] = None,
     fmt: Annotated[str, typer.Option("--format", help="Figure format: png or svg.")] = "png",
+    reference: Annotated[str, typer.Option("--reference", help="Speed-up against `sdpa` (dense SDPA, its default "
+                                           "kernel) or `best-dense` (the fastest dense SDPA backend of the run, "
+                                           "e.g. sdpa[cudnn]).")] = "sdpa",
 ) -> None:
     """Plot latency, speed-up, memory and TFLOP/s per pattern, a speed-up heatmap and report.md."""
     if fmt not in plots.FORMATS:
         fail(f"unknown --format {fmt!r}; choose from: {', '.join(plots.FORMATS)}")
+    if reference not in plots.REFERENCES:
+        fail(f"unknown --reference {reference!r}; choose from: {', '.join(plots.REFERENCES)}")
     paths = inputs or [DEFAULT_RESULTS]
     with user_errors():
         frames = [read_results(path) for path in paths]
@@ -32,7 +37,7 @@ def plot_cmd(
         runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
         out_dir = out or paths[0].parent / "plots"
         try:
-            written = plots.write_plots(runs, out_dir, fmt)
+            written = plots.write_plots(runs, out_dir, fmt, reference)
         except OSError as exc:
             fail(f"cannot write the plots to {out_dir}: {exc.strerror or exc}")
     for path in written:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -30,9 +31,14 @@ def run_cmd(
                                                       "Default: every implementation that supports the case.")] = None,
     device: Annotated[list[str] | None, typer.Option("--device", help="cpu, cuda, cuda:N or auto. Repeatable.")] = None,
     dtype: Annotated[list[str] | None, typer.Option("--dtype", help="float32, bfloat16, float16. Repeatable.")] = None,
-    mode: Annotated[list[str] | None, typer.Option("--mode", help="fwd or fwdbwd. Repeatable.")] = None,
+    mode: Annotated[list[str] | None, typer.Option("--mode", help="fwd, fwdbwd or decode (q-len queries at the "
+                                                      "end of a KV cache of --seq keys). Repeatable.")] = None,
     batch: Annotated[int | None, typer.Option("--batch", "-b", min=1, help="Batch size B (default 1).")] = None,
     heads: Annotated[int | None, typer.Option("--heads", min=1, help="Attention heads H (default 8).")] = None,
+    kv_heads: Annotated[list[int] | None, typer.Option("--kv-heads", min=1, help="Key/value heads (GQA; 1: MQA); "
+                                                         "must divide --heads. Repeatable. Default: --heads.")] = None,
+    q_len: Annotated[list[int] | None, typer.Option("--q-len", min=1, help="decode: query rows per step (1; 16 for "
+                                                       "speculative decoding). Repeatable.")] = None,
     head_dim: Annotated[int | None, typer.Option("--head-dim", min=1, help="Head dimension D (default 64).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML sweep file (see configs/). "
                                                    "Options given on the command line override it.")] = None,
@@ -54,7 +60,8 @@ def run_cmd(
     with user_errors():
         settings: dict[str, Any] = load_config(config) if config else {}
         cli = {"patterns": pattern, "seq": seq, "impls": impl, "devices": device, "dtypes": dtype, "modes": mode,
-               "batch": [batch] if batch else None, "heads": [heads] if heads else None,
+               "batch": [batch] if batch else None, "heads": [heads] if heads else None, "kv_heads": kv_heads,
+               "q_len": q_len,
                "head_dim": [head_dim] if head_dim else None, "timeout": timeout, "min_run_time": min_run_time}
         settings.update({k: v for k, v in cli.items() if v})
         params = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
@@ -114,7 +121,9 @@ def _fmt(value: Any, spec: str) -> str:
 def _summary(rows: list[dict], csv_path: Path) -> None:
     """The end-of-sweep table; dtype/mode/device go in the title when the sweep has one of each."""
     def setup(r: dict) -> str:
-        return f"{r['dtype']} {r['mode']} {r['device']}"
+        mode = f"decode(q_len={r['q_len']})" if r["mode"] == "decode" else r["mode"]
+        heads = f"H={r['heads']}" + (f"/kv={r['kv_heads']}" if r["kv_heads"] != r["heads"] else "")
+        return f"{r['dtype']} {mode} {heads} D={r['head_dim']} {r['device']}"
 
     setups = sorted({setup(r) for r in rows})
     table = Table(title=f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else ""))
@@ -129,10 +138,11 @@ def _summary(rows: list[dict], csv_path: Path) -> None:
     for r in order:
         label = f"{r['pattern']}({r['params'].replace(';', ',')})" if r.get("params") else r["pattern"]
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
-        cells = [label, r["impl"], str(r["seq_len"]), _fmt(r.get("latency_ms"), ".1f"),
-                 _fmt(r.get("latency_iqr_ms"), ".1f"), _fmt(r.get("speedup_vs_dense"), ".2f"),
+        ms = r.get("latency_ms")
+        cells = [escape(label), escape(r["impl"]), str(r["seq_len"]), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),
+                 _fmt(r.get("latency_iqr_ms"), ".2g"), _fmt(r.get("speedup_vs_dense"), ".2f"),
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),
-                 f"[{STATUS_STYLE.get(r['status'], 'red')}]{status}[/]"]
+                 f"[{STATUS_STYLE.get(r['status'], 'red')}]{escape(status)}[/]"]
         if len(setups) > 1:
             cells.insert(2, setup(r))
         table.add_row(*cells)

@@ -6,7 +6,7 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.eager import EagerImpl
 from sparsebench.impls.flex import FlexImpl
-from sparsebench.impls.sdpa import SdpaImpl
+from sparsebench.impls.sdpa import BACKENDS, SdpaImpl
 from sparsebench.impls.seed import SeedImpl
 from sparsebench.impls.structured import StructuredImpl
 
@@ -16,11 +16,16 @@ IMPLS: dict[str, Impl] = {
     "sdpa": SdpaImpl(),
     "flex": FlexImpl(),
     "structured": StructuredImpl(),
+    # SDPA's backends, each forced: the dense baselines a kernel is compared against (run when named)
+    **{f"sdpa[{backend}]": SdpaImpl(backend) for backend in BACKENDS},
 }
 
 
 def get_impl(name: str) -> Impl:
     if name not in IMPLS:
+        if name.startswith("sdpa[") and name.endswith("]"):
+            raise SparsebenchError(f"unknown SDPA backend {name[5:-1]!r} in {name!r}; choose from: "
+                                   f"{', '.join(BACKENDS)} (e.g. sdpa[cudnn])")
         raise SparsebenchError(f"unknown implementation {name!r}; choose from: {', '.join(IMPLS)}")
     return IMPLS[name]
 

@@ -11,7 +11,7 @@ import torch
 from sparsebench.patterns import Pattern
 
 ALL_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
-ALL_MODES = frozenset({"fwd", "fwdbwd"})
+ALL_MODES = frozenset({"fwd", "fwdbwd", "decode"})
 
 
 StateT = TypeVar("StateT")
@@ -19,7 +19,7 @@ StateT = TypeVar("StateT")
 
 @dataclass
 class Prepared(Generic[StateT]):
-    """What `Impl.prepare` built once per (pattern, n, device, dtype); its cost is `setup_ms`.
+    """What `Impl.prepare` built once per (pattern, n, device, dtype, q_len); its cost is `setup_ms`.
 
     `state` is the implementation's own type (a mask, a BlockMask, a prepared kernel, or None).
     """
@@ -27,8 +27,14 @@ class Prepared(Generic[StateT]):
     pattern: Pattern
     n: int
     state: StateT | None = None
-    executed_pairs: int = 0  # (q, k) pairs the kernel really computes, per batch and head
+    executed_pairs: int = 0  # (q, k) pairs the kernel really computes, per batch and query head
+    q_len: int | None = None  # decode: the query rows n - q_len ... n - 1; None: all n rows
+    kv_rows: int | None = None  # K and V rows read per batch and key/value head (decode); None: all n
     extra: dict[str, float] = field(default_factory=dict)  # e.g. block_density
+
+    @property
+    def queries(self) -> int:
+        return self.n if self.q_len is None else self.q_len
 
 
 class Impl:
@@ -40,6 +46,7 @@ class Impl:
     devices: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda"})
     dtypes: ClassVar[frozenset[torch.dtype]] = ALL_DTYPES
     modes: ClassVar[frozenset[str]] = ALL_MODES
+    in_default_sweep: bool = True  # run when a sweep names no implementation
 
     def unsupported_reason(self, pattern: Pattern, device: str, dtype: torch.dtype, mode: str) -> str | None:
         """None when the combination runs, else a one-line reason."""
@@ -58,12 +65,16 @@ class Impl:
         """Hook for limits that depend on the device (e.g. CPU flex is inference only)."""
         return None
 
-    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Prepared:
-        """Build masks, indices or compiled functions once; must not touch q, k, v."""
-        return Prepared(pattern, n, executed_pairs=n * n)
+    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
+                q_len: int | None = None) -> Prepared:
+        """Build masks, indices or compiled functions once; must not touch q, k, v. `q_len`: decode, the
+        queries are the last q_len positions (None: every position)."""
+        return Prepared(pattern, n, executed_pairs=(q_len or n) * n, q_len=q_len)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared) -> torch.Tensor:
-        """q, k, v: (B, H, N, D) -> (B, H, N, D)."""
+        """q: (B, H, L, D); k, v: (B, KVH, N, D) with KVH dividing H (GQA/MQA) -> (B, H, L, D).
+
+        L = N, or in decode q_len (the queries at positions N - L ... N - 1)."""
         raise NotImplementedError
 
     def estimate_pairs(self, pattern: Pattern, n: int) -> int:
@@ -81,3 +92,16 @@ class Impl:
 def default_scale(head_dim: int) -> float:
     """1/sqrt(D), as in the write-up and SDPA."""
     return 1.0 / math.sqrt(head_dim)
+
+
+def repeat_kv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V with one head per query head (a copy, for implementations without GQA support)."""
+    rep = q.shape[1] // k.shape[1]
+    return (k, v) if rep == 1 else (k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1))
+
+
+def pattern_mask(pattern: Pattern, n: int, device: torch.device | str, q_len: int | None) -> torch.Tensor:
+    """(L, N) bool, True = kept: the dense mask, or in decode the rule at the last q_len positions."""
+    from sparsebench.patterns.decode import decode_mask
+
+    return pattern.dense_mask(n, device) if q_len is None else decode_mask(pattern, n, q_len, device)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.base import Impl, Prepared, repeat_kv
 
 
 def seed_mask(pattern_name: str, seq_len: int, window_size: int = 64, stride: int = 8) -> torch.Tensor:
@@ -28,10 +28,12 @@ class SeedImpl(Impl):
     name = "seed"
     description = "the write-up's code: dense n x n scores, Python-loop mask rebuilt every call"
     patterns = frozenset({"local", "strided"})
+    modes = frozenset({"fwd", "fwdbwd"})  # the write-up's module has no KV cache: no decode
 
     def forward(self, q, k, v, prep: Prepared):
         pattern = prep.pattern
         mask = seed_mask(pattern.name, q.shape[-2], **_seed_kwargs(pattern)).to(q.device)
+        k, v = repeat_kv(q, k, v)  # GQA: the write-up's module has as many K/V heads as query heads
         scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, N, N)
         scores = scores.masked_fill(mask.unsqueeze(0).unsqueeze(0) == 0, float("-inf"))
         attention_weights = torch.softmax(scores, dim=-1)

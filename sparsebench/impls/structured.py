@@ -4,7 +4,9 @@ The kernels live in `structured_kernels/`, one file per family:
 - band.py:    banded query blocks for local, sliding_window, and dilated (a sliding window per q mod d);
 - columns.py: gathered columns for strided (plus a self term) and fixed (plus causal own blocks);
 - global_tokens.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
-- dense.py:   SDPA for dense and causal (is_causal already skips the upper triangle).
+- dense.py:   SDPA for dense and causal (is_causal already skips the upper triangle);
+- decode.py:  decoding, any pattern: the K/V rows the new queries keep, sliced or gathered, one SDPA call.
+GQA/MQA run each offset within a query-head group against K and V as they are (never repeated per head).
 Each part runs on one of torch's fused attention kernels where one fits (flash or cuDNN with its backward,
 merged through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
 autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. `select_backend` in
@@ -29,10 +31,11 @@ class StructuredImpl(Impl):
     description = "pattern-aware kernels: banded blocks, gathered columns, band + globals, gathered blocks"
     patterns = frozenset(BUILDERS)
 
-    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Prepared[Kernel]:
-        kernel = build_kernel(pattern, n, device, dtype)
-        return Prepared(pattern, n, state=kernel, executed_pairs=kernel.executed_pairs,
-                        extra={"pair_density": kernel.executed_pairs / float(n * n)})
+    def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
+                q_len: int | None = None) -> Prepared[Kernel]:
+        kernel = build_kernel(pattern, n, device, dtype, q_len)
+        return Prepared(pattern, n, state=kernel, executed_pairs=kernel.executed_pairs, q_len=q_len,
+                        kv_rows=kernel.kv_rows, extra={"pair_density": kernel.executed_pairs / float((q_len or n) * n)})
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prep: Prepared[Kernel]) -> torch.Tensor:
         return prep.state(q, k, v)
@@ -76,6 +79,8 @@ class StructuredImpl(Impl):
 def _uses_private_ops(pattern: Pattern, device_type: str, mode: str) -> bool:
     """Whether a part of the kernel may run on a fused backend (private aten ops; see structured_kernels/core.py):
     the kernels that merge parts through their lse, longformer's only in CPU inference."""
+    if mode == "decode":  # one public SDPA call
+        return False
     if pattern.name == "longformer":
         return device_type == "cpu" and mode == "fwd"
     return pattern.name in ("strided", "fixed")

@@ -12,6 +12,7 @@ def attention_flops(pairs: int, batch: int, heads: int, head_dim: int, mode: str
 
     Forward: one multiply-add (2 FLOPs) per element of D for QK^T and again for PV, so 4*D per pair;
     softmax is not counted (Dao et al. 2022, sec. 4; same convention as the FlashAttention benchmarks).
+    Heads are query heads: with GQA/MQA every query head still does its own work. `decode` is a forward pass.
     """
     forward = 4 * batch * heads * head_dim * pairs
     return int(forward * FWDBWD_FACTOR) if mode == "fwdbwd" else forward

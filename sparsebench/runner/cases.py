@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 import torch
@@ -11,7 +12,7 @@ from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
-MODES = ("fwd", "fwdbwd")
+MODES = ("fwd", "fwdbwd", "decode")
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,10 @@ class Case:
     dtype: str
     mode: str
     batch: int
-    heads: int
-    seq_len: int
+    heads: int  # query heads H
+    kv_heads: int  # key/value heads: H (multi-head), fewer (GQA) or 1 (MQA); divides H
+    seq_len: int  # n: keys (and queries, except in decode)
+    q_len: int  # queries: n, or in decode the last q_len positions n - q_len ... n - 1
     head_dim: int
 
     def build_pattern(self) -> Pattern:
@@ -52,12 +55,13 @@ class Case:
     def reference(self) -> Case:
         """The dense reference case (dense SDPA) measured beside this one, on the same inputs."""
         pattern, impl = DENSE_REFERENCE
-        return Case(pattern, "", impl, self.device, self.dtype, self.mode, self.batch, self.heads,
-                    self.seq_len, self.head_dim)
+        return dataclasses.replace(self, pattern=pattern, params="", impl=impl)
 
     def label(self) -> str:
         pattern = f"{self.pattern}({self.params.replace(';', ',')})" if self.params else self.pattern
-        return f"{pattern} {self.impl} n={self.seq_len} {self.dtype} {self.mode} {self.device}"
+        mode = f"decode(q_len={self.q_len})" if self.mode == "decode" else self.mode
+        gqa = f" kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
+        return f"{pattern} {self.impl} n={self.seq_len}{gqa} {self.dtype} {mode} {self.device}"
 
     def to_dict(self) -> dict:
         return asdict(self)

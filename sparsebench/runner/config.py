@@ -11,6 +11,7 @@ from typing import Any
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls import IMPLS, get_impl
 from sparsebench.patterns import PATTERNS, get_pattern, pattern_params, select_params
+from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
 
 if sys.version_info >= (3, 11):
@@ -33,6 +34,8 @@ class SweepConfig:
     modes: list[str] = field(default_factory=lambda: ["fwd"])
     batch: list[int] = field(default_factory=lambda: [1])
     heads: list[int] = field(default_factory=lambda: [8])
+    kv_heads: list[int] = field(default_factory=list)  # empty: as many as `heads` (multi-head attention)
+    q_len: list[int] = field(default_factory=lambda: [1])  # decode only: query rows at the end of the cache
     head_dim: list[int] = field(default_factory=lambda: [64])
     params: dict[str, int] = field(default_factory=dict)
     timeout: float = 600.0  # seconds per case
@@ -41,10 +44,18 @@ class SweepConfig:
     warmup: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("seq", "batch", "heads", "head_dim"):
+        for name in ("seq", "batch", "heads", "kv_heads", "q_len", "head_dim"):
             values = getattr(self, name)
-            if not values or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
+            if (not values and name != "kv_heads") or any(
+                    not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
                 raise SparsebenchError(f"{name} must be positive integers, got {values!r}")
+        for heads, kv in itertools.product(self.heads, self.kv_heads):
+            if heads % kv:
+                raise SparsebenchError(f"kv_heads {kv} does not divide heads {heads}: each key/value head serves "
+                                       "a whole number of query heads")
+        if "decode" in self.modes and max(self.q_len) > min(self.seq):
+            raise SparsebenchError(f"q_len {max(self.q_len)} is longer than seq {min(self.seq)}: decode queries "
+                                   "are the last q_len positions of the sequence")
         self.dtypes = [DTYPE_ALIASES.get(d, d) for d in self.dtypes]
         for d in self.dtypes:
             if d not in DTYPES:
@@ -159,6 +170,19 @@ def resolve_devices(devices: list[str]) -> list[str]:
     return out
 
 
+def _shapes(config: SweepConfig, devices: list[str]):
+    """(device, dtype, mode, batch, heads, kv_heads, n, q_len, head_dim) of every shape group, in sweep order.
+    Prefill modes take every query (q_len = n); decode takes each of config.q_len."""
+    seen = set()
+    for device, dtype, mode, batch, heads, n, head_dim in itertools.product(
+            devices, config.dtypes, config.modes, config.batch, config.heads, sorted(config.seq), config.head_dim):
+        for kv_heads, q_len in itertools.product(config.kv_heads or [heads], config.q_len):
+            shape = (device, dtype, mode, batch, heads, kv_heads, n, q_len if mode == "decode" else n, head_dim)
+            if shape not in seen:
+                seen.add(shape)
+                yield shape
+
+
 def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     """(cases to run, (case, reason) pairs that are unsupported).
 
@@ -167,20 +191,21 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     """
     devices = resolve_devices(config.devices)
     specs = [parse_pattern_spec(s, config.params) for s in config.patterns]
-    impl_names = config.impls or list(IMPLS)
+    impl_names = config.impls or [name for name, impl in IMPLS.items() if impl.in_default_sweep]
     run: list[Case] = []
     unsupported: list[tuple[Case, str]] = []
     seen: set[tuple] = set()
-    shapes = itertools.product(devices, config.dtypes, config.modes, config.batch, config.heads,
-                               sorted(config.seq), config.head_dim)
-    for device, dtype, mode, batch, heads, n, head_dim in shapes:
+    for device, dtype, mode, batch, heads, kv_heads, n, q_len, head_dim in _shapes(config, devices):
         group: list[Case] = []
         for (name, params), impl in itertools.product(specs, impl_names):
             pattern = get_pattern(name, **params)
-            case = Case(name, case_params(pattern), impl, device, dtype, mode, batch, heads, n, head_dim)
+            case = Case(name, case_params(pattern), impl, device, dtype, mode, batch, heads, kv_heads, n, q_len,
+                        head_dim)
             if case.key() in seen:
                 continue
             seen.add(case.key())
+            if mode == "decode":
+                check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
             try:
                 pattern.validate(n)
                 reason = get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)

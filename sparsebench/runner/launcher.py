@@ -116,13 +116,14 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
 
     def finish(case: Case, measured: Measurement) -> None:
         name = device_names.get(case.device, "")
+        peaks = stats.ceilings.get(case.device_type, {}).get(case.dtype)
         if case == case.reference():
-            row = make_row(case.row(), measured, run_id, name)
+            row = make_row(case.row(), measured, run_id, name, ceilings=peaks)
             if measured.status == "ok":
                 reference.update(row)
                 row.update(dense_ratios(row, row))
         else:
-            row = make_row(case.row(), measured, run_id, name, reference or None)
+            row = make_row(case.row(), measured, run_id, name, reference or None, ceilings=peaks)
         on_row(case, row)
 
     for _, group_iter in itertools.groupby(cases, key=Case.group):

@@ -12,6 +12,7 @@ import torch
 
 from sparsebench.impls import get_impl
 from sparsebench.measure import accuracy, flops, memory, timing
+from sparsebench.patterns.decode import decode_nnz
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
 
@@ -19,13 +20,15 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
-    """Seeded q, k, v (B, H, N, D) and, for fwdbwd, the output gradient: every impl sees the same inputs."""
+    """Seeded q (B, H, L, D), k and v (B, KVH, N, D) and, for fwdbwd, the output gradient: every impl of a shape
+    group sees the same inputs. L = N, or in decode the q_len newest positions."""
     gen = torch.Generator().manual_seed(seed)
-    shape = (case.batch, case.heads, case.seq_len, case.head_dim)
+    q_shape = (case.batch, case.heads, case.q_len, case.head_dim)
+    kv_shape = (case.batch, case.kv_heads, case.seq_len, case.head_dim)
     needs_grad = case.mode == "fwdbwd"
     q, k, v = (torch.randn(shape, generator=gen).to(case.device, case.torch_dtype).requires_grad_(needs_grad)
-               for _ in range(3))
-    grad_out = torch.randn(shape, generator=gen).to(case.device, case.torch_dtype) if needs_grad else None
+               for shape in (q_shape, kv_shape, kv_shape))
+    grad_out = torch.randn(q_shape, generator=gen).to(case.device, case.torch_dtype) if needs_grad else None
     return q, k, v, grad_out
 
 
@@ -66,7 +69,8 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
 
     _sync(device)
     t0 = time.perf_counter()
-    prep = impl.prepare(pattern, case.seq_len, device, case.torch_dtype)
+    q_len = case.q_len if case.mode == "decode" else None
+    prep = impl.prepare(pattern, case.seq_len, device, case.torch_dtype, q_len=q_len)
     _sync(device)
     setup_ms = (time.perf_counter() - t0) * 1e3
 
@@ -112,13 +116,18 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
-    nnz = pattern.nnz(case.seq_len)
+    nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
     useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
+    # Decode is memory-bound: the K and V rows it reads (per batch and key/value head) are its figure of merit.
+    bytes_moved = None
+    if q_len is not None:
+        elt = torch.finfo(case.torch_dtype).bits // 8
+        bytes_moved = 2 * case.batch * case.kv_heads * (prep.kv_rows or case.seq_len) * case.head_dim * elt
     accurate = err <= tolerance
     return Measurement(
         status="ok" if accurate else "inaccurate",
         error="" if accurate else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
-        density=nnz / float(case.seq_len) ** 2,
+        density=nnz / float(case.q_len * case.seq_len),
         block_density=prep.extra.get("block_density"),
         nnz=nnz,
         flops_useful=useful,
@@ -126,6 +135,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         **stats,
         samples=samples,
         tflops_useful=flops.tflops(useful, stats["latency_ms"]),
+        bytes_moved=bytes_moved,
         peak_mem_mib=peak_mib,
         nvml_peak_mib=nvml_peak,
         nvml_context_mib=nvml_context,

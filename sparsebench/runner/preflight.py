@@ -32,17 +32,22 @@ def free_bytes(device: str) -> int:
 
 
 def input_bytes(case: Case) -> int:
+    """q and out (H heads, q_len rows), k and v (KVH heads, n rows); for fwdbwd the gradients of each too."""
     elt = torch.finfo(case.torch_dtype).bits // 8
-    tensors = 8 if case.mode == "fwdbwd" else 4  # q, k, v, out (+ grad_out and three grads)
-    return tensors * case.batch * case.heads * case.seq_len * case.head_dim * elt
+    rows = 2 * case.heads * case.q_len + 2 * case.kv_heads * case.seq_len
+    return (2 if case.mode == "fwdbwd" else 1) * rows * case.batch * case.head_dim * elt
 
 
 def estimate(case: Case) -> tuple[int, float]:
     """(peak bytes, seconds) this case is expected to need."""
     impl, pattern = get_impl(case.impl), case.build_pattern()
-    args = (pattern, case.batch, case.heads, case.seq_len, case.head_dim, case.torch_dtype, case.mode)
-    need = input_bytes(case) + impl.estimate_bytes(*args, device_type=case.device_type)
-    pairs = impl.estimate_pairs(pattern, case.seq_len)
+    if case.mode == "decode":  # at most one float32 score and one mask entry per (query row, key) pair
+        pairs = case.q_len * case.seq_len
+        need = input_bytes(case) + case.batch * case.heads * pairs * 5
+    else:
+        args = (pattern, case.batch, case.heads, case.seq_len, case.head_dim, case.torch_dtype, case.mode)
+        need = input_bytes(case) + impl.estimate_bytes(*args, device_type=case.device_type)
+        pairs = impl.estimate_pairs(pattern, case.seq_len)
     seconds = CALLS_PER_CASE * attention_flops(pairs, case.batch, case.heads, case.head_dim, case.mode) \
         / ASSUMED_FLOPS[case.device_type]
     return need, seconds

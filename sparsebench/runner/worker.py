@@ -19,6 +19,7 @@ T0 = time.perf_counter()
 
 import torch  # noqa: E402
 
+from sparsebench.errors import Unsupported  # noqa: E402
 from sparsebench.results import Measurement  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
@@ -56,6 +57,8 @@ def main() -> None:
         emit(event="start", index=index)
         try:
             measured = measure(case, inputs, settings)
+        except Unsupported as exc:  # found only when it runs (e.g. a forced SDPA backend): torch's reason
+            measured = Measurement("unsupported", _one_line(exc).removeprefix("Unsupported: "))
         except Exception as exc:  # one failed case is a status row, never the end of the sweep
             measured = Measurement("oom" if _is_oom(exc) else "error", _one_line(exc))
         if case.device_type == "cuda":

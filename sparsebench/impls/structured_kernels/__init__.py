@@ -9,6 +9,7 @@ import torch
 from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
 from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
 from sparsebench.impls.structured_kernels.core import Kernel
+from sparsebench.impls.structured_kernels.decode import decode_kernel
 from sparsebench.impls.structured_kernels.dense import causal_kernel, dense_kernel
 from sparsebench.impls.structured_kernels.global_tokens import bigbird_kernel, longformer_kernel
 from sparsebench.patterns import Pattern
@@ -28,9 +29,13 @@ BUILDERS: dict[str, Builder] = {
 }
 
 
-def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype) -> Kernel:
-    """The prepared kernel for `pattern` at length n (masks and indices built here, once)."""
+def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
+                 q_len: int | None = None) -> Kernel:
+    """The prepared kernel for `pattern` at length n (masks and indices built here, once); with `q_len`, the
+    decode kernel for the last q_len positions (any pattern)."""
     pattern.validate(n)
+    if q_len is not None:
+        return decode_kernel(pattern, n, q_len, torch.device(device), dtype)
     return BUILDERS[pattern.name](pattern, n, torch.device(device), dtype)
 
 

@@ -314,7 +314,7 @@ def pad_rows(x: torch.Tensor, before: int, after: int) -> torch.Tensor:
 
 @dataclass(kw_only=True)
 class Kernel:
-    """A prepared kernel for one (pattern, n, device, dtype): call it with q, k, v of shape (B, H, N, D).
+    """A prepared kernel for one (pattern, n, device, dtype): call it with q (B, H, N, D) and k, v (B, KVH, N, D).
 
     Subclasses implement `run` on (G, N, D) groups of batch*head rows; each part there asks the call's
     `Inputs` for its backend. Rows q < `global_rows` see every
@@ -322,7 +322,8 @@ class Kernel:
     """
 
     n: int
-    executed_pairs: int  # (q, k) pairs computed per batch and head, block padding included
+    executed_pairs: int  # (q, k) pairs computed per batch and query head, block padding included
+    kv_rows: int | None = None  # K/V rows read per batch and key/value head when fewer than n (decode)
     global_rows: int = 0
     largest_temp: int = 1  # size of the largest temporary, in (N, D) float32 tensors per batch*head row
 
@@ -331,6 +332,19 @@ class Kernel:
         raise NotImplementedError
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: (B, H, N, D); k, v: (B, KVH, N, D) with KVH dividing H -> (B, H, N, D)."""
+        rep = q.shape[1] // k.shape[1]
+        if rep == 1:
+            return self._attend(q, k, v)
+        # GQA/MQA: query head h reads key/value head h // rep. The query heads with the same offset r in their
+        # group (r, r + rep, ...) pair one to one with the key/value heads, so each offset is one multi-head
+        # call against K and V as they are: they are never repeated per query head.
+        out = q.new_empty(q.shape)
+        for r in range(rep):
+            out[:, r::rep] = self._attend(q[:, r::rep], k, v)
+        return out
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         B, H, N, D = q.shape
         if N != self.n:
             raise ValueError(f"kernel prepared for n={self.n}, called with n={N}")

@@ -14,7 +14,7 @@ class SdpaKernel(Kernel):
     causal: bool
 
     def __call__(self, q, k, v):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, enable_gqa=q.shape[1] != k.shape[1])
 
 
 def dense_kernel(pattern, n: int, device, dtype) -> SdpaKernel:
