@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,10 +31,15 @@ def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms
     return reference_rows(frame, (ref_pattern, "sdpa"))[column]
 
 
+def prefill(frame: pd.DataFrame) -> pd.DataFrame:
+    """Multi-head rows over the full sequence (the targets' shape): no GQA, no decode."""
+    return frame[frame["mode"].isin(["fwd", "fwdbwd"]) & (frame["kv_heads"] == frame["heads"])]
+
+
 def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
     """One dict per (target, mode, head_dim): the best implementation's speed-up against its reference."""
     checks = []
-    at = frame[frame.seq_len == seq]
+    at = prefill(frame[frame.seq_len == seq])
     for pattern, ref_pattern, want in TARGETS:
         rows = at[(at.pattern == pattern) & (at.impl != "sdpa") & (at.status == "ok")].copy()
         rows["ref_ms"] = _ref_column(at, ref_pattern).reindex(rows.index)
@@ -51,7 +57,8 @@ def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
 
 def memory_growth(frame: pd.DataFrame) -> pd.DataFrame:
     """Peak memory per n for the sparse impls, and its growth exponent: log2(peak(2n) / peak(n)), 1 = linear."""
-    ok = frame[frame.impl.isin(SPARSE_IMPLS) & (frame.status == "ok") & (frame.pattern != "dense")]
+    ok = prefill(frame)
+    ok = ok[ok.impl.isin(SPARSE_IMPLS) & (ok.status == "ok") & (ok.pattern != "dense")]
     table = ok.pivot_table(index=["pattern", "impl", "mode", "head_dim"], columns="seq_len", values="peak_mem_mib")
     lengths = list(table.columns)
     exponents = [table[b] / table[a] for a, b in zip(lengths, lengths[1:]) if b == 2 * a]
@@ -74,7 +81,7 @@ def main() -> None:
     console.print(f"[bold]{args.results}[/]: {len(frame)} rows on {device}; statuses "
                   + ", ".join(f"{s} {c}" for s, c in frame.status.value_counts().items()))
 
-    at = frame[frame.seq_len == args.seq].copy()
+    at = prefill(frame[frame.seq_len == args.seq]).copy()
     at["vs_causal"] = _ref_column(at, "causal") / at.latency_ms
     table = Table(title=f"n = {args.seq}")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "head_dim": "D", "latency_ms": "ms",
@@ -84,8 +91,9 @@ def main() -> None:
     for column, header in columns.items():
         table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
     for row in at.sort_values(["mode", "head_dim", "pattern", "impl"]).to_dict("records"):
-        table.add_row(*(_fmt(row.get(c)) for c in columns))
+        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
     console.print(table)
+    _workloads(console, frame)
 
     console.print("[bold]targets[/] (best sparse implementation against its SDPA reference, same run)")
     for c in target_checks(frame, args.seq):
@@ -104,6 +112,24 @@ def main() -> None:
     if not growth.empty:
         console.print("[bold]peak memory (MiB) against n[/]; exponent 1 = linear, 2 = quadratic")
         console.print(growth.round(2).to_string())
+
+
+def _workloads(console: Console, frame: pd.DataFrame) -> None:
+    """GQA and decode rows: speed-up, % of peak, and for decode the K/V bytes read and GB/s."""
+    rows = frame[(frame["mode"] == "decode") | (frame["kv_heads"] != frame["heads"])]
+    if rows.empty:
+        return
+    table = Table(title="GQA and decode")
+    columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "seq_len": "n", "heads": "H", "kv_heads": "KV",
+               "q_len": "q", "head_dim": "D", "latency_ms": "ms", "speedup_vs_dense": "x dense",
+               "tflops_useful": "TFLOP/s", "pct_of_peak": "% peak", "bytes_moved": "K/V bytes", "gbps": "GB/s",
+               "pct_of_bandwidth": "% copy", "status": "status"}
+    for column, header in columns.items():
+        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
+    order = ["mode", "kv_heads", "seq_len", "q_len", "pattern", "impl"]
+    for row in rows.sort_values(order).to_dict("records"):
+        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
+    console.print(table)
 
 
 def _fmt(value: object) -> str:
