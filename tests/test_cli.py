@@ -20,6 +20,17 @@ def test_list_shows_every_pattern_and_impl_with_defaults():
     assert "inference only" in result.stdout
 
 
+def test_bigbird_mask_seed_has_one_name():
+    """The name `list` shows is the config key, the CSV params key and, with - for _, the option."""
+    from sparsebench.patterns import get_pattern
+    from sparsebench.runner.cases import case_params
+
+    listed = CliRunner().invoke(app, ["list"]).stdout
+    assert "mask_seed=0" in listed and "seed=0" not in listed.replace("mask_seed=0", "")
+    assert "--mask-seed" in CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "mask_seed=5" in case_params(get_pattern("bigbird", mask_seed=5))
+
+
 def test_info_json():
     result = CliRunner().invoke(app, ["info", "--json"])
     assert result.exit_code == 0

@@ -10,7 +10,8 @@ from sparsebench.errors import Unsupported
 from sparsebench.impls import IMPLS, get_impl
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
-SHAPES = [(2, 3, 1000, 32), (2, 2, 1537, 64)]  # n not a multiple of 64 or 128; B > 1, H > 1
+# n not a multiple of 64 or 128; B > 1, H > 1. The larger shape doubles the time: it runs with the slow tests.
+SHAPES = [(2, 3, 1000, 32), pytest.param((2, 2, 1537, 64), marks=pytest.mark.slow)]
 # flex compiles per (pattern, n) on CPU (~5-15 s each), so it is checked on fewer cases.
 FLEX_PATTERNS = ["local", "strided", "bigbird", "longformer"]
 DENSE_IMPLS = ["seed", "eager", "sdpa"]
@@ -33,7 +34,7 @@ def supported(impl_name, pattern_name, mode="fwd"):
 CASES = [(i, p) for i in DENSE_IMPLS for p in PATTERNS if supported(i, p)]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"n{s[2]}d{s[3]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=["n1000d32", "n1537d64"])
 @pytest.mark.parametrize("impl_name,pattern_name", CASES)
 def test_forward_matches_float64(impl_name, pattern_name, shape):
     pattern = get_pattern(pattern_name)
@@ -104,14 +105,31 @@ def test_low_precision_forward(impl_name, dtype, tol):
     assert (out.double() - expected).abs().max() <= tol
 
 
-def test_every_impl_declares_what_it_does_not_support():
+def test_unsupported_reasons_name_the_limit():
     assert "inference only" in IMPLS["flex"].unsupported_reason(get_pattern("local"), "cpu", torch.float32, "fwdbwd")
     assert "local" in IMPLS["seed"].unsupported_reason(get_pattern("causal"), "cpu", torch.float32, "fwd")
     assert IMPLS["sdpa"].unsupported_reason(get_pattern("causal"), "mps", torch.float32, "fwd")
-    for impl in IMPLS.values():
-        for name in PATTERNS:
-            reason = impl.unsupported_reason(get_pattern(name), "cpu", torch.float32, "fwd")
-            assert reason is None or isinstance(reason, str)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("impl_name", [pytest.param(name, marks=pytest.mark.slow) if name == "flex" else name
+                                       for name in IMPLS])  # flex compiles once per pattern
+def test_every_impl_declares_what_it_does_not_support(impl_name, mode):
+    """On CPU in float32, each pattern is either declared unsupported, with a one-line reason, or runs:
+    forward against float64, and for fwdbwd a finite backward."""
+    impl, n = IMPLS[impl_name], 80
+    for name in PATTERNS:
+        pattern = get_pattern(name)
+        reason = impl.unsupported_reason(pattern, "cpu", torch.float32, mode)
+        if reason is not None:
+            assert reason.strip() and "\n" not in reason, (name, reason)
+            continue
+        q, k, v = inputs((1, 2, n, 16), grad=mode == "fwdbwd")
+        out = run(impl_name, pattern, q, k, v)
+        expected = brute_force_attention(q.detach(), k.detach(), v.detach(), pattern.dense_mask(n))
+        assert (out.double() - expected).abs().max() <= 1e-4, name
+        if mode == "fwdbwd":
+            assert all(torch.isfinite(g).all() for g in torch.autograd.grad(out.sum(), (q, k, v))), name
 
 
 def test_auto_raises_unsupported_with_reason():
@@ -132,12 +150,16 @@ def test_auto_follows_the_measured_order(device, pattern, mode, want):
     assert resolve_impl(get_pattern(pattern), "auto", torch.device(device), torch.bfloat16, mode) == want
 
 
-def test_flex_never_falls_back_to_eager_in_a_sweep():
-    # dynamo's default cache limit (8 graphs) is smaller than one sweep group's masks; past it, flex would
-    # silently run eagerly and materialise n^2 scores.
+@pytest.mark.slow
+def test_flex_never_falls_back_to_eager_in_a_sweep(monkeypatch):
+    """Each mask is a new graph. Past dynamo's default recompile limit (8), flex would silently run eagerly and
+    materialise all n^2 scores: make that fallback an error, then run more masks than the limit."""
     import torch._dynamo
 
-    from sparsebench.impls.flex import compiled_flex
-
-    compiled_flex()
-    assert torch._dynamo.config.cache_size_limit >= 256
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    n = 256
+    q, k, v = inputs((1, 1, n, 16))
+    for window in range(2, 20, 2):  # 9 masks: one more than the default limit
+        pattern = get_pattern("local", window=window)
+        expected = brute_force_attention(q, k, v, pattern.dense_mask(n))
+        assert (run("flex", pattern, q, k, v).double() - expected).abs().max() <= 1e-4, window

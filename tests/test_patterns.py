@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from sparsebench.errors import PatternError
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
+from sparsebench.patterns.bigbird import _random_picks
 
 SIZES = [1, 2, 7, 64, 130, 257]
 
@@ -36,6 +39,19 @@ SMALL = {"local": {"window": 6}, "sliding_window": {"window": 5}, "dilated": {"w
          "fixed": {"length": 16, "summary": 3}, "longformer": {"window": 9, "global_tokens": 3},
          "strided": {"stride": 5}, "bigbird": {"block": 16, "random_blocks": 2}}
 
+# Parameter grids for the closed-form nnz: edge values (window 1-3, stride 1, summary == length, no globals, ...).
+GRID = {
+    "dense": [{}], "causal": [{}],
+    "local": [{"window": w} for w in (2, 3, 4, 5, 64, 200)],
+    "strided": [{"stride": s} for s in (1, 2, 3, 8, 100)],
+    "sliding_window": [{"window": w} for w in (1, 2, 5, 64, 300)],
+    "dilated": [{"window": w, "dilation": d} for w in (1, 2, 4, 64) for d in (1, 2, 3, 7)],
+    "fixed": [{"length": n, "summary": c} for n in (1, 2, 5, 16) for c in (1, 2, 5) if c <= n],
+    "longformer": [{"window": w, "global_tokens": g} for w in (1, 2, 3, 9, 256) for g in (0, 1, 3, 100)],
+    "bigbird": [{"block": b, "global_blocks": g, "random_blocks": r} for b in (1, 3, 16) for g in (0, 1, 5)
+                for r in (0, 3)],
+}
+
 
 @pytest.mark.parametrize("name", [n for n in PATTERNS if n != "bigbird"])
 @pytest.mark.parametrize("params", ["default", "small"])
@@ -57,7 +73,7 @@ def test_seed_rules_are_the_write_ups_loops():
 
 
 def test_bigbird_block_rule():
-    p = get_pattern("bigbird", block=16, global_blocks=1, random_blocks=2, seed=3)
+    p = get_pattern("bigbird", block=16, global_blocks=1, random_blocks=2, mask_seed=3)
     n = 16 * 10 + 5  # partial last block
     table = p.block_table(n)
     nb = table.shape[0]
@@ -78,10 +94,20 @@ def test_bigbird_block_rule():
     assert p.nnz(n) == int(expected.sum())
 
 
-def test_bigbird_seed_fixes_the_mask():
-    a, b = get_pattern("bigbird", seed=1), get_pattern("bigbird", seed=1)
+def test_bigbird_mask_seed_fixes_the_mask():
+    a, b = get_pattern("bigbird", mask_seed=1), get_pattern("bigbird", mask_seed=1)
     assert torch.equal(a.dense_mask(1024), b.dense_mask(1024))
-    assert not torch.equal(a.dense_mask(1024), get_pattern("bigbird", seed=2).dense_mask(1024))
+    assert not torch.equal(a.dense_mask(1024), get_pattern("bigbird", mask_seed=2).dense_mask(1024))
+
+
+def test_bigbird_old_seed_name_still_builds_the_same_pattern():
+    """Results written before the rename carry params 'seed=N'; they must still rebuild their pattern."""
+    with pytest.warns(DeprecationWarning, match="'seed' is now called 'mask_seed'"):
+        old = get_pattern("bigbird", block=16, seed=2)
+    assert old == get_pattern("bigbird", block=16, mask_seed=2)
+    assert old.params["mask_seed"] == 2 and "seed" not in old.params
+    with pytest.raises(PatternError, match="mask_seed"), pytest.warns(DeprecationWarning):
+        get_pattern("bigbird", seed=1, mask_seed=2)
 
 
 @pytest.mark.parametrize("name", list(PATTERNS))
@@ -95,11 +121,56 @@ def test_mask_mod_works_with_flex_block_mask(name):
                        | ~p.dense_mask(n), torch.ones(n, n, dtype=torch.bool))
 
 
-def test_nnz_needs_no_dense_matrix():
-    # 2**20 squared booleans would be 1 TiB: nnz must come from the closed forms.
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_closed_form_nnz_matches_the_row_counts(name):
+    """nnz's closed forms (bigbird: per block) against the row counts, which are checked against brute force."""
+    # bigbird draws nb random numbers per block row: fewer and smaller n keep it quick with block = 1
+    sizes = [*range(1, 70, 3), 127, 128, 129, 257] if name == "bigbird" else [*range(1, 70), 127, 128, 129, 1000]
+    for params in GRID[name]:
+        pattern = get_pattern(name, **params)
+        for n in sizes:
+            assert pattern.nnz(n) == int(pattern.row_counts(n).sum()), (params, n)
+
+
+def test_bigbird_nnz_matches_its_block_table():
+    for params in GRID["bigbird"]:
+        pattern = get_pattern("bigbird", **params)
+        for n in (1, 2, 17, 48, 100, 257):
+            keys_per_block = torch.full((pattern.num_blocks(n),), pattern.block)
+            keys_per_block[-1] = n - pattern.block * (len(keys_per_block) - 1)
+            pairs = keys_per_block @ pattern.block_table(n).long() @ keys_per_block
+            assert pattern.nnz(n) == int(pairs), (params, n)
+
+
+class LargestStorage(TorchDispatchMode):
+    """Records the largest storage, in bytes, that any torch op creates or returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+@pytest.mark.parametrize("name,params", [
+    *[(name, {"block": 512} if name == "bigbird" else {}) for name in PATTERNS],
+    pytest.param("bigbird", {}, marks=pytest.mark.slow, id="bigbird-block64"),  # 16384 blocks: ~10 s of draws
+])
+def test_nnz_takes_less_than_a_byte_per_row(name, params):
+    """At n = 2^20, nnz builds no tensor of n bytes or more (an n^2 mask would be 1 TiB, an (n/b)^2 table of
+    int64 counts 4 GiB, even one int64 count per row 8 MiB): it is a closed form or O(n / block)."""
     n = 2**20
-    for name in PATTERNS:
-        assert 0 < get_pattern(name).nnz(n) <= n * n
+    pattern = get_pattern(name, **params)
+    _random_picks.cache_clear()  # bigbird's draws must happen inside the measurement
+    with LargestStorage() as mode:
+        nnz = pattern.nnz(n)
+    assert mode.largest < n
+    assert nnz == int(pattern.row_counts(n).sum())  # the same count as the O(n) route
 
 
 def test_causal_of_intersects():

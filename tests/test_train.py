@@ -48,6 +48,7 @@ def tiny_run(tmp_path_factory, corpus_file):
     return result, out
 
 
+@pytest.mark.slow  # trains three variants in worker processes
 def test_tiny_run_writes_every_output(tiny_run, corpus_file):
     result, out = tiny_run
     assert result.exit_code == 0, result.output
@@ -69,6 +70,7 @@ def test_tiny_run_writes_every_output(tiny_run, corpus_file):
     assert "intersected with causal" in result.output
 
 
+@pytest.mark.slow  # trains three variants in worker processes
 def test_same_seed_same_perplexity(tiny_run, corpus_file):
     """A second run (here in this process, the CLI's ran in workers) reproduces the perplexity to 1e-6."""
     first = read_results(tiny_run[1] / "results.csv").set_index("pattern")["val_ppl"]

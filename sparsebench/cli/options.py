@@ -34,5 +34,5 @@ def pattern_params(window: int | None = None, stride: int | None = None, dilatio
     """The pattern parameters given on the command line, by their pattern field names."""
     given = {"window": window, "stride": stride, "dilation": dilation, "length": length, "summary": summary,
              "global_tokens": global_tokens, "block": block, "global_blocks": global_blocks,
-             "random_blocks": random_blocks, "seed": mask_seed}
+             "random_blocks": random_blocks, "mask_seed": mask_seed}
     return {k: v for k, v in given.items() if v is not None}

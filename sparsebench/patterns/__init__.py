@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import fields
 
 from sparsebench.errors import PatternError
@@ -35,9 +36,14 @@ def pattern_params(name: str) -> dict[str, int]:
 
 
 def get_pattern(name: str, **params: int) -> Pattern:
-    """Build a pattern by name; parameters it does not take are an error (use `select_params` to filter)."""
+    """Build a pattern by name; parameters it does not take are an error (use `select_params` to filter).
+
+    A parameter's old name (results written before a rename, e.g. bigbird's `seed`) is accepted with a
+    DeprecationWarning.
+    """
     if name not in PATTERNS:
         raise PatternError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
+    params = current_names(name, params)
     allowed = pattern_params(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
@@ -46,10 +52,24 @@ def get_pattern(name: str, **params: int) -> Pattern:
     return PATTERNS[name](**params)
 
 
+def current_names(name: str, params: dict[str, int]) -> dict[str, int]:
+    """`params` with old parameter names of pattern `name` replaced by the current ones."""
+    renamed = PATTERNS[name].renamed
+    old = [key for key in params if key in renamed]
+    if not old:
+        return dict(params)
+    for key in old:
+        warnings.warn(f"{name}: parameter {key!r} is now called {renamed[key]!r}", DeprecationWarning, stacklevel=3)
+        if renamed[key] in params:
+            raise PatternError(f"{name}: give {renamed[key]!r} only (its old name {key!r} is given too)")
+    return {renamed.get(key, key): value for key, value in params.items()}
+
+
 def select_params(name: str, params: dict[str, int]) -> dict[str, int]:
     """The subset of `params` that pattern `name` takes (a sweep passes one parameter set to all)."""
     allowed = pattern_params(name)
     return {k: v for k, v in params.items() if k in allowed and v is not None}
 
 
-__all__ = ["PATTERNS", "Pattern", "CausalOf", "causal_of", "get_pattern", "pattern_params", "select_params"]
+__all__ = ["PATTERNS", "Pattern", "CausalOf", "causal_of", "current_names", "get_pattern", "pattern_params",
+           "select_params"]

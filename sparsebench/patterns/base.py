@@ -18,12 +18,14 @@ class Pattern:
     """A sparsity pattern over a square (n, n) attention matrix; subclasses are frozen dataclasses.
 
     Subclasses define `mask_mod` (tensor ops only, so FlexAttention can vmap it), `row_counts`
-    (how many keys each query keeps, O(n) memory) and optionally `check_params`.
+    (how many keys each query keeps, O(n) memory), `count_pairs` (nnz in closed form, or in O(n / block)
+    memory) and optionally `check_params`.
     """
 
     name: ClassVar[str]
     doc: ClassVar[str] = ""
     causal_rule: ClassVar[bool] = False  # True when the rule already implies k <= q
+    renamed: ClassVar[dict[str, str]] = {}  # old parameter name -> current name, still accepted by get_pattern
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -80,13 +82,28 @@ class Pattern:
         self.validate(n)
         return self.rows_mask(torch.arange(n, device=device), n, device)
 
+    def count_pairs(self, n: int) -> int:
+        """Exact number of kept (q, k) pairs at a valid n. This fallback takes O(n) memory: patterns
+        override it with a closed form (or O(n / block) memory), so nnz stays cheap at any n."""
+        return int(self.row_counts(n).sum())
+
     def nnz(self, n: int) -> int:
         """Exact number of kept (q, k) pairs."""
         self.validate(n)
-        return int(self.row_counts(n).sum())
+        return self.count_pairs(n)
 
     def density(self, n: int) -> float:
         return self.nnz(n) / float(n * n)
+
+
+def ramp_sum(count: int, shift: int) -> int:
+    """sum(max(q + shift, 0) for q in range(count)), exactly, in O(1)."""
+    if count <= 0:
+        return 0
+    if shift >= 0:
+        return count * shift + count * (count - 1) // 2
+    top = count - 1 + shift  # the last term, when positive
+    return top * (top + 1) // 2 if top > 0 else 0
 
 
 def positive(pattern: Pattern, *names: str) -> None:

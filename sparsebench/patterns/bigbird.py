@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import ClassVar
 
 import torch
 
@@ -18,22 +19,35 @@ class BigBird(Pattern):
     block: int = 64
     global_blocks: int = 1
     random_blocks: int = 3
-    seed: int = 0
+    mask_seed: int = 0
     name = "bigbird"
-    doc = "blocks of b: window i-1..i+1, first g blocks (both ways), r seeded random blocks"
+    doc = "blocks of b: window i-1..i+1, first g blocks (both ways), r random blocks drawn with mask_seed"
+    renamed: ClassVar[dict[str, str]] = {"seed": "mask_seed"}  # results written before the rename say seed=
 
     def check_params(self) -> None:
         positive(self, "block")
-        for name in ("global_blocks", "random_blocks", "seed"):
+        for name in ("global_blocks", "random_blocks", "mask_seed"):
             if getattr(self, name) < 0:
                 raise PatternError(f"bigbird: {name} must be >= 0, got {getattr(self, name)}")
 
     def num_blocks(self, n: int) -> int:
         return -(-n // self.block)
 
+    def random_picks(self, n: int) -> torch.Tensor:
+        """(nb, r) int64: the random key blocks of each query block, -1 where none (global rows, few blocks)."""
+        return _random_picks(self.num_blocks(n), self.global_blocks, self.random_blocks, self.mask_seed).clone()
+
     def block_table(self, n: int) -> torch.Tensor:
-        """Boolean (nb, nb) table: True where query block i sees key block j. Cached per (params, nb)."""
-        return _block_table(self.num_blocks(n), self.global_blocks, self.random_blocks, self.seed).clone()
+        """Boolean (nb, nb) table: True where query block i sees key block j."""
+        nb = self.num_blocks(n)
+        idx = torch.arange(nb)
+        table = (idx[:, None] - idx[None, :]).abs() <= 1
+        table[:, : self.global_blocks] = True  # everyone sees the global blocks
+        table[: self.global_blocks, :] = True  # global blocks see everyone
+        picks = self.random_picks(n)
+        rows, slots = (picks >= 0).nonzero(as_tuple=True)
+        table[rows, picks[rows, slots]] = True
+        return table
 
     def mask_mod(self, b, h, q, k):
         raise PatternError("bigbird's mask depends on n: use mask_mod_for(n)")
@@ -47,25 +61,46 @@ class BigBird(Pattern):
 
         return bigbird_mask
 
+    def block_counts(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kept keys per query row of each block, rows per block), both (nb,) int64: O(n / b) memory."""
+        nb, b = self.num_blocks(n), self.block
+        sizes = torch.full((nb,), b, dtype=torch.int64)
+        sizes[-1] = n - b * (nb - 1)  # the last block may be partial
+        g = min(self.global_blocks, nb)
+        idx = torch.arange(nb)
+        counts = torch.full((nb,), int(sizes[:g].sum()), dtype=torch.int64)  # the global key blocks
+        for offset in (-1, 0, 1):  # the window's blocks that are not global ones
+            j = idx + offset
+            inside = (j >= g) & (j < nb)
+            counts += torch.where(inside, sizes[j.clamp(0, nb - 1)], 0)
+        picks = self.random_picks(n)  # never a window or global block
+        counts += torch.where(picks >= 0, sizes[picks.clamp(min=0)], 0).sum(1)
+        counts[:g] = n  # global rows see every key
+        return counts, sizes
+
     def row_counts(self, n: int) -> torch.Tensor:
-        table = self.block_table(n)
-        sizes = torch.full((table.shape[0],), self.block, dtype=torch.int64)
-        sizes[-1] = n - self.block * (table.shape[0] - 1)  # the last block may be partial
-        per_block_row = (table.long() * sizes[None, :]).sum(1)
-        return per_block_row.repeat_interleave(sizes)
+        counts, _ = self.block_counts(n)
+        return counts[torch.arange(n) // self.block]
+
+    def count_pairs(self, n: int) -> int:
+        counts, sizes = self.block_counts(n)
+        return int((counts * sizes).sum())
 
 
 @lru_cache(maxsize=32)
-def _block_table(nb: int, g: int, r: int, seed: int) -> torch.Tensor:
-    idx = torch.arange(nb)
-    table = (idx[:, None] - idx[None, :]).abs() <= 1
-    table[:, :g] = True  # everyone sees the global blocks
-    table[:g, :] = True  # global blocks see everyone
+def _random_picks(nb: int, g: int, r: int, seed: int) -> torch.Tensor:
+    """Per query block i >= g, r key blocks among those it does not already see (window, globals): the r
+    smallest of nb uniform draws, one row after the other from one generator, so a seed always gives the
+    same mask. O(nb) memory per row, (nb, r) in all."""
+    r = min(r, nb)
+    picks = torch.full((nb, r), -1, dtype=torch.int64)
+    if r == 0:
+        return picks  # no draws needed: the generator is this function's own
     gen = torch.Generator().manual_seed(seed)
     for i in range(g, nb):
-        # r random blocks among those not already seen: the r smallest of uniform draws, so one seed
-        # always gives the same mask, in O(nb) per row.
-        draws = torch.rand(nb, generator=gen).masked_fill(table[i], 2.0)
-        pick = draws.topk(min(r, nb), largest=False).indices
-        table[i, pick[draws[pick] < 2.0]] = True
-    return table
+        draws = torch.rand(nb, generator=gen)
+        draws[:g] = 2.0  # seen already: the global blocks and the window
+        draws[max(i - 1, 0) : i + 2] = 2.0
+        values, pick = draws.topk(r, largest=False)
+        picks[i] = torch.where(values < 2.0, pick, -1)  # fewer than r blocks left unseen
+    return picks

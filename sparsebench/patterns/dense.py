@@ -22,6 +22,9 @@ class Dense(Pattern):
     def row_counts(self, n: int) -> torch.Tensor:
         return torch.full((n,), n, dtype=torch.int64)
 
+    def count_pairs(self, n: int) -> int:
+        return n * n
+
 
 @dataclass(frozen=True)
 class Causal(Pattern):
@@ -36,3 +39,6 @@ class Causal(Pattern):
 
     def row_counts(self, n: int) -> torch.Tensor:
         return torch.arange(1, n + 1, dtype=torch.int64)
+
+    def count_pairs(self, n: int) -> int:
+        return n * (n + 1) // 2

@@ -34,3 +34,10 @@ class Fixed(Pattern):
         q = torch.arange(n, dtype=torch.int64)
         # own block up to q, plus the c summary columns of every earlier (full) block
         return q % self.length + 1 + (q // self.length) * self.summary
+
+    def count_pairs(self, n: int) -> int:
+        size = self.length
+        full, rem = divmod(n, size)
+        own = full * size * (size + 1) // 2 + rem * (rem + 1) // 2  # sum of q % l + 1
+        earlier = size * full * (full - 1) // 2 + rem * full  # sum of q // l
+        return own + self.summary * earlier

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.errors import PatternError
-from sparsebench.patterns.base import Pattern
+from sparsebench.patterns.base import Pattern, ramp_sum
 
 
 @dataclass(frozen=True)
@@ -31,3 +31,8 @@ class Local(Pattern):
         q = torch.arange(n, dtype=torch.int64)
         half = self.window // 2
         return (q + half).clamp(max=n) - (q - half).clamp(min=0)
+
+    def count_pairs(self, n: int) -> int:
+        # sum over q of min(q + h, n) - max(q - h, 0), with min(x, n) = x - max(x - n, 0)
+        half = self.window // 2
+        return n * (n - 1) // 2 + n * half - ramp_sum(n, half - n) - ramp_sum(n, -half)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.errors import PatternError
-from sparsebench.patterns.base import Pattern, positive
+from sparsebench.patterns.base import Pattern, positive, ramp_sum
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,13 @@ class Longformer(Pattern):
         # global columns k < g that lie left of the band (right of it is impossible once q >= g)
         extra = (q - half).clamp(min=0).clamp(max=g)
         return torch.where(q < g, torch.full_like(q, n), band + extra)
+
+    def count_pairs(self, n: int) -> int:
+        # Global rows see all n keys. Row q >= g keeps band + extra = (q + h + 1) - max(q + h - (n - 1), 0)
+        # - max(q - h - g, 0); sums over q in [g, n) are prefix sums to n minus prefix sums to g.
+        half, g = self.window // 2, min(self.global_tokens, n)
+        rows = n - g
+        linear = rows * (g + n - 1) // 2 + rows * (half + 1)
+        over_right = ramp_sum(n, half - n + 1) - ramp_sum(g, half - n + 1)
+        past_globals = ramp_sum(n, -half - self.global_tokens) - ramp_sum(g, -half - self.global_tokens)
+        return g * n + linear - over_right - past_globals

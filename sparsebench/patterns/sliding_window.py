@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.patterns.base import Pattern, positive
+from sparsebench.patterns.base import Pattern, positive, ramp_sum
 
 
 @dataclass(frozen=True)
@@ -26,3 +26,7 @@ class SlidingWindow(Pattern):
 
     def row_counts(self, n: int) -> torch.Tensor:
         return (torch.arange(n, dtype=torch.int64) + 1).clamp(max=self.window)
+
+    def count_pairs(self, n: int) -> int:
+        # sum over q of min(q + 1, w) = (q + 1) - max(q + 1 - w, 0)
+        return n * (n + 1) // 2 - ramp_sum(n, 1 - self.window)

@@ -27,3 +27,7 @@ class Strided(Pattern):
         q = torch.arange(n, dtype=torch.int64)
         columns = -(-n // self.stride)  # ceil(n / s) kept columns
         return columns + (q % self.stride != 0).long()
+
+    def count_pairs(self, n: int) -> int:
+        columns = -(-n // self.stride)
+        return n * columns + (n - columns)  # every row keeps the columns; rows off a column add self

@@ -1,0 +1,42 @@
+"""Result files committed under docs/ and baselines/, written by earlier versions, still load, plot and gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sparsebench.cli import app
+from sparsebench.results import read_results
+from sparsebench.runner.cases import Case
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = sorted([*ROOT.glob("docs/results/*/results.csv"), *ROOT.glob("baselines/*/results.csv")])
+KEYS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
+
+
+def test_there_are_committed_results():
+    assert len(COMMITTED) >= 2, COMMITTED
+
+
+@pytest.mark.filterwarnings("ignore:.*is now called:DeprecationWarning")  # bigbird rows say seed=0
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_row_rebuilds_its_pattern(path):
+    """Each row's params rebuild the pattern it measured (as --resume and gate --confirm do): same density."""
+    frame = read_results(path)
+    frame = frame[frame["status"] == "ok"].drop_duplicates(KEYS[:2] + ["seq_len"])
+    assert len(frame)
+    for row in frame.to_dict("records"):
+        pattern = Case(**{k: row[k] for k in KEYS}).build_pattern()
+        assert pattern.density(row["seq_len"]) == pytest.approx(row["density"], rel=1e-12), row["params"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_committed_results_plot_and_gate_against_themselves(path, tmp_path):
+    plot = CliRunner().invoke(app, ["plot", str(path), "--out", str(tmp_path / "plots")])
+    assert plot.exit_code == 0, plot.output
+    assert (tmp_path / "plots" / "report.md").exists()
+    gate = CliRunner().invoke(app, ["gate", str(path), str(path)])
+    assert gate.exit_code == 0 and "gate PASS" in gate.output, gate.output
