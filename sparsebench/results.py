@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -323,7 +324,20 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
     for col in ("params", "error", "samples_ms"):
         if col in frame.columns:
             frame[col] = frame[col].fillna("")
+    frame["params"] = [_current_params(p, t) for p, t in zip(frame["pattern"], frame["params"])]
     return frame
+
+
+def _current_params(pattern: str, text: str) -> str:
+    """A row's params under the pattern's current parameter names (e.g. bigbird's seed, now mask_seed), so
+    rows written before a rename keep their case key."""
+    from sparsebench.patterns import PATTERNS, current_names
+
+    if pattern not in PATTERNS or not text:
+        return text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return format_params(current_names(pattern, parse_params(text)))
 
 
 def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:

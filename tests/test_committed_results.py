@@ -8,12 +8,11 @@ import pytest
 from typer.testing import CliRunner
 
 from sparsebench.cli import app
-from sparsebench.results import read_results
+from sparsebench.results import KEY_COLUMNS, read_results
 from sparsebench.runner.cases import Case
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted([*ROOT.glob("docs/results/*/results.csv"), *ROOT.glob("baselines/*/results.csv")])
-KEYS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "seq_len", "head_dim"]
 
 
 def test_there_are_committed_results():
@@ -25,10 +24,10 @@ def test_there_are_committed_results():
 def test_every_row_rebuilds_its_pattern(path):
     """Each row's params rebuild the pattern it measured (as --resume and gate --confirm do): same density."""
     frame = read_results(path)
-    frame = frame[frame["status"] == "ok"].drop_duplicates(KEYS[:2] + ["seq_len"])
+    frame = frame[frame["status"] == "ok"].drop_duplicates(["pattern", "params", "seq_len"])
     assert len(frame)
     for row in frame.to_dict("records"):
-        pattern = Case(**{k: row[k] for k in KEYS}).build_pattern()
+        pattern = Case(**{k: row[k] for k in KEY_COLUMNS}).build_pattern()
         assert pattern.density(row["seq_len"]) == pytest.approx(row["density"], rel=1e-12), row["params"]
 
 

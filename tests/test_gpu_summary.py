@@ -19,8 +19,8 @@ spec.loader.exec_module(gpu_summary)
 
 def row(pattern, impl, n, ms, mib=1.0, mode="fwd", status="ok", head_dim=64):
     return {"pattern": pattern, "impl": impl, "mode": mode, "dtype": "bfloat16", "batch": 1, "heads": 16,
-            "head_dim": head_dim, "seq_len": n, "latency_ms": ms, "tflops_useful": 100.0, "peak_mem_mib": mib,
-            "status": status}
+            "kv_heads": 16, "head_dim": head_dim, "seq_len": n, "q_len": n, "latency_ms": ms, "tflops_useful": 100.0,
+            "peak_mem_mib": mib, "status": status}
 
 
 def test_targets_use_the_best_impl_and_the_right_reference():

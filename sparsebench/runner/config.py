@@ -20,6 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PARAM_NAMES = sorted({name for p in PATTERNS for name in pattern_params(p)})
+RENAMED = {old: new for cls in PATTERNS.values() for old, new in cls.renamed.items()}  # e.g. seed -> mask_seed
 
 
 @dataclass
@@ -65,6 +66,7 @@ class SweepConfig:
                 raise SparsebenchError(f"unknown mode {m!r}; choose from: {', '.join(MODES)}")
         for i in self.impls:
             get_impl(i)  # raises with the valid names
+        self.params = {RENAMED.get(key, key): value for key, value in self.params.items()}  # older configs
         for key, value in self.params.items():
             if key not in PARAM_NAMES:
                 raise SparsebenchError(f"unknown pattern parameter {key!r}; valid: {', '.join(PARAM_NAMES)}")
