@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 from torch import nn
 
-from sparsebench.errors import Unsupported
-from sparsebench.impls import IMPLS, Prepared, get_impl
+from sparsebench.errors import SparsebenchError, Unsupported
+from sparsebench.impls import IMPLS, Impl, Prepared, get_impl
 from sparsebench.patterns import Pattern, get_pattern
+from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
+from sparsebench.plugins import FunctionImpl
+from sparsebench.results import Measurement, make_row
+from sparsebench.runner.config import SweepConfig
+from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id
 
 # impl="auto": most preferred first, per device type and pattern (the device's default order where the pattern
 # has none). CPU: from the committed CPU benchmarks (docs/results/cpu-default, cpu-fwdbwd). CUDA: from the
@@ -29,9 +38,18 @@ AUTO_ORDER_BY_PATTERN = {
 }
 
 
-def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch.dtype, mode: str) -> str:
+# A user's mask runs on structured's generic block-sparse kernel, which pays for gathering key blocks: on the CPU
+# (examples/ci.toml, n=1024) it was 2.6x dense SDPA on document masking (density 1/8) and 0.15x on a prefix LM
+# (density ~1/2), where SDPA with the mask did 0.86x. Above this density, auto prefers SDPA for user masks.
+USER_MASK_MAX_DENSITY = 0.25
+
+
+def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch.dtype, mode: str,
+                 n: int | None = None) -> str:
     """The implementation to use; raises Unsupported with the reason when none fits."""
-    if impl == "auto":
+    if impl == "auto" and isinstance(pattern, MaskModPattern) and n and pattern.density(n) > USER_MASK_MAX_DENSITY:
+        candidates = ("sdpa", "flex", "structured", "eager")
+    elif impl == "auto":
         candidates = AUTO_ORDER_BY_PATTERN.get((device.type, pattern.name), AUTO_ORDER.get(device.type, tuple(IMPLS)))
     else:
         candidates = (impl,)
@@ -45,27 +63,105 @@ def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch
 
 
 @lru_cache(maxsize=64)
-def _prepared(impl: str, pattern: Pattern, n: int, device: torch.device, dtype: torch.dtype) -> Prepared:
+def _prepared(impl: Impl, pattern: Pattern, n: int, device: torch.device, dtype: torch.dtype,
+              q_len: int | None) -> Prepared:
     # Masks, indices and BlockMasks are built once per shape and reused across calls.
-    return get_impl(impl).prepare(pattern, n, device, dtype)
+    return impl.prepare(pattern, n, device, dtype, q_len=q_len)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str | Pattern = "local",
-              impl: str = "auto", **params: int) -> torch.Tensor:
-    """Sparse attention over q, k, v of shape (B, H, N, D); returns (B, H, N, D).
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str | Pattern | Callable = "local",
+              impl: str | Callable = "auto", **params: int) -> torch.Tensor:
+    """Sparse attention of q (B, H, L, D) over k, v (B, KVH, N, D); returns (B, H, L, D).
 
-    `pattern` is a name (with `params`, e.g. window=64) or a Pattern. `impl="auto"` picks the fastest
-    implementation that supports the device, dtype and whether gradients are needed.
+    KVH may divide H (GQA/MQA). L = N for a full sequence; L < N decodes the last L positions against a KV
+    cache of N keys (forward only). `pattern`: a name (with `params`, e.g. window=64), a Pattern, a
+    `module:attr` spec, or a FlexAttention mask_mod(b, h, q_idx, kv_idx) (or a factory make(n) returning one).
+    `impl`: a name, `auto` (the fastest implementation that supports the device, dtype and whether gradients
+    are needed), a `module:attr` spec, or a function fn(q, k, v, pattern) -> out.
     """
-    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"q, k, v must share the shape (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
-                         f"{tuple(v.shape)}")
-    pat = pattern if isinstance(pattern, Pattern) else get_pattern(pattern, **params)
-    n = q.shape[-2]
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or \
+            q.shape[-1] != k.shape[-1] or q.shape[1] % k.shape[1] or q.shape[-2] > k.shape[-2]:
+        raise ValueError(f"expected q (B, H, L, D) and k, v (B, KVH, N, D) with KVH dividing H and L <= N; got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    pat = _pattern(pattern, params)
+    n, length = k.shape[-2], q.shape[-2]
     pat.validate(n)
-    mode = "fwdbwd" if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) else "fwd"
-    name = resolve_impl(pat, impl, q.device, q.dtype, mode)
-    return get_impl(name).forward(q, k, v, _prepared(name, pat, n, q.device, q.dtype))
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    mode = "decode" if length < n else "fwdbwd" if needs_grad else "fwd"
+    chosen = _impl(impl) if callable(impl) else get_impl(resolve_impl(pat, impl, q.device, q.dtype, mode, n))
+    reason = chosen.unsupported_reason(pat, str(q.device), q.dtype, mode)
+    if reason:
+        raise Unsupported(reason)
+    q_len = length if mode == "decode" else None
+    return chosen.forward(q, k, v, _prepared(chosen, pat, n, q.device, q.dtype, q_len))
+
+
+def _pattern(pattern: str | Pattern | Callable, params: dict[str, int]) -> Pattern:
+    if isinstance(pattern, Pattern):
+        return pattern
+    if isinstance(pattern, str):
+        return get_pattern(pattern, **params)
+    return _mask_mod_class(pattern)(**params)
+
+
+@lru_cache(maxsize=64)
+def _mask_mod_class(function: Callable) -> type[Pattern]:
+    """One Pattern class per user function, so its exact nnz and masks are computed once."""
+    return mask_mod_pattern(getattr(function, "__name__", "mask_mod"), function)
+
+
+@lru_cache(maxsize=64)
+def _impl(function: Callable) -> Impl:
+    return FunctionImpl(getattr(function, "__name__", "user_function"), function)
+
+
+def benchmark(patterns: Iterable[str | Callable] = ("local",), impls: Iterable[str | Callable] = (),
+              seq: Iterable[int] = (4096,), out_dir: str | Path | None = None, **options: Any) -> pd.DataFrame:
+    """Measure as `sparsebench run` does (worker processes, the dense SDPA reference beside every shape) and
+    return the rows as a DataFrame; with `out_dir`, also write results.csv and meta.json there.
+
+    `patterns` and `impls` take names, `module:attr` specs, or functions defined at the top level of an
+    importable module (the worker processes import them by name; a function defined in a notebook cannot be).
+    `options` are the sweep's other settings, as in a config file: devices, dtypes, modes, batch, heads,
+    kv_heads, q_len, head_dim, params, timeout, min_run_time, min_samples, warmup (one value or a list).
+    """
+    lists = {"devices", "dtypes", "modes", "batch", "heads", "kv_heads", "q_len", "head_dim"}
+    settings = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) if k in lists else v for k, v in options.items()}
+    config = SweepConfig(patterns=[_spec(p) for p in patterns], impls=[_spec(i) for i in impls],
+                         seq=list(seq), **settings)
+    sweep = Sweep(config)
+    rows: list[dict[str, Any]] = []
+    out = ResultsDir(Path(out_dir), resume=False) if out_dir is not None else None
+    cases, unsupported = sweep.cases()
+    run_id = new_run_id()
+    for case, reason in unsupported:
+        rows.append(make_row(case.row(), Measurement("unsupported", reason), run_id))
+    if out is None:
+        sweep.measure(cases, lambda case, row: rows.append(row), run_id=run_id)
+        return pd.DataFrame(rows)
+    meta = out.start_meta(config, "")
+    with out.writer() as writer:
+        for row in rows:
+            writer.write(row)
+
+        def on_row(case: Any, row: dict[str, Any]) -> None:
+            writer.write(row)
+            rows.append(row)
+
+        stats = sweep.measure(cases, on_row, run_id=run_id)
+    out.finish_meta(meta, stats)
+    return pd.DataFrame(rows)
+
+
+def _spec(item: str | Callable) -> str:
+    """A name or spec as it is; a function as the `module:qualname` that worker processes import."""
+    if isinstance(item, str):
+        return item
+    module, name = getattr(item, "__module__", None), getattr(item, "__qualname__", "")
+    if not module or module == "__main__" or "<" in name:
+        raise SparsebenchError(f"{getattr(item, '__name__', item)!r} is not importable by the worker processes: "
+                               "define it at the top level of a .py module, or pass 'path/to/file.py:name'")
+    return f"{module}:{name}"
 
 
 class SparseAttention(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.blocksparse import BlockSparseImpl
 from sparsebench.impls.eager import EagerImpl
 from sparsebench.impls.flex import FlexImpl
 from sparsebench.impls.sdpa import BACKENDS, SdpaImpl
@@ -16,13 +17,22 @@ IMPLS: dict[str, Impl] = {
     "sdpa": SdpaImpl(),
     "flex": FlexImpl(),
     "structured": StructuredImpl(),
+    "blocksparse": BlockSparseImpl(),
     # SDPA's backends, each forced: the dense baselines a kernel is compared against (run when named)
     **{f"sdpa[{backend}]": SdpaImpl(backend) for backend in BACKENDS},
 }
 
 
 def get_impl(name: str) -> Impl:
+    """A registered implementation by name; a `module:attr` spec or an installed plugin is loaded first."""
     if name not in IMPLS:
+        from sparsebench import plugins
+
+        if plugins.is_spec(name):
+            return IMPLS[plugins.load_impl(name)]
+        plugins.load_entry_points()
+        if name in IMPLS:
+            return IMPLS[name]
         if name.startswith("sdpa[") and name.endswith("]"):
             raise SparsebenchError(f"unknown SDPA backend {name[5:-1]!r} in {name!r}; choose from: "
                                    f"{', '.join(BACKENDS)} (e.g. sdpa[cudnn])")

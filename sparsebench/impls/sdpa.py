@@ -43,13 +43,9 @@ class SdpaImpl(Impl):
             if backend not in BACKENDS:
                 raise ValueError(f"unknown SDPA backend {backend!r}; choose from: {', '.join(BACKENDS)}")
             self.name = f"sdpa[{backend}]"
+            self.devices = frozenset(BACKENDS[backend][1])
             self.description = f"SDPA forced to its {backend} backend (sdpa_kernel); unsupported where it cannot run"
             self.in_default_sweep = False  # dense baselines: measured when named
-
-    def device_reason(self, pattern, device_type, dtype, mode):
-        if self.backend is not None and device_type not in BACKENDS[self.backend][1]:
-            return f"torch has no {self.backend} SDPA kernel on {device_type}"
-        return None
 
     def prepare(self, pattern, n, device, dtype, q_len=None) -> Prepared[SdpaState]:
         rows = q_len or n

@@ -23,13 +23,13 @@ from sparsebench.impls.sdpa import SdpaImpl
 from sparsebench.impls.structured_kernels import BUILDERS, Kernel, build_kernel
 from sparsebench.impls.structured_kernels.band import band_block
 from sparsebench.impls.structured_kernels.core import private_ops
-from sparsebench.patterns import Pattern
+from sparsebench.patterns import CausalOf, Pattern
 
 
 class StructuredImpl(Impl):
     name = "structured"
-    description = "pattern-aware kernels: banded blocks, gathered columns, band + globals, gathered blocks"
-    patterns = frozenset(BUILDERS)
+    description = ("pattern-aware kernels: banded blocks, gathered columns, band + globals, gathered blocks; "
+                   "user patterns on the generic block-sparse kernel")
 
     def prepare(self, pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
                 q_len: int | None = None) -> Prepared[Kernel]:
@@ -41,7 +41,11 @@ class StructuredImpl(Impl):
         return prep.state(q, k, v)
 
     def device_reason(self, pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> str | None:
-        """Why torch's private attention ops that this kernel would call do not fit, if they do not."""
+        """A composed pattern (train's causal intersection) is for `blocksparse`; and why torch's private
+        attention ops that this kernel would call do not fit, if they do not."""
+        if isinstance(pattern, CausalOf):
+            return (f"structured implements only {', '.join(BUILDERS)} and user patterns; "
+                    f"{pattern.label()} runs on blocksparse")
         if not _uses_private_ops(pattern, device_type, mode):
             return None
         for op in private_ops(device_type, dtype, needs_grad=mode == "fwdbwd"):

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sparsebench import plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls import IMPLS, get_impl
 from sparsebench.patterns import PATTERNS, get_pattern, pattern_params, select_params
 from sparsebench.patterns.decode import check_decode_rows
+from sparsebench.patterns.mask_mod import MaskModPattern
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
 
 if sys.version_info >= (3, 11):
@@ -64,8 +66,7 @@ class SweepConfig:
         for m in self.modes:
             if m not in MODES:
                 raise SparsebenchError(f"unknown mode {m!r}; choose from: {', '.join(MODES)}")
-        for i in self.impls:
-            get_impl(i)  # raises with the valid names
+        self.impls = [get_impl(i).name for i in self.impls]  # raises with the valid names; specs load plugins
         self.params = {RENAMED.get(key, key): value for key, value in self.params.items()}  # older configs
         for key, value in self.params.items():
             if key not in PARAM_NAMES:
@@ -74,18 +75,37 @@ class SweepConfig:
                 raise SparsebenchError(f"pattern parameter {key!r} must be an integer, got {value!r}")
         if not self.patterns:
             raise SparsebenchError("no pattern given")
+        self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
         for spec in self.patterns:
             parse_pattern_spec(spec, self.params)  # validates names and parameters
         if self.timeout <= 0 or self.min_run_time <= 0 or self.min_samples < 1 or self.warmup < 0:
             raise SparsebenchError("timeout and min_run_time must be > 0, min_samples >= 1, warmup >= 0")
 
 
+def _registered_spec(spec: str) -> str:
+    """A user pattern's `module:attr[:params]` as `name[:params]` once loaded; other specs unchanged."""
+    spec = spec.strip()
+    if not plugins.is_spec(spec):
+        return spec
+    parts = spec.split(":")
+    rest = parts.pop() if len(parts) > 2 and "=" in parts[-1] else ""
+    name = plugins.load_pattern(":".join(parts))
+    return f"{name}:{rest}" if rest else name
+
+
 def parse_pattern_spec(spec: str, shared: dict[str, int]) -> tuple[str, dict[str, int]]:
-    """'local' or 'local:window=128' -> (name, params); shared params apply where the pattern takes them."""
-    name, _, rest = spec.partition(":")
+    """'local' or 'local:window=128' -> (name, params); shared params apply where the pattern takes them.
+
+    A user pattern is `module:attr` or `module:attr:key=INT,...` (module a dotted name or a .py file); it is
+    loaded and registered under its short name.
+    """
+    name, _, rest = _registered_spec(spec).partition(":")
     name = name.strip()
     if name not in PATTERNS:
-        raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
+        plugins.load_entry_points()
+    if name not in PATTERNS:
+        raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)} (or a user pattern "
+                               "as module:attribute)")
     params = select_params(name, shared)
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, value = item.partition("=")
@@ -208,6 +228,8 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             seen.add(case.key())
             if mode == "decode":
                 check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
+            if isinstance(pattern, MaskModPattern):
+                pattern.validate(n)  # a user mask that raises or keeps no key: a usage error, before any work
             try:
                 pattern.validate(n)
                 reason = get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)

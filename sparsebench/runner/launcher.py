@@ -59,7 +59,11 @@ class _Worker:
                                      start_new_session=True)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings}
+        from sparsebench import plugins as loaded
+
+        plugins = loaded.LOADED.used({c.impl for c in cases}, {c.pattern for c in cases})
+        job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings,
+               "plugins": plugins.specs}  # the user code these cases need, imported again in the worker
         self.proc.stdin.write(json.dumps(job))
         self.proc.stdin.close()
 

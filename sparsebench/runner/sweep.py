@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sparsebench import environment
+from sparsebench import environment, plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
     ResultWriter,
@@ -93,7 +93,9 @@ class ResultsDir:
         """This run's meta.json, written before the first case; a resumed run keeps the earlier runs' meta
         under `earlier_runs` and their ceilings. The first write into the directory."""
         _check_writable(self.out_dir)
-        meta = environment.collect({"config": dataclasses.asdict(config), "config_file": config_file})
+        patterns = {spec.partition(":")[0] for spec in config.patterns}
+        meta = environment.collect({"config": dataclasses.asdict(config), "config_file": config_file,
+                                    "plugins": plugins.LOADED.used(set(config.impls), patterns).origins})
         old = read_meta(self.csv_path) if self.resume else {}
         if old:
             runs = old.pop("earlier_runs", [])

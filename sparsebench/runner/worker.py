@@ -20,6 +20,7 @@ T0 = time.perf_counter()
 import torch  # noqa: E402
 
 from sparsebench.errors import Unsupported  # noqa: E402
+from sparsebench.plugins import register_all  # noqa: E402
 from sparsebench.results import Measurement  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
@@ -45,6 +46,7 @@ def _one_line(exc: BaseException) -> str:
 
 def main() -> None:
     job = json.loads(sys.stdin.read())
+    register_all(job.get("plugins", {}))
     cases = [Case(**c) for c in job["cases"]]
     settings = MeasureSettings(**job["settings"])
     emit(event="ready", start_s=time.perf_counter() - T0)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 
 from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
+from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel
 from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
 from sparsebench.impls.structured_kernels.core import Kernel
 from sparsebench.impls.structured_kernels.decode import decode_kernel
@@ -31,12 +32,14 @@ BUILDERS: dict[str, Builder] = {
 
 def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
                  q_len: int | None = None) -> Kernel:
-    """The prepared kernel for `pattern` at length n (masks and indices built here, once); with `q_len`, the
-    decode kernel for the last q_len positions (any pattern)."""
+    """The prepared kernel for `pattern` at length n (masks and indices built here, once): its specialised
+    kernel, or the generic block-sparse one for a pattern without one; with `q_len`, the decode kernel for the
+    last q_len positions (any pattern)."""
     pattern.validate(n)
     if q_len is not None:
         return decode_kernel(pattern, n, q_len, torch.device(device), dtype)
-    return BUILDERS[pattern.name](pattern, n, torch.device(device), dtype)
+    builder = BUILDERS.get(pattern.name, blocksparse_kernel)  # user patterns: the generic block-sparse kernel
+    return builder(pattern, n, torch.device(device), dtype)
 
 
 __all__ = ["BUILDERS", "Kernel", "build_kernel"]

@@ -1,0 +1,43 @@
+"""`blocksparse`: the generic block-sparse kernel for every pattern (structured_kernels/blocksparse.py).
+
+It needs nothing but the pattern's row masks, so it runs any pattern, a user's mask_mod included, forward and
+backward on any device; it is also what `structured` runs for patterns without a specialised kernel. As its
+own implementation it puts the generic path's speed beside the specialised kernels' in the same results.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.structured_kernels import Kernel
+from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel
+from sparsebench.impls.structured_kernels.decode import decode_kernel
+
+
+class BlockSparseImpl(Impl):
+    name = "blocksparse"
+    description = "generic block-sparse: per query block, the key blocks it needs, gathered; any pattern"
+
+    def prepare(self, pattern, n, device, dtype, q_len=None) -> Prepared[Kernel]:
+        pattern.validate(n)
+        device = torch.device(device)
+        kernel = (blocksparse_kernel(pattern, n, device, dtype) if q_len is None
+                  else decode_kernel(pattern, n, q_len, device, dtype))
+        return Prepared(pattern, n, state=kernel, executed_pairs=kernel.executed_pairs, q_len=q_len,
+                        kv_rows=kernel.kv_rows, extra={"pair_density": kernel.executed_pairs / float((q_len or n) * n)})
+
+    def forward(self, q, k, v, prep: Prepared[Kernel]) -> torch.Tensor:
+        return prep.state(q, k, v)
+
+    def estimate_pairs(self, pattern, n):
+        """Visited blocks: the kept pairs, rounded up to blocks (at most ~2x) and to a block per row."""
+        return 2 * pattern.nnz(n) + 64 * n
+
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
+        """The gathered key and value blocks (one row per visited pair / block size, block >= 32) and the
+        masks of the partial blocks, per batch*head; the backward keeps gradients of the gathered copies too."""
+        elt = torch.finfo(dtype).bits // 8
+        pairs = self.estimate_pairs(pattern, n)
+        gathered = 2 * pairs / 32 * head_dim * elt
+        return int(batch * heads * gathered * (1 if mode != "fwdbwd" else 3) + pairs * elt)
