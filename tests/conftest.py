@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 def brute_force_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
@@ -12,6 +14,27 @@ def brute_force_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
     scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
+
+
+class StorageSizes(TorchDispatchMode):
+    """Records the byte size of every storage an op returns, by storage (a view counts its base once), and the
+    largest of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: dict[int, int] = {}  # storage address -> bytes
+
+    @property
+    def largest(self) -> int:
+        return max(self.sizes.values(), default=0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.sizes[t.untyped_storage().data_ptr()] = max(self.sizes.get(t.untyped_storage().data_ptr(), 0),
+                                                                 t.untyped_storage().nbytes())
+        return out
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from conftest import StorageSizes
 
 from sparsebench.errors import PatternError
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
@@ -142,21 +141,6 @@ def test_bigbird_nnz_matches_its_block_table():
             assert pattern.nnz(n) == int(pairs), (params, n)
 
 
-class LargestStorage(TorchDispatchMode):
-    """Records the largest storage, in bytes, that any torch op creates or returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes())
-        return out
-
-
 @pytest.mark.parametrize("name,params", [
     *[(name, {"block": 512} if name == "bigbird" else {}) for name in PATTERNS],
     pytest.param("bigbird", {}, marks=pytest.mark.slow, id="bigbird-block64"),  # 16384 blocks: ~10 s of draws
@@ -167,7 +151,7 @@ def test_nnz_takes_less_than_a_byte_per_row(name, params):
     n = 2**20
     pattern = get_pattern(name, **params)
     _random_picks.cache_clear()  # bigbird's draws must happen inside the measurement
-    with LargestStorage() as mode:
+    with StorageSizes() as mode:
         nnz = pattern.nnz(n)
     assert mode.largest < n
     assert nnz == int(pattern.row_counts(n).sum())  # the same count as the O(n) route

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import StorageSizes
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 import sparsebench.impls.structured_kernels.core as core
 from sparsebench.impls import get_impl
@@ -166,7 +166,7 @@ def test_fused_autograd_saves_no_scores():
     n = 4096
     prep = IMPL.prepare(get_pattern("strided"), n, "cpu", torch.float32)
     q, k, v = (x.requires_grad_() for x in qkv(n, 32, b=1, h=2))
-    with LargestStorage() as mode:
+    with StorageSizes() as mode:
         IMPL.forward(q, k, v, prep)
     assert mode.largest < 2 * 4 * n * (n // 8) / 4  # a quarter of one head's (n, n/8) float32 scores
 
@@ -343,21 +343,6 @@ def test_cuda_band_block_changes_the_counts():
         fixed, 1000, *cuda)
 
 
-class LargestStorage(TorchDispatchMode):
-    """Records the largest storage that any op returns (views count their base once)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.untyped_storage().nbytes())
-        return out
-
-
 @pytest.mark.parametrize("name", SPARSE)
 def test_memory_grows_linearly(name):
     """Prepared state and the largest intermediate double (not quadruple) when n doubles (inference)."""
@@ -367,7 +352,7 @@ def test_memory_grows_linearly(name):
         prep = IMPL.prepare(pattern, n, "cpu", torch.float32)
         state[n] = prep.state.state_bytes()
         q, k, v = qkv(n, 32, b=1, h=2)
-        with torch.no_grad(), LargestStorage() as mode:
+        with torch.no_grad(), StorageSizes() as mode:
             IMPL.forward(q, k, v, prep)
         largest[n] = mode.largest
         assert largest[n] < 2 * n * n  # one (n, n) fp32 score matrix per head would be 2 * 4 * n^2 bytes

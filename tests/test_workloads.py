@@ -6,9 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import brute_force_attention
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from conftest import StorageSizes, brute_force_attention
 from typer.testing import CliRunner
 
 from sparsebench.cli import app
@@ -155,21 +153,6 @@ def test_vendor_peaks_and_percent_of_peak():
     assert row["pct_of_vendor_peak"] == pytest.approx(50.0)
     assert row["pct_of_peak"] == pytest.approx(100 * 494.75 / 700)
     assert math.isclose(row["pct_of_peak"], 70.678, rel_tol=1e-3)
-
-
-class StorageSizes(TorchDispatchMode):
-    """Records the byte size of every storage that an op returns (a view counts its base once)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sizes: dict[int, int] = {}  # storage address -> bytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return out
 
 
 @pytest.mark.parametrize("pattern_name", ["local", "strided", "bigbird"])
