@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from sparsebench import gate
+from sparsebench import gate, machine
 from sparsebench.cli.common import (
     EXIT_INCOMPARABLE,
     EXIT_OK,
@@ -54,9 +54,12 @@ def gate_cmd(
         show_default=False)] = None,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="Accept the current results: copy CURRENT over BASELINE and exit 0.")] = False,
+    strict_machine: Annotated[bool, typer.Option(
+        "--strict-machine", help="Exit 3 when the meta.json files name another CPU model, core count or GPU "
+        "(default: gate flops, density, memory and status, latency findings as warnings).")] = False,
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
-    3 not comparable (other device or schema)."""
+    3 not comparable (other device or schema; another machine with --strict-machine)."""
     with user_errors():
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
@@ -78,6 +81,12 @@ def gate_cmd(
             console.print(f"not comparable ({exc}): replacing the baseline", markup=False, soft_wrap=True)
             _update(baseline, current, "replaced")
             raise typer.Exit(EXIT_OK) from None
+        found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
+                                    machine.Machine.from_meta(read_meta(current)))
+        if found and strict_machine and not update_baseline:
+            _not_comparable(NotComparable(f"{machine.reason(found)}: --strict-machine refuses to gate latency "
+                                          "across machines (without it: latency findings become warnings)"))
+        report = machine.latency_as_warnings(report, found)
         report.notes += _environment_notes(baseline, current)
         if confirm and report.regressions and not update_baseline:
             console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
@@ -136,9 +145,10 @@ def _update(baseline: Path, current: Path, how: str) -> None:
 
 
 def _environment_notes(baseline: Path, current: Path) -> list[str]:
-    """What changed in the environment between the two runs (from their meta.json, when both have one)."""
+    """What changed in the software between the two runs (from their meta.json, when both have one); the
+    hardware is `machine`'s business."""
     old, new = read_meta(baseline), read_meta(current)
-    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda", "cpu", "gpus")
+    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda")
             if key in old and key in new and old[key] != new[key]]
 
 
