@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from sparsebench import gate, machine
+from sparsebench import export, gate, machine
 from sparsebench.cli.common import (
     EXIT_INCOMPARABLE,
     EXIT_OK,
@@ -22,6 +22,7 @@ from sparsebench.cli.common import (
     state,
     user_errors,
 )
+from sparsebench.cli.export import emit
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.gate_report import finding_lines, headline, render_markdown, rich_table
 from sparsebench.results import format_params, read_meta, read_results
@@ -57,10 +58,19 @@ def gate_cmd(
     strict_machine: Annotated[bool, typer.Option(
         "--strict-machine", help="Exit 3 when the meta.json files name another CPU model, core count or GPU "
         "(default: gate flops, density, memory and status, latency findings as warnings).")] = False,
+    export_format: Annotated[str | None, typer.Option(
+        "--export", help="Also write the report as markdown, github-action-benchmark, bencher or junit (see "
+        "`sparsebench export`).", show_default=False)] = None,
+    export_out: Annotated[Path | None, typer.Option(
+        "--export-out", help="File for --export (default: stdout).", show_default=False)] = None,
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema; another machine with --strict-machine)."""
     with user_errors():
+        if export_format is not None:
+            export.check_format(export_format)
+        elif export_out is not None:
+            raise SparsebenchError("--export-out needs --export FORMAT")
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
         try:
@@ -97,6 +107,9 @@ def gate_cmd(
             _write(summary, markdown, append=False)
         if os.environ.get("GITHUB_STEP_SUMMARY"):
             _write(Path(os.environ["GITHUB_STEP_SUMMARY"]), markdown, append=True)
+        if export_format is not None:
+            emit(export.render(export_format, current_frame, current, report, baseline, read_meta(current)),
+                 export_out)
         if update_baseline:
             _update(baseline, current, "updated")
             if report.failed:
