@@ -33,6 +33,8 @@ from sparsebench.results import (
 )
 
 FORMATS = ("markdown", "github-action-benchmark", "bencher", "junit")
+METRIC_FORMATS = ("github-action-benchmark", "bencher")  # the measurements of one result set
+REPORT_FORMATS = ("markdown", "junit")  # these show the gate's report when there is one
 GATE_FORMATS = ("junit",)  # these list the gate's verdicts, so they need a baseline
 
 # Bencher measure slugs: `latency` is built in (nanoseconds); the others are created on first upload.
@@ -93,6 +95,11 @@ def _is_reference(row: dict[str, Any]) -> bool:
 
 def _ok(row: dict[str, Any]) -> bool:
     return row["status"] == "ok" and (_number(row, "latency_ms") or 0) > 0
+
+
+def has_metrics(frame: pd.DataFrame) -> bool:
+    """Whether any case of `frame` ran ok, i.e. whether the metric formats have anything to say."""
+    return any(map(_ok, _rows(frame)))
 
 
 def github_action_benchmark(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -324,6 +324,19 @@ def test_bad_inputs_one_line(tmp_path: Path) -> None:
     write_run(header.parent, [])
     one_line(invoke("export", header.parent, "--format", "bencher"), 2, "no result rows")
     one_line(invoke("export", cur, "--out", tmp_path / "base" / "results.csv" / "x"), 2, "cannot write the export")
+    failed = write_run(tmp_path / "failed", [dict(r, status="error", error="boom", latency_ms=None, samples_ms="")
+                                             for r in make_rows(1)]).parent
+    one_line(invoke("export", failed, "--format", "github-action-benchmark"), 2, "no ok case to export")
+    assert invoke("export", failed).exit_code == 0  # the markdown table shows the errors
+
+
+def test_json_formats_export_results_alone(tmp_path: Path) -> None:
+    """--baseline is for the gate's formats: a baseline from another device does not stop a metrics export."""
+    _, cur = runs(tmp_path)
+    cuda = write_run(tmp_path / "cuda", make_rows(1, device="cuda"), {}).parent
+    result = invoke("export", cur, "--baseline", cuda, "--format", "bencher")
+    assert result.exit_code == 0 and json.loads(result.stdout)
+    one_line(invoke("export", cur, "--baseline", cuda, "--format", "junit"), 3, "different devices")
 
 
 def test_newer_schema_one_line(tmp_path: Path) -> None:

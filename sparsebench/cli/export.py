@@ -25,7 +25,8 @@ def export_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.", show_default=False)] = None,
     baseline: Annotated[Path | None, typer.Option(
         "--baseline", help="Gate RESULTS against this baseline (a results.csv or its directory) for junit and "
-        "markdown, as `sparsebench gate` does without re-runs.", show_default=False)] = None,
+        "markdown, as `sparsebench gate` does without re-runs (the JSON formats export RESULTS alone).",
+        show_default=False)] = None,
     thresholds_file: Annotated[Path | None, typer.Option(
         "--thresholds", help="TOML file of gate thresholds (see configs/gate.toml).", show_default=False)] = None,
 ) -> None:
@@ -35,8 +36,10 @@ def export_cmd(
         export.check_format(fmt)
         current = results_file(results)
         report = base = None
-        if baseline is None:
+        if baseline is None or fmt not in export.REPORT_FORMATS:
             frame = read_results(current)  # another schema version: exit 2, there is nothing to compare
+            if fmt in export.METRIC_FORMATS and not export.has_metrics(frame):
+                raise SparsebenchError(f"{current}: no ok case to export (every case failed or did not run)")
         else:
             with not_comparable():
                 base = results_file(baseline)
