@@ -10,7 +10,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-from sparsebench.errors import SparsebenchError
+from sparsebench.errors import NotComparable, SparsebenchError
 
 # Progress and run summaries go to stderr; stdout is kept for data and for what a command is asked to show
 # (`list`, `info`). Logs and CI are wider than 80 columns.
@@ -41,3 +41,14 @@ def user_errors() -> Iterator[None]:
     except KeyboardInterrupt:
         err_console.print("interrupted", markup=False)
         sys.exit(130)
+
+
+@contextmanager
+def not_comparable() -> Iterator[None]:
+    """Turn NotComparable (other device, machine or schema) into one line and exit code 3; inside user_errors."""
+    try:
+        yield
+    except NotComparable as exc:
+        if state["debug"]:
+            raise
+        fail(str(exc), EXIT_INCOMPARABLE)

@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
-from sparsebench import gate
+from sparsebench import export, gate, machine
 from sparsebench.cli.common import (
     EXIT_INCOMPARABLE,
     EXIT_OK,
@@ -22,6 +22,7 @@ from sparsebench.cli.common import (
     state,
     user_errors,
 )
+from sparsebench.cli.export import emit
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.gate_report import finding_lines, headline, render_markdown, rich_table
 from sparsebench.results import format_params, read_meta, read_results
@@ -54,10 +55,22 @@ def gate_cmd(
         show_default=False)] = None,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="Accept the current results: copy CURRENT over BASELINE and exit 0.")] = False,
+    strict_machine: Annotated[bool, typer.Option(
+        "--strict-machine", help="Exit 3 when the meta.json files name another CPU model, core count or GPU "
+        "(default: gate flops, density, memory and status, latency findings as warnings).")] = False,
+    export_format: Annotated[str | None, typer.Option(
+        "--export", help="Also write the report as markdown, github-action-benchmark, bencher or junit (see "
+        "`sparsebench export`).", show_default=False)] = None,
+    export_out: Annotated[Path | None, typer.Option(
+        "--export-out", help="File for --export (default: stdout).", show_default=False)] = None,
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
-    3 not comparable (other device or schema)."""
+    3 not comparable (other device or schema; another machine with --strict-machine)."""
     with user_errors():
+        if export_format is not None:
+            export.check_format(export_format)
+        elif export_out is not None:
+            raise SparsebenchError("--export-out needs --export FORMAT")
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
         try:
@@ -78,6 +91,12 @@ def gate_cmd(
             console.print(f"not comparable ({exc}): replacing the baseline", markup=False, soft_wrap=True)
             _update(baseline, current, "replaced")
             raise typer.Exit(EXIT_OK) from None
+        found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
+                                    machine.Machine.from_meta(read_meta(current)))
+        if found and strict_machine and not update_baseline:
+            _not_comparable(NotComparable(f"{machine.reason(found)}: --strict-machine refuses to gate latency "
+                                          "across machines (without it: latency findings become warnings)"))
+        report = machine.latency_as_warnings(report, found)
         report.notes += _environment_notes(baseline, current)
         if confirm and report.regressions and not update_baseline:
             console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
@@ -88,6 +107,9 @@ def gate_cmd(
             _write(summary, markdown, append=False)
         if os.environ.get("GITHUB_STEP_SUMMARY"):
             _write(Path(os.environ["GITHUB_STEP_SUMMARY"]), markdown, append=True)
+        if export_format is not None:
+            emit(export.render(export_format, current_frame, current, report, baseline, read_meta(current)),
+                 export_out)
         if update_baseline:
             _update(baseline, current, "updated")
             if report.failed:
@@ -136,9 +158,10 @@ def _update(baseline: Path, current: Path, how: str) -> None:
 
 
 def _environment_notes(baseline: Path, current: Path) -> list[str]:
-    """What changed in the environment between the two runs (from their meta.json, when both have one)."""
+    """What changed in the software between the two runs (from their meta.json, when both have one); the
+    hardware is `machine`'s business."""
     old, new = read_meta(baseline), read_meta(current)
-    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda", "cpu", "gpus")
+    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda")
             if key in old and key in new and old[key] != new[key]]
 
 

@@ -1,0 +1,68 @@
+"""`sparsebench export RESULTS --format FORMAT`: results (and gate verdicts) for the CI tools teams use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sparsebench import export, gate, machine
+from sparsebench.cli.common import not_comparable, user_errors
+from sparsebench.errors import SparsebenchError
+from sparsebench.result_dirs import results_file
+from sparsebench.results import read_meta, read_results
+
+FORMAT_HELP = ("markdown (default: the gate's summary, or a table of the results), github-action-benchmark "
+               "(customSmallerIsBetter JSON), bencher (Bencher Metric Format JSON), junit (gate verdicts; needs "
+               "--baseline)")
+
+
+def export_cmd(
+    results: Annotated[Path, typer.Argument(help="A results.csv, or the directory `run --out-dir` wrote.",
+                                            show_default=False)],
+    fmt: Annotated[str, typer.Option("--format", help=FORMAT_HELP)] = "markdown",
+    out: Annotated[Path | None, typer.Option("--out", help="Write here instead of stdout.", show_default=False)] = None,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="Gate RESULTS against this baseline (a results.csv or its directory) for junit and "
+        "markdown, as `sparsebench gate` does without re-runs (the JSON formats export RESULTS alone).",
+        show_default=False)] = None,
+    thresholds_file: Annotated[Path | None, typer.Option(
+        "--thresholds", help="TOML file of gate thresholds (see configs/gate.toml).", show_default=False)] = None,
+) -> None:
+    """Write RESULTS as markdown, github-action-benchmark or Bencher JSON, or the gate's verdicts as JUnit XML:
+    exit 2 on bad input, 3 when RESULTS and --baseline cannot be compared."""
+    with user_errors():
+        export.check_format(fmt)
+        current = results_file(results)
+        report = base = None
+        if baseline is None or fmt not in export.REPORT_FORMATS:
+            frame = read_results(current)  # another schema version: exit 2, there is nothing to compare
+            if fmt in export.METRIC_FORMATS and not export.has_metrics(frame):
+                raise SparsebenchError(f"{current}: no ok case to export (every case failed or did not run)")
+        else:
+            with not_comparable():
+                base = results_file(baseline)
+                frame = read_results(current)
+                report = gate_report(base, current, frame, gate.Thresholds.from_toml(thresholds_file))
+        emit(export.render(fmt, frame, current, report, base, read_meta(current)), out)
+
+
+def gate_report(baseline: Path, current: Path, current_frame, thresholds: gate.Thresholds) -> gate.GateReport:
+    """The gate's comparison without re-runs, latency demoted to warnings across machines."""
+    found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
+                                machine.Machine.from_meta(read_meta(current)))
+    report = gate.compare(read_results(baseline), current_frame, thresholds)
+    return machine.latency_as_warnings(report, found)
+
+
+def emit(text: str, out: Path | None) -> None:
+    """Write `text` to `out`, or to stdout (data only: the reports go to stderr)."""
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    except OSError as exc:
+        raise SparsebenchError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
