@@ -154,6 +154,28 @@ def load_entry_points() -> tuple[str, ...]:
     return tuple(warnings)
 
 
+def load_recorded(meta: dict[str, Any]) -> None:
+    """Load the plugins a results file was measured with (its meta.json's `plugins`), so that its cases can be
+    built again (gate --confirm, resume): by the spec as given, else by the file recorded beside it."""
+    for origin in meta.get("plugins") or []:
+        if not isinstance(origin, dict) or origin.get("kind") not in ("impl", "pattern"):
+            continue
+        registry = IMPLS if origin["kind"] == "impl" else PATTERNS
+        if origin.get("name") in registry:
+            continue
+        load = load_impl if origin["kind"] == "impl" else load_pattern
+        attr = str(origin.get("spec", "")).rpartition(":")[2]
+        for spec in (origin.get("spec"), f"{origin.get('file')}:{attr}" if origin.get("file") else None):
+            try:
+                load(spec)
+                break
+            except (SparsebenchError, TypeError):
+                continue
+        else:
+            raise SparsebenchError(f"cannot load the {origin['kind']} plugin {origin.get('name')!r} this result "
+                                   f"was measured with ({origin.get('spec')})")
+
+
 def _load(spec: str, what: str) -> tuple[str, Any, dict[str, str]]:
     """(attribute name, object, origin) of `module:attr`; one clear SparsebenchError for each way it fails."""
     module_name, sep, attr = spec.rpartition(":")

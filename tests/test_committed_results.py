@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from sparsebench.cli import app
-from sparsebench.results import KEY_COLUMNS, read_results
+from sparsebench.plugins import load_recorded
+from sparsebench.results import KEY_COLUMNS, read_meta, read_results
 from sparsebench.runner.cases import Case
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +24,7 @@ def test_there_are_committed_results():
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_row_rebuilds_its_pattern(path):
     """Each row's params rebuild the pattern it measured (as --resume and gate --confirm do): same density."""
+    load_recorded(read_meta(path))  # the user patterns of the examples' baseline
     frame = read_results(path)
     frame = frame[frame["status"] == "ok"].drop_duplicates(["pattern", "params", "seq_len"])
     assert len(frame)
