@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from sparsebench.cli import common, gate, info, list_cmd, plot, run, train
+from sparsebench.cli import common, gate, info, list_cmd, merge, plot, run, train
 
 try:  # typer >= 0.2x vendors its own click
     from typer._click import exceptions as click_exc
@@ -56,6 +56,7 @@ app.command("info")(info.info_cmd)
 app.command("run")(run.run_cmd)
 app.command("plot")(plot.plot_cmd)
 app.command("gate")(gate.gate_cmd)
+app.command("merge")(merge.merge_cmd)
 app.command("train")(train.train_cmd)
 
 
