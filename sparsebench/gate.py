@@ -273,11 +273,11 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
             case.cur_status = cur["status"] if cur is not None else ""
         else:
             _compare_case(case, base, cur, thresholds, raw)
-            if not gate_latency:
-                for finding in case.findings:
-                    if finding.metric == "latency" and finding.verdict == REGRESSION:
-                        finding.verdict = WARNING
-                        finding.message += " [latency not gated]"
+            models = other_gpu_models(base, cur)
+            for finding in case.findings:
+                if finding.metric == "latency" and finding.verdict == REGRESSION and (models or not gate_latency):
+                    finding.verdict = WARNING
+                    finding.message += f" [measured on {models}: not gated]" if models else " [latency not gated]"
         cases.append(case)
     names = [c.name for c in cases]
     for case in cases:
@@ -293,6 +293,18 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
         notes.append("latency is reported but not gated (--no-latency): only flops, density, memory and "
                      "status can fail")
     return GateReport(cases, raw, thresholds, notes, gate_latency)
+
+
+def other_gpu_models(base: dict[str, Any], cur: dict[str, Any]) -> str:
+    """'A in the baseline, B now' when the two rows of a case were measured on different GPU models (a sweep
+    spread over mixed GPUs), else ''. Their latencies are shown but never gated against each other."""
+    names = [row.get("gpu_name") for row in (base, cur)]
+    names = ["" if name is None or _is_nan(name) else str(name) for name in names]
+    return f"{names[0]} in the baseline, {names[1]} now" if all(names) and names[0] != names[1] else ""
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], thresholds: Thresholds,

@@ -114,11 +114,20 @@ def combine(runs: list[Run], reference: str = "sdpa") -> pd.DataFrame:
         frames.append(frame.assign(run=run.label))
     rows = pd.concat(frames, ignore_index=True)
     rows["series"] = rows["run"]
-    if len(runs) > 1 and not _runs_share_a_set(rows):
+    if _per_mode(runs, rows):
         # e.g. a CPU run against a GPU run: overlay them per mode and name each line's device and dtype
         rows["series"] = rows["run"] + " (" + rows["device"].astype(str) + ", " + rows["dtype"].astype(str) + ")"
+    # a run spread over GPUs of different models: one line per model, never one line across models
+    gpu = rows["gpu_name"].where(rows["gpu_name"].notna(), "").astype(str)
+    mixed = gpu.groupby(rows["run"]).transform(lambda names: names[names != ""].nunique() > 1)
+    rows["series"] = rows["series"].where(~mixed | (gpu == ""), rows["series"] + " · " + gpu)
     rows["panel"] = _panel_labels(rows)
     return rows
+
+
+def _per_mode(runs: list[Run], rows: pd.DataFrame) -> bool:
+    """Runs that share no (device, dtype, mode) are overlaid per mode."""
+    return len(runs) > 1 and not _runs_share_a_set(rows)
 
 
 def _runs_share_a_set(rows: pd.DataFrame) -> bool:
@@ -138,7 +147,7 @@ def figure_sets(runs: list[Run], reference: str = "sdpa") -> list[FigureSet]:
     rows = combine(runs, reference)
     if rows.empty:
         raise SparsebenchError("no attention benchmark rows to plot (only `sparsebench train` rows)")
-    keys = ["mode"] if (rows["series"] != rows["run"]).any() else ["device", "dtype", "mode"]
+    keys = ["mode"] if _per_mode(runs, rows) else ["device", "dtype", "mode"]
     metas = {run.label: run.meta for run in runs}
     sets = []
     for key, group in rows.groupby(keys, sort=False):
@@ -169,7 +178,8 @@ def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
     for run, part in rows.groupby("run", sort=False):
         meta = metas[run]
         names = part["device_name"].dropna().astype(str) if "device_name" in part else pd.Series(dtype=str)
-        device = names.iloc[0] if len(names) else meta.get("device_name") or str(part["device"].iloc[0])
+        device = " + ".join(dict.fromkeys(names)) if len(names) else \
+            meta.get("device_name") or str(part["device"].iloc[0])
         torch = meta.get("torch")
         date = str(meta.get("date") or "")[:16].replace("T", " ")  # ISO 8601 to the minute
         known = [device] + ([f"torch {torch}"] if torch else []) + ([date] if date else [])

@@ -42,6 +42,8 @@ COLUMNS = [
     "status", "error",
     # `sparsebench train` rows (mode == "train"); empty for attention benchmarks
     "val_ppl", "train_s", "tokens_per_s", "corpus", "corpus_bytes", "steps",
+    # the GPU a row was measured on: physical (NVML) index and NVML name; empty on CPU and in older files
+    "gpu_index", "gpu_name",
 ]
 
 # The columns every result file has; a file without them is not a sparsebench result.
@@ -263,10 +265,9 @@ class ResultWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        if not new:
-            check_header(self.path)
+        header = COLUMNS if new else check_header(self.path)  # an older file keeps its columns
         self._fh = open(self.path, "w" if new else "a", newline="")
-        self._writer = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._fh, fieldnames=header, extrasaction="ignore")
         self.rows_written = 0  # by this writer (a resumed file holds more)
         if new:
             self._writer.writeheader()
@@ -292,11 +293,14 @@ class ResultWriter:
         self.close()
 
 
-def check_header(path: Path) -> None:
+def check_header(path: Path) -> list[str]:
+    """The file's columns: this schema's, or the first of them (a file written before optional columns were
+    added at the end); any other header is another schema."""
     with open(path, newline="") as fh:
         header = next(csv.reader(fh), [])
-    if header != COLUMNS:
+    if not header or header != COLUMNS[:len(header)] or len(header) < COLUMNS.index("gpu_index"):
         raise SparsebenchError(f"{path}: written with a different result schema; use a new --out-dir")
+    return header
 
 
 def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:

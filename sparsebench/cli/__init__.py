@@ -7,7 +7,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from sparsebench.cli import common, export, gate, history, info, list_cmd, plot, run, train
+from sparsebench.cli import common, export, gate, history, info, list_cmd, merge, plot, run, train
 
 try:  # typer >= 0.2x vendors its own click
     from typer._click import exceptions as click_exc
@@ -58,6 +58,7 @@ app.command("plot")(plot.plot_cmd)
 app.command("gate")(gate.gate_cmd)
 app.command("export")(export.export_cmd)
 app.command("history")(history.history_cmd)
+app.command("merge")(merge.merge_cmd)
 app.command("train")(train.train_cmd)
 
 

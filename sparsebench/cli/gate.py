@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -25,13 +26,15 @@ from sparsebench.cli.common import (
 from sparsebench.cli.export import emit
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.gate_report import finding_lines, headline, render_markdown, rich_table
+from sparsebench.merge import has_shards, materialize
 from sparsebench.results import format_params, read_meta, read_results
 
 
 def gate_cmd(
-    baseline: Annotated[Path, typer.Argument(help="Baseline results.csv (e.g. baselines/ci-cpu/results.csv).",
-                                             show_default=False)],
-    current: Annotated[Path, typer.Argument(help="Current results.csv to check.", show_default=False)],
+    baseline: Annotated[Path, typer.Argument(help="Baseline results.csv (e.g. baselines/ci-cpu/results.csv), or a "
+                                             "directory (a run's, or of shards).", show_default=False)],
+    current: Annotated[Path, typer.Argument(help="Current results.csv to check, or a directory (a run's, or of "
+                                            "shards).", show_default=False)],
     raw: Annotated[bool, typer.Option("--raw", help="Gate raw latency (same machine only) instead of latency "
                                       "normalised by the dense-SDPA latency of the same run.")] = False,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Gate latency; --no-latency still "
@@ -66,11 +69,18 @@ def gate_cmd(
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema; another machine with --strict-machine)."""
-    with user_errors():
+    with user_errors(), tempfile.TemporaryDirectory(prefix="sparsebench-gate-") as tmp:
         if export_format is not None:
             export.check_format(export_format)
         elif export_out is not None:
             raise SparsebenchError("--export-out needs --export FORMAT")
+        shown = (baseline, current)  # as given, for the report
+        if update_baseline and baseline.is_dir() and has_shards(baseline):
+            raise SparsebenchError(f"--update-baseline writes one results.csv: {baseline} is a directory of shards")
+        baseline, notes = materialize(baseline, Path(tmp) / "baseline")  # a directory of shards: merged in tmp
+        current, more = materialize(current, Path(tmp) / "current")
+        for note in notes + more:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
         try:
@@ -102,7 +112,7 @@ def gate_cmd(
             console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
             report = gate.confirm(report, baseline_frame, current_frame, _runner(current), confirm)
         print_report(report)
-        markdown = render_markdown(report, baseline, current)
+        markdown = render_markdown(report, *shown)
         if summary is not None:
             _write(summary, markdown, append=False)
         if os.environ.get("GITHUB_STEP_SUMMARY"):

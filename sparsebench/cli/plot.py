@@ -9,14 +9,15 @@ import typer
 
 from sparsebench import plots
 from sparsebench.cli.common import console, fail, user_errors
-from sparsebench.results import read_meta, read_results
+from sparsebench.merge import read_input
 
 DEFAULT_RESULTS = Path("sparsebench-results/results.csv")
 
 
 def plot_cmd(
     inputs: Annotated[list[Path] | None, typer.Argument(
-        help=f"results.csv files; two or more overlay (default: {DEFAULT_RESULTS}).", show_default=False)] = None,
+        help=f"results.csv files or directories (a run's, or a directory of shards); two or more overlay (default: "
+        f"{DEFAULT_RESULTS}).", show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Directory for the figures and report.md (default: plots/ beside the first input).",
         show_default=False)] = None,
@@ -32,8 +33,12 @@ def plot_cmd(
         fail(f"unknown --reference {reference!r}; choose from: {', '.join(plots.REFERENCES)}")
     paths = inputs or [DEFAULT_RESULTS]
     with user_errors():
-        frames = [read_results(path) for path in paths]
-        metas = [read_meta(path) for path in paths]
+        inputs_read = [read_input(path) for path in paths]
+        for _, _, notes in inputs_read:
+            for note in notes:
+                console.print(f"note: {note}", markup=False)
+        frames, metas = [frame for frame, _, _ in inputs_read], [meta for _, meta, _ in inputs_read]
+        paths = [path / "results.csv" if path.is_dir() else path for path in paths]  # labels and --out as for files
         runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
         out_dir = out or paths[0].parent / "plots"
         try:

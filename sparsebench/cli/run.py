@@ -13,11 +13,13 @@ from rich.table import Table
 
 from sparsebench import environment
 from sparsebench.cli import options as opt
+from sparsebench.cli import scale
 from sparsebench.cli.common import console, err_console, user_errors
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
 from sparsebench.runner import Case, SweepConfig, load_config
 from sparsebench.runner.launcher import SweepStats
+from sparsebench.runner.scale import plan as plan_scale
 from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "yellow", "unsupported": "dim", "skipped": "dim"}
@@ -55,6 +57,9 @@ def run_cmd(
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
     summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
+    shard: scale.Shard = None, gpus: scale.Gpus = None, jobs: scale.Jobs = None, launcher: scale.Launcher = "local",
+    shards: scale.Shards = None, slurm_partition: scale.SlurmPartition = None, slurm_time: scale.SlurmTime = 240,
+    slurm_param: scale.SlurmParam = None,
 ) -> None:
     """Benchmark attention implementations over patterns and sequence lengths (dense SDPA always runs beside)."""
     with user_errors():
@@ -69,10 +74,20 @@ def run_cmd(
         settings["params"] = {**settings.get("params", {}), **params}
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
-        sweep = Sweep(SweepConfig(**settings))
-        out = ResultsDir(out_dir, resume)
+        sweep_config = SweepConfig(**settings)
+        plan = plan_scale(sweep_config, out_dir, shard, gpus, jobs, launcher, shards)
+        if gate is not None and (plan.shard or plan.shards):
+            raise SparsebenchError("--gate gates a whole sweep: gate the merged shards (sparsebench gate BASELINE "
+                                   "OUT_DIR) once every shard has run")
+        if plan.launcher != "local":
+            scale.submit_and_wait(plan, sweep_config, resume, slurm_partition, slurm_time, slurm_param)
+            return
+        sweep = Sweep(sweep_config, plan.shard, plan.slots)
+        out = ResultsDir(plan.out_dir, resume)
         cases, unsupported = sweep.cases(out.done())
-        meta = out.start_meta(sweep.config, str(config or ""))
+        meta = out.start_meta(sweep.config, str(config or ""), plan.meta(*sweep.cases()))
+        if plan.describe():
+            console.print(plan.describe(), markup=False)
         with out.writer() as writer:
             try:
                 rows, stats = _sweep(sweep, cases, unsupported, writer)
@@ -82,6 +97,8 @@ def run_cmd(
                 raise typer.Exit(130) from None
         out.finish_meta(meta, stats)
     _summary(rows, out.csv_path)
+    if plan.shard:
+        scale.merge_all(plan.root, required=False)  # the last shard of a split to finish merges them all
     if gate is not None:
         from sparsebench.cli.gate import gate_cmd
 

@@ -40,6 +40,7 @@ class SweepStats:
     wall_s: float = 0.0
     ceilings: Ceilings = field(default_factory=dict)
     ceiling_notes: list[str] = field(default_factory=list)  # ceilings that could not be measured, and why
+    gpus: list[dict[str, Any]] = field(default_factory=list)  # parallel slots: each GPU's work and ceilings
 
     def has_ceilings(self, case: Case) -> bool:
         return case.dtype in self.ceilings.get(case.device_type, {})
@@ -48,8 +49,9 @@ class SweepStats:
 class _Worker:
     """One worker process for a list of cases of the same group."""
 
-    def __init__(self, cases: list[Case], settings: MeasureSettings, ceilings: bool) -> None:
-        env = dict(os.environ)
+    def __init__(self, cases: list[Case], settings: MeasureSettings, ceilings: bool,
+                 extra_env: dict[str, str] | None = None) -> None:
+        env = {**os.environ, **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.spawned = time.perf_counter()
@@ -104,16 +106,18 @@ class _Worker:
 def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Case, dict[str, Any]], None],
               on_start: Callable[[Case], None] | None = None, timeout_s: float = 600.0,
               run_id: str | None = None, device_names: dict[str, str] | None = None,
-              ceilings: bool = True) -> SweepStats:
+              ceilings: bool = True, stats: SweepStats | None = None, env: dict[str, str] | None = None,
+              free_memory: Callable[[str], int] = free_bytes) -> SweepStats:
     """Measure `cases` group by group (cases of a group share inputs and one worker process).
 
     `on_row(case, row)` gets every finished row (CSV columns) at once, so the caller can write it before the
     next case. A group's dense reference, when it is among the cases, runs first and gives the group's rows
-    their speed-up. `ceilings`: measure the device's matmul and copy ceilings once per (device, dtype).
+    their speed-up. `ceilings`: measure the device's matmul and copy ceilings once per (device, dtype), unless
+    `stats` (carried over from earlier calls) has them. `env`: set in every worker's environment (a GPU's pin).
     """
     run_id = run_id or uuid.uuid4().hex[:12]
     device_names = device_names or {}
-    stats = SweepStats()
+    stats = stats if stats is not None else SweepStats()
     t_start = time.perf_counter()
 
     reference: dict[str, Any] = {}  # the current group's dense reference row, once measured
@@ -133,7 +137,7 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
     for _, group_iter in itertools.groupby(cases, key=Case.group):
         group = list(group_iter)
         reference.clear()
-        free = free_bytes(group[0].device)
+        free = free_memory(group[0].device)
         runnable = []
         for case in group:
             reason = skip_reason(case, timeout_s, free)
@@ -142,17 +146,17 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
             else:
                 runnable.append(case)
         want_ceilings = ceilings and bool(runnable) and not stats.has_ceilings(group[0])
-        _run_group(runnable, settings, timeout_s, finish, on_start, stats, want_ceilings)
+        _run_group(runnable, settings, timeout_s, finish, on_start, stats, want_ceilings, env)
     stats.wall_s = time.perf_counter() - t_start
     return stats
 
 
 def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
                finish: Callable[[Case, Measurement], None], on_start: Callable[[Case], None] | None,
-               stats: SweepStats, ceilings: bool) -> None:
+               stats: SweepStats, ceilings: bool, env: dict[str, str] | None = None) -> None:
     """Measure `pending` in a worker; after a crash or timeout, the rest in a fresh one."""
     while pending:
-        worker = _Worker(pending, settings, ceilings)
+        worker = _Worker(pending, settings, ceilings, env)
         phase = "start"  # then "ceilings" (when asked for), then "cases"
         limits = {"start": START_TIMEOUT_S, "ceilings": CEILINGS_TIMEOUT_S, "cases": timeout_s}
         running: int | None = None

@@ -24,16 +24,21 @@ from sparsebench.results import (
 )
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.config import SweepConfig, expand
+from sparsebench.runner.gpus import Slot
 from sparsebench.runner.launcher import SweepStats, run_cases
+from sparsebench.runner.shard import Shard
 
 OnRow = Callable[[Case, dict[str, Any]], None]
 
 
 class Sweep:
-    """The cases of one configuration and the settings they are measured with."""
+    """The cases of one configuration and the settings they are measured with; `shard`: only that part of the
+    sweep; `slots`: measure on these GPUs (or CPU shares) in parallel instead of one group after another."""
 
-    def __init__(self, config: SweepConfig) -> None:
+    def __init__(self, config: SweepConfig, shard: Shard | None = None, slots: list[Slot] | None = None) -> None:
         self.config = config
+        self.shard = shard
+        self.slots = slots or []
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Sweep:
@@ -55,6 +60,8 @@ class Sweep:
         done: every speed-up compares two measurements of the same run.
         """
         cases, unsupported = expand(self.config)
+        if self.shard is not None:
+            cases, unsupported = self.shard.select(cases, unsupported)
         left = {c.group() for c in cases if c.key() not in done}
         cases = [c for c in cases if c.key() not in done or (c == c.reference() and c.group() in left)]
         return cases, [(c, r) for c, r in unsupported if c.key() not in done]
@@ -63,6 +70,12 @@ class Sweep:
                 run_id: str | None = None, ceilings: bool = True) -> SweepStats:
         """Measure `cases` (grouped by shape, each group's dense reference first) in worker processes."""
         names = {d: environment.device_name(d) for d in {c.device for c in cases}}
+        if self.slots:
+            from sparsebench.runner.parallel import run_parallel
+
+            return run_parallel(cases, self.settings, on_row, self.slots, on_start=on_start,
+                                timeout_s=self.config.timeout, run_id=run_id or new_run_id(), device_names=names,
+                                ceilings=ceilings)
         return run_cases(cases, self.settings, on_row, on_start=on_start, timeout_s=self.config.timeout,
                          run_id=run_id or new_run_id(), device_names=names, ceilings=ceilings)
 
@@ -90,13 +103,15 @@ class ResultsDir:
     def writer(self) -> ResultWriter:
         return ResultWriter(self.csv_path, append=self.resume)
 
-    def start_meta(self, config: SweepConfig, config_file: str) -> dict[str, Any]:
+    def start_meta(self, config: SweepConfig, config_file: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """This run's meta.json, written before the first case; a resumed run keeps the earlier runs' meta
-        under `earlier_runs` and their ceilings. The first write into the directory."""
+        under `earlier_runs` and their ceilings. The first write into the directory. `extra`: more keys (the
+        shard and its cases, the rank, the GPUs)."""
         _check_writable(self.out_dir)
         patterns = {spec.partition(":")[0] for spec in config.patterns}
+        used = plugins.LOADED.used(set(config.impls), patterns).origins
         meta = environment.collect({"config": dataclasses.asdict(config), "config_file": config_file,
-                                    "plugins": plugins.LOADED.used(set(config.impls), patterns).origins})
+                                    "plugins": used, **(extra or {})})
         old = read_meta(self.csv_path) if self.resume else {}
         if old:
             runs = old.pop("earlier_runs", [])
@@ -112,6 +127,8 @@ class ResultsDir:
         meta["ceilings"] = merge_ceilings(meta.get("ceilings"), stats.ceilings)
         if stats.ceiling_notes:
             meta["ceiling_notes"] = stats.ceiling_notes
+        if stats.gpus:
+            meta["gpus_used"] = stats.gpus
         meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
                            "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
         write_meta(self.meta_path, meta)

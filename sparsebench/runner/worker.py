@@ -23,6 +23,7 @@ from sparsebench.errors import Unsupported  # noqa: E402
 from sparsebench.plugins import register_all  # noqa: E402
 from sparsebench.results import Measurement  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
+from sparsebench.runner.gpus import gpu_columns  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
 
 _OUT = sys.stdout
@@ -65,6 +66,7 @@ def main() -> None:
             measured = Measurement("oom" if _is_oom(exc) else "error", _one_line(exc))
         if case.device_type == "cuda":
             torch.cuda.empty_cache()
+            measured.extra.update(gpu_columns(case.device))  # the physical GPU this process measured on
         emit(event="result", index=index, measurement=measured.to_dict())
 
 
