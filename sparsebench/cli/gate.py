@@ -67,7 +67,7 @@ def gate_cmd(
         if update_baseline and not baseline.exists():
             _update(baseline, current, "created")
             raise typer.Exit(EXIT_OK)
-        if not baseline.is_file():
+        if not baseline.exists():
             raise SparsebenchError(f"{baseline}: no such file (create the baseline with --update-baseline)")
         try:
             baseline_frame = read_results(baseline)

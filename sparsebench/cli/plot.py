@@ -16,7 +16,8 @@ DEFAULT_RESULTS = Path("sparsebench-results/results.csv")
 
 def plot_cmd(
     inputs: Annotated[list[Path] | None, typer.Argument(
-        help=f"results.csv files; two or more overlay (default: {DEFAULT_RESULTS}).", show_default=False)] = None,
+        help=f"results.csv files, or directories holding one; two or more overlay (default: {DEFAULT_RESULTS}).",
+        show_default=False)] = None,
     out: Annotated[Path | None, typer.Option(
         "--out", help="Directory for the figures and report.md (default: plots/ beside the first input).",
         show_default=False)] = None,
@@ -30,7 +31,7 @@ def plot_cmd(
         fail(f"unknown --format {fmt!r}; choose from: {', '.join(plots.FORMATS)}")
     if reference not in plots.REFERENCES:
         fail(f"unknown --reference {reference!r}; choose from: {', '.join(plots.REFERENCES)}")
-    paths = inputs or [DEFAULT_RESULTS]
+    paths = [path / "results.csv" if path.is_dir() else path for path in inputs or [DEFAULT_RESULTS]]
     with user_errors():
         frames = [read_results(path) for path in paths]
         metas = [read_meta(path) for path in paths]
