@@ -13,8 +13,15 @@ from rich.table import Table
 
 from sparsebench import environment
 from sparsebench.cli import options as opt
-from sparsebench.cli.common import console, err_console, user_errors
-from sparsebench.errors import SparsebenchError
+from sparsebench.cli.common import (
+    Interrupted,
+    console,
+    err_console,
+    interrupt_exit_code,
+    interrupt_on_stop_signals,
+    user_errors,
+)
+from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
 from sparsebench.runner import Case, SweepConfig, load_config
 from sparsebench.runner.launcher import SweepStats
@@ -49,6 +56,10 @@ def run_cmd(
     min_run_time: Annotated[float | None, typer.Option("--min-run-time", min=0.01,
                                                           help="Seconds of timed calls per case.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep results.csv and skip cases already in it.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing results.csv (without it, "
+                                            "a run refuses to replace one that holds rows).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="When another run is writing to --out-dir, wait for it "
+                                       "to finish instead of exiting.")] = False,
     gate: Annotated[Path | None, typer.Option("--gate", help="After the run, gate the results against this "
                                                  "baseline CSV (as `sparsebench gate BASELINE results.csv`).")]
     = None,
@@ -57,7 +68,7 @@ def run_cmd(
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
 ) -> None:
     """Benchmark attention implementations over patterns and sequence lengths (dense SDPA always runs beside)."""
-    with user_errors():
+    with user_errors(), interrupt_on_stop_signals():
         settings: dict[str, Any] = load_config(config) if config else {}
         cli = {"patterns": pattern, "seq": seq, "impls": impl, "devices": device, "dtypes": dtype, "modes": mode,
                "batch": [batch] if batch else None, "heads": [heads] if heads else None, "kv_heads": kv_heads,
@@ -69,17 +80,26 @@ def run_cmd(
         settings["params"] = {**settings.get("params", {}), **params}
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
-        sweep = Sweep(SweepConfig(**settings))
-        out = ResultsDir(out_dir, resume)
+        sweep = Sweep(SweepConfig(**settings))  # every value checked: nothing is written before this
+        out = ResultsDir(out_dir, resume, overwrite)
+        moved = out.open(wait, on_wait=lambda pid: console.print(f"waiting for the run (pid {pid}) that is writing "
+                                                                   f"to {out_dir}", markup=False))
+        if moved:
+            console.print(f"{out.csv_path} ended in an unfinished row ({moved} bytes, a write cut off): moved to "
+                          f"{out.csv_path.name}.partial; that case is measured again", markup=False)
         cases, unsupported = sweep.cases(out.done())
         meta = out.start_meta(sweep.config, str(config or ""))
         with out.writer() as writer:
             try:
                 rows, stats = _sweep(sweep, cases, unsupported, writer)
-            except KeyboardInterrupt:
-                err_console.print(f"interrupted: {writer.rows_written} finished row(s) of this run kept in "
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the workers are gone, the rows are kept
+                signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
+                err_console.print(f"interrupted{signame}: {writer.rows_written} finished row(s) of this run kept in "
                                   f"{out.csv_path}; the same command with --resume runs the rest", markup=False)
-                raise typer.Exit(130) from None
+                raise typer.Exit(interrupt_exit_code(exc)) from None
+            except WriteFailed as exc:
+                raise WriteFailed(f"{exc}; it ends with its last complete row ({writer.rows_written} of this run); "
+                                  "free some space, then run the same command with --resume") from None
         out.finish_meta(meta, stats)
     _summary(rows, out.csv_path)
     if gate is not None:
