@@ -36,14 +36,15 @@ def check_decode_rows(pattern: Pattern, n: int, q_len: int) -> None:
     zero = torch.zeros((), dtype=torch.int64)
     for first in range(n - q_len, n, _DIAGONAL_CHUNK):
         rows = torch.arange(first, min(first + _DIAGONAL_CHUNK, n))
-        rows = rows[~mask_mod(zero, zero, rows, rows)]
+        rows = rows[~mask_mod(zero, zero, rows, rows).expand(len(rows))]  # a rule may not depend on q or k
         for start in range(0, len(rows), _BLOCK):
             left = rows[start:start + _BLOCK]
             for stop in range(n, 0, -_BLOCK * 4):  # the newest keys first: decode rows mostly keep those
                 if not len(left):
                     break
                 keys = torch.arange(max(stop - _BLOCK * 4, 0), stop)
-                left = left[~mask_mod(zero, zero, left[:, None], keys[None, :]).any(dim=-1)]
+                kept = mask_mod(zero, zero, left[:, None], keys[None, :]).expand(len(left), len(keys))
+                left = left[~kept.any(dim=-1)]
             if len(left):
                 raise SparsebenchError(f"{pattern.label()} leaves decode query row {int(left[0])} (of n={n}) "
                                        "with no key to attend to")
