@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from sparsebench.errors import NotComparable, SparsebenchError
@@ -26,6 +27,12 @@ NON_NEGATIVE = ("flops_useful", "flops_executed", "latency_iqr_ms", "latency_min
 # Peak memory is measured above what the inputs hold, so a call that frees memory can come out below 0.
 ANY_FINITE = ("peak_mem_mib", "mem_ratio_vs_dense")
 NAMES = ("pattern", "impl", "device", "dtype", "mode", "status")
+RANGES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
+    (FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    (POSITIVE, lambda v: v > 0, "> 0"),
+    (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
+    (ANY_FINITE, lambda v: True, "finite"),
+]
 
 
 def check_csv(path: Path, required: list[str], statuses: tuple[str, ...], readable_versions: tuple[int, ...],
@@ -94,8 +101,7 @@ def _row_problem(row: dict[str, str], statuses: tuple[str, ...]) -> tuple[str, s
             low = 1 if column in POSITIVE_INTS else 0
             if value is None or not value.is_integer() or value < low:
                 return column, f"{text!r} is not an integer >= {low}"
-    for columns, low, above in ((FRACTIONS, 0.0, False), (POSITIVE, 0.0, True), (NON_NEGATIVE, 0.0, False),
-                                (ANY_FINITE, -math.inf, False)):
+    for columns, in_range, bound in RANGES:
         for column in columns:
             text = row.get(column, "")
             if not text:
@@ -103,8 +109,7 @@ def _row_problem(row: dict[str, str], statuses: tuple[str, ...]) -> tuple[str, s
             value = _number(text)
             if value is None:
                 return column, f"{text!r} is not a finite number"
-            if value < low or (above and value == low) or (column in FRACTIONS and value > 1):
-                bound = "in [0, 1]" if column in FRACTIONS else "> 0" if above else ">= 0"
+            if not in_range(value):
                 return column, f"{text} is not {bound}"
     for sample in row.get("samples_ms", "").split():
         value = _number(sample)
@@ -137,4 +142,4 @@ def _params_ok(text: str) -> bool:
 def _canonical(text: str) -> str:
     """Key text as results.key_text gives it for a parsed value: '8.0' and '8' are the same case."""
     value = _number(text)
-    return str(int(value)) if value is not None and value.is_integer() and text.strip() != "" else text
+    return str(int(value)) if value is not None and value.is_integer() else text
