@@ -102,6 +102,7 @@ class ResultsDir:
             return 0
         if _lines(self.csv_path):  # not a cut-off header: a file of another schema is left as it is
             check_header(self.csv_path)
+        read_meta(self.csv_path)  # a broken meta.json stops the run here, before anything is moved
         return recover_partial_row(self.csv_path)
 
     def done(self) -> set[tuple]:
