@@ -14,8 +14,8 @@ from pathlib import Path
 
 from sparsebench.errors import NotComparable, SparsebenchError
 
-# Integers: the shape (at least 1) and counts (at least 0).
-POSITIVE_INTS = ("batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim")
+# Integers: the schema version and the shape (at least 1), and counts (at least 0).
+POSITIVE_INTS = ("schema_version", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim")
 COUNTS = ("nnz", "n_samples", "steps", "corpus_bytes")
 FRACTIONS = ("density", "block_density")
 # Times are never zero; these are rates, sizes and errors, at least 0.

@@ -323,6 +323,7 @@ def edit_cell(measured: Path, out: Path, column: str, value: str, row: int = 1) 
     ("samples_ms", "a b c", "'a' is not a time in ms"),
     ("params", "window=x", "'window=x' is not key=INT"),
     ("impl", "", "empty"),
+    ("schema_version", "x", "'x' is not an integer >= 1"),
 ])
 def test_a_bad_value_names_the_file_line_and_column(measured, tmp_path, column, value, needle):
     path = edit_cell(measured, tmp_path, column, value)
@@ -373,6 +374,13 @@ def test_a_binary_thresholds_file_is_one_line(measured, tmp_path, content):
     thresholds = tmp_path / "gate.toml"
     thresholds.write_bytes(content)
     one_line_exit_2(invoke("gate", str(measured), str(measured), "--thresholds", str(thresholds)), str(thresholds))
+
+
+def test_gate_checks_where_its_summary_goes_before_comparing(measured, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_exit_2(invoke("gate", str(measured), str(measured), "--summary", str(blocker / "gate.md")),
+                    "is not a directory")
 
 
 def test_plot_reads_a_directory_s_results(measured, tmp_path):

@@ -58,6 +58,8 @@ def gate_cmd(
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema)."""
     with user_errors():
+        if summary is not None and not summary.parent.is_dir():  # found out before the comparison, not after
+            raise SparsebenchError(f"--summary {summary}: {summary.parent} is not a directory")
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
         try:
