@@ -31,7 +31,7 @@ sweep=(--config configs/gpu-smoke.toml --out-dir "$out/sweep")
 step info 30 "${sb[@]}" info --json > "$out/info.json"
 # 1. the targets at 32768, forward and forward+backward, with SDPA's cuDNN and flash backends as dense baselines
 #    (flex's band results and compile times are in the first published run; it compiles per shape and mask)
-step targets 90 "${sb[@]}" run "${sweep[@]}" --seq 32768 --impl sdpa --impl structured --impl 'sdpa[cudnn]' \
+step targets 90 "${sb[@]}" run "${sweep[@]}" --overwrite --seq 32768 --impl sdpa --impl structured --impl 'sdpa[cudnn]' \
   --impl 'sdpa[flash]' --pattern dense --pattern causal --pattern local --pattern strided \
   --pattern sliding_window:window=1024 >> "$out/run.log" 2>&1
 # 2. correctness on CUDA: every impl and pattern, bf16/fp16/fp32, forward and backward, GQA and decode, both fused

@@ -64,8 +64,9 @@ class Limits:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.latency) and self.latency > 1):
             raise SparsebenchError(f"latency threshold must be a ratio > 1 (e.g. 1.15), got {self.latency}")
-        if not (self.peak_mem >= 0 and (self.peak_mem_floor_mib or 0) >= 0):
-            raise SparsebenchError("peak_mem and peak_mem_floor_mib tolerances must be >= 0")
+        floor = self.peak_mem_floor_mib or 0
+        if not (math.isfinite(self.peak_mem) and self.peak_mem >= 0 and math.isfinite(floor) and floor >= 0):
+            raise SparsebenchError("peak_mem and peak_mem_floor_mib tolerances must be finite numbers >= 0")
 
     def mem_floor(self, device: str) -> float:
         return self.peak_mem_floor_mib if self.peak_mem_floor_mib is not None else MEM_FLOOR_MIB.get(device, 4.0)

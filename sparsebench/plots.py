@@ -263,6 +263,7 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
     dodge = {p: 2 ** ((k - (len(pairs) - 1) / 2) * 0.25 / max(len(pairs) - 1, 1)) for k, p in enumerate(pairs)}
     fig, axes = _grid(fs, metric.title, len(panels), 3.6, 2.7)
     statuses: set[str] = set()
+    measured = False  # any point on the y axis (every case may have been skipped)
     refs: dict[str, Line2D] = {}
     for ax, panel in zip(axes, panels):
         prows = rows[rows["panel"] == panel]
@@ -271,6 +272,7 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             ok = line[(line["status"] == "ok") & (line[metric.column] > 0)]
             ok = ok.set_index("seq_len").reindex(sorted(line["seq_len"]))  # NaN gaps where a case did not run
             y = ok[metric.column]
+            measured = measured or bool(y.notna().any())
             yerr = None
             if metric.error:
                 half = ok[metric.error].fillna(0) / 2
@@ -316,6 +318,11 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             formatter(PlainLogFormatter("×" if kind == "speedup" else ""))
         ax.margins(x=0.08, y=0.18)
         ax.tick_params(labelsize=9)
+    if not (measured or refs):  # a log axis needs a positive range: give it one without numbers on it
+        axes[0].set_ylim(1, 10)  # the panels share their y axis
+        for ax in axes:
+            ax.yaxis.set_major_formatter(NullFormatter())
+            ax.yaxis.set_minor_formatter(NullFormatter())
     fig.supxlabel("sequence length (tokens)", fontsize=10)
     fig.supylabel(metric.ylabel, fontsize=10)
     _legend(fig, impls, colors, series, styles, refs, statuses)

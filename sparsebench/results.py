@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -14,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from sparsebench.errors import NotComparable, SparsebenchError
+from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.measure.flops import tflops
 from sparsebench.measure.peaks import vendor_peak_tflops
+from sparsebench.results_check import check_csv
 
 # 2: kv_heads and q_len (GQA/MQA and decode) join the case key; bytes_moved, gbps and the % of peak columns.
 # Version 1 files are read as version 2 (kv_heads = heads, q_len = seq_len: what they measured).
@@ -259,32 +261,54 @@ def parse_samples(text: Any) -> list[float]:
 
 
 class ResultWriter:
-    """Appends rows to results.csv as each case finishes (flushed and fsynced: Ctrl-C loses nothing)."""
+    """Appends rows to results.csv as each case finishes, one write and fsync per row (Ctrl-C loses nothing).
+
+    A write that fails (disk full, I/O error) is cut back to the last complete row and raises WriteFailed, so
+    the file stays readable and `--resume` carries on from it once there is space again.
+    """
 
     def __init__(self, path: Path, append: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        header = COLUMNS if new else check_header(self.path)  # an older file keeps its columns
-        self._fh = open(self.path, "w" if new else "a", newline="")
-        self._writer = csv.DictWriter(self._fh, fieldnames=header, extrasaction="ignore")
         self.rows_written = 0  # by this writer (a resumed file holds more)
+        new = not (append and self.path.exists() and self.path.stat().st_size > 0)
+        self.header = COLUMNS if new else check_header(self.path)  # an older file keeps its columns
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if new else os.O_APPEND), 0o644)
+        except OSError as exc:
+            raise WriteFailed(f"cannot write {self.path}: {exc.strerror or exc}") from None
         if new:
-            self._writer.writeheader()
-            self._sync()
+            self._append(COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
         full = {"schema_version": SCHEMA_VERSION, **row}
-        self._writer.writerow({k: ("" if v is None else v) for k, v in full.items()})
-        self._sync()
+        self._append(["" if full.get(c) is None else full[c] for c in self.header])
         self.rows_written += 1
 
-    def _sync(self) -> None:
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+    def _append(self, values: list[Any]) -> None:
+        """Write one CSV record and fsync it; on failure, cut the file back to where the record began."""
+        text = io.StringIO()
+        csv.writer(text).writerow(values)
+        data = memoryview(text.getvalue().encode())
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            rest = data
+            while rest:
+                rest = rest[os.write(self._fd, rest):]
+            os.fsync(self._fd)
+        except BaseException as exc:
+            # A signal between two partial writes leaves half a record: cut it too. An OSError (ENOSPC)
+            # leaves at most part of a record, maybe not on disk: always cut.
+            if isinstance(exc, OSError) or os.fstat(self._fd).st_size != start + len(data):
+                os.ftruncate(self._fd, start)
+            if isinstance(exc, OSError):
+                raise WriteFailed(f"cannot write {self.path}: {exc.strerror or exc}") from None
+            raise
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> ResultWriter:
         return self
@@ -293,35 +317,53 @@ class ResultWriter:
         self.close()
 
 
+def recover_partial_row(path: Path) -> int:
+    """Move an unfinished last line of `path` (a write cut off by a crash or a kill) to `path`.partial, so that
+    the file ends with its last complete row; returns the bytes moved (0 when the file ends cleanly)."""
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return 0
+    cut = data.rfind(b"\n") + 1  # 0 when not even the header is complete
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "ab") as fh:
+            fh.write(data[cut:] + b"\n")
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+    except OSError as exc:
+        raise WriteFailed(f"cannot move the unfinished last row of {path} aside: {exc.strerror or exc}") from None
+    return len(data) - cut
+
+
 def check_header(path: Path) -> list[str]:
     """The file's columns: this schema's, or the first of them (a file written before optional columns were
-    added at the end); any other header is another schema."""
-    with open(path, newline="") as fh:
-        header = next(csv.reader(fh), [])
+    added at the end); raise for any other header, which is another schema: rows cannot be appended to it."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), [])
+    except (UnicodeDecodeError, csv.Error):
+        header = []
     if not header or header != COLUMNS[:len(header)] or len(header) < COLUMNS.index("gpu_index"):
-        raise SparsebenchError(f"{path}: written with a different result schema; use a new --out-dir")
+        raise SparsebenchError(f"{path}: not a results file of this result schema (its header differs); "
+                               "use a new --out-dir")
     return header
 
 
 def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
-    """Read a results.csv and check it is one: a clear SparsebenchError otherwise."""
+    """Read a results.csv and check it is one (results_check): a one-line SparsebenchError otherwise."""
     path = Path(path)
+    if path.is_dir():
+        raise SparsebenchError(f"{path}: is a directory, not a results file (give {path / 'results.csv'})")
     if not path.is_file():
         raise SparsebenchError(f"{path}: no such file")
+    check_csv(path, REQUIRED_COLUMNS, STATUSES, READABLE_VERSIONS, KEY_COLUMNS)
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
                             dtype={"params": str, "error": str, "samples_ms": str, "corpus": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    if "schema_version" in frame.columns and len(frame):
-        versions = set(pd.to_numeric(frame["schema_version"], errors="coerce").dropna().astype(int))
-        if versions - set(READABLE_VERSIONS):
-            raise NotComparable(f"{path}: result schema version {', '.join(map(str, sorted(versions)))}, this "
-                                f"sparsebench reads version {SCHEMA_VERSION}; measure it again (a gate baseline: "
-                                "refresh it with --update-baseline)")
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise SparsebenchError(f"{path}: not a sparsebench result, missing columns: {', '.join(missing)}")
     if frame.empty and not allow_empty:
         raise SparsebenchError(f"{path}: no result rows")
     frame = complete_columns(frame)
@@ -361,8 +403,16 @@ def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2, default=str) + "\n")
+    """Write meta.json whole or not at all (a temporary file renamed over it): a full disk never leaves half."""
+    text = json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2, default=str) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 Ceilings = dict[str, dict[str, dict[str, float]]]  # device type -> dtype -> {metric: value}
@@ -406,10 +456,35 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_meta(results_csv: str | Path) -> dict[str, Any]:
-    """meta.json beside a results.csv, or {} when there is none."""
-    meta = Path(results_csv).with_name("meta.json")
+def check_writable(out_dir: Path, option: str = "--out-dir") -> None:
+    """Raise SparsebenchError unless files can be created in `out_dir` (made when missing): checked before the
+    work whose results would go there."""
+    probe = Path(out_dir) / f".sparsebench-write-test-{os.getpid()}"
     try:
-        return json.loads(meta.read_text())
-    except (OSError, ValueError):
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SparsebenchError(f"cannot write to {option} {out_dir}: {exc.strerror or exc}") from None
+
+
+# meta.json keys that readers use, and the JSON type each must have.
+META_TYPES = {"config": dict, "ceilings": dict, "earlier_runs": list}
+
+
+def read_meta(results_csv: str | Path) -> dict[str, Any]:
+    """meta.json beside a results.csv, or {} when there is none; SparsebenchError when it is not one."""
+    path = Path(results_csv).with_name("meta.json")
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
         return {}
+    except (OSError, ValueError) as exc:
+        raise SparsebenchError(f"{path}: not readable JSON ({str(exc).splitlines()[0]}); fix or delete it") from None
+    if not isinstance(meta, dict):
+        raise SparsebenchError(f"{path}: a JSON {type(meta).__name__}, not an object; fix or delete it")
+    for key, kind in META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise SparsebenchError(f"{path}: {key!r} must be a JSON {'object' if kind is dict else kind.__name__}"
+                                   f", got {json.dumps(meta[key])[:40]}; fix or delete it")
+    return meta

@@ -107,8 +107,8 @@ def test_a_decode_row_without_keys_is_a_usage_error():
     class Nothing(Pattern):
         name = "nothing"
 
-        def rows_mask(self, rows, n, device="cpu"):
-            return torch.zeros(len(rows), n, dtype=torch.bool, device=device)
+        def mask_mod(self, b, h, q, k):
+            return (q < 0) & (k < 0)
 
     with pytest.raises(SparsebenchError, match="no key"):
         check_decode_rows(Nothing(), 64, 4)

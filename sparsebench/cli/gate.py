@@ -74,6 +74,8 @@ def gate_cmd(
             export.check_format(export_format)
         elif export_out is not None:
             raise SparsebenchError("--export-out needs --export FORMAT")
+        if summary is not None and not summary.parent.is_dir():  # found out before the comparison, not after
+            raise SparsebenchError(f"--summary {summary}: {summary.parent} is not a directory")
         shown = (baseline, current)  # as given, for the report
         if update_baseline and baseline.is_dir() and has_shards(baseline):
             raise SparsebenchError(f"--update-baseline writes one results.csv: {baseline} is a directory of shards")
@@ -90,7 +92,7 @@ def gate_cmd(
         if update_baseline and not baseline.exists():
             _update(baseline, current, "created")
             raise typer.Exit(EXIT_OK)
-        if not baseline.is_file():
+        if not baseline.exists():
             raise SparsebenchError(f"{baseline}: no such file (create the baseline with --update-baseline)")
         try:
             baseline_frame = read_results(baseline)

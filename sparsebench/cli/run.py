@@ -14,8 +14,15 @@ from rich.table import Table
 from sparsebench import environment
 from sparsebench.cli import options as opt
 from sparsebench.cli import scale
-from sparsebench.cli.common import console, err_console, user_errors
-from sparsebench.errors import SparsebenchError
+from sparsebench.cli.common import (
+    Interrupted,
+    console,
+    err_console,
+    interrupt_exit_code,
+    interrupt_on_stop_signals,
+    user_errors,
+)
+from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
 from sparsebench.runner import Case, SweepConfig, load_config
 from sparsebench.runner.launcher import SweepStats
@@ -51,6 +58,10 @@ def run_cmd(
     min_run_time: Annotated[float | None, typer.Option("--min-run-time", min=0.01,
                                                           help="Seconds of timed calls per case.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Keep results.csv and skip cases already in it.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing results.csv (without it, "
+                                            "a run refuses to replace one that holds rows).")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="When another run is writing to --out-dir, wait for it "
+                                       "to finish instead of exiting.")] = False,
     gate: Annotated[Path | None, typer.Option("--gate", help="After the run, gate the results against this "
                                                  "baseline CSV (as `sparsebench gate BASELINE results.csv`).")]
     = None,
@@ -62,7 +73,7 @@ def run_cmd(
     slurm_param: scale.SlurmParam = None,
 ) -> None:
     """Benchmark attention implementations over patterns and sequence lengths (dense SDPA always runs beside)."""
-    with user_errors():
+    with user_errors(), interrupt_on_stop_signals():
         settings: dict[str, Any] = load_config(config) if config else {}
         cli = {"patterns": pattern, "seq": seq, "impls": impl, "devices": device, "dtypes": dtype, "modes": mode,
                "batch": [batch] if batch else None, "heads": [heads] if heads else None, "kv_heads": kv_heads,
@@ -74,16 +85,21 @@ def run_cmd(
         settings["params"] = {**settings.get("params", {}), **params}
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
-        sweep_config = SweepConfig(**settings)
+        sweep_config = SweepConfig(**settings)  # every value checked: nothing is written before this
         plan = plan_scale(sweep_config, out_dir, shard, gpus, jobs, launcher, shards)
         if gate is not None and (plan.shard or plan.shards):
             raise SparsebenchError("--gate gates a whole sweep: gate the merged shards (sparsebench gate BASELINE "
                                    "OUT_DIR) once every shard has run")
         if plan.launcher != "local":
-            scale.submit_and_wait(plan, sweep_config, resume, slurm_partition, slurm_time, slurm_param)
+            scale.submit_and_wait(plan, sweep_config, resume, overwrite, slurm_partition, slurm_time, slurm_param)
             return
         sweep = Sweep(sweep_config, plan.shard, plan.slots)
-        out = ResultsDir(plan.out_dir, resume)
+        out = ResultsDir(plan.out_dir, resume, overwrite)  # a shard's own directory: shards never share a lock
+        moved = out.open(wait, on_wait=lambda pid: console.print(f"waiting for the run (pid {pid}) that is writing "
+                                                                   f"to {plan.out_dir}", markup=False))
+        if moved:
+            console.print(f"{out.csv_path} ended in an unfinished row ({moved} bytes, a write cut off): moved to "
+                          f"{out.csv_path.name}.partial; that case is measured again", markup=False)
         cases, unsupported = sweep.cases(out.done())
         meta = out.start_meta(sweep.config, str(config or ""), plan.meta(*sweep.cases()))
         if plan.describe():
@@ -91,10 +107,14 @@ def run_cmd(
         with out.writer() as writer:
             try:
                 rows, stats = _sweep(sweep, cases, unsupported, writer)
-            except KeyboardInterrupt:
-                err_console.print(f"interrupted: {writer.rows_written} finished row(s) of this run kept in "
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the workers are gone, the rows are kept
+                signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
+                err_console.print(f"interrupted{signame}: {writer.rows_written} finished row(s) of this run kept in "
                                   f"{out.csv_path}; the same command with --resume runs the rest", markup=False)
-                raise typer.Exit(130) from None
+                raise typer.Exit(interrupt_exit_code(exc)) from None
+            except WriteFailed as exc:
+                raise WriteFailed(f"{exc}; it ends with its last complete row ({writer.rows_written} of this run); "
+                                  "free some space, then run the same command with --resume") from None
         out.finish_meta(meta, stats)
     _summary(rows, out.csv_path)
     if plan.shard:

@@ -41,15 +41,16 @@ SlurmParam = Annotated[list[str] | None, typer.Option(
     "constraint=...). Repeatable.", rich_help_panel=PANEL)]
 
 
-def submit_and_wait(plan: ScalePlan, config: SweepConfig, resume: bool, partition: str | None, time_min: int,
-                    params: list[str] | None) -> None:
+def submit_and_wait(plan: ScalePlan, config: SweepConfig, resume: bool, overwrite: bool, partition: str | None,
+                    time_min: int, params: list[str] | None) -> None:
     """Submit the array, show its progress until every task has finished, then merge into --out-dir. Exits:
     0 when every shard's cases are there, 2 with the list of what is missing."""
     extra = slurm.parse_params(params or [])
     if partition:
         extra["partition"] = partition
     gpus = 0 if all(d == "cpu" for d in config.devices) else 1  # 'auto' means the GPU of the task's node
-    jobs = slurm.submit(config, plan.root, plan.shards or 1, plan.launcher, gpus, time_min, extra, resume)
+    jobs = slurm.submit(config, plan.root, plan.shards or 1, plan.launcher, gpus, time_min, extra, resume,
+                        overwrite)
     job_id = str(jobs[0].job_id).split("_")[0]
     console.print(f"submitted {len(jobs)} shard(s) as {plan.launcher} job {job_id}; logs in {plan.root / 'slurm'}",
                   markup=False)

@@ -17,9 +17,10 @@ from sparsebench.api import resolve_impl
 from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, err_console, fail, state, user_errors
 from sparsebench.environment import collect, device_name
+from sparsebench.errors import WriteFailed
 from sparsebench.impls import get_impl
 from sparsebench.patterns import get_pattern
-from sparsebench.results import ResultWriter, write_meta
+from sparsebench.results import ResultWriter, check_writable, write_meta
 from sparsebench.runner.config import parse_pattern_spec
 from sparsebench.train import data, report
 from sparsebench.train.loop import PRESETS, Job, TrainConfig, VariantFailed, preset, train_isolated, train_pattern
@@ -69,6 +70,7 @@ def train_cmd(
         runs = [_variant(spec, shared, impl, cfg, dev) for spec in dict.fromkeys(pattern or DEFAULTS)]
         source = data.file_corpus(corpus, cfg.corpus_bytes) if corpus else data.stdlib_corpus(cfg.corpus_bytes)
         source.check(cfg.model.seq_len)
+        check_writable(out_dir)  # before training, not after it: a read-only --out-dir would lose the results
 
         dataset = f"{source.name} ({_size(source.n_bytes)})"
         m = cfg.model
@@ -81,8 +83,11 @@ def train_cmd(
 
         heading = f"sparsebench train --preset {preset_name}: {cfg.steps} steps x {cfg.batch} x {m.seq_len} bytes"
         setup = f"{m.n_layers} layers, d_model {m.d_model}, {dev} ({_device_name(dev)})"
-        _write_outputs(out_dir, runs, cfg, source, dev, dataset, (heading, setup), preset_name,
-                       time.time() - started)
+        try:
+            _write_outputs(out_dir, runs, cfg, source, dev, dataset, (heading, setup), preset_name,
+                           time.time() - started)
+        except OSError as exc:  # e.g. the disk filled up during training
+            raise WriteFailed(f"cannot write the results to {out_dir}: {exc.strerror or exc}") from None
         console.print(report.rich_table(runs, dataset, f"{heading}, {setup}"))
         console.print(report.TIME_NOTE, highlight=False)
         console.print(f"wrote {out_dir}/: results.csv, meta.json, table.md, curves.csv, loss_curve.png",

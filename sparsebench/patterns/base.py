@@ -10,6 +10,9 @@ import torch
 
 from sparsebench.errors import PatternError
 
+# Parameters are token or block counts (and a seed): past 2^31 - 1 they overflow the masks' index arithmetic.
+MAX_PARAM = 2**31 - 1
+
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -32,6 +35,8 @@ class Pattern:
             value = getattr(self, f.name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise PatternError(f"{self.name}: parameter {f.name} must be an integer, got {value!r}")
+            if abs(value) > MAX_PARAM:
+                raise PatternError(f"{self.name}: parameter {f.name} = {value} is too large: at most {MAX_PARAM}")
         self.check_params()
 
     def check_params(self) -> None:

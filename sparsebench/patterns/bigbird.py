@@ -11,6 +11,10 @@ import torch
 from sparsebench.errors import PatternError
 from sparsebench.patterns.base import MaskMod, Pattern, positive
 
+# The block table is (blocks, blocks) and each query block draws one number per block: 16384 blocks (n = 2^20 at
+# block 64) are a 256 MiB table and about 6 s of draws on a 2-core CPU; beyond that, a larger block.
+MAX_BLOCKS = 2**14
+
 
 @dataclass(frozen=True)
 class BigBird(Pattern):
@@ -29,6 +33,13 @@ class BigBird(Pattern):
         for name in ("global_blocks", "random_blocks", "mask_seed"):
             if getattr(self, name) < 0:
                 raise PatternError(f"bigbird: {name} must be >= 0, got {getattr(self, name)}")
+
+    def validate(self, n: int) -> None:
+        super().validate(n)
+        if self.num_blocks(n) > MAX_BLOCKS:
+            raise PatternError(f"bigbird: n={n} makes {self.num_blocks(n)} blocks of {self.block}; at most "
+                               f"{MAX_BLOCKS} (its block table and random draws grow with blocks^2): use a larger "
+                               "block")
 
     def num_blocks(self, n: int) -> int:
         return -(-n // self.block)

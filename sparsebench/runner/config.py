@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 from sparsebench import plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls import IMPLS, get_impl
-from sparsebench.patterns import PATTERNS, get_pattern, pattern_params, select_params
+from sparsebench.patterns import PATTERNS, Pattern, get_pattern, pattern_params, select_params
+from sparsebench.patterns.base import MAX_PARAM
 from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.patterns.mask_mod import MaskModPattern
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
@@ -20,6 +22,12 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+# Sizes (sequence length, batch, heads, head dimension) past 2^31 - 1 overflow the 32-bit index arithmetic of
+# attention kernels; no such tensor would fit in memory either. Case and repeat limits keep timers in range.
+MAX_SIZE = 2**31 - 1
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer waits overflow the platform's timers
+MAX_REPEATS = 1_000_000
 
 PARAM_NAMES = sorted({name for p in PATTERNS for name in pattern_params(p)})
 RENAMED = {old: new for cls in PATTERNS.values() for old, new in cls.renamed.items()}  # e.g. seed -> mask_seed
@@ -52,6 +60,12 @@ class SweepConfig:
             if (not values and name != "kv_heads") or any(
                     not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in values):
                 raise SparsebenchError(f"{name} must be positive integers, got {values!r}")
+            if max(values, default=0) > MAX_SIZE:
+                raise SparsebenchError(f"{name} {max(values)} is too large: at most {MAX_SIZE} (2^31 - 1)")
+        _check_number("timeout", self.timeout, 0, MAX_TIMEOUT_S, "seconds per case")
+        _check_number("min_run_time", self.min_run_time, 0, MAX_TIMEOUT_S, "seconds of timed calls per case")
+        _check_number("min_samples", self.min_samples, 1, MAX_REPEATS, "timed calls", integer=True)
+        _check_number("warmup", self.warmup, 0, MAX_REPEATS, "calls", integer=True)
         for heads, kv in itertools.product(self.heads, self.kv_heads):
             if heads % kv:
                 raise SparsebenchError(f"kv_heads {kv} does not divide heads {heads}: each key/value head serves "
@@ -71,15 +85,26 @@ class SweepConfig:
         for key, value in self.params.items():
             if key not in PARAM_NAMES:
                 raise SparsebenchError(f"unknown pattern parameter {key!r}; valid: {', '.join(PARAM_NAMES)}")
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise SparsebenchError(f"pattern parameter {key!r} must be an integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_PARAM:
+                raise SparsebenchError(f"pattern parameter {key!r} must be an integer of at most {MAX_PARAM} in "
+                                       f"size, got {value!r}")
         if not self.patterns:
             raise SparsebenchError("no pattern given")
         self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
         for spec in self.patterns:
             parse_pattern_spec(spec, self.params)  # validates names and parameters
-        if self.timeout <= 0 or self.min_run_time <= 0 or self.min_samples < 1 or self.warmup < 0:
-            raise SparsebenchError("timeout and min_run_time must be > 0, min_samples >= 1, warmup >= 0")
+
+
+def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
+    """A finite number (an integer when `integer`) in (low, high], or from `low` for integers."""
+    kinds = int if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool)
+    ok = ok and (isinstance(value, int) or math.isfinite(value)) and value <= high  # math.isfinite(10**400) raises
+    ok = ok and (value >= low if integer else value > low)
+    if not ok:
+        bound = f"from {low} to {high}" if integer else f"over {low} and at most {high:g}"
+        raise SparsebenchError(f"{name} must be {'an integer' if integer else 'a number'} {bound} ({unit}), "
+                               f"got {value!r}")
 
 
 def _registered_spec(spec: str) -> str:
@@ -217,6 +242,7 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     run: list[Case] = []
     unsupported: list[tuple[Case, str]] = []
     seen: set[tuple] = set()
+    decode_checked: set[tuple] = set()
     for device, dtype, mode, batch, heads, kv_heads, n, q_len, head_dim in _shapes(config, devices):
         group: list[Case] = []
         for (name, params), impl in itertools.product(specs, impl_names):
@@ -226,15 +252,12 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             if case.key() in seen:
                 continue
             seen.add(case.key())
-            if mode == "decode":
-                check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
             if isinstance(pattern, MaskModPattern):
                 pattern.validate(n)  # a user mask that raises or keeps no key: a usage error, before any work
-            try:
-                pattern.validate(n)
-                reason = get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)
-            except SparsebenchError as exc:
-                reason = str(exc)
+            reason = _unsupported(pattern, n, impl, device, dtype, mode)
+            if reason is None and mode == "decode" and (pattern, n, q_len) not in decode_checked:
+                check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
+                decode_checked.add((pattern, n, q_len))
             if reason is None:
                 group.append(case)
             elif config.impls:
@@ -244,3 +267,12 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             seen.add(ref.key())
             run.extend([ref] + [c for c in group if c.key() != ref.key()])
     return run, unsupported
+
+
+def _unsupported(pattern: Pattern, n: int, impl: str, device: str, dtype: str, mode: str) -> str | None:
+    """Why this case cannot run (the pattern at this length, or the implementation), or None."""
+    try:
+        pattern.validate(n)
+        return get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)
+    except SparsebenchError as exc:
+        return str(exc)

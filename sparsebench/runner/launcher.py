@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sparsebench.errors import is_oom_message
 from sparsebench.results import Measurement, dense_ratios, make_row
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.preflight import free_bytes, skip_reason
@@ -28,6 +29,7 @@ PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 # (no roof in the figures), and no case is charged for them.
 START_TIMEOUT_S = 120.0
 CEILINGS_TIMEOUT_S = 120.0
+PARENT_PID_ENV = "SPARSEBENCH_PARENT_PID"  # the worker exits when this pid is no longer its parent
 
 Ceilings = dict[str, dict[str, dict[str, float]]]  # device type -> dtype -> {metric: value}
 
@@ -53,21 +55,26 @@ class _Worker:
                  extra_env: dict[str, str] | None = None) -> None:
         env = {**os.environ, **(extra_env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        env[PARENT_PID_ENV] = str(os.getpid())  # the worker exits when this process is gone
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.spawned = time.perf_counter()
         # A new session, so a timeout kills compile sub-processes too.
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsebench.runner.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
                                      start_new_session=True)
-        self.events: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        from sparsebench import plugins as loaded
+        try:
+            self.events: queue.Queue = queue.Queue()
+            threading.Thread(target=self._read, daemon=True).start()
+            from sparsebench import plugins as loaded
 
-        plugins = loaded.LOADED.used({c.impl for c in cases}, {c.pattern for c in cases})
-        job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings,
-               "plugins": plugins.specs}  # the user code these cases need, imported again in the worker
-        self.proc.stdin.write(json.dumps(job))
-        self.proc.stdin.close()
+            plugins = loaded.LOADED.used({c.impl for c in cases}, {c.pattern for c in cases})
+            job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings,
+                   "plugins": plugins.specs}  # the user code these cases need, imported again in the worker
+            self.proc.stdin.write(json.dumps(job))
+            self.proc.stdin.close()
+        except BaseException:  # e.g. Ctrl-C or SIGTERM right after the start: no worker is left behind
+            self.kill()
+            raise
 
     def _read(self) -> None:
         for line in self.proc.stdout:
@@ -96,11 +103,21 @@ class _Worker:
         self.stderr.seek(0)
         lines = [ln.strip() for ln in self.stderr.read().splitlines() if ln.strip()]
         last = lines[-1][:300] if lines else ""
-        if code == -signal.SIGKILL:
-            return Measurement("oom", "worker killed by SIGKILL (out of memory, most likely)")
-        if "out of memory" in last.lower() or "MemoryError" in last:
+        if code < 0:  # killed by a signal: say which, and keep it in the row
+            name = _signal_name(-code)
+            if code == -signal.SIGKILL:  # the kernel's OOM killer sends SIGKILL, and so does `kill -9`
+                return Measurement("oom", f"worker killed by signal 9 ({name}); out of memory is the usual cause")
+            return Measurement("error", f"worker killed by signal {-code} ({name})" + (f": {last}" if last else ""))
+        if is_oom_message(last):
             return Measurement("oom", last)
         return Measurement("error", f"worker exited with code {code}: {last}".strip())
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "unknown signal"
 
 
 def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Case, dict[str, Any]], None],
@@ -155,13 +172,14 @@ def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
                finish: Callable[[Case, Measurement], None], on_start: Callable[[Case], None] | None,
                stats: SweepStats, ceilings: bool, env: dict[str, str] | None = None) -> None:
     """Measure `pending` in a worker; after a crash or timeout, the rest in a fresh one."""
+    limits = {"start": START_TIMEOUT_S, "ceilings": CEILINGS_TIMEOUT_S, "cases": timeout_s}
     while pending:
-        worker = _Worker(pending, settings, ceilings, env)
         phase = "start"  # then "ceilings" (when asked for), then "cases"
-        limits = {"start": START_TIMEOUT_S, "ceilings": CEILINGS_TIMEOUT_S, "cases": timeout_s}
         running: int | None = None
         done = 0
+        worker: _Worker | None = None
         try:
+            worker = _Worker(pending, settings, ceilings, env)
             while True:
                 try:
                     event = worker.next_event(timeout=limits[phase])
@@ -197,9 +215,10 @@ def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
                     running, done = None, event["index"] + 1
                     if done == len(pending):
                         break
-        finally:
-            worker.kill()
-            worker.stderr.close()
+        finally:  # also on Ctrl-C, SIGTERM or a failed write: the worker's process group never outlives this
+            if worker is not None:
+                worker.kill()
+                worker.stderr.close()
         pending = pending[done:]
 
 

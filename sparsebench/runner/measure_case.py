@@ -45,16 +45,19 @@ def _slowdown_factor(impl: str) -> float:
 
 
 def _inject_fault(impl: str) -> None:
-    """Test-only hook: SPARSEBENCH_TEST_FAULT='impl:kill|raise|oom|hang' makes that impl's case fail so."""
-    name, _, fault = os.environ.get("SPARSEBENCH_TEST_FAULT", "").partition(":")
-    if name != impl:
-        return
+    """Test-only hook: SPARSEBENCH_TEST_FAULT='impl:fault[,impl:fault...]' makes that impl's case fail so:
+    kill (SIGKILL, as the kernel's OOM killer does), raise, oom (CUDA's error), alloc (a real CPU allocation
+    failure) or hang."""
+    faults = dict(item.partition(":")[::2] for item in os.environ.get("SPARSEBENCH_TEST_FAULT", "").split(","))
+    fault = faults.get(impl)
     if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault == "raise":
         raise RuntimeError("injected failure")
     if fault == "oom":
         raise torch.OutOfMemoryError("injected out of memory")
+    if fault == "alloc":
+        torch.empty(2**60, dtype=torch.uint8)  # beyond any address space: the CPU allocator's own error
     if fault == "hang":
         time.sleep(3600)
 

@@ -41,10 +41,11 @@ def _toml(value: Any) -> str:
     return repr(value)
 
 
-def shard_command(config_file: Path, out_dir: Path, index: int, count: int, resume: bool) -> list[str]:
+def shard_command(config_file: Path, out_dir: Path, index: int, count: int, resume: bool,
+                  overwrite: bool = False) -> list[str]:
     """The command a task runs for shard index/count."""
     return [sys.executable, "-m", "sparsebench", "run", "--config", str(config_file), "--shard", f"{index}/{count}",
-            "--out-dir", str(out_dir), *(["--resume"] if resume else [])]
+            "--out-dir", str(out_dir), *(["--resume"] if resume else []), *(["--overwrite"] if overwrite else [])]
 
 
 def run_task(command: list[str]) -> str:
@@ -59,7 +60,7 @@ def run_task(command: list[str]) -> str:
 
 
 def submit(config: SweepConfig, out_dir: Path, shards: int, launcher: str, gpus_per_task: int, time_min: int,
-           params: dict[str, str], resume: bool) -> list[Any]:
+           params: dict[str, str], resume: bool, overwrite: bool = False) -> list[Any]:
     """Write sweep.toml and submit the array; returns submitit's jobs, one per shard (shard K is jobs[K-1])."""
     try:
         import submitit
@@ -77,7 +78,7 @@ def submit(config: SweepConfig, out_dir: Path, shards: int, launcher: str, gpus_
         executor.update_parameters(name="sparsebench", nodes=1, tasks_per_node=1, gpus_per_node=gpus_per_task,
                                    timeout_min=time_min, slurm_array_parallelism=shards,
                                    **{f"slurm_{k}": v for k, v in params.items()})
-        commands = [shard_command(config_file, out_dir, k, shards, resume) for k in range(1, shards + 1)]
+        commands = [shard_command(config_file, out_dir, k, shards, resume, overwrite) for k in range(1, shards + 1)]
         return executor.map_array(run_task, commands)
     except (NameError, ValueError, RuntimeError, OSError) as exc:  # submitit's errors for bad parameters/sbatch
         raise SparsebenchError(f"could not submit the array: {str(exc).splitlines()[0]}") from None

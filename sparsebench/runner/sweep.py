@@ -17,15 +17,18 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
     ResultWriter,
     case_key,
+    check_header,
     merge_ceilings,
     read_meta,
     read_results,
+    recover_partial_row,
     write_meta,
 )
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.config import SweepConfig, expand
 from sparsebench.runner.gpus import Slot
 from sparsebench.runner.launcher import SweepStats, run_cases
+from sparsebench.runner.lock import DirLock
 from sparsebench.runner.shard import Shard
 
 OnRow = Callable[[Case, dict[str, Any]], None]
@@ -85,18 +88,40 @@ def new_run_id() -> str:
 
 
 class ResultsDir:
-    """One output directory: results.csv (rows appended and fsynced as they finish) and meta.json. Nothing is
-    written before `start_meta`, so a sweep that fails validation leaves the directory as it was."""
+    """One output directory: results.csv (rows appended and fsynced as they finish) and meta.json.
 
-    def __init__(self, out_dir: Path, resume: bool) -> None:
+    `open` locks the directory and checks what it holds before anything is written; a sweep that fails
+    validation leaves the directory as it was, and an existing results.csv is only ever replaced on request.
+    """
+
+    def __init__(self, out_dir: Path, resume: bool, overwrite: bool = False) -> None:
+        if resume and overwrite:
+            raise SparsebenchError("--resume keeps results.csv and --overwrite replaces it: give one of them")
         self.out_dir = Path(out_dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.csv_path = self.out_dir / "results.csv"
         self.meta_path = self.out_dir / "meta.json"
+        self.lock = DirLock(self.out_dir)
+
+    def open(self, wait: bool = False, on_wait: Callable[[str], None] | None = None) -> int:
+        """Lock the directory (held until the process ends) and check its results.csv: refused when it holds
+        rows and neither --resume nor --overwrite is given. When resuming, an unfinished last row (a write cut
+        off by a crash) moves to results.csv.partial; returns its size in bytes (0: none)."""
+        self.lock.acquire(wait, on_wait)
+        if not self.resume:
+            if not self.overwrite and _lines(self.csv_path) > 1:
+                raise SparsebenchError(f"{self.csv_path} already holds results: add --resume to continue that run, "
+                                       "or --overwrite to replace it (or choose another --out-dir)")
+            return 0
+        if _lines(self.csv_path):  # not a cut-off header: a file of another schema is left as it is
+            check_header(self.csv_path)
+        read_meta(self.csv_path)  # a broken meta.json stops the run here, before anything is moved
+        return recover_partial_row(self.csv_path)
 
     def done(self) -> set[tuple]:
         """Keys of the cases already in results.csv (when resuming)."""
-        if not (self.resume and self.csv_path.exists()):
+        if not (self.resume and self.csv_path.exists() and self.csv_path.stat().st_size > 0):
             return set()
         return {case_key(row) for row in read_results(self.csv_path, allow_empty=True).to_dict("records")}
 
@@ -105,9 +130,8 @@ class ResultsDir:
 
     def start_meta(self, config: SweepConfig, config_file: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """This run's meta.json, written before the first case; a resumed run keeps the earlier runs' meta
-        under `earlier_runs` and their ceilings. The first write into the directory. `extra`: more keys (the
+        under `earlier_runs` and their ceilings. `extra`: more keys (the
         shard and its cases, the rank, the GPUs)."""
-        _check_writable(self.out_dir)
         patterns = {spec.partition(":")[0] for spec in config.patterns}
         used = plugins.LOADED.used(set(config.impls), patterns).origins
         meta = environment.collect({"config": dataclasses.asdict(config), "config_file": config_file,
@@ -134,11 +158,10 @@ class ResultsDir:
         write_meta(self.meta_path, meta)
 
 
-def _check_writable(out_dir: Path) -> None:
+def _lines(path: Path) -> int:
+    """Complete (newline-ended) non-blank lines of a file; 0 when there is none. More than one: it holds rows."""
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SparsebenchError(f"cannot write to --out-dir {out_dir}: {exc.strerror or exc}") from None
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n") and line.strip())
+    except FileNotFoundError:
+        return 0

@@ -10,21 +10,51 @@ A crash, OOM kill or timeout therefore always names the case that was running.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 
 T0 = time.perf_counter()
 
 import torch  # noqa: E402
 
-from sparsebench.errors import Unsupported  # noqa: E402
+from sparsebench.errors import Unsupported, is_oom_message  # noqa: E402
 from sparsebench.plugins import register_all  # noqa: E402
 from sparsebench.results import Measurement  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.gpus import gpu_columns  # noqa: E402
+from sparsebench.runner.launcher import PARENT_PID_ENV  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent() -> None:
+    """End this worker when the sparsebench process that started it dies, however it dies (SIGKILL included):
+    the kernel's parent-death signal on Linux, and a thread that watches the parent pid everywhere."""
+    parent = int(os.environ.get(PARENT_PID_ENV) or 0)
+    if not parent:
+        return  # started by hand
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still does it, within a second
+
+    def watchdog() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        if os.getpgrp() == os.getpid():  # a session of its own (the launcher's): take compile sub-processes along
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()  # exits at once if the parent is gone already
+
 
 _OUT = sys.stdout
 sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
@@ -37,7 +67,7 @@ def emit(**event: object) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or "out of memory" in str(exc).lower()
+    return isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or is_oom_message(str(exc))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -46,6 +76,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def main() -> None:
+    exit_with_parent()
     job = json.loads(sys.stdin.read())
     register_all(job.get("plugins", {}))
     cases = [Case(**c) for c in job["cases"]]

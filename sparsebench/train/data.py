@@ -77,6 +77,8 @@ def stdlib_corpus(max_bytes: int) -> Corpus:
 def file_corpus(path: str | Path, max_bytes: int | None = None) -> Corpus:
     """Any UTF-8 text file (e.g. WikiText-103's wiki.train.tokens), optionally capped to `max_bytes`."""
     path = Path(path)
+    if path.is_dir():
+        raise SparsebenchError(f"corpus file {path}: is a directory; give one UTF-8 text file")
     if not path.is_file():
         raise SparsebenchError(f"corpus file {path}: no such file")
     try:
