@@ -43,7 +43,7 @@ def run(config: str, out_dir: Path, slowdown: str | None = None, reuse: bool = F
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out_dir / "run.log", "w") as log:
-        subprocess.run([sys.executable, "-m", "sparsebench", "run", "--config", config, "--out-dir", str(out_dir), "--overwrite",
+        subprocess.run([sys.executable, "-m", "sparsebench", "run", "--config", config, "--out-dir", str(out_dir),
                         "--overwrite"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     print(f"  ran {out_dir.name} in {time.perf_counter() - t0:.0f} s" + (f" ({slowdown})" if slowdown else ""),
           flush=True)
