@@ -29,6 +29,9 @@ KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", 
 # Columns that fix a case's shape: its dense reference is the row of the same run with the same shape.
 SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim"]
 
+# Optional columns added after the first files of this schema version, in order: empty when read from those,
+# left out of the rows a resumed run appends to them. n_calls: every call of the implementation in the case.
+LATER_COLUMNS = ["n_calls"]
 COLUMNS = [
     "schema_version", "run_id",
     *KEY_COLUMNS,
@@ -42,6 +45,7 @@ COLUMNS = [
     "status", "error",
     # `sparsebench train` rows (mode == "train"); empty for attention benchmarks
     "val_ppl", "train_s", "tokens_per_s", "corpus", "corpus_bytes", "steps",
+    *LATER_COLUMNS,
 ]
 
 # The columns every result file has; a file without them is not a sparsebench result.
@@ -189,6 +193,7 @@ class Measurement:
     first_call_s: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
+    n_calls: int | None = None  # first call, warm-up, memory and timed calls together
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,10 +268,9 @@ class ResultWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not (append and self.path.exists() and self.path.stat().st_size > 0)
-        if not new:
-            check_header(self.path)
+        columns = COLUMNS if new else check_header(self.path)
         self._fh = open(self.path, "w" if new else "a", newline="")
-        self._writer = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self._writer = csv.DictWriter(self._fh, fieldnames=columns, extrasaction="ignore")
         self.rows_written = 0  # by this writer (a resumed file holds more)
         if new:
             self._writer.writeheader()
@@ -292,11 +296,14 @@ class ResultWriter:
         self.close()
 
 
-def check_header(path: Path) -> None:
+def check_header(path: Path) -> list[str]:
+    """The columns of a results.csv to append to: COLUMNS, or the first of them in a file written before the
+    later optional columns were added (appended rows then leave those out)."""
     with open(path, newline="") as fh:
         header = next(csv.reader(fh), [])
-    if header != COLUMNS:
+    if header != COLUMNS[:len(header)] or len(header) < len(COLUMNS) - len(LATER_COLUMNS):
         raise SparsebenchError(f"{path}: written with a different result schema; use a new --out-dir")
+    return header
 
 
 def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
