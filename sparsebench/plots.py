@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import TwoSlopeNorm, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
@@ -27,6 +28,7 @@ from sparsebench.results import (
     BEST_DENSE_REFERENCE,
     ceilings_for,
     complete_columns,
+    is_dense_reference,
     latest,
     reference_rows,
     with_dense_reference,
@@ -42,8 +44,13 @@ REFERENCES = ("sdpa", "best-dense")  # what the speed-up divides: dense SDPA (it
 # Each implementation keeps its colour in every figure; others take the spare colours in name order.
 IMPL_COLORS = {"seed": "#d62728", "eager": "#ff7f0e", "sdpa": "#1f77b4", "flex": "#2ca02c", "structured": "#9467bd"}
 SPARE_COLORS = ["#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-# Each compared run (series) gets its own line style and point marker.
-SERIES_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+# Each implementation keeps its point marker too, drawn hollow: two implementations with the same value stay
+# visible, one shape inside the other. (The not-run markers below keep theirs apart.)
+IMPL_MARKERS = {"seed": "o", "eager": "s", "sdpa": "^", "flex": "v", "structured": "p"}
+SPARE_MARKERS = ["h", "<", "d", "8", "H"]
+# Each compared run (series) gets its own line style, and its own hatch in bar charts.
+SERIES_LINES = ["-", "--", ":", "-."]
+SERIES_HATCHES = ["", "///", "...", "xxx"]
 # Cases that did not run are drawn at the bottom of the panel with one marker per status.
 NOT_RUN_MARKERS = {"oom": "X", "timeout": "P", "skipped": ">", "unsupported": "x", "error": "D", "inaccurate": "*"}
 
@@ -210,6 +217,12 @@ def impl_colors(impls: list[str]) -> dict[str, str]:
     return {**IMPL_COLORS, **{impl: SPARE_COLORS[i % len(SPARE_COLORS)] for i, impl in enumerate(spare)}}
 
 
+def impl_markers(impls: list[str]) -> dict[str, str]:
+    """The fixed point marker of every implementation; unknown ones take the spare markers in name order."""
+    spare = sorted(set(impls) - set(IMPL_MARKERS))
+    return {**IMPL_MARKERS, **{impl: SPARE_MARKERS[i % len(SPARE_MARKERS)] for i, impl in enumerate(spare)}}
+
+
 def _ordered(values: pd.Series, first: tuple[str, ...] = ()) -> list[str]:
     """Unique values in order of appearance, with `first` (where present) leading."""
     seen = list(dict.fromkeys(values))
@@ -255,8 +268,8 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
     panels = _panels(rows)
     impls = _ordered(rows["impl"], tuple(IMPL_COLORS))
     series = _ordered(rows["series"])
-    colors = impl_colors(impls)
-    styles = {s: SERIES_STYLES[i % len(SERIES_STYLES)] for i, s in enumerate(series)}
+    colors, markers = impl_colors(impls), impl_markers(impls)
+    lines = {s: SERIES_LINES[i % len(SERIES_LINES)] for i, s in enumerate(series)}
     seqs = sorted(rows["seq_len"].dropna().unique())
     # not-run markers of different (series, impl) are dodged sideways so that they do not hide each other
     pairs = [(s, i) for s in series for i in impls]
@@ -277,9 +290,8 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             if metric.error:
                 half = ok[metric.error].fillna(0) / 2
                 yerr = np.vstack([np.minimum(half, y * 0.999), half])
-            style, marker = styles[s]
-            ax.errorbar(ok.index, y, yerr=yerr, color=colors[impl], ls=style, marker=marker, ms=4, lw=1.6,
-                        capsize=2, elinewidth=1)
+            ax.errorbar(ok.index, y, yerr=yerr, color=colors[impl], ls=lines[s], marker=markers[impl], ms=6,
+                        mfc="none", mew=1.4, lw=1.6, capsize=2, elinewidth=1)
             for status, missed in line[line["status"] != "ok"].groupby("status"):
                 marker_ = NOT_RUN_MARKERS.get(status, "x")
                 ax.plot(missed["seq_len"] * dodge[(s, impl)], [0.035] * len(missed), ls="none", marker=marker_,
@@ -300,12 +312,12 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
                 for name, value in ceilings.items():
                     label = f"{name} {value:.4g}" + (f" ({s})" if len(fs.ceilings) > 1 else "")
                     color = "0.65" if name == "vendor peak" else "0.45"
-                    refs[label] = ax.axhline(value, color=color, lw=1.2, ls=styles[s][0])
+                    refs[label] = ax.axhline(value, color=color, lw=1.2, ls=lines[s])
         if kind == "bandwidth":
             for s, value in fs.bandwidth.items():
                 if value:
                     label = f"measured copy {value:.4g} GB/s" + (f" ({s})" if len(fs.bandwidth) > 1 else "")
-                    refs[label] = ax.axhline(value, color="0.45", lw=1.2, ls=styles[s][0])
+                    refs[label] = ax.axhline(value, color="0.45", lw=1.2, ls=lines[s])
         ax.set_title(panel, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     for ax in axes:
@@ -325,15 +337,16 @@ def line_figure(fs: FigureSet, kind: str) -> Figure:
             ax.yaxis.set_minor_formatter(NullFormatter())
     fig.supxlabel("sequence length (tokens)", fontsize=10)
     fig.supylabel(metric.ylabel, fontsize=10)
-    _legend(fig, impls, colors, series, styles, refs, statuses)
+    _legend(fig, impls, colors, markers, series, lines, refs, statuses)
     return fig
 
 
-def _legend(fig: Figure, impls: list[str], colors: dict[str, str], series: list[str],
-            styles: dict[str, tuple[str, str]], refs: dict[str, Line2D], statuses: set[str]) -> None:
-    handles = [Line2D([], [], color=colors[i], lw=2.5, label=i) for i in impls]
+def _legend(fig: Figure, impls: list[str], colors: dict[str, str], markers: dict[str, str], series: list[str],
+            lines: dict[str, str], refs: dict[str, Line2D], statuses: set[str]) -> None:
+    handles = [Line2D([], [], color=colors[i], lw=2, marker=markers[i], ms=6, mfc="none", mew=1.4, label=i)
+               for i in impls]
     if len(series) > 1:
-        handles += [Line2D([], [], color="0.2", ls=styles[s][0], marker=styles[s][1], label=s) for s in series]
+        handles += [Line2D([], [], color="0.2", ls=lines[s], label=s) for s in series]
     handles += [Line2D([], [], color=r.get_color(), ls=r.get_linestyle(), lw=r.get_linewidth(), label=label)
                 for label, r in refs.items()]
     handles += [Line2D([], [], color="0.3", ls="none", marker=NOT_RUN_MARKERS.get(s, "x"), ms=6,
@@ -400,9 +413,177 @@ def _text_color(rgba: Any) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
 
 
+@dataclass
+class Bar:
+    """One row of a bar chart: a case that ran (value) or one that did not (its status in the text)."""
+
+    label: str
+    value: float | None
+    text: str
+    impl: str
+    series: str
+    error: float | None = None  # half the IQR, for latency
+
+
+HIGHER_IS_BETTER = {"speedup": True, "tflops": True, "bandwidth": True, "latency": False, "memory": False}
+
+
+def bar_figure(fs: FigureSet, kind: str) -> Figure:
+    """A set with one sequence length: per pattern, one horizontal bar per implementation (and run), the best on
+    top, each labelled with its value (speed-up bars with the latency too); the cases that did not run are listed
+    below the bars with their status. Speed-up bars grow from the 1× line: left when slower, right when faster,
+    the ideal 1/density marked."""
+    metric = BEST_DENSE.get(kind, METRICS[kind]) if fs.reference == "best-dense" else METRICS[kind]
+    rows = fs.rows
+    n = int(rows["seq_len"].iloc[0])
+    # a dense panel holding only the dense reference says what the 1× line says
+    panels = [p for p in _panels(rows) if not _only_reference(rows[rows["panel"] == p])] or _panels(rows)
+    impls = _ordered(rows["impl"], tuple(IMPL_COLORS))
+    series = _ordered(rows["series"])
+    colors = impl_colors(impls)
+    hatches = {s: SERIES_HATCHES[i % len(SERIES_HATCHES)] for i, s in enumerate(series)}
+    bars = {panel: _bars(rows[rows["panel"] == panel], kind, metric, len(series) > 1) for panel in panels}
+    ideals = {panel: _ideal(rows[rows["panel"] == panel]) for panel in panels} if kind == "speedup" else {}
+    marks = _vertical_marks(fs, kind)
+    lo, hi = _bar_range([b.value for bs in bars.values() for b in bs if b.value] +
+                        [*ideals.values(), *marks.values(), *([1.0] if kind == "speedup" else [])])
+
+    ncols = min(len(panels), 2)
+    nrows = math.ceil(len(panels) / ncols)
+    most = max(len(b) for b in bars.values())
+    width = max(5.4 * ncols + 2.4, 10.5)  # one panel: still the width of the title and the legend
+    fig = Figure(figsize=(width, (0.34 * most + 0.9) * nrows + 1.2), layout="constrained", dpi=110)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True).ravel().tolist()
+    for k in range(len(panels), len(axes)):
+        axes[k].remove()
+        axes[k - ncols].xaxis.set_tick_params(labelbottom=True)
+    refs: dict[str, Line2D] = {}
+    for ax, panel in zip(axes, panels):
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        base = 1.0 if kind == "speedup" else lo
+        for y, bar in enumerate(bars[panel]):
+            if bar.value is None:  # not run: its status where its bar would be
+                ax.text(0.01, y, bar.text, transform=ax.get_yaxis_transform(), va="center", fontsize=8,
+                        color="0.4", style="italic")
+                continue
+            ax.barh(y, bar.value - base, left=base, height=0.7, color=colors[bar.impl], hatch=hatches[bar.series],
+                    edgecolor="white" if not hatches[bar.series] else "0.25", lw=0.5)
+            if bar.error:  # ± IQR/2, kept above zero on the log axis
+                ax.errorbar(bar.value, y, xerr=[[min(bar.error, bar.value * 0.999)], [bar.error]], color="0.2",
+                            lw=1, capsize=2)
+            ax.text(max(bar.value + (bar.error or 0), base) * (hi / lo) ** 0.012, y, bar.text, va="center",
+                    fontsize=8, bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})
+        ax.set_yticks(range(len(bars[panel])), [b.label for b in bars[panel]], fontsize=9)
+        ax.set_ylim(len(bars[panel]) - 0.5, -1.1)  # best on top, room above for the ideal's label
+        if kind == "speedup":
+            refs[_one_x_label(rows, fs.reference)] = ax.axvline(1, color="0.35", ls="--", lw=1)
+            if ideals[panel] and ideals[panel] > 1.001:  # dense's ideal is the 1× line
+                refs["ideal 1/density"] = ax.axvline(ideals[panel], color="black", ls=":", lw=1.6)
+                ax.text(ideals[panel], -0.85, f"ideal {ideals[panel]:.3g}×", ha="center", va="center", fontsize=8,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+        for label, value in marks.items():
+            refs[label] = ax.axvline(value, color="0.45", lw=1.2)
+        ax.set_title(panel, fontsize=10)
+        ax.grid(True, axis="x", which="major", alpha=0.3)
+        for formatter in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            formatter(PlainLogFormatter("×" if kind == "speedup" else ""))
+        ax.tick_params(axis="x", labelsize=9)
+    fig.supxlabel(metric.ylabel, fontsize=10)
+    fig.suptitle(f"{metric.title} at n = {n} — {fs.title}\n{fs.subtitle}", fontsize=11)
+    drawn = {b.impl for bs in bars.values() for b in bs if b.value}
+    handles = [Patch(color=colors[i], label=i) for i in impls if i in drawn]
+    if len(series) > 1:
+        handles += [Patch(facecolor="white", edgecolor="0.25", hatch=hatches[s], label=s) for s in series]
+    handles += [Line2D([], [], color=r.get_color(), ls=r.get_linestyle(), lw=r.get_linewidth(), label=label)
+                for label, r in refs.items()]
+    fig.legend(handles=handles, loc="outside right center", fontsize=9, frameon=False)
+    return fig
+
+
+def _only_reference(prows: pd.DataFrame) -> bool:
+    return bool(len(prows)) and prows.apply(is_dense_reference, axis=1).all()
+
+
+def _bars(prows: pd.DataFrame, kind: str, metric: Metric, name_series: bool) -> list[Bar]:
+    """The panel's bars, best first, then the cases without a value (not run, or no such metric)."""
+    ran, missed = [], []
+    for r in prows.to_dict("records"):
+        label = r["impl"] + (f" ({r['series']})" if name_series else "")
+        value = r[metric.column] if r["status"] == "ok" and pd.notna(r[metric.column]) else None
+        if value is not None and value > 0:
+            error = r[metric.error] / 2 if metric.error and pd.notna(r[metric.error]) else None
+            ran.append(Bar(label, float(value), _bar_text(r, kind, float(value)), r["impl"], r["series"], error))
+        else:
+            why = f"{r['status']}: {r['error']}" if r["status"] != "ok" and r.get("error") else r["status"]
+            why = why if r["status"] != "ok" else "no value"
+            missed.append(Bar(label, None, "not run: " + _clip(why, 60) if r["status"] != "ok" else why,
+                              r["impl"], r["series"]))
+    ran.sort(key=lambda b: -b.value if HIGHER_IS_BETTER[kind] else b.value)
+    return ran + missed
+
+
+def _bar_text(row: dict[str, Any], kind: str, value: float) -> str:
+    """A bar's label: its value, with the latency beside a speed-up and the speed-up beside a latency."""
+    ms, speedup = row["latency_ms"], row["speedup_vs_dense"]
+    if kind == "speedup":
+        return f"{_times(value)} · {_ms(ms)}" + (" (reference)" if is_dense_reference(row) else "")
+    if kind == "latency":
+        return _ms(value) + (f" ({_times(speedup)})" if pd.notna(speedup) else "")
+    unit = {"memory": "MiB", "tflops": "TFLOP/s", "bandwidth": "GB/s"}[kind]
+    return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+
+
+def _times(value: float) -> str:
+    return f"{value:.2f}×" if value < 10 else f"{value:.3g}×"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms" if value >= 100 else f"{value:.3g} ms"
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _ideal(prows: pd.DataFrame) -> float | None:
+    density = prows["density"].dropna()
+    density = density[density > 0]
+    return 1 / float(density.mean()) if len(density) else None
+
+
+def _one_x_label(rows: pd.DataFrame, reference: str) -> str:
+    """The 1× line's legend label, with the reference's latency when the set has one."""
+    name = "fastest dense SDPA backend" if reference == "best-dense" else "dense SDPA"
+    ms = rows["dense_latency_ms"].dropna().unique() if reference == "sdpa" else []
+    return f"1× = {name}" + (f" ({_ms(ms[0])})" if len(ms) == 1 else "")
+
+
+def _vertical_marks(fs: FigureSet, kind: str) -> dict[str, float]:
+    """The ceilings a bar chart marks: TFLOP/s roofs, or the measured copy bandwidth."""
+    if kind == "tflops":
+        return {f"{name} {value:.4g}" + (f" ({s})" if len(fs.ceilings) > 1 else ""): value
+                for s, ceilings in fs.ceilings.items() for name, value in ceilings.items()}
+    if kind == "bandwidth":
+        return {f"measured copy {v:.4g} GB/s" + (f" ({s})" if len(fs.bandwidth) > 1 else ""): v
+                for s, v in fs.bandwidth.items() if v}
+    return {}
+
+
+def _bar_range(values: list[float]) -> tuple[float, float]:
+    """x limits on a log axis: the values with a margin on the left, and room on the right for the labels."""
+    values = [v for v in values if v and v > 0 and math.isfinite(v)] or [1.0]
+    lo, top = min(values) / 1.6, max(values)
+    decades = max(math.log10(top / lo), 0.5)
+    return lo, top * 10 ** (0.45 * decades)
+
+
 def figure(fs: FigureSet, kind: str) -> Figure:
-    """One of FIGURES for a figure set."""
-    return heatmap_figure(fs) if kind == "heatmap" else line_figure(fs, kind)
+    """One of FIGURES for a figure set: bar charts where the set has a single sequence length."""
+    if kind == "heatmap":
+        return heatmap_figure(fs)
+    return bar_figure(fs, kind) if fs.rows["seq_len"].nunique() == 1 else line_figure(fs, kind)
 
 
 def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:

@@ -31,6 +31,10 @@ KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", 
 # Columns that fix a case's shape: its dense reference is the row of the same run with the same shape.
 SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim"]
 
+# Optional columns added after the first files of this schema version, in order: empty when read from those,
+# left out of the rows a resumed run appends to them. gpu_index, gpu_name: the GPU a row was measured on
+# (physical NVML index and NVML name; empty on CPU); n_calls: every call of the implementation in the case.
+LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls"]
 COLUMNS = [
     "schema_version", "run_id",
     *KEY_COLUMNS,
@@ -44,8 +48,7 @@ COLUMNS = [
     "status", "error",
     # `sparsebench train` rows (mode == "train"); empty for attention benchmarks
     "val_ppl", "train_s", "tokens_per_s", "corpus", "corpus_bytes", "steps",
-    # the GPU a row was measured on: physical (NVML) index and NVML name; empty on CPU and in older files
-    "gpu_index", "gpu_name",
+    *LATER_COLUMNS,
 ]
 
 # The columns every result file has; a file without them is not a sparsebench result.
@@ -193,6 +196,7 @@ class Measurement:
     first_call_s: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
+    n_calls: int | None = None  # first call, warm-up, memory and timed calls together
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -345,8 +349,8 @@ def check_header(path: Path) -> list[str]:
             header = next(csv.reader(fh), [])
     except (UnicodeDecodeError, csv.Error):
         header = []
-    if not header or header != COLUMNS[:len(header)] or len(header) < COLUMNS.index("gpu_index"):
-        raise SparsebenchError(f"{path}: not a results file of this result schema (its header differs); "
+    if not header or header != COLUMNS[:len(header)] or len(header) < len(COLUMNS) - len(LATER_COLUMNS):
+        raise SparsebenchError(f"{path}: written with a different result schema (its header differs); "
                                "use a new --out-dir")
     return header
 

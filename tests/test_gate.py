@@ -278,7 +278,7 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
         wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
         return pd.DataFrame([r for r in rows if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
 
-    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current: rerun)
+    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current, *_: rerun)
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
     assert result.exit_code == code, result.output
     assert len(asked) == 3
@@ -290,7 +290,7 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.slow
-def test_confirm_runner_measures_real_cases(tmp_path: Path) -> None:
+def test_confirm_runner_measures_real_cases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The --confirm hook runs cases through sparsebench.runner with the current run's timing settings."""
     from sparsebench.cli.gate import _runner
     from sparsebench.results import write_meta
@@ -304,3 +304,5 @@ def test_confirm_runner_measures_real_cases(tmp_path: Path) -> None:
     assert list(frame["status"]) == ["ok", "ok"], frame.get("error")
     local = frame[frame["pattern"] == "local"].iloc[0]
     assert local["params"] == "window=16" and local["n_samples"] >= 5 and local["dense_latency_ms"] > 0
+    err = capsys.readouterr().err  # reported as `run` reports its cases
+    assert "gate --confirm, re-run 1/1: 2 case(s)" in err and "[2/2] local(window=16) sdpa 128 fwd: " in err

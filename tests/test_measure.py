@@ -49,3 +49,56 @@ def test_without_clear_refs_the_peak_comes_from_ru_maxrss(monkeypatch):
     assert not tracker.hwm_reset
     assert tracker.peak_mib() == pytest.approx(48.0)
 
+
+
+def test_tracked_call_returns_the_peak_and_the_result():
+    peak, result = memory.tracked_call(lambda: hold(64 * MIB).sum().item(), "cpu")
+    assert result == 16 * MIB and peak >= 0
+
+
+def slow_case_settings():
+    from sparsebench.runner.cases import MeasureSettings
+
+    return MeasureSettings(min_run_time=0.01, min_samples=5, warmup=2)
+
+
+def test_a_slow_case_has_no_warm_up_and_three_samples(monkeypatch):
+    """A call of SLOW_CALL_S or more: the memory-tracked call is the first timed sample, two more follow."""
+    from sparsebench.runner import measure_case
+
+    monkeypatch.setattr(measure_case, "SLOW_CALL_S", 0.0)  # every call counts as slow
+    calls = []
+    peak, samples = measure_case._slow_case(lambda: calls.append(1), torch.device("cpu"), 0.0,
+                                            slow_case_settings())
+    assert len(samples) == measure_case.SLOW_SAMPLES == len(calls) == 3 and peak >= 0
+
+
+def test_a_slow_first_call_then_a_fast_one_is_a_fast_case(monkeypatch):
+    """A first call slow from compilation: one more call shows the steady time, then the usual measurement."""
+    from sparsebench.runner import measure_case
+
+    monkeypatch.setattr(measure_case, "SLOW_CALL_S", 3600.0)
+    calls = []
+    assert measure_case._slow_case(lambda: calls.append(1), torch.device("cpu"), 7200.0,
+                                   slow_case_settings()) is None
+    assert len(calls) == 1
+    assert measure_case._slow_case(lambda: calls.append(1), torch.device("cpu"), 0.5, slow_case_settings()) is None
+    assert len(calls) == 1  # a fast first call: nothing more before the warm-up
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_every_call_of_a_case_is_counted(slow, monkeypatch):
+    from sparsebench.runner import measure_case
+    from sparsebench.runner.cases import Case
+
+    monkeypatch.setattr(measure_case, "SLOW_CALL_S", 0.0 if slow else 3600.0)
+    case = Case("local", "window=8", "eager", "cpu", "float32", "fwd", 1, 2, 2, 64, 64, 16)
+    counted = []
+    real = measure_case.get_impl("eager").forward
+    monkeypatch.setattr(measure_case.get_impl("eager"), "forward", lambda *a: counted.append(1) or real(*a))
+    m = measure_case.measure(case, measure_case.make_inputs(case), slow_case_settings())
+    assert m.status == "ok" and m.n_calls == len(counted)
+    if slow:
+        assert m.n_calls == measure_case.SLOW_CASE_CALLS and len(m.samples) == measure_case.SLOW_SAMPLES
+    else:  # first call, 2 warm-up calls, the memory call, then at least 5 timed samples
+        assert m.n_calls >= 1 + 2 + 1 + 5 and len(m.samples) >= 5

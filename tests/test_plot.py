@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -156,3 +157,62 @@ def test_bad_inputs_give_one_line_and_exit_2(tmp_path):
         result = runner.invoke(app, ["plot", *args])
         assert result.exit_code == 2, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+
+
+def one_length_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runs: int = 1) -> plots.FigureSet:
+    """The synthetic runs at n = 1024 only (eager out of memory there), structured as fast as flex."""
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "SEQ_LENS", (1024,))
+    monkeypatch.setattr(module, "CASES", [*CASES, ("local", "window=64", 0.25, "structured", 0.5)])
+    paths = [write_run(tmp_path / f"run{i}", scale=0.5 ** i) for i in range(runs)]
+    (fs,) = plots.figure_sets([load(p, f"run{i}") for i, p in enumerate(paths)])
+    return fs
+
+
+def bar_rows(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_yticklabels()]
+
+
+def test_one_length_draws_sorted_labelled_bars(tmp_path, monkeypatch):
+    fs = one_length_set(tmp_path, monkeypatch)
+    fig = plots.figure(fs, "speedup")
+    dense, local = fig.axes
+    assert [a.get_title() for a in fig.axes] == ["dense", "local"]
+    assert bar_rows(local) == ["flex", "structured", "sdpa", "eager"]  # fastest first, then the one not run
+    assert sum(1 for p in local.patches if p.get_width()) == 2 and len(local.patches) == 3  # sdpa: 1x, no length
+    texts = [t.get_text() for t in local.texts]
+    assert "2.00× · 8 ms" in texts and "1.00× · 16 ms" in texts and "ideal 4×" in texts
+    assert "not run: oom: out of memory" in texts
+    labels = legend_labels(fig)
+    assert "1× = dense SDPA (16 ms)" in labels and "ideal 1/density" in labels and "eager" not in labels
+    assert all(line.get_xdata()[0] == 1 for line in local.get_lines() if line.get_linestyle() == "--")
+    latency = plots.figure(fs, "latency").axes[1]
+    assert bar_rows(latency)[:3] == ["flex", "structured", "sdpa"] and "16 ms (1.00×)" in [t.get_text() for t in
+                                                                                           latency.texts]
+
+
+def test_one_length_leaves_out_a_panel_of_the_dense_reference_alone(tmp_path, monkeypatch):
+    fs = one_length_set(tmp_path, monkeypatch)
+    fs.rows = fs.rows[~((fs.rows["pattern"] == "dense") & (fs.rows["impl"] != "sdpa"))]  # as `run -p local` writes
+    for kind in ("speedup", "latency", "memory", "tflops"):
+        assert [a.get_title() for a in plots.figure(fs, kind).axes] == ["local"]
+
+
+def test_one_length_overlay_names_each_run(tmp_path, monkeypatch):
+    fig = plots.figure(one_length_set(tmp_path, monkeypatch, runs=2), "speedup")
+    assert bar_rows(fig.axes[1])[:2] == ["flex (run0)", "structured (run0)"]  # equal speed-ups, run order
+    assert {"run0", "run1"} <= set(legend_labels(fig))
+    assert {str(p.get_hatch()) for p in fig.axes[1].patches} == {"", plots.SERIES_HATCHES[1]}
+
+
+def test_line_markers_tell_implementations_apart(tmp_path):
+    """Two implementations with the same values: each has its own hollow marker, so neither hides the other."""
+    (fs,) = plots.figure_sets([load(write_run(tmp_path), "run")])
+    ax = plots.figure(fs, "speedup").axes[1]  # local: eager and sdpa ... at their own speed-ups
+    drawn = {line.get_color(): line.get_marker() for line in ax.get_lines() if line.get_marker() not in ("None", "_")
+             and line.get_label() != "not run: oom"}
+    colors = plots.impl_colors(["sdpa", "eager", "flex"])
+    assert {drawn[colors[i]] for i in ("sdpa", "eager", "flex")} == {plots.IMPL_MARKERS[i] for i in
+                                                                      ("sdpa", "eager", "flex")}
+    assert all(line.get_markerfacecolor() == "none" for line in ax.get_lines() if line.get_color() in colors.values()
+               and line.get_marker() in plots.IMPL_MARKERS.values())

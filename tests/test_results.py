@@ -109,3 +109,22 @@ def test_other_schema_version_is_not_comparable(tmp_path):
     pd.DataFrame([{"schema_version": 99, "pattern": "dense"}]).to_csv(path, index=False)
     with pytest.raises(NotComparable, match="schema version 99"):
         read_results(path)
+
+
+def test_a_resumed_file_without_the_later_columns_keeps_its_header(tmp_path):
+    """A results.csv written before n_calls existed: --resume appends rows with its own columns, and readers
+    see n_calls empty in every row."""
+    from sparsebench.errors import SparsebenchError
+    from sparsebench.results import LATER_COLUMNS, ResultWriter
+
+    path = tmp_path / "results.csv"
+    older = COLUMNS[:len(COLUMNS) - len(LATER_COLUMNS)]
+    pd.DataFrame([{**row("dense", "sdpa", 10.0), "schema_version": 2}], columns=older).to_csv(path, index=False)
+    with ResultWriter(path, append=True) as writer:
+        writer.write(make_row(row("local", "flex", 2.0), Measurement("ok", latency_ms=2.0, n_calls=7), "r1"))
+    assert path.read_text().splitlines()[0].split(",") == older
+    frame = read_results(path)
+    assert list(frame.latency_ms) == [10.0, 2.0] and frame.n_calls.isna().all()
+    pd.DataFrame([{"schema_version": 2, "pattern": "dense"}]).to_csv(path, index=False)
+    with pytest.raises(SparsebenchError, match="different result schema"):
+        ResultWriter(path, append=True)

@@ -91,6 +91,7 @@ def test_run_writes_tidy_rows_with_dense_baseline(tmp_path):
     assert local.max_abs_err < 1e-4
     samples = parse_samples(local.samples_ms)
     assert len(samples) >= 5 and min(samples) <= local.latency_ms <= max(samples)
+    assert local.n_calls >= 1 + 2 + 1 + len(samples)  # first call, warm-up, memory call, one per sample at least
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert meta["torch"] and meta["cpu"] and meta["config"]["seq"] == [200] and meta["harness"]["workers"] == 1
 

@@ -68,6 +68,9 @@ def test_tiny_run_writes_every_output(tiny_run, corpus_file):
     assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert "Perplexity vs dense" in (out / "table.md").read_text()
     assert "intersected with causal" in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("[")]  # one per variant (no terminal)
+    assert [line.split("]")[0] for line in lines] == ["[1/3", "[2/3", "[3/3"], result.stderr
+    assert lines[0].startswith("[1/3] dense&causal [") and all("val ppl" in line and " ok  (" in line for line in lines)
 
 
 @pytest.mark.slow  # trains three variants in worker processes

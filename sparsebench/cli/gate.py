@@ -24,6 +24,7 @@ from sparsebench.cli.common import (
     user_errors,
 )
 from sparsebench.cli.export import emit
+from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.gate_report import finding_lines, headline, render_markdown, rich_table
 from sparsebench.merge import has_shards, materialize
@@ -66,6 +67,8 @@ def gate_cmd(
         "`sparsebench export`).", show_default=False)] = None,
     export_out: Annotated[Path | None, typer.Option(
         "--export-out", help="File for --export (default: stdout).", show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress of the --confirm re-runs: only "
+                                        "their failed cases and the report.")] = False,
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema; another machine with --strict-machine)."""
@@ -111,8 +114,9 @@ def gate_cmd(
         report = machine.latency_as_warnings(report, found)
         report.notes += _environment_notes(baseline, current)
         if confirm and report.regressions and not update_baseline:
-            console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
-            report = gate.confirm(report, baseline_frame, current_frame, _runner(current), confirm)
+            if not quiet:
+                console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
+            report = gate.confirm(report, baseline_frame, current_frame, _runner(current, confirm, quiet), confirm)
         print_report(report)
         markdown = render_markdown(report, *shown)
         if summary is not None:
@@ -137,18 +141,28 @@ def _not_comparable(exc: NotComparable) -> NoReturn:
     fail(str(exc), EXIT_INCOMPARABLE)
 
 
-def _runner(current: Path) -> gate.Rerun:
+def _runner(current: Path, times: int = 1, quiet: bool = False) -> gate.Rerun:
     """The re-run hook of --confirm: the cases measured as `run` measures them, with the timing settings of
-    the current run (its meta.json), adapted to gate.Rerun."""
+    the current run (its meta.json), adapted to gate.Rerun; each of the `times` re-runs reported as `run`'s."""
     from sparsebench.runner import Case, Sweep
 
     sweep = Sweep.from_meta(read_meta(current))
+    done = 0
 
     def rerun(specs: list[dict]) -> pd.DataFrame:
+        nonlocal done
+        done += 1
         cases = [Case(**{**s, "params": format_params(s["params"])}) for s in specs]
         cases.sort(key=lambda c: (c.group(), c != c.reference()))  # groups together, dense reference first
         rows: list[dict] = []
-        sweep.measure(cases, lambda case, row: rows.append(row), ceilings=False)
+        header = f"gate --confirm, re-run {done}/{times}: {len(cases)} case(s)"
+        with Reporter(len(cases), header, quiet) as report:
+
+            def on_row(case: Case, row: dict) -> None:
+                rows.append(row)
+                report.done(*case_line(row))
+
+            sweep.measure(cases, on_row, on_start=lambda c: report.begin(c.label()), ceilings=False)
         return pd.DataFrame(rows)
 
     return rerun

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from sparsebench import environment
@@ -22,6 +21,7 @@ from sparsebench.cli.common import (
     interrupt_on_stop_signals,
     user_errors,
 )
+from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
 from sparsebench.runner import Case, SweepConfig, load_config
@@ -65,6 +65,8 @@ def run_cmd(
     gate: Annotated[Path | None, typer.Option("--gate", help="After the run, gate the results against this "
                                                  "baseline CSV (as `sparsebench gate BASELINE results.csv`).")]
     = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only failed cases and the final "
+                                        "table.")] = False,
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
     summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
@@ -106,7 +108,7 @@ def run_cmd(
             console.print(plan.describe(), markup=False)
         with out.writer() as writer:
             try:
-                rows, stats = _sweep(sweep, cases, unsupported, writer)
+                rows, stats = _sweep(sweep, cases, unsupported, writer, out.csv_path, quiet)
             except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the workers are gone, the rows are kept
                 signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
                 err_console.print(f"interrupted{signame}: {writer.rows_written} finished row(s) of this run kept in "
@@ -116,7 +118,7 @@ def run_cmd(
                 raise WriteFailed(f"{exc}; it ends with its last complete row ({writer.rows_written} of this run); "
                                   "free some space, then run the same command with --resume") from None
         out.finish_meta(meta, stats)
-    _summary(rows, out.csv_path)
+    _summary(rows, out.csv_path, quiet)
     if plan.shard:
         scale.merge_all(plan.root, required=False)  # the last shard of a split to finish merges them all
     if gate is not None:
@@ -125,27 +127,24 @@ def run_cmd(
         gate_cmd(gate, out.csv_path)  # exits with the gate's code
 
 
-def _sweep(sweep: Sweep, cases: list[Case], unsupported: list[tuple[Case, str]],
-           writer: ResultWriter) -> tuple[list[dict], SweepStats]:
-    """Run everything with a progress bar; returns the rows and the harness's own statistics."""
+def _sweep(sweep: Sweep, cases: list[Case], unsupported: list[tuple[Case, str]], writer: ResultWriter,
+           csv_path: Path, quiet: bool) -> tuple[list[dict], SweepStats]:
+    """Run everything, reporting each case as it finishes; returns the rows and the harness's statistics."""
     run_id = new_run_id()
     rows: list[dict] = []
-    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("sweep", total=len(cases) + len(unsupported))
+    header = f"sparsebench run: {len(cases)} case(s) to measure" + \
+        (f", {len(unsupported)} unsupported" if unsupported else "") + f", results in {csv_path}"
+    with Reporter(len(cases) + len(unsupported), header, quiet) as report:
 
         def on_row(case: Case, row: dict) -> None:
             writer.write(row)
             rows.append(row)
-            progress.advance(task)
+            report.done(*case_line(row))
 
         for case, reason in unsupported:
             on_row(case, make_row(case.row(), Measurement("unsupported", reason), run_id,
                                   environment.device_name(case.device)))
-        stats = sweep.measure(cases, on_row, on_start=lambda c: progress.update(task, description=c.label()),
-                              run_id=run_id)
-        progress.update(task, description="done")
+        stats = sweep.measure(cases, on_row, on_start=lambda c: report.begin(c.label()), run_id=run_id)
     return rows, stats
 
 
@@ -155,7 +154,7 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
-def _summary(rows: list[dict], csv_path: Path) -> None:
+def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     """The end-of-sweep table; dtype/mode/device go in the title when the sweep has one of each."""
     def setup(r: dict) -> str:
         mode = f"decode(q_len={r['q_len']})" if r["mode"] == "decode" else r["mode"]
@@ -184,4 +183,5 @@ def _summary(rows: list[dict], csv_path: Path) -> None:
             cells.insert(2, setup(r))
         table.add_row(*cells)
     console.print(table)
-    console.print(f"wrote {csv_path} and {csv_path.with_name('meta.json')}")
+    if not quiet:
+        console.print(f"wrote {csv_path} and {csv_path.with_name('meta.json')}")

@@ -11,11 +11,11 @@ from typing import Annotated
 import psutil
 import torch
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsebench.api import resolve_impl
 from sparsebench.cli import options as opt
-from sparsebench.cli.common import console, err_console, fail, state, user_errors
+from sparsebench.cli.common import console, fail, state, user_errors
+from sparsebench.cli.progress import Reporter
 from sparsebench.environment import collect, device_name
 from sparsebench.errors import WriteFailed
 from sparsebench.impls import get_impl
@@ -48,6 +48,8 @@ def train_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial weights and the data order.")] = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where results.csv, meta.json, the table and "
                                           "the figure go.")] = Path("sparsebench-results/train"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only failed variants and the "
+                                        "final table.")] = False,
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
     summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
@@ -74,12 +76,13 @@ def train_cmd(
 
         dataset = f"{source.name} ({_size(source.n_bytes)})"
         m = cfg.model
-        console.print(f"[bold]sparsebench train[/] --preset {preset_name}: {m.n_layers} layers, d_model {m.d_model}, "
-                      f"{m.n_heads} heads, seq {m.seq_len}, batch {cfg.batch}, {cfg.steps} steps on {dev}; "
-                      f"corpus {dataset}, 90% train / 10% validation")
-        console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
+        if not quiet:
+            console.print(f"[bold]sparsebench train[/] --preset {preset_name}: {m.n_layers} layers, d_model "
+                          f"{m.d_model}, {m.n_heads} heads, seq {m.seq_len}, batch {cfg.batch}, {cfg.steps} steps on "
+                          f"{dev}; corpus {dataset}, 90% train / 10% validation")
+            console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
         started = time.time()
-        _train_all(runs, cfg, source, dev)
+        _train_all(runs, cfg, source, dev, out_dir, quiet)
 
         heading = f"sparsebench train --preset {preset_name}: {cfg.steps} steps x {cfg.batch} x {m.seq_len} bytes"
         setup = f"{m.n_layers} layers, d_model {m.d_model}, {dev} ({_device_name(dev)})"
@@ -89,9 +92,10 @@ def train_cmd(
         except OSError as exc:  # e.g. the disk filled up during training
             raise WriteFailed(f"cannot write the results to {out_dir}: {exc.strerror or exc}") from None
         console.print(report.rich_table(runs, dataset, f"{heading}, {setup}"))
-        console.print(report.TIME_NOTE, highlight=False)
-        console.print(f"wrote {out_dir}/: results.csv, meta.json, table.md, curves.csv, loss_curve.png",
-                      highlight=False)
+        if not quiet:
+            console.print(report.TIME_NOTE, highlight=False)
+            console.print(f"wrote {out_dir}/: results.csv, meta.json, table.md, curves.csv, loss_curve.png",
+                          highlight=False)
     if not all(run.ok for run in runs):
         raise typer.Exit(1)
 
@@ -114,28 +118,32 @@ def _variant(spec: str, shared: dict[str, int], impl: str, cfg: TrainConfig, dev
     return run
 
 
-def _train_all(runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device) -> None:
-    """Each variant in its own worker process, with a progress bar; failures become error rows."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console) as progress:
+def _train_all(runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device, out_dir: Path,
+               quiet: bool) -> None:
+    """Each variant in its own worker process, reported as it finishes; failures become error rows."""
+    header = f"sparsebench train: {len(runs)} variant(s) of {cfg.steps} steps, results in {out_dir}/"
+    with Reporter(len(runs), header, quiet) as progress:
         for run in runs:
-            task = progress.add_task(f"{run.label} [{run.impl}]", total=cfg.steps, loss="-", val="-")
+            name = f"{run.label} [{run.impl}]"
+            progress.begin(name, steps=cfg.steps)
+            losses = {"step": "-", "eval": "-"}
 
-            def on_event(kind: str, step: int, loss: float, task: int = task) -> None:
-                if kind == "step":
-                    progress.update(task, completed=step, loss=f"{loss:.3f}")
-                else:
-                    progress.update(task, val=f"{loss:.3f}")
+            def on_event(kind: str, step: int, loss: float, losses: dict[str, str] = losses) -> None:
+                losses[kind] = f"{loss:.3f}"
+                progress.step(step, f"loss {losses['step']}  val {losses['eval']}")
 
             try:
                 run.result = train_isolated(Job(cfg, run.pattern, run.impl, source.train, source.val, str(dev)),
                                             on_event)
             except VariantFailed as exc:
                 run.error = str(exc)
-                err_console.print(f"{run.label}: {exc}", markup=False)
+                progress.done(f"{name}: error: {exc}", failed=True)
                 if exc.detail and state["debug"]:
                     console.print(exc.detail, markup=False, highlight=False)
+                continue
+            r = run.result
+            progress.done(f"{name}: val ppl {r['val_ppl']:.2f}, median step {report.median_ms(run):.0f} ms, "
+                          f"{r['train_s']:.0f} s ok")
 
 
 def _device(name: str) -> torch.device:

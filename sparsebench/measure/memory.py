@@ -8,10 +8,12 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 MIB = 1024 * 1024
+T = TypeVar("T")
 
 
 def _read_status_kib(field: str) -> int | None:
@@ -77,10 +79,16 @@ class PeakMemory:
 
 def call_peak_mib(fn: Callable[[], object], device: torch.device | str) -> float:
     """Peak extra memory of one call of fn(), in MiB."""
+    return tracked_call(fn, device)[0]
+
+
+def tracked_call(fn: Callable[[], T], device: torch.device | str) -> tuple[float, T]:
+    """(peak extra memory in MiB, fn's result) of one call of fn(). The tracker's own work (gc, heap trim,
+    /proc reads) is before and after the call, so a call timed inside fn is timed as an untracked one."""
     tracker = PeakMemory(device)
     tracker.start()
-    fn()
-    return tracker.peak_mib()
+    result = fn()
+    return tracker.peak_mib(), result
 
 
 class NvmlSampler:

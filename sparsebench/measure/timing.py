@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import statistics
+import timeit
 from collections.abc import Callable
 
 import torch
 
 
 def time_cpu(fn: Callable[[], object], min_run_time: float, min_samples: int) -> list[float]:
-    """Per-call latency samples (ms) from torch.utils.benchmark's blocked_autorange."""
+    """Per-call latency samples (ms) from torch.utils.benchmark's blocked_autorange, topped up to min_samples
+    with single calls."""
     from torch.utils.benchmark import Timer
 
-    timer = Timer(stmt="fn()", globals={"fn": fn})
+    timer = Timer(stmt="fn()", globals={"fn": fn})  # num_threads=1: CPU latency is one thread's
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     samples = [t * 1e3 for t in measurement.times]  # each entry is one block's mean per-call time
-    while len(samples) < min_samples:
-        samples.append(timer.timeit(1).times[0] * 1e3)
-    return samples
+    return samples + time_cpu_calls(fn, min_samples - len(samples))
+
+
+def time_cpu_calls(fn: Callable[[], object], count: int) -> list[float]:
+    """`count` single calls (ms), timed as blocked_autorange times its calls: one thread, garbage collection
+    off, by timeit. (Timer.timeit(1) would make two untimed warm-up calls before each.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        timer = timeit.Timer(fn)
+        return [timer.timeit(1) * 1e3 for _ in range(count)]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def time_cuda(fn: Callable[[], object], min_run_time: float, min_samples: int) -> list[float]:

@@ -1,4 +1,14 @@
-"""Measure one case inside a worker process: setup, first call, accuracy, memory, latency."""
+"""Measure one case inside a worker process: setup, first call, accuracy, memory, latency.
+
+The calls of a case: the first call (compilation, lazy init; its output gives the accuracy), then
+- a fast case: `warmup` calls, one memory-tracked call and the timed calls (blocked_autorange: its block-size
+  estimate, then at least `min_run_time` seconds and `min_samples` samples);
+- a slow case (CPU, a timed call of SLOW_CALL_S or more): one memory-tracked call that is also the first
+  timed sample, then SLOW_SAMPLES - 1 more. A call that long is its own warm-up, and a median of a few seconds-long
+  calls is as steady as one of many. The tracker works before and after the call, never inside it, and adds
+  nothing measurable to it (scripts/tracker_cost.py).
+Every call is counted (`n_calls`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +27,10 @@ from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+SLOW_CALL_S = 1.0  # a call at least this long (steady, not the first) makes a slow case
+SLOW_SAMPLES = 3  # timed calls of a slow case, its memory-tracked call included (at most min_samples)
+SLOW_CASE_CALLS = 1 + SLOW_SAMPLES  # what a slow CPU case costs: the first call and its timed calls
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
@@ -77,11 +91,17 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     _sync(device)
     setup_ms = (time.perf_counter() - t0) * 1e3
 
+    calls = 0  # every call of the implementation in this case, whatever made it
+
     def forward() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
         with torch.no_grad():
             return impl.forward(q, k, v, prep)
 
     def forward_backward() -> torch.Tensor:
+        nonlocal calls
+        calls += 1
         out = impl.forward(q, k, v, prep)
         torch.autograd.grad(out, (q, k, v), grad_out)
         return out
@@ -100,23 +120,27 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     err = accuracy.max_abs_err(out, q, k, v, pattern)
     tolerance = accuracy.TOLERANCE[case.torch_dtype]
     del out
-    for _ in range(settings.warmup):
-        call()
-    _sync(device)
 
-    if device.type == "cuda":
-        # Hand the allocator's cached blocks (earlier cases, mask building) back to the driver, so NVML's
-        # used memory is the context, the inputs and what this call takes, not the cache.
-        gc.collect()
-        torch.cuda.empty_cache()
-        with memory.NvmlSampler(device.index or 0) as nvml:
-            peak_mib = memory.call_peak_mib(call, device)
-        nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
-        samples = timing.time_cuda(call, settings.min_run_time, settings.min_samples)
+    nvml_peak = nvml_context = float("nan")
+    slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
+    if slow is not None:
+        peak_mib, samples = slow
     else:
-        peak_mib = memory.call_peak_mib(call, device)
-        nvml_peak = nvml_context = float("nan")
-        samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
+        for _ in range(settings.warmup):
+            call()
+        _sync(device)
+        if device.type == "cuda":
+            # Hand the allocator's cached blocks (earlier cases, mask building) back to the driver, so NVML's
+            # used memory is the context, the inputs and what this call takes, not the cache.
+            gc.collect()
+            torch.cuda.empty_cache()
+            with memory.NvmlSampler(device.index or 0) as nvml:
+                peak_mib = memory.call_peak_mib(call, device)
+            nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
+            samples = timing.time_cuda(call, settings.min_run_time, settings.min_samples)
+        else:
+            peak_mib = memory.call_peak_mib(call, device)
+            samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
     nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
@@ -146,7 +170,23 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         first_call_s=first_call_s,
         max_abs_err=err,
         tolerance=tolerance,
+        n_calls=calls,
     )
+
+
+def _slow_case(call: Callable[[], torch.Tensor], device: torch.device, first_call_s: float,
+               settings: MeasureSettings) -> tuple[float, list[float]] | None:
+    """(peak MiB, samples) of a slow CPU case, or None for a fast one (measured with warm-up and autorange).
+
+    Only a first call that could take SLOW_CALL_S on one thread (it ran on all of them, the timed calls run on
+    one) makes one more call before deciding; when that call is fast (the first was compilation, or the threads
+    helped), the case is measured as a fast one, this call one more warm-up: at most SLOW_CALL_S more."""
+    if first_call_s * torch.get_num_threads() < SLOW_CALL_S:
+        return None
+    peak_mib, (ms,) = memory.tracked_call(lambda: timing.time_cpu_calls(call, 1), device)
+    if ms < SLOW_CALL_S * 1e3:
+        return None
+    return peak_mib, [ms, *timing.time_cpu_calls(call, min(settings.min_samples, SLOW_SAMPLES) - 1)]
 
 
 def _slowed(call: Callable[[], torch.Tensor], factor: float, device: torch.device) -> Callable[[], torch.Tensor]:

@@ -7,11 +7,14 @@ import torch
 from sparsebench.impls import get_impl
 from sparsebench.measure.flops import attention_flops
 from sparsebench.runner.cases import Case
+from sparsebench.runner.measure_case import SLOW_CASE_CALLS
 
 # Conservative sustained throughput (FLOP/s) for the time estimate: far below real peaks on purpose,
 # so only hopeless cases are skipped and the per-case timeout catches the rest.
 ASSUMED_FLOPS = {"cpu": 20e9, "cuda": 20e12}
-CALLS_PER_CASE = 10  # first call, accuracy, warm-up, memory and the fewest timed samples
+# The calls of a case slow enough to come near the timeout: on the CPU, the first call and the slow-case samples
+# (measure_case); on CUDA, the first call, warm-up, memory call and the fewest timed samples.
+CALLS_PER_CASE = {"cpu": SLOW_CASE_CALLS, "cuda": 10}
 MEMORY_HEADROOM = 0.8  # use at most 80% of what is free
 
 
@@ -48,8 +51,8 @@ def estimate(case: Case) -> tuple[int, float]:
         args = (pattern, case.batch, case.heads, case.seq_len, case.head_dim, case.torch_dtype, case.mode)
         need = input_bytes(case) + impl.estimate_bytes(*args, device_type=case.device_type)
         pairs = impl.estimate_pairs(pattern, case.seq_len)
-    seconds = CALLS_PER_CASE * attention_flops(pairs, case.batch, case.heads, case.head_dim, case.mode) \
-        / ASSUMED_FLOPS[case.device_type]
+    flops = attention_flops(pairs, case.batch, case.heads, case.head_dim, case.mode)
+    seconds = CALLS_PER_CASE[case.device_type] * flops / ASSUMED_FLOPS[case.device_type]
     return need, seconds
 
 

@@ -51,7 +51,7 @@ def dense_of(runs: list[VariantRun]) -> VariantRun | None:
     return next((r for r in runs if r.name == "dense" and r.ok), None)
 
 
-def _median_ms(run: VariantRun) -> float:
+def median_ms(run: VariantRun) -> float:
     steps = run.result["step_ms"]
     return statistics.median(steps[1:] or steps)  # the first step is reported apart, as first_call_s
 
@@ -64,7 +64,7 @@ def _vs_dense(run: VariantRun, dense: VariantRun | None) -> dict[str, float]:
 
 
 def _measured(run: VariantRun) -> dict[str, float]:
-    return {"latency_ms": _median_ms(run), "peak_mem_mib": run.result["peak_mem_mib"]}
+    return {"latency_ms": median_ms(run), "peak_mem_mib": run.result["peak_mem_mib"]}
 
 
 def result_rows(runs: list[VariantRun], cfg: TrainConfig, *, run_id: str, device: str, device_name: str,
@@ -117,7 +117,7 @@ def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
             continue
         r = run.result
         cells = [run.label, run.impl, dataset, f"{r['val_ppl']:.3f}", f"{r['train_s']:.1f} s",
-                 f"{_median_ms(run):.0f} ms", f"{r['peak_mem_mib']:.0f} MiB"]
+                 f"{median_ms(run):.0f} ms", f"{r['peak_mem_mib']:.0f} MiB"]
         ratios = _vs_dense(run, dense)
         if not ratios:
             cells += ["", "", ""]
