@@ -38,8 +38,13 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
-# Default absolute floor of the peak-memory check. CUDA: the allocator peak is exact. CPU: peak RSS moves
-# in 2 MiB transparent huge pages, and A/A runs differ by up to 2 MiB.
+# Default tolerances of the peak-memory check, by device. CUDA: the allocator peak is exact: 5%, and 1 MiB.
+# CPU: the RSS high-water mark, which moves in 2 MiB transparent huge pages (A/A runs differ by up to 2 MiB),
+# and which glibc's heap reuse makes depend on the process's allocation history: one user-mask case
+# (prefix_lm, structured, n=1024) measured 35 MiB in most runs, 51 MiB in one CI run and 67 MiB with other
+# thread counts, all with the same allocations. So on CPU a case fails only when its peak doubles (and by
+# 4 MiB): the O(n^2) materialisations the check is there for grow far more than that.
+MEM_TOLERANCE = {"cuda": 0.05, "cpu": 1.0}
 MEM_FLOOR_MIB = {"cuda": 1.0, "cpu": 4.0}
 
 OK, IMPROVEMENT, WARNING, REGRESSION = "ok", "improvement", "warning", "regression"
@@ -58,18 +63,21 @@ class Limits:
     """Thresholds for one case."""
 
     latency: float = 1.15  # current/baseline latency ratio beyond which a case is slower (or 1/x: faster)
-    peak_mem: float = 0.05  # relative tolerance on peak memory
+    peak_mem: float | None = None  # relative tolerance on peak memory; None: by device (MEM_TOLERANCE)
     peak_mem_floor_mib: float | None = None  # a change below this many MiB is never flagged; None: by device
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.latency) and self.latency > 1):
             raise SparsebenchError(f"latency threshold must be a ratio > 1 (e.g. 1.15), got {self.latency}")
-        floor = self.peak_mem_floor_mib or 0
-        if not (math.isfinite(self.peak_mem) and self.peak_mem >= 0 and math.isfinite(floor) and floor >= 0):
+        floor, tolerance = self.peak_mem_floor_mib or 0, self.peak_mem or 0
+        if not (math.isfinite(tolerance) and tolerance >= 0 and math.isfinite(floor) and floor >= 0):
             raise SparsebenchError("peak_mem and peak_mem_floor_mib tolerances must be finite numbers >= 0")
 
     def mem_floor(self, device: str) -> float:
         return self.peak_mem_floor_mib if self.peak_mem_floor_mib is not None else MEM_FLOOR_MIB.get(device, 4.0)
+
+    def mem_tolerance(self, device: str) -> float:
+        return self.peak_mem if self.peak_mem is not None else MEM_TOLERANCE.get(device, 0.05)
 
 
 @dataclass(frozen=True)
@@ -325,22 +333,23 @@ def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], t
         if not (b == c or (math.isnan(b) and math.isnan(c))):
             case.findings.append(Finding(metric, REGRESSION, f"{metric} changed {b:.6g} -> {c:.6g} (must match "
                                          "exactly; refresh the baseline if intended)"))
-    _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits,
-                    limits.mem_floor(str(base["device"])))
+    device = str(base["device"])
+    _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]), limits.mem_tolerance(device),
+                    limits.mem_floor(device))
     if raw or not _is_reference(case):
         base_ref = 1.0 if raw else _float(base["dense_latency_ms"])
         cur_ref = 1.0 if raw else _float(cur["dense_latency_ms"])
         _compare_latency(case, base, cur, base_ref, cur_ref, limits.latency, thresholds.alpha, raw)
 
 
-def _compare_memory(case: CaseResult, base: float, cur: float, limits: Limits, floor: float) -> None:
+def _compare_memory(case: CaseResult, base: float, cur: float, tolerance: float, floor: float) -> None:
     if math.isnan(base) or math.isnan(cur):
         if not math.isnan(base):
             case.findings.append(Finding("peak_mem_mib", WARNING, "peak memory no longer measured"))
         return
-    allowed = max(limits.peak_mem * abs(base), floor)
+    allowed = max(tolerance * abs(base), floor)
     change = f"peak memory {base:.1f} -> {cur:.1f} MiB ({_percent(cur, base)}, tolerance " \
-             f"{limits.peak_mem:.0%} or {floor:g} MiB)"
+             f"{tolerance:.0%} or {floor:g} MiB)"
     if cur - base > allowed:
         case.findings.append(Finding("peak_mem_mib", REGRESSION, change))
     elif base - cur > allowed:

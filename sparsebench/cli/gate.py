@@ -44,7 +44,8 @@ def gate_cmd(
         "--threshold", help="Latency ratio beyond which a case is slower (default 1.15, or the TOML file).",
         show_default=False)] = None,
     mem_tolerance: Annotated[float | None, typer.Option(
-        "--mem-tolerance", help="Relative tolerance on peak_mem_mib (default 0.05, or the TOML file).",
+        "--mem-tolerance", help="Relative tolerance on peak_mem_mib (default 0.05 on CUDA, 1.0 on CPU, or the "
+        "TOML file).",
         show_default=False)] = None,
     alpha: Annotated[float | None, typer.Option(
         "--alpha", help="Significance level of the one-sided Mann-Whitney U test (default 0.05).",
