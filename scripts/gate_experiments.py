@@ -1,13 +1,15 @@
 """A/A and A/B experiments for `sparsebench gate`: does the gate cry wolf, does it catch a slowdown?
 
-A/A: one baseline run of the config, then N more independent runs, each gated against the baseline (as CI
-does with a committed baseline) and against the previous run. Any exit 1 is a false alarm (target 0).
-A/B: M runs with a test-only slowdown of one implementation (SPARSEBENCH_TEST_SLOWDOWN=impl:factor, which
-the worker honours), each gated against the baseline. Detected = exit 1 with a latency regression of that
-impl (target M/M); regressions of other impls are counted as false alarms too.
+A/A: N fresh runs of the config, each gated against the committed baseline with the gate's defaults (exactly
+what CI does), every third one with a CPU-bound neighbour process running (as on a shared CI host). Any exit 1
+is a false alarm (target 0). Each run is also compared in-process, before any --confirm re-run, with each
+normalisation (dense, shape), to show which one a noisy reference needs.
+A/B: M runs per slowdown with a test-only slowdown of one implementation (SPARSEBENCH_TEST_SLOWDOWN=impl:factor,
+which the worker honours), each gated against the baseline. Detected = exit 1 with a latency regression of that
+impl; regressions of other impls are counted too.
 
-    python3 scripts/gate_experiments.py --config configs/ci.toml --aa 20 --ab 10 --slowdown structured:1.3 \\
-        --out-dir /tmp/gate-exp
+    python3 scripts/gate_experiments.py --config configs/ci.toml --baseline baselines/ci-cpu/results.csv \
+        --aa 30 --ab 10 --slowdown structured:1.3 --slowdown structured:1.15 --out-dir /tmp/gate-exp
 
 Writes OUT_DIR/summary.md and summary.json; every run stays under OUT_DIR for inspection.
 """
@@ -35,10 +37,8 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def run(config: str, out_dir: Path, slowdown: str | None = None, reuse: bool = False) -> Path:
-    """One `sparsebench run` of the config into out_dir; returns its results.csv (--reuse: keep an old one)."""
-    if reuse and (out_dir / "results.csv").is_file():
-        return out_dir / "results.csv"
+def run(config: str, out_dir: Path, slowdown: str | None = None) -> Path:
+    """One fresh `sparsebench run` of the config into out_dir; returns its results.csv."""
     env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -51,82 +51,111 @@ def run(config: str, out_dir: Path, slowdown: str | None = None, reuse: bool = F
 
 
 def gate_pair(base: Path, cur: Path, extra: list[str], slowdown: str | None = None) -> dict:
-    """Gate through the CLI (the exit code CI sees; with --confirm its re-runs keep the slowdown) and
-    in-process (the details, before any --confirm)."""
+    """Gate through the CLI (the exit code CI sees; its --confirm re-runs keep the slowdown) and in-process
+    with each normalisation, before any re-run."""
     env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
+    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sparsebench", "gate", str(base), str(cur), *extra],
                           check=False, env=env, capture_output=True, text=True)
     (cur.parent / f"gate-vs-{base.parent.name}.log").write_text(proc.stdout + proc.stderr)
-    report = gate.compare(read_results(base), read_results(cur), raw="--raw" in extra,
-                          gate_latency="--no-latency" not in extra)
-    ratios = [(c.ratio, c.name) for c in report.cases if c.ratio == c.ratio]
-    worst = max(ratios) if ratios else (float("nan"), "")
-    regressions = [(c.name, c.impl, f.metric, f.message) for c in report.cases for f in c.findings
-                   if f.verdict == gate.REGRESSION]
-    return {"base": str(base), "current": str(cur), "exit": proc.returncode, "max_ratio": worst[0],
-            "max_ratio_case": worst[1], "warnings": len(report.with_verdict(gate.WARNING)),
-            "regressions": regressions}
+    result = {"base": str(base), "current": str(cur), "exit": proc.returncode,
+              "gate_s": round(time.perf_counter() - t0, 1), "confirmed": proc.stderr.count("confirmed: "),
+              "not_confirmed": proc.stderr.count("not confirmed: ")}
+    base_frame, cur_frame = read_results(base), read_results(cur)
+    for normalise in gate.NORMALISATIONS:
+        report = gate.compare(base_frame, cur_frame, normalise=normalise)
+        ratios = [(c.ratio, c.name, c.cur_latency) for c in report.cases if c.ratio == c.ratio]
+        worst = max(ratios, key=lambda r: abs(r[0] - 1)) if ratios else (float("nan"), "", 0)
+        result[normalise] = {
+            "worst_ratio": worst[0], "worst_case": worst[1],
+            "regressions": [(c.name, c.impl, f.metric, f.message) for c in report.cases for f in c.findings
+                            if f.verdict == gate.REGRESSION]}
+    return result
+
+
+class Neighbour:
+    """A CPU-bound process beside the benchmark (a busy loop), as a shared CI host has."""
+
+    def __enter__(self) -> Neighbour:
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/ci.toml")
-    parser.add_argument("--aa", type=int, default=20, help="A/A runs (each gated against the baseline)")
-    parser.add_argument("--ab", type=int, default=10, help="A/B runs with the injected slowdown")
-    parser.add_argument("--slowdown", default="structured:1.3", help="impl:factor for SPARSEBENCH_TEST_SLOWDOWN")
+    parser.add_argument("--baseline", type=Path, default=Path("baselines/ci-cpu/results.csv"),
+                        help="the committed baseline every run is gated against")
+    parser.add_argument("--aa", type=int, default=30, help="A/A runs")
+    parser.add_argument("--neighbour-every", type=int, default=3, help="a CPU-bound neighbour in every k-th A/A")
+    parser.add_argument("--ab", type=int, default=10, help="A/B runs per slowdown")
+    parser.add_argument("--slowdown", action="append", help="impl:factor for SPARSEBENCH_TEST_SLOWDOWN "
+                        "(repeatable; default structured:1.3 and structured:1.15)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/gate-experiments"))
-    parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options, e.g. '--raw'")
-    parser.add_argument("--reuse", action="store_true", help="re-gate the runs already in OUT_DIR, run only "
-                        "the missing ones (e.g. to try other gate options on the same data)")
+    parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options (default: none)")
     args = parser.parse_args()
     extra = args.gate_args.split()
-    slowed_impl = args.slowdown.split(":")[0]
-    out = args.out_dir
-    print(f"baseline run of {args.config}", flush=True)
-    base = run(args.config, out / "base", reuse=args.reuse)
+    slowdowns = args.slowdown or ["structured:1.3", "structured:1.15"]
+    out, base = args.out_dir, args.baseline
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
-    aa, aa_pairs, previous = [], [], base
+    aa = []
     for i in range(1, args.aa + 1):
-        cur = run(args.config, out / f"aa{i:02d}", reuse=args.reuse)
-        aa.append(gate_pair(base, cur, extra))
-        if previous != base:
-            aa_pairs.append(gate_pair(previous, cur, extra))
-        previous = cur
-        r = aa[-1]
-        print(f"A/A {i:2d}: exit {r['exit']}  max ratio {r['max_ratio']:.3f} ({r['max_ratio_case']})  "
-              f"warnings {r['warnings']}  regressions {r['regressions']}", flush=True)
+        busy = args.neighbour_every > 0 and i % args.neighbour_every == 0
+        if busy:
+            with Neighbour():
+                cur = run(args.config, out / f"aa{i:02d}")
+                r = gate_pair(base, cur, extra)
+        else:
+            cur = run(args.config, out / f"aa{i:02d}")
+            r = gate_pair(base, cur, extra)
+        r["neighbour"] = busy
+        aa.append(r)
+        print(f"A/A {i:2d}{' (neighbour)' if busy else ''}: exit {r['exit']}  "
+              + "  ".join(f"{n}: {len(r[n]['regressions'])} flagged, worst {r[n]['worst_ratio']:.3f}"
+                          for n in gate.NORMALISATIONS), flush=True)
 
-    ab = []
-    for i in range(1, args.ab + 1):
-        cur = run(args.config, out / f"ab{i:02d}", args.slowdown, args.reuse)
-        r = gate_pair(base, cur, extra, args.slowdown)
-        r["detected"] = r["exit"] == 1 and any(impl == slowed_impl and metric == "latency"
-                                               for _, impl, metric, _ in r["regressions"])
-        r["other_regressions"] = [x for x in r["regressions"] if x[1] != slowed_impl]
-        ab.append(r)
-        print(f"A/B {i:2d}: exit {r['exit']}  detected {r['detected']}  "
-              f"caught {sum(x[1] == slowed_impl for x in r['regressions'])} case(s) of {slowed_impl}  "
-              f"other regressions {r['other_regressions']}", flush=True)
+    ab: dict[str, list[dict]] = {}
+    for slowdown in slowdowns:
+        impl = slowdown.split(":")[0]
+        for i in range(1, args.ab + 1):
+            cur = run(args.config, out / f"ab-{slowdown.replace(':', '-')}-{i:02d}", slowdown)
+            r = gate_pair(base, cur, extra, slowdown)
+            caught = [x for x in r["shape"]["regressions"] if x[1] == impl and x[2] == "latency"]
+            r["detected"] = r["exit"] == 1 and bool(caught)
+            r["other"] = [x for x in r["shape"]["regressions"] if x[1] != impl]
+            ab.setdefault(slowdown, []).append(r)
+            print(f"A/B {slowdown} {i:2d}: exit {r['exit']}  caught {len(caught)} case(s) of {impl}  "
+                  f"others flagged {len(r['other'])}", flush=True)
 
-    false_alarms = sum(r["exit"] != 0 for r in aa)
-    deterministic = sum(any(x[2] != "latency" for x in r["regressions"]) for r in aa + aa_pairs)
-    pair_alarms = sum(r["exit"] != 0 for r in aa_pairs)
-    detected = sum(r["detected"] for r in ab)
-    ab_false = sum(bool(r["other_regressions"]) for r in ab)
-    lines = [
-        f"config `{args.config}`, gate options `{' '.join(extra) or '(defaults)'}`",
-        (f"- A/A against the baseline run: {false_alarms}/{len(aa)} false alarms "
-        f"(largest latency ratio seen {max((r['max_ratio'] for r in aa), default=float('nan')):.3f})"),
-        f"- A/A between consecutive runs: {pair_alarms}/{len(aa_pairs)} false alarms",
-        (f"- A/A gates (both kinds) failing on a deterministic metric (flops, density, memory, status): "
-        f"{deterministic}/{len(aa) + len(aa_pairs)}"),
-        (f"- A/B with SPARSEBENCH_TEST_SLOWDOWN={args.slowdown}: detected {detected}/{len(ab)}; "
-        f"runs with a regression of another impl: {ab_false}/{len(ab)}"),
-    ]
+    def alarms(runs: list[dict]) -> str:
+        return f"{sum(r['exit'] != 0 for r in runs)}/{len(runs)}"
+
+    quiet = [r for r in aa if not r["neighbour"]]
+    busy = [r for r in aa if r["neighbour"]]
+    lines = [f"config `{args.config}` gated against `{base}`, gate options `{' '.join(extra) or '(defaults)'}`; "
+             f"started {started}", "",
+             f"- A/A, exit code of `sparsebench gate` with these options: {alarms(aa)} false alarms "
+             f"({alarms(quiet)} on the quiet machine, {alarms(busy)} with a CPU-bound neighbour)"]
+    for normalise in gate.NORMALISATIONS:
+        flagged = sum(bool(r[normalise]["regressions"]) for r in aa)
+        worst = max((r[normalise]["worst_ratio"] for r in aa), key=lambda x: abs(x - 1), default=float("nan"))
+        lines.append(f"- A/A before any re-run, `--normalise {normalise}`: {flagged}/{len(aa)} runs with a "
+                     f"flagged case (largest ratio {worst:.3f})")
+    lines.append(f"- A/A cases re-run by --confirm: {sum(r['confirmed'] + r['not_confirmed'] for r in aa)}, "
+                 f"confirmed {sum(r['confirmed'] for r in aa)}")
+    for slowdown, runs in ab.items():
+        lines.append(f"- A/B with SPARSEBENCH_TEST_SLOWDOWN={slowdown}: detected {sum(r['detected'] for r in runs)}"
+                     f"/{len(runs)}; runs with another impl flagged: {sum(bool(r['other']) for r in runs)}"
+                     f"/{len(runs)}")
     print("\n".join(lines))
+    out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"aa": aa, "aa_pairs": aa_pairs, "ab": ab}, indent=1,
-                                                 default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps({"aa": aa, "ab": ab}, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

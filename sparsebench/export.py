@@ -179,7 +179,7 @@ def junit(report: gate.GateReport, baseline: str, current: str, timestamp: str |
     props = ET.SubElement(suite, "properties")
     limits = report.thresholds.default
     for name, value in (("baseline", baseline), ("current", current),
-                        ("latency", ("raw" if report.raw else "dense-normalised")
+                        ("latency", report.latency_kind
                          + ("" if report.gate_latency else ", not gated")),
                         ("threshold", f"{limits.latency:g}"), ("alpha", f"{report.thresholds.alpha:g}")):
         ET.SubElement(props, "property", {"name": name, "value": _xml_text(value)})

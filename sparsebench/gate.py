@@ -23,6 +23,7 @@ from sparsebench.results import (
     DENSE_REFERENCE,
     FAILED_STATUSES,
     KEY_COLUMNS,
+    SHAPE_COLUMNS,
     case_key,
     complete_columns,
     key_text,
@@ -38,6 +39,16 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
+# How each case's latency is made comparable across runs (`compare(normalise=...)`):
+#   dense: divided by the dense-SDPA latency of the same run and shape;
+#   shape: that, then divided by the median current/baseline ratio of the shape's cases (the dense reference's
+#          own 1.0 included), so that a shift every case of the shape shares (the one dense measurement having
+#          been slowed or sped up, a busier machine) is taken out, and a case is flagged only for moving
+#          against the rest of its shape. Needs SHAPE_MIN_CASES compared cases in the shape, else: dense.
+NORMALISATIONS = ("shape", "dense")
+SHAPE_MIN_CASES = 4
+# Re-runs of a case whose latency regressed (`confirm`); it stands when it regresses again in most of them.
+DEFAULT_CONFIRM = 3
 # Default tolerances of the peak-memory check, by device. CUDA: the allocator peak is exact: 5%, and 1 MiB.
 # CPU: the RSS high-water mark, which moves in 2 MiB transparent huge pages (A/A runs differ by up to 2 MiB),
 # and which glibc's heap reuse makes depend on the process's allocation history: one user-mask case
@@ -195,6 +206,11 @@ class GateReport:
     thresholds: Thresholds
     notes: list[str] = field(default_factory=list)
     gate_latency: bool = True
+    normalise: str = "shape"
+
+    @property
+    def latency_kind(self) -> str:
+        return "raw" if self.raw else f"{self.normalise}-normalised"
 
     def with_verdict(self, verdict: str) -> list[CaseResult]:
         return [c for c in self.cases if c.verdict == verdict]
@@ -258,13 +274,18 @@ def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -
 
 
 def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Thresholds = Thresholds(),
-            raw: bool = False, only: Iterable[Key] | None = None, gate_latency: bool = True) -> GateReport:
+            raw: bool = False, only: Iterable[Key] | None = None, gate_latency: bool = True,
+            normalise: str = "shape") -> GateReport:
     """Compare two result frames case by case. `only`: restrict to these case keys (used by confirm, after
     the full comparison checked that the sets are comparable).
-    `gate_latency=False`: latency is still compared and shown, but a slower case is only a warning."""
+    `gate_latency=False`: latency is still compared and shown, but a slower case is only a warning.
+    `normalise`: see NORMALISATIONS (ignored when `raw`)."""
+    if normalise not in NORMALISATIONS:
+        raise SparsebenchError(f"unknown normalisation {normalise!r}; choose from: {', '.join(NORMALISATIONS)}")
     if only is None:
         check_comparable(baseline, current, raw)
     base_rows, cur_rows = _by_key(baseline), _by_key(current)
+    shifts = shape_shifts(base_rows, cur_rows) if normalise == "shape" and not raw else {}
     keys = list(base_rows) + [k for k in cur_rows if k not in base_rows]
     if only is not None:
         wanted = set(only)
@@ -281,7 +302,7 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
             case.base_status = base["status"] if base is not None else ""
             case.cur_status = cur["status"] if cur is not None else ""
         else:
-            _compare_case(case, base, cur, thresholds, raw)
+            _compare_case(case, base, cur, thresholds, raw, shifts.get(shape_key(cur), 1.0))
             models = other_gpu_models(base, cur)
             for finding in case.findings:
                 if finding.metric == "latency" and finding.verdict == REGRESSION and (models or not gate_latency):
@@ -301,7 +322,29 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
     if not gate_latency:
         notes.append("latency is reported but not gated (--no-latency): only flops, density, memory and "
                      "status can fail")
-    return GateReport(cases, raw, thresholds, notes, gate_latency)
+    shifted = {k: v for k, v in shifts.items() if abs(math.log(v)) > math.log(1.02)}
+    if shifted:
+        notes.append("shape shifts taken out (the median current/baseline ratio of each shape's cases, shared by "
+                     "them all): " + ", ".join(f"n={key_text(k[SHAPE_N])} {v:.2f}x" for k, v in shifted.items()))
+    return GateReport(cases, raw, thresholds, notes, gate_latency, normalise)
+
+
+SHAPE_N = SHAPE_COLUMNS.index("seq_len")
+
+
+def shape_shifts(base_rows: dict[Key, dict[str, Any]], cur_rows: dict[Key, dict[str, Any]]) -> dict[tuple, float]:
+    """Per shape: the median of its cases' dense-normalised current/baseline latency ratios (the dense
+    reference counts as 1.0), for shapes with at least SHAPE_MIN_CASES cases ok in both runs."""
+    ratios: dict[tuple, list[float]] = {}
+    for key, cur in cur_rows.items():
+        base = base_rows.get(key)
+        if base is None or base["status"] != "ok" or cur["status"] != "ok":
+            continue
+        b = _float(base["latency_ms"]) / _float(base["dense_latency_ms"])
+        c = _float(cur["latency_ms"]) / _float(cur["dense_latency_ms"])
+        if b > 0 and c > 0:
+            ratios.setdefault(shape_key(cur), []).append(c / b)
+    return {shape: float(pd.Series(r).median()) for shape, r in ratios.items() if len(r) >= SHAPE_MIN_CASES}
 
 
 def other_gpu_models(base: dict[str, Any], cur: dict[str, Any]) -> str:
@@ -317,7 +360,7 @@ def _is_nan(value: Any) -> bool:
 
 
 def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], thresholds: Thresholds,
-                  raw: bool) -> None:
+                  raw: bool, shift: float = 1.0) -> None:
     case.base_status, case.cur_status = str(base["status"]), str(cur["status"])
     limits = thresholds.for_case(case.pattern, case.impl)
     if case.base_status == "ok" and case.cur_status != "ok":
@@ -338,8 +381,12 @@ def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], t
                     limits.mem_floor(device))
     if raw or not _is_reference(case):
         base_ref = 1.0 if raw else _float(base["dense_latency_ms"])
-        cur_ref = 1.0 if raw else _float(cur["dense_latency_ms"])
+        cur_ref = 1.0 if raw else _float(cur["dense_latency_ms"]) * shift
         _compare_latency(case, base, cur, base_ref, cur_ref, limits.latency, thresholds.alpha, raw)
+        if abs(math.log(shift)) > math.log(1.005):
+            for finding in case.findings:
+                if finding.metric == "latency":
+                    finding.message += f" [after the shape's shared shift of {shift:.2f}x]"
 
 
 def _compare_memory(case: CaseResult, base: float, cur: float, tolerance: float, floor: float) -> None:
@@ -398,12 +445,19 @@ def case_spec(row: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def latency_regressions(report: GateReport) -> list[CaseResult]:
+    """The regressed cases whose only regression is latency: what `confirm` re-runs (flops, density, memory
+    and status are measured exactly, and a re-run would only repeat them)."""
+    return [c for c in report.regressions
+            if all(f.metric == "latency" for f in c.findings if f.verdict == REGRESSION)]
+
+
 def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, rerun: Rerun,
             times: int) -> GateReport:
-    """Re-run each regressed case `times` times; it stays a regression only if it reproduces in more than
-    half of the re-runs, otherwise it becomes a warning. The dense references of their shapes are re-run
-    alongside so that the re-runs normalise against their own dense latency."""
-    regressed = {c.key: c for c in report.regressions}
+    """Re-run each case whose only regression is latency `times` times; it stays a regression only if it
+    reproduces in more than half of the re-runs, otherwise it becomes a warning. The dense references of their
+    shapes are re-run alongside so that the re-runs normalise against their own dense latency."""
+    regressed = {c.key: c for c in latency_regressions(report)}
     if not regressed or times < 1:
         return report
     rows = _by_key(current)
@@ -415,7 +469,9 @@ def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, r
         specs = [case_spec(r) for r in refs] + specs
     hits = {k: 0 for k in regressed}
     for _ in range(times):
-        again = compare(baseline, rerun(specs), report.thresholds, report.raw, regressed, report.gate_latency)
+        # each re-run holds few cases of a shape, with their own fresh dense reference: dense-normalised
+        again = compare(baseline, rerun(specs), report.thresholds, report.raw, regressed, report.gate_latency,
+                        normalise="dense")
         for case in again.cases:
             if case.verdict == REGRESSION or case.presence == MISSING:  # no row: cannot clear it
                 hits[case.key] += 1

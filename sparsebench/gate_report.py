@@ -44,7 +44,8 @@ def _details(case: gate.CaseResult, raw: bool, short: bool) -> str:
 
 def rich_table(report: gate.GateReport) -> Table:
     """Every case: baseline and current latency, ratio, p-value, verdict and why, coloured by verdict."""
-    what = "latency (ms)" if report.raw else "latency / dense"
+    what = "latency (ms)" if report.raw else "latency / dense" + (" / shape shift" if report.normalise == "shape"
+                                                                   else "")
     table = Table(title=f"sparsebench gate: {what}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("case", overflow="fold", ratio=3)
     for column in ("base", "current", "ratio", "p", "verdict"):
@@ -67,7 +68,7 @@ def headline(report: gate.GateReport) -> str:
     text = ", ".join(f"{verdict}: {n}" for verdict, n in sorted(counts.items(), key=lambda kv: -gate.SEVERITY[kv[0]]))
     verdict = "FAIL" if report.failed else "PASS"
     line = f"gate {verdict}: {len(report.cases)} cases ({text}); " \
-           f"{'raw' if report.raw else 'dense-normalised'} latency"
+           f"{report.latency_kind} latency"
     if report.improvements:
         line += "; improvements found: refresh the baseline with --update-baseline"
     return line

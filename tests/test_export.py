@@ -216,7 +216,7 @@ def test_failed_cases_are_left_out_of_the_metrics(tmp_path: Path) -> None:
 def junit_of(tmp_path: Path, current: list[dict]) -> tuple[ET.Element, str]:
     base, cur = runs(tmp_path, current)
     out = tmp_path / "gate.xml"
-    result = invoke("gate", base, cur, "--export", "junit", "--export-out", out)
+    result = invoke("gate", base, cur, "--confirm", "0", "--export", "junit", "--export-out", out)
     return validate_junit(out.read_text()), result
 
 
@@ -257,7 +257,7 @@ def test_junit_passes_warnings_and_survives_control_characters(tmp_path: Path) -
 def test_export_with_baseline_matches_gate(tmp_path: Path) -> None:
     base, cur = runs(tmp_path)
     summary = tmp_path / "gate.md"
-    gated = invoke("gate", base, cur, "--summary", summary)
+    gated = invoke("gate", base, cur, "--confirm", "0", "--summary", summary)
     assert gated.exit_code == 1
     exported = invoke("export", cur, "--baseline", base)
     assert exported.exit_code == 0 and exported.stdout == summary.read_text()
@@ -267,7 +267,7 @@ def test_export_with_baseline_matches_gate(tmp_path: Path) -> None:
 
 def test_gate_export_to_stdout_keeps_stdout_for_data(tmp_path: Path) -> None:
     base, cur = runs(tmp_path)
-    result = invoke("gate", base, cur, "--export", "github-action-benchmark")
+    result = invoke("gate", base, cur, "--confirm", "0", "--export", "github-action-benchmark")
     assert result.exit_code == 1
     validate_json(json.loads(result.stdout), GAB_SCHEMA)  # the report went to stderr
     assert "gate FAIL" in result.stderr

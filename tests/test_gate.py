@@ -62,7 +62,8 @@ def write(path: Path, rows: list[dict]) -> Path:
 def gate_run(tmp_path: Path, baseline: list[dict], current: list[dict], *args: str, env: dict | None = None):
     base = write(tmp_path / "base" / "results.csv", baseline)
     cur = write(tmp_path / "cur" / "results.csv", current)
-    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *args], env=env)
+    confirm = [] if "--confirm" in args else ["--confirm", "0"]  # synthetic rows: nothing to re-run
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, *args], env=env)
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -151,6 +152,30 @@ def test_ok_to_oom_fails(tmp_path: Path) -> None:
     result = gate_run(tmp_path, make_rows(1), current)
     assert result.exit_code == 1, result.output
     assert f"REGRESSION {FLEX}: status ok -> oom (out of memory)" in result.output
+
+
+@pytest.mark.parametrize("normalise, code", [("shape", 0), ("dense", 1)])
+def test_a_fast_dense_measurement_shared_by_the_shape_is_taken_out(tmp_path: Path, normalise: str, code: int):
+    """The one dense reference measured 1.4x fast makes every case of its shape look 1.4x slower per dense:
+    a shift the shape shares, not three regressions. Dense normalisation alone flags them all."""
+    current = make_rows(2, slow={"dense/sdpa/1024/float32/fwd": 1 / 1.4})
+    result = gate_run(tmp_path, make_rows(1), current, "--normalise", normalise)
+    assert result.exit_code == code, result.output
+    assert ("shape shifts taken out" in result.output) == (normalise == "shape")
+    assert result.output.count("REGRESSION ") == (3 if code else 0)
+
+
+def test_one_case_slower_than_the_rest_of_a_shifted_shape_fails(tmp_path: Path) -> None:
+    current = make_rows(2, slow={"dense/sdpa/1024/float32/fwd": 1 / 1.2, FLEX: 1.4})
+    result = gate_run(tmp_path, make_rows(1), current)
+    assert result.exit_code == 1, result.output
+    assert result.output.count("REGRESSION ") == 1 and f"REGRESSION {FLEX}: latency/dense 1." in result.output
+    assert "shared shift of 1.2" in result.output
+
+
+def test_unknown_normalisation_gives_2(tmp_path: Path) -> None:
+    result = gate_run(tmp_path, make_rows(1), make_rows(2), "--normalise", "median")
+    assert result.exit_code == 2 and "unknown normalisation 'median'" in result.stderr
 
 
 def test_improvement_reported_with_hint(tmp_path: Path) -> None:

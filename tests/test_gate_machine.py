@@ -18,7 +18,8 @@ def gate_run(tmp_path: Path, baseline: list[dict], current: list[dict], base_met
              cur_meta: dict | None, *args: str):
     base = write_run(tmp_path / "base", baseline, base_meta)
     cur = write_run(tmp_path / "cur", current, cur_meta)
-    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *args])
+    confirm = [] if "--confirm" in args else ["--confirm", "0"]  # synthetic rows: nothing to re-run
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, *args])
     assert "Traceback" not in result.output, result.output
     return result
 

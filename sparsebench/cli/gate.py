@@ -53,8 +53,12 @@ def gate_cmd(
     thresholds_file: Annotated[Path | None, typer.Option(
         "--thresholds", help="TOML file of thresholds, with per-pattern and per-impl overrides "
         "(see configs/gate.toml).", show_default=False)] = None,
-    confirm: Annotated[int, typer.Option("--confirm", min=0, help="Re-run the regressed cases N times; fail "
-                                         "only on those that regress again in most re-runs.")] = 0,
+    confirm: Annotated[int, typer.Option("--confirm", min=0, help="Re-run the cases whose latency regressed N "
+                                         "times (with their dense reference, on this machine); fail only on those "
+                                         "that regress again in most re-runs. 0: off.")] = gate.DEFAULT_CONFIRM,
+    normalise: Annotated[str, typer.Option("--normalise", help="shape: latency / dense, less the shift every case "
+                                           "of the shape shares (default); dense: latency / dense only.")]
+    = "shape",
     summary: Annotated[Path | None, typer.Option(
         "--summary", help="Write a markdown report here (also appended to $GITHUB_STEP_SUMMARY when set).",
         show_default=False)] = None,
@@ -100,7 +104,8 @@ def gate_cmd(
             raise SparsebenchError(f"{baseline}: no such file (create the baseline with --update-baseline)")
         try:
             baseline_frame = read_results(baseline)
-            report = gate.compare(baseline_frame, current_frame, thresholds, raw, gate_latency=latency)
+            report = gate.compare(baseline_frame, current_frame, thresholds, raw, gate_latency=latency,
+                                  normalise=normalise)
         except NotComparable as exc:
             if not update_baseline:
                 _not_comparable(exc)
@@ -114,10 +119,16 @@ def gate_cmd(
                                           "across machines (without it: latency findings become warnings)"))
         report = machine.latency_as_warnings(report, found)
         report.notes += _environment_notes(baseline, current)
-        if confirm and report.regressions and not update_baseline:
+        to_confirm = gate.latency_regressions(report)
+        if confirm and to_confirm and not update_baseline:
             if not quiet:
-                console.print(f"re-running {len(report.regressions)} regressed case(s) {confirm} time(s) to confirm")
-            report = gate.confirm(report, baseline_frame, current_frame, _runner(current, confirm, quiet), confirm)
+                console.print(f"re-running {len(to_confirm)} case(s) whose latency regressed, {confirm} time(s), to "
+                              "confirm", markup=False)
+            try:
+                report = gate.confirm(report, baseline_frame, current_frame, _runner(current, confirm, quiet),
+                                      confirm)
+            except SparsebenchError as exc:  # e.g. a plugin of the current run that does not import here
+                report.notes.append(f"--confirm could not re-run the cases here ({exc}); their regressions stand")
         print_report(report)
         markdown = render_markdown(report, *shown)
         if summary is not None:
