@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -73,6 +75,25 @@ def gate_pair(base: Path, cur: Path, extra: list[str], slowdown: str | None = No
     return result
 
 
+THRESHOLDS = (1.15, 1.3, 1.5)
+
+
+def by_threshold(base: Path, runs: list[Path], impl: str | None = None) -> dict[str, dict[float, int]]:
+    """For each normalisation and threshold: how many of `runs` have a case flagged before any re-run (ratio
+    beyond the threshold and significant); with `impl`, only that implementation's cases count."""
+    base_frame = read_results(base)
+    counts: dict[str, dict[float, int]] = {n: dict.fromkeys(THRESHOLDS, 0) for n in gate.NORMALISATIONS}
+    for path in runs:
+        cur_frame = read_results(path)
+        for normalise in gate.NORMALISATIONS:
+            for threshold in THRESHOLDS:
+                report = gate.compare(base_frame, cur_frame, gate.Thresholds(gate.Limits(latency=threshold)),
+                                      normalise=normalise)
+                flagged = [c for c in gate.latency_regressions(report) if impl is None or c.impl == impl]
+                counts[normalise][threshold] += bool(flagged)
+    return counts
+
+
 class Neighbour:
     """A CPU-bound process beside the benchmark (a busy loop), as a shared CI host has."""
 
@@ -97,11 +118,18 @@ def main() -> None:
                         "(repeatable; default structured:1.3 and structured:1.15)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/gate-experiments"))
     parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options (default: none)")
+    parser.add_argument("--analyse-only", action="store_true", help="no new runs: the summary again from the runs "
+                        "and exit codes recorded in OUT_DIR/summary.json")
     args = parser.parse_args()
     extra = args.gate_args.split()
     slowdowns = args.slowdown or ["structured:1.3", "structured:1.15"]
     out, base = args.out_dir, args.baseline
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.analyse_only:
+        recorded = json.loads((out / "summary.json").read_text())
+        write_summary(args.config, base, extra, recorded.get("started", "(not recorded)"), recorded["aa"],
+                      recorded["ab"], out)
+        return
 
     aa = []
     for i in range(1, args.aa + 1):
@@ -132,12 +160,18 @@ def main() -> None:
             print(f"A/B {slowdown} {i:2d}: exit {r['exit']}  caught {len(caught)} case(s) of {impl}  "
                   f"others flagged {len(r['other'])}", flush=True)
 
+    write_summary(args.config, base, extra, started, aa, ab, out)
+
+
+def write_summary(config: str, base: Path, extra: list[str], started: str, aa: list[dict],
+                  ab: dict[str, list[dict]], out: Path) -> None:
+    """OUT_DIR/summary.md (the figures) and summary.json (every run's gate results)."""
     def alarms(runs: list[dict]) -> str:
         return f"{sum(r['exit'] != 0 for r in runs)}/{len(runs)}"
 
     quiet = [r for r in aa if not r["neighbour"]]
     busy = [r for r in aa if r["neighbour"]]
-    lines = [f"config `{args.config}` gated against `{base}`, gate options `{' '.join(extra) or '(defaults)'}`; "
+    lines = [f"config `{config}` gated against `{base}`, gate options `{' '.join(extra) or '(defaults)'}`; "
              f"started {started}", "",
              f"- A/A, exit code of `sparsebench gate` with these options: {alarms(aa)} false alarms "
              f"({alarms(quiet)} on the quiet machine, {alarms(busy)} with a CPU-bound neighbour)"]
@@ -152,10 +186,40 @@ def main() -> None:
         lines.append(f"- A/B with SPARSEBENCH_TEST_SLOWDOWN={slowdown}: detected {sum(r['detected'] for r in runs)}"
                      f"/{len(runs)}; runs with another impl flagged: {sum(bool(r['other']) for r in runs)}"
                      f"/{len(runs)}")
+    lines += ["", "Runs with a latency case flagged before any re-run, by normalisation and threshold "
+              "(A/A: false alarms without --confirm; A/B: detections of the slowed impl):", "",
+              "| runs | normalise | " + " | ".join(f"{t:g}x" for t in THRESHOLDS) + " |",
+              "|---|---|" + "---|" * len(THRESHOLDS)]
+    groups = [("A/A", [Path(r["current"]) for r in aa], None)]
+    groups += [(f"A/B {s}", [Path(r["current"]) for r in runs], s.split(":")[0]) for s, runs in ab.items()]
+    for label, paths, impl in groups:
+        counts = by_threshold(base, paths, impl)
+        for normalise in gate.NORMALISATIONS:
+            lines.append(f"| {label} | {normalise} | "
+                         + " | ".join(f"{counts[normalise][t]}/{len(paths)}" for t in THRESHOLDS) + " |")
+    lines += ["", "Spread of each case's normalised ratio (current/baseline, `--normalise shape`) over the A/A "
+              "runs, shortest case first:", "", "| baseline ms | case | min | max | sd of log ratio |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {ms:.2f} | `{name}` | {min(r):.3f} | {max(r):.3f} | {sd:.3f} |"
+              for ms, name, r, sd in spread(base, [Path(r["current"]) for r in aa])]
     print("\n".join(lines))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"aa": aa, "ab": ab}, indent=1, default=str) + "\n")
+    (out / "summary.json").write_text(json.dumps({"started": started, "aa": aa, "ab": ab}, indent=1,
+                                                 default=str) + "\n")
+
+
+def spread(base: Path, runs: list[Path]) -> list[tuple[float, str, list[float], float]]:
+    """(baseline latency, case, ratios, sd of log ratio) per case over `runs`, shortest case first."""
+    base_frame = read_results(base)
+    ratios: dict[str, list[float]] = {}
+    for path in runs:
+        for case in gate.compare(base_frame, read_results(path)).cases:
+            if case.ratio == case.ratio:
+                ratios.setdefault(case.name, []).append(case.ratio)
+    latency = {gate.case_name(r): float(r["latency_ms"]) for r in base_frame.to_dict("records")}
+    return sorted((latency[name], name, r, statistics.pstdev([math.log(x) for x in r]))
+                  for name, r in ratios.items())
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def junit(report: gate.GateReport, baseline: str, current: str, timestamp: str |
     for name, value in (("baseline", baseline), ("current", current),
                         ("latency", report.latency_kind
                          + ("" if report.gate_latency else ", not gated")),
-                        ("threshold", f"{limits.latency:g}"), ("alpha", f"{report.thresholds.alpha:g}")):
+                        ("threshold", "by device" if limits.latency is None else f"{limits.latency:g}"),
+                        ("alpha", f"{report.thresholds.alpha:g}")):
         ET.SubElement(props, "property", {"name": name, "value": _xml_text(value)})
     for case in cases:
         pattern = re.sub(r"[^\w-]+", "_", case.pattern)  # dots would read as a package hierarchy

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+# A suite started in the background of a non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, and so
+# would every `sparsebench run` it starts: the Ctrl-C tests would send a signal nobody hears. Catch it here, so
+# that the children start with the default action and Python's KeyboardInterrupt.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def brute_force_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:

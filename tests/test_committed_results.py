@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sparsebench.cli import app
+from sparsebench.patterns.decode import decode_nnz
 from sparsebench.plugins import load_recorded
 from sparsebench.results import KEY_COLUMNS, read_meta, read_results
 from sparsebench.runner.cases import Case
@@ -26,11 +27,14 @@ def test_every_row_rebuilds_its_pattern(path):
     """Each row's params rebuild the pattern it measured (as --resume and gate --confirm do): same density."""
     load_recorded(read_meta(path))  # the user patterns of the examples' baseline
     frame = read_results(path)
-    frame = frame[frame["status"] == "ok"].drop_duplicates(["pattern", "params", "seq_len"])
+    frame = frame[frame["status"] == "ok"].drop_duplicates(["pattern", "params", "seq_len", "mode", "q_len"])
     assert len(frame)
     for row in frame.to_dict("records"):
         pattern = Case(**{k: row[k] for k in KEY_COLUMNS}).build_pattern()
-        assert pattern.density(row["seq_len"]) == pytest.approx(row["density"], rel=1e-12), row["params"]
+        n, q_len = row["seq_len"], row["q_len"]
+        # decode rows: the density of the last q_len query rows against the whole cache
+        density = decode_nnz(pattern, n, q_len) / (q_len * n) if row["mode"] == "decode" else pattern.density(n)
+        assert density == pytest.approx(row["density"], rel=1e-12), row["params"]
 
 
 @pytest.mark.slow

@@ -138,7 +138,7 @@ def test_validators_accept_the_published_samples() -> None:
 
 def runs(tmp_path: Path, current: list[dict] | None = None, cur_meta: dict | None = None) -> tuple[Path, Path]:
     base = write_run(tmp_path / "base", make_rows(1), {**MACHINE, "date": "2025-01-01T00:00:00+00:00"})
-    cur = write_run(tmp_path / "cur", current if current is not None else make_rows(2, slow={FLEX: 1.5}),
+    cur = write_run(tmp_path / "cur", current if current is not None else make_rows(2, slow={FLEX: 2.0}),
                     cur_meta if cur_meta is not None else {**MACHINE, "date": "2025-01-02T00:00:00+00:00"})
     return base, cur
 
@@ -221,7 +221,7 @@ def junit_of(tmp_path: Path, current: list[dict]) -> tuple[ET.Element, str]:
 
 
 def test_junit_lists_every_case_with_regressions_as_failures(tmp_path: Path) -> None:
-    current = [r for r in make_rows(2, slow={FLEX: 1.5}) if not (r["impl"] == "structured" and r["seq_len"] == 2048
+    current = [r for r in make_rows(2, slow={FLEX: 2.0}) if not (r["impl"] == "structured" and r["seq_len"] == 2048
                                                                  and r["pattern"] == "strided")]
     current.append({**current[1], "impl": "eager"})  # a case the baseline does not have
     root, result = junit_of(tmp_path, current)

@@ -63,7 +63,8 @@ def gate_run(tmp_path: Path, baseline: list[dict], current: list[dict], *args: s
     base = write(tmp_path / "base" / "results.csv", baseline)
     cur = write(tmp_path / "cur" / "results.csv", current)
     confirm = [] if "--confirm" in args else ["--confirm", "0"]  # synthetic rows: nothing to re-run
-    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, *args], env=env)
+    threshold = [] if "--threshold" in args or "--thresholds" in args else ["--threshold", "1.15"]
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, *threshold, *args], env=env)
     assert "Traceback" not in result.output, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
@@ -171,6 +172,17 @@ def test_one_case_slower_than_the_rest_of_a_shifted_shape_fails(tmp_path: Path) 
     assert result.exit_code == 1, result.output
     assert result.output.count("REGRESSION ") == 1 and f"REGRESSION {FLEX}: latency/dense 1." in result.output
     assert "shared shift of 1.2" in result.output
+
+
+@pytest.mark.parametrize("device, code", [("cpu", 0), ("cuda", 1)])
+def test_latency_threshold_depends_on_device(tmp_path: Path, device: str, code: int) -> None:
+    """1.3x slower: within the CPU default (1.5x, shared VMs), a regression on CUDA (1.15x)."""
+    base = write(tmp_path / "base" / "results.csv", make_rows(1, device=device))
+    cur = write(tmp_path / "cur" / "results.csv", make_rows(2, device=device, slow={FLEX: 1.3}))
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), "--confirm", "0"])
+    assert result.exit_code == code, result.output
+    assert (f"REGRESSION {FLEX}: latency/dense 1.3" in result.output) == bool(code)
+    assert ("threshold 1.15x" in result.output) == bool(code)
 
 
 def test_unknown_normalisation_gives_2(tmp_path: Path) -> None:

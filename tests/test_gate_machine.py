@@ -19,7 +19,7 @@ def gate_run(tmp_path: Path, baseline: list[dict], current: list[dict], base_met
     base = write_run(tmp_path / "base", baseline, base_meta)
     cur = write_run(tmp_path / "cur", current, cur_meta)
     confirm = [] if "--confirm" in args else ["--confirm", "0"]  # synthetic rows: nothing to re-run
-    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, *args])
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), *confirm, "--threshold", "1.15", *args])
     assert "Traceback" not in result.output, result.output
     return result
 

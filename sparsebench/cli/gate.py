@@ -41,7 +41,8 @@ def gate_cmd(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Gate latency; --no-latency still "
                                           "shows it but fails only on flops, density, memory and status.")] = True,
     threshold: Annotated[float | None, typer.Option(
-        "--threshold", help="Latency ratio beyond which a case is slower (default 1.15, or the TOML file).",
+        "--threshold", help="Latency ratio beyond which a case is slower (default 1.15 on CUDA, 1.5 on CPU, or the "
+        "TOML file).",
         show_default=False)] = None,
     mem_tolerance: Annotated[float | None, typer.Option(
         "--mem-tolerance", help="Relative tolerance on peak_mem_mib (default 0.05 on CUDA, 1.0 on CPU, or the "

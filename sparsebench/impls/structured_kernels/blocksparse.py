@@ -2,11 +2,14 @@
 
 The sequence is cut into blocks of b positions. For each query block, the key blocks that hold at least one
 kept pair are found once in `prepare` from the pattern's row masks (a band of query blocks at a time: never an
-n x n mask). Query blocks are bucketed by how many key blocks they need (powers of two), so that padding a
-bucket to its largest count costs at most 2x; each bucket is one SDPA call over gathered key blocks, with an
-additive mask that is zero on full blocks, the pattern's rule on partial ones, and -inf-like on padding slots
-and keys past n. A bucket whose blocks are all full (no partial block, no padding) runs with no mask at all.
-Work is the visited blocks x b^2, memory the gathered key blocks: both follow the pattern's block density.
+n x n mask). Query blocks that need exactly the same key blocks (a document's blocks, a prefix) form a shared
+group: their key blocks are gathered once and attended by all of the group's queries in one call, so a
+block-diagonal mask costs its blocks' work and no copies per query block. The other query blocks are bucketed
+by how many key blocks they need (powers of two), so that padding a bucket to its largest count costs at most
+2x; each bucket is one SDPA call over gathered key blocks per query block. Both carry an additive mask that is
+zero on full blocks, the pattern's rule on partial ones, and -inf-like on padding slots and keys past n; one
+whose blocks are all full (no partial block, no padding) runs with no mask at all. Work is the visited blocks
+x b^2, memory the gathered key blocks: both follow the pattern's block density.
 
 This is what `structured` runs for patterns it has no specialised kernel for (user masks), and what the
 `blocksparse` implementation runs for every pattern, so its speed beside the specialised kernels is measured.
@@ -23,15 +26,17 @@ from sparsebench.patterns import Pattern
 
 BLOCK = {"cpu": 32, "cuda": 64}  # positions per block; CPU measured with the band kernels, CUDA provisional
 BAND_ENTRIES = 1 << 24  # mask entries evaluated at once while building the layout
+SHARED_MIN_BLOCKS = 2  # query blocks with one key-block list that make a shared group
 
 
 @dataclass
 class Bucket:
-    """Query blocks that need up to m key blocks each, padded to m."""
+    """Query blocks that need up to m key blocks each, padded to m; `shared`: all of them the same m blocks."""
 
     query_blocks: torch.Tensor  # (nq,) query block indices
-    key_blocks: torch.Tensor  # (nq * m,) key block indices, padding slots point at block 0
+    key_blocks: torch.Tensor  # (nq * m,) key block indices, padding slots point at block 0; shared: (m,)
     bias: torch.Tensor | None  # (nq, b, m * b) additive mask, or None when every slot is a full block
+    shared: bool = False
 
 
 @dataclass(kw_only=True)
@@ -51,25 +56,38 @@ class BlockSparseKernel(Kernel):
         for bucket in self.buckets:
             nq = len(bucket.query_blocks)
             qb = qp.index_select(1, bucket.query_blocks)  # (rows, nq, b, D)
-            # (rows, nq, m*b, D): each query block's key blocks, gathered
-            kb, vb = (x.index_select(1, bucket.key_blocks).view(rows, nq, -1, D) for x in (kp, vp))
-            if bucket.bias is None:
-                part = attend_out(qb, kb, vb, None, backend=backend)
-            else:
-                part = attend_out(qb, kb, vb, bucket.bias[None], backend=backend)
-            out.index_copy_(1, bucket.query_blocks, part)  # in place: autograd records it, no copy of `out`
+            bias = bucket.bias
+            if bucket.shared:  # every query of the group against the same keys, gathered once
+                qb = qb.reshape(rows, 1, nq * b, D)
+                kb, vb = (x.index_select(1, bucket.key_blocks).view(rows, 1, -1, D) for x in (kp, vp))
+                bias = None if bias is None else bias.reshape(1, nq * b, -1)
+            else:  # (rows, nq, m*b, D): each query block's key blocks, gathered
+                kb, vb = (x.index_select(1, bucket.key_blocks).view(rows, nq, -1, D) for x in (kp, vp))
+            part = attend_out(qb, kb, vb, None if bias is None else bias[None], backend=backend)
+            # in place (no copy of `out`); index_copy_ from a non-contiguous source is a slow serial loop
+            out.index_copy_(1, bucket.query_blocks, part.reshape(rows, nq, b, D).contiguous())
         return out.reshape(rows, nb * b, D)[:, :N]
 
 
 def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: torch.dtype,
                        block: int | None = None) -> BlockSparseKernel:
     b = block or per_device(BLOCK, device.type)
-    nb = -(-n // b)
     counts = _block_counts(pattern, n, b)  # (nb, nb) kept pairs per (query block, key block), on the CPU
     needed = counts > 0
     full = counts == _block_area(n, b)
     per_row = needed.sum(dim=1)
     buckets, pairs = [], 0
+    for query_blocks in _shared_groups(needed):
+        key_blocks = needed[query_blocks[0]].nonzero().flatten()
+        m = len(key_blocks)
+        slot_ok = torch.ones(len(query_blocks), m, dtype=torch.bool)
+        all_full = bool(full[query_blocks[:, None], key_blocks[None, :]].all())
+        bias = None if all_full and n % b == 0 else _bucket_bias(pattern, n, b, query_blocks,
+                                                                 key_blocks.expand(len(query_blocks), m), slot_ok,
+                                                                 device, dtype)
+        buckets.append(Bucket(query_blocks.to(device), key_blocks.to(device), bias, shared=True))
+        pairs += len(query_blocks) * b * m * b
+        per_row[query_blocks] = 0  # done: out of the per-block buckets below
     sizes = torch.where(per_row > 0, 2 ** torch.ceil(torch.log2(per_row.clamp(min=1).double())).long(), 0)
     for m in sorted(set(sizes.tolist()) - {0}):
         query_blocks = (sizes == m).nonzero().flatten()
@@ -82,8 +100,19 @@ def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: to
                                                                  device, dtype)
         buckets.append(Bucket(query_blocks.to(device), key_blocks.flatten().to(device), bias))
         pairs += len(query_blocks) * b * m_used * b
-    return BlockSparseKernel(n=n, executed_pairs=pairs, block=b, buckets=buckets,
-                             largest_temp=max([int(per_row.max()) if nb else 1, 1]))
+    # the per-block buckets gather m (N, D) tensors' worth of keys per row; a shared group only its own blocks
+    largest = max([len(bk.key_blocks) // len(bk.query_blocks) for bk in buckets if not bk.shared] + [1])
+    return BlockSparseKernel(n=n, executed_pairs=pairs, block=b, buckets=buckets, largest_temp=largest)
+
+
+def _shared_groups(needed: torch.Tensor) -> list[torch.Tensor]:
+    """Query blocks (ascending) that need the very same non-empty set of key blocks, SHARED_MIN_BLOCKS or more
+    of them per set."""
+    groups: dict[bytes, list[int]] = {}
+    for block, row in enumerate(needed.to(torch.uint8).numpy()):
+        if row.any():
+            groups.setdefault(row.tobytes(), []).append(block)
+    return [torch.tensor(blocks) for blocks in groups.values() if len(blocks) >= SHARED_MIN_BLOCKS]
 
 
 def _block_area(n: int, b: int) -> torch.Tensor:
