@@ -286,25 +286,30 @@ class ResultWriter:
 
     def write(self, row: dict[str, Any]) -> None:
         full = {"schema_version": SCHEMA_VERSION, **row}
-        self._append(["" if full.get(c) is None else full[c] for c in self.header])
-        self.rows_written += 1
+        self._append(["" if full.get(c) is None else full[c] for c in self.header], row=True)
 
-    def _append(self, values: list[Any]) -> None:
-        """Write one CSV record and fsync it; on failure, cut the file back to where the record began."""
+    def _append(self, values: list[Any], row: bool = False) -> None:
+        """Write one CSV record and fsync it; on failure, cut the file back to where the record began. A row
+        that is in the file is counted in rows_written, also when a signal arrives after its last byte."""
         text = io.StringIO()
         csv.writer(text).writerow(values)
         data = memoryview(text.getvalue().encode())
         start = os.lseek(self._fd, 0, os.SEEK_END)
+        counted = self.rows_written
         try:
             rest = data
             while rest:
                 rest = rest[os.write(self._fd, rest):]
             os.fsync(self._fd)
+            self.rows_written = counted + row
         except BaseException as exc:
             # A signal between two partial writes leaves half a record: cut it too. An OSError (ENOSPC)
-            # leaves at most part of a record, maybe not on disk: always cut.
+            # leaves at most part of a record, maybe not on disk: always cut. A whole record (a signal during
+            # the fsync) stays, and counts.
             if isinstance(exc, OSError) or os.fstat(self._fd).st_size != start + len(data):
                 os.ftruncate(self._fd, start)
+            else:
+                self.rows_written = counted + row
             if isinstance(exc, OSError):
                 raise WriteFailed(f"cannot write {self.path}: {exc.strerror or exc}") from None
             raise

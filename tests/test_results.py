@@ -128,3 +128,23 @@ def test_a_resumed_file_without_the_later_columns_keeps_its_header(tmp_path):
     pd.DataFrame([{"schema_version": 2, "pattern": "dense"}]).to_csv(path, index=False)
     with pytest.raises(SparsebenchError, match="different result schema"):
         ResultWriter(path, append=True)
+
+
+def test_a_row_whose_fsync_is_interrupted_stays_and_counts(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM after a row's last byte: the row is in the file, so the run reports it as kept."""
+    import os
+
+    from sparsebench.results import ResultWriter
+
+    path = tmp_path / "results.csv"
+    real_fsync = os.fsync
+    with ResultWriter(path) as writer:
+        def interrupted(fd: int) -> None:
+            monkeypatch.setattr(os, "fsync", real_fsync)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(os, "fsync", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            writer.write({"pattern": "dense", "impl": "sdpa", "status": "ok"})
+        assert writer.rows_written == 1
+    assert len(path.read_text().splitlines()) == 2  # the header and the row
