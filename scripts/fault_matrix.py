@@ -346,7 +346,7 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         "plot --out under a file": ["plot", str(good), "--out", str(blocker / "plots")],
         "gate: missing baseline": ["gate", str(work / "missing.csv"), str(good)],
         "gate: missing current": ["gate", str(good), str(work / "missing.csv")],
-        "gate: directory": ["gate", str(good.parent), str(good)],
+        "gate: directory without results": ["gate", str(work / "configs"), str(good)],
         "gate --threshold 0.5": ["gate", str(good), str(good), "--threshold", "0.5"],
         "gate --threshold nan": ["gate", str(good), str(good), "--threshold", "nan"],
         "gate --threshold inf": ["gate", str(good), str(good), "--threshold", "inf"],
@@ -466,6 +466,9 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/fault-matrix"))
     parser.add_argument("--only", choices=("faults", "inputs"))
     args = parser.parse_args()
+    # Started in the background of a non-interactive shell, this process would pass SIGINT on as ignored, and
+    # the Ctrl-C fault would never stop its run: catch it, so that the runs start with the default action.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict = {}
     if args.only != "inputs":
