@@ -13,6 +13,7 @@ from torch import nn
 
 from sparsebench.errors import SparsebenchError, Unsupported
 from sparsebench.impls import IMPLS, Impl, Prepared, get_impl
+from sparsebench.impls.structured_kernels.blocksparse import plan_masked_share
 from sparsebench.patterns import Pattern, get_pattern
 from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
 from sparsebench.plugins import FunctionImpl
@@ -38,16 +39,19 @@ AUTO_ORDER_BY_PATTERN = {
 }
 
 
-# A user's mask runs on structured's generic block-sparse kernel, which pays for gathering key blocks: on the CPU
-# (examples/ci.toml, n=1024) it was 2.6x dense SDPA on document masking (density 1/8) and 0.15x on a prefix LM
-# (density ~1/2), where SDPA with the mask did 0.86x. Above this density, auto prefers SDPA for user masks.
-USER_MASK_MAX_DENSITY = 0.25
+# A user's mask runs on structured's generic block-sparse kernel. Where most of its work is in masked or gathered
+# buckets it does SDPA's masked work plus copies: on the CPU (examples/masks.toml, n=4096 and 8192, forward) a
+# prefix LM whose causal part was gathered (0.69 of all pairs) ran at 0.31-0.35x dense SDPA, SDPA with the mask
+# at 0.81x; as a causal run (no mask, no gather) it runs at 1.6-1.8x (docs/results/cpu-examples). Above this
+# share of n^2 pairs in masked or gathered buckets, auto prefers SDPA for user masks.
+USER_MASK_MAX_MASKED_SHARE = 0.25
 
 
 def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch.dtype, mode: str,
                  n: int | None = None) -> str:
     """The implementation to use; raises Unsupported with the reason when none fits."""
-    if impl == "auto" and isinstance(pattern, MaskModPattern) and n and pattern.density(n) > USER_MASK_MAX_DENSITY:
+    if impl == "auto" and isinstance(pattern, MaskModPattern) and n and mode != "decode" and \
+            plan_masked_share(pattern, n, device.type) > USER_MASK_MAX_MASKED_SHARE:
         candidates = ("sdpa", "flex", "structured", "eager")
     elif impl == "auto":
         candidates = AUTO_ORDER_BY_PATTERN.get((device.type, pattern.name), AUTO_ORDER.get(device.type, tuple(IMPLS)))

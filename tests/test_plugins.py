@@ -83,6 +83,67 @@ def test_generic_kernel_matches_float64_on_every_builtin_pattern(name):
         torch.testing.assert_close(g, e, atol=1e-9, rtol=0)
 
 
+def prefix_causal(b, h, q_idx, kv_idx):
+    """a prefix of 200 seen both ways, then causal: the generic kernel's causal runs"""
+    return (kv_idx <= q_idx) | (kv_idx < 200)
+
+
+def strictly_causal(b, h, q_idx, kv_idx):
+    """causal without the diagonal (row 0 keeps key 0): diagonal blocks are not causal, so no causal run"""
+    return (kv_idx < q_idx) | (kv_idx == 0)
+
+
+def causal_documents(b, h, q_idx, kv_idx):
+    """causal within documents of 160 tokens (five blocks), a document boundary inside the fourth"""
+    return (kv_idx <= q_idx) & (q_idx // 160 == kv_idx // 160)
+
+
+def banded_from_70(b, h, q_idx, kv_idx):
+    """a band 100 wide that starts at row 70, a window of key blocks sliding with the query block"""
+    return (kv_idx <= q_idx) & (kv_idx > q_idx - 100) & (q_idx >= 70) | (kv_idx == q_idx)
+
+
+@pytest.mark.parametrize("mask", [prefix_causal, strictly_causal, causal_documents, banded_from_70])
+@pytest.mark.parametrize("n", [517, 640])
+def test_generic_kernel_matches_float64_on_user_masks(mask, n):
+    """The causal, windowed, shared and gathered buckets on masks that make each, at ragged and whole blocks."""
+    pattern = sparsebench.api._pattern(mask, {})
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3))
+    impl = get_impl("blocksparse")
+    out = impl.forward(q, k, v, impl.prepare(pattern, n, "cpu", torch.float64))
+    want = reference(q, k, v, pattern.dense_mask(n))
+    torch.testing.assert_close(out, want, atol=1e-10, rtol=0)
+    grad = torch.randn_like(out)
+    got, expected = torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(want, (q, k, v), grad)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, atol=1e-9, rtol=0)
+
+
+def test_generic_kernel_gathers_nothing_on_bands_and_causal_shapes():
+    """sliding_window and a prefix-then-causal mask run as causal and window calls on views of K and V; the
+    diagonal of a strictly causal mask is not causal, so it is not a causal call."""
+    def kinds(pattern, n=1024):
+        buckets = get_impl("blocksparse").prepare(pattern, n, "cpu", torch.float32).state.buckets
+        return {bk.kind for bk in buckets}
+
+    assert kinds(get_pattern("sliding_window", window=256)) == {"causal", "window"}
+    assert kinds(sparsebench.api._pattern(prefix_causal, {})) == {"causal", "shared"}
+    assert "causal" not in kinds(sparsebench.api._pattern(strictly_causal, {}))
+
+
+def scattered(b, h, q_idx, kv_idx):
+    """two thirds of the pairs, in every block: the generic kernel would be masked SDPA plus copies"""
+    return (q_idx * 7 + kv_idx * 13) % 3 != 0
+
+
+def test_auto_runs_user_masks_on_the_generic_kernel_unless_it_would_be_masked_everywhere():
+    cpu = torch.device("cpu")
+    for mask, expected in [(prefix_causal, "structured"), (causal_documents, "structured"), (scattered, "sdpa")]:
+        pattern = sparsebench.api._pattern(mask, {})
+        assert sparsebench.api.resolve_impl(pattern, "auto", cpu, torch.float32, "fwd", 1024) == expected
+
+
 def test_structured_runs_a_user_mask_on_the_generic_kernel():
     pattern, n = get_pattern(f"{MASKS}:document", docs=5), 700
     q, k, v = (torch.randn(1, 4, n, 16) for _ in range(3))

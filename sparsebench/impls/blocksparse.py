@@ -11,7 +11,7 @@ import torch
 
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.structured_kernels import Kernel
-from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel
+from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel, plan_bytes, plan_pairs
 from sparsebench.impls.structured_kernels.decode import decode_kernel
 
 
@@ -34,13 +34,10 @@ class BlockSparseImpl(Impl):
         return prep.state(q, k, v)
 
     def estimate_pairs(self, pattern, n):
-        """Visited blocks: the kept pairs, rounded up to blocks (at most ~2x) and to a block per row."""
-        return 2 * pattern.nnz(n) + 64 * n
+        """The pairs the kernel will compute in the CPU's blocks, from its plan (the block layout, built once and
+        cached)."""
+        return plan_pairs(pattern, n, "cpu")
 
     def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
-        """The gathered key and value blocks (one row per visited pair / block size, block >= 32) and the
-        masks of the partial blocks, per batch*head; the backward keeps gradients of the gathered copies too."""
-        elt = torch.finfo(dtype).bits // 8
-        pairs = self.estimate_pairs(pattern, n)
-        gathered = 2 * pairs / 32 * head_dim * elt
-        return int(batch * heads * gathered * (1 if mode != "fwdbwd" else 3) + pairs * elt)
+        """From the kernel's plan: the blocks it copies and the masks it builds (see plan_bytes)."""
+        return plan_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)

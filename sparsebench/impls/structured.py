@@ -20,7 +20,7 @@ import torch
 
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.sdpa import SdpaImpl
-from sparsebench.impls.structured_kernels import BUILDERS, Kernel, build_kernel
+from sparsebench.impls.structured_kernels import BUILDERS, Kernel, blocksparse, build_kernel
 from sparsebench.impls.structured_kernels.band import band_block
 from sparsebench.impls.structured_kernels.core import private_ops
 from sparsebench.patterns import CausalOf, Pattern
@@ -54,7 +54,10 @@ class StructuredImpl(Impl):
         return None
 
     def estimate_pairs(self, pattern: Pattern, n: int) -> int:
-        """Kept pairs plus block padding (~1.5x nnz, plus up to one 64-key block per row); no kernel built."""
+        """Kept pairs plus block padding (~1.5x nnz, plus up to one 64-key block per row); no kernel built. User
+        patterns: the generic kernel's plan."""
+        if pattern.name not in BUILDERS:
+            return blocksparse.plan_pairs(pattern, n, "cpu")
         if pattern.name in ("dense", "causal"):
             return pattern.nnz(n)
         return int(1.5 * pattern.nnz(n)) + 64 * n
@@ -65,6 +68,8 @@ class StructuredImpl(Impl):
         m key blocks per query block) and outputs; then either the float32 scores and probabilities that the
         chunked matmul path keeps (~1.5x nnz pairs; inference keeps at most one chunk), or, on the fused
         kernels, the per-block key windows that a backward (or bigbird's gather) materialises."""
+        if pattern.name not in BUILDERS:  # user patterns: the generic kernel, from its plan
+            return blocksparse.plan_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
         if pattern.name in ("dense", "causal"):
             return SdpaImpl().estimate_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
         elt = torch.finfo(dtype).bits // 8

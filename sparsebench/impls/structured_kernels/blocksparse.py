@@ -1,15 +1,21 @@
 """Generic block-sparse attention: any pattern, including a user's mask_mod, from its block layout alone.
 
 The sequence is cut into blocks of b positions. For each query block, the key blocks that hold at least one
-kept pair are found once in `prepare` from the pattern's row masks (a band of query blocks at a time: never an
-n x n mask). Query blocks that need exactly the same key blocks (a document's blocks, a prefix) form a shared
-group: their key blocks are gathered once and attended by all of the group's queries in one call, so a
-block-diagonal mask costs its blocks' work and no copies per query block. The other query blocks are bucketed
-by how many key blocks they need (powers of two), so that padding a bucket to its largest count costs at most
-2x; each bucket is one SDPA call over gathered key blocks per query block. Both carry an additive mask that is
-zero on full blocks, the pattern's rule on partial ones, and -inf-like on padding slots and keys past n; one
-whose blocks are all full (no partial block, no padding) runs with no mask at all. Work is the visited blocks
-x b^2, memory the gathered key blocks: both follow the pattern's block density.
+kept pair are found once from the pattern's row masks (a band of query blocks at a time: never an n x n mask),
+and the query blocks are split into buckets, each one attention call:
+- shared: query blocks that need exactly the same key blocks (a document's blocks, a prefix) attend to those
+  blocks gathered once, so a block-diagonal mask costs its blocks' work and no copies per query block;
+- causal: consecutive query blocks that each need every key from one key block s up to themselves (full
+  blocks, a causal diagonal block), as in the causal part of a prefix LM or of a causal document: one causal
+  SDPA call over blocks [s, last] on views of Q, K and V (the rows before the run are computed and dropped,
+  so a run is taken only where they are the smaller part);
+- window: consecutive query blocks whose key blocks are m consecutive blocks at a fixed offset from the query
+  block, as in a band: key windows that are overlapping views (unfold) of K and V, nothing gathered;
+- gathered: the rest, bucketed by how many key blocks they need (powers of two, so padding a bucket to its
+  largest count costs at most 2x), each query block's key blocks gathered.
+All but causal carry an additive mask that is zero on full blocks, the pattern's rule on partial ones, and
+-inf-like on padding slots and keys past n; a bucket whose blocks are all full runs without one. Work is the
+visited blocks x b^2, memory the gathered key blocks: both follow the pattern's block density.
 
 This is what `structured` runs for patterns it has no specialised kernel for (user masks), and what the
 `blocksparse` implementation runs for every pattern, so its speed beside the specialised kernels is measured.
@@ -17,7 +23,10 @@ This is what `structured` runs for patterns it has no specialised kernel for (us
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
 
 import torch
 
@@ -27,21 +36,36 @@ from sparsebench.patterns import Pattern
 BLOCK = {"cpu": 32, "cuda": 64}  # positions per block; CPU measured with the band kernels, CUDA provisional
 BAND_ENTRIES = 1 << 24  # mask entries evaluated at once while building the layout
 SHARED_MIN_BLOCKS = 2  # query blocks with one key-block list that make a shared group
+RUN_MIN_BLOCKS = 4  # consecutive query blocks with a causal or sliding key-block range that make one call
 
 
 @dataclass
 class Bucket:
-    """Query blocks that need up to m key blocks each, padded to m; `shared`: all of them the same m blocks."""
+    """Query blocks computed by one attention call (the kinds are in the module docstring)."""
 
-    query_blocks: torch.Tensor  # (nq,) query block indices
-    key_blocks: torch.Tensor  # (nq * m,) key block indices, padding slots point at block 0; shared: (m,)
-    bias: torch.Tensor | None  # (nq, b, m * b) additive mask, or None when every slot is a full block
-    shared: bool = False
+    kind: Literal["shared", "causal", "window", "gathered"]
+    query_blocks: torch.Tensor  # (nq,) query block indices, ascending
+    key_blocks: torch.Tensor  # (nq, m) each query block's key blocks, padding slots at block 0; causal: (nq, 0)
+    masked: bool  # whether the call needs a mask: a partial block, a padding slot, or keys past n
+    slot_ok: torch.Tensor | None = None  # gathered: (nq, m) bool, False on padding slots
+    first: int = 0  # causal: the first key block s; window: the first query block's first key block
+    span: int = 0  # causal: blocks in its one call, from the first key block to the last query block
+    bias: torch.Tensor | None = None  # (nq, b, m * b) additive mask when masked, built by blocksparse_kernel
+
+    def pairs(self, b: int) -> int:
+        """(q, k) pairs its call computes per batch*head row, padding and (causal) dropped rows included."""
+        if self.kind == "causal":
+            return self.span * b * (self.span * b + 1) // 2
+        return self.key_blocks.numel() * b * b
+
+    def copies(self, b: int) -> int:
+        """Rows of K and V it copies per batch*head row (the gathers), both counted."""
+        return 2 * b * {"shared": self.key_blocks.shape[1], "gathered": self.key_blocks.numel()}.get(self.kind, 0)
 
 
 @dataclass(kw_only=True)
 class BlockSparseKernel(Kernel):
-    """Buckets of query blocks against their gathered key blocks (see the module docstring)."""
+    """The buckets of query blocks, one attention call each (see the module docstring)."""
 
     block: int
     buckets: list[Bucket]
@@ -55,39 +79,72 @@ class BlockSparseKernel(Kernel):
         backend = inputs.backend(masked=True, merged=False)
         for bucket in self.buckets:
             nq = len(bucket.query_blocks)
-            qb = qp.index_select(1, bucket.query_blocks)  # (rows, nq, b, D)
-            bias = bucket.bias
-            if bucket.shared:  # every query of the group against the same keys, gathered once
-                qb = qb.reshape(rows, 1, nq * b, D)
-                kb, vb = (x.index_select(1, bucket.key_blocks).view(rows, 1, -1, D) for x in (kp, vp))
-                bias = None if bias is None else bias.reshape(1, nq * b, -1)
-            else:  # (rows, nq, m*b, D): each query block's key blocks, gathered
-                kb, vb = (x.index_select(1, bucket.key_blocks).view(rows, nq, -1, D) for x in (kp, vp))
-            part = attend_out(qb, kb, vb, None if bias is None else bias[None], backend=backend)
+            bias = None if bucket.bias is None else bucket.bias[None]
+            if bucket.kind == "causal":  # views of the blocks [first, last]; the rows before the run dropped
+                first, end = bucket.first, bucket.first + bucket.span
+                qc, kc, vc = (x[:, first:end].reshape(rows, 1, -1, D) for x in (qp, kp, vp))
+                part = attend_out(qc, kc, vc, None, backend=backend, causal=True)[:, 0, (end - nq - first) * b:]
+            else:
+                qb = qp.index_select(1, bucket.query_blocks)  # (rows, nq, b, D)
+                if bucket.kind == "shared":  # every query of the group against the same keys, gathered once
+                    qb = qb.reshape(rows, 1, nq * b, D)
+                    kb, vb = (x.index_select(1, bucket.key_blocks[0]).view(rows, 1, -1, D) for x in (kp, vp))
+                    bias = None if bias is None else bias.reshape(1, 1, nq * b, -1)
+                elif bucket.kind == "window":  # overlapping views of K and V: nothing gathered
+                    kb, vb = (_block_windows(x, bucket.first, bucket.key_blocks.shape[1], nq) for x in (kp, vp))
+                else:  # (rows, nq, m*b, D): each query block's key blocks, gathered
+                    kb, vb = (x.index_select(1, bucket.key_blocks.flatten()).view(rows, nq, -1, D)
+                              for x in (kp, vp))
+                part = attend_out(qb, kb, vb, bias, backend=backend)
             # in place (no copy of `out`); index_copy_ from a non-contiguous source is a slow serial loop
             out.index_copy_(1, bucket.query_blocks, part.reshape(rows, nq, b, D).contiguous())
         return out.reshape(rows, nb * b, D)[:, :N]
 
 
+def block_size(device_type: str) -> int:
+    """Positions per block on this device type."""
+    return per_device(BLOCK, device_type)
+
+
 def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: torch.dtype,
                        block: int | None = None) -> BlockSparseKernel:
-    b = block or per_device(BLOCK, device.type)
-    counts = _block_counts(pattern, n, b)  # (nb, nb) kept pairs per (query block, key block), on the CPU
+    """The kernel for `pattern` at length n: its buckets (`plan`), their masks built and moved to `device`."""
+    b = block or block_size(device.type)
+    buckets = []
+    for bucket in plan(pattern, n, b):  # never the cached plan: setup_ms is the whole of this kernel's setup
+        bias = _bucket_bias(pattern, n, b, bucket, device, dtype) if bucket.masked else None
+        buckets.append(dataclasses.replace(bucket, query_blocks=bucket.query_blocks.to(device),
+                                           key_blocks=bucket.key_blocks.to(device), bias=bias))
+    # a gathered bucket copies m (N, D) tensors' worth of keys per row; the other kinds copy at most one
+    largest = max([bk.key_blocks.shape[1] for bk in buckets if bk.kind == "gathered"] + [1])
+    return BlockSparseKernel(n=n, executed_pairs=sum(bk.pairs(b) for bk in buckets), block=b, buckets=buckets,
+                             largest_temp=largest)
+
+
+def plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
+    """The buckets of `pattern` at length n in blocks of b, on the CPU and without masks."""
+    counts, diag_causal = _block_counts(pattern, n, b)  # kept pairs per (query block, key block)
     needed = counts > 0
     full = counts == _block_area(n, b)
-    per_row = needed.sum(dim=1)
-    buckets, pairs = [], 0
+    left = needed.any(dim=1)  # query blocks not in a bucket yet
+
+    def masked(query_blocks: torch.Tensor, key_blocks: torch.Tensor) -> bool:
+        return n % b != 0 or not bool(full[query_blocks[:, None], key_blocks].all())
+
+    buckets = []
     for query_blocks in _shared_groups(needed):
-        key_blocks = needed[query_blocks[0]].nonzero().flatten()
-        m = len(key_blocks)
-        slot_ok = torch.ones(len(query_blocks), m, dtype=torch.bool)
-        all_full = bool(full[query_blocks[:, None], key_blocks[None, :]].all())
-        bias = None if all_full and n % b == 0 else _bucket_bias(pattern, n, b, query_blocks,
-                                                                 key_blocks.expand(len(query_blocks), m), slot_ok,
-                                                                 device, dtype)
-        buckets.append(Bucket(query_blocks.to(device), key_blocks.to(device), bias, shared=True))
-        pairs += len(query_blocks) * b * m * b
-        per_row[query_blocks] = 0  # done: out of the per-block buckets below
+        key_blocks = needed[query_blocks[0]].nonzero().flatten().expand(len(query_blocks), -1)
+        buckets.append(Bucket("shared", query_blocks, key_blocks, masked(query_blocks, key_blocks)))
+        left[query_blocks] = False
+    for query_blocks, first in _causal_runs(needed, full, diag_causal, left):
+        buckets.append(Bucket("causal", query_blocks, torch.empty(len(query_blocks), 0, dtype=torch.long), False,
+                              first=first, span=int(query_blocks[-1]) + 1 - first))
+        left[query_blocks] = False
+    for query_blocks, first, m in _window_runs(needed, left):
+        key_blocks = first + torch.arange(len(query_blocks))[:, None] + torch.arange(m)[None, :]
+        buckets.append(Bucket("window", query_blocks, key_blocks, masked(query_blocks, key_blocks), first=first))
+        left[query_blocks] = False
+    per_row = torch.where(left, needed.sum(dim=1), 0)
     sizes = torch.where(per_row > 0, 2 ** torch.ceil(torch.log2(per_row.clamp(min=1).double())).long(), 0)
     for m in sorted(set(sizes.tolist()) - {0}):
         query_blocks = (sizes == m).nonzero().flatten()
@@ -95,14 +152,51 @@ def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: to
         order = torch.sort(needed[query_blocks].to(torch.int8), dim=1, descending=True, stable=True).indices
         key_blocks = order[:, :m_used]  # (nq, m_used): kept blocks first, then (masked) padding
         slot_ok = torch.arange(m_used)[None, :] < per_row[query_blocks][:, None]
-        all_full = bool((full[query_blocks[:, None], key_blocks] | ~slot_ok).all()) and bool(slot_ok.all())
-        bias = None if all_full and n % b == 0 else _bucket_bias(pattern, n, b, query_blocks, key_blocks, slot_ok,
-                                                                 device, dtype)
-        buckets.append(Bucket(query_blocks.to(device), key_blocks.flatten().to(device), bias))
-        pairs += len(query_blocks) * b * m_used * b
-    # the per-block buckets gather m (N, D) tensors' worth of keys per row; a shared group only its own blocks
-    largest = max([len(bk.key_blocks) // len(bk.query_blocks) for bk in buckets if not bk.shared] + [1])
-    return BlockSparseKernel(n=n, executed_pairs=pairs, block=b, buckets=buckets, largest_temp=largest)
+        padded = not bool(slot_ok.all())
+        buckets.append(Bucket("gathered", query_blocks, key_blocks, padded or masked(query_blocks, key_blocks),
+                              slot_ok=slot_ok))
+    return tuple(buckets)
+
+
+@lru_cache(maxsize=8)
+def cached_plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
+    """`plan`, kept for the estimates below, which the preflight and `impl="auto"` ask for before a kernel."""
+    return plan(pattern, n, b)
+
+
+def plan_bytes(pattern: Pattern, batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype,
+                   mode: str, device_type: str) -> int:
+    """Peak extra memory of one call, from the plan: the padded Q, K, V and output, each bucket's query and
+    output blocks and gathered keys (the largest bucket in inference; all of them, twice, and the key windows'
+    gradients when a backward keeps and differentiates them), and the buckets' masks."""
+    b = block_size(device_type)
+    buckets = cached_plan(pattern, n, b)
+    elt = torch.finfo(dtype).bits // 8
+
+    def temp(bk: Bucket, grad: bool) -> int:  # rows of D values per batch*head row
+        windows = 2 * bk.key_blocks.numel() * b if grad and bk.kind == "window" else 0
+        return 2 * len(bk.query_blocks) * b + bk.copies(b) + windows + (bk.span * b if bk.kind == "causal" else 0)
+
+    padded = 4 * -(-n // b) * b
+    if mode == "fwdbwd":
+        rows = 3 * padded + 2 * sum(temp(bk, True) for bk in buckets)
+    else:
+        rows = padded + max([temp(bk, False) for bk in buckets] + [0])
+    masks = sum(bk.key_blocks.numel() * b * b for bk in buckets if bk.masked)
+    return int(batch * heads * rows * head_dim * elt + masks * elt)
+
+
+def plan_pairs(pattern: Pattern, n: int, device_type: str) -> int:
+    """Exact pairs the kernel computes per batch*head row, from the plan."""
+    b = block_size(device_type)
+    return sum(bk.pairs(b) for bk in cached_plan(pattern, n, b))
+
+
+def plan_masked_share(pattern: Pattern, n: int, device_type: str) -> float:
+    """The share of all n^2 pairs that the kernel computes in masked or gathered buckets, where it does what
+    SDPA with a mask does plus the masks' and gathers' copies."""
+    b = block_size(device_type)
+    return sum(bk.pairs(b) for bk in cached_plan(pattern, n, b) if bk.masked or bk.kind == "gathered") / (n * n)
 
 
 def _shared_groups(needed: torch.Tensor) -> list[torch.Tensor]:
@@ -115,6 +209,58 @@ def _shared_groups(needed: torch.Tensor) -> list[torch.Tensor]:
     return [torch.tensor(blocks) for blocks in groups.values() if len(blocks) >= SHARED_MIN_BLOCKS]
 
 
+def _causal_runs(needed: torch.Tensor, full: torch.Tensor, diag_causal: torch.Tensor,
+                 left: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
+    """Runs of RUN_MIN_BLOCKS or more consecutive query blocks (among those `left`) that each need every key
+    from one first key block s up to themselves: blocks [s, qb) full, the diagonal block causal, no other.
+    A run is taken when the rows of the blocks [s, first query block), computed and dropped, cost at most
+    the run's own pairs. Returns (query blocks, s)."""
+    starts, counts = needed.to(torch.int8).argmax(dim=1), needed.sum(dim=1)
+    keys = []
+    for qb in range(len(left)):
+        s = int(starts[qb])
+        causal = bool(left[qb]) and counts[qb] == qb - s + 1 and bool(diag_causal[qb]) and bool(full[qb, s:qb].all())
+        keys.append(s if causal else None)
+    runs = []
+    for begin, end in _runs(keys):
+        s = keys[begin]
+        dropped, own = (begin - s) ** 2, (end - s) ** 2 - (begin - s) ** 2  # triangles, in half blocks^2
+        if end - begin >= RUN_MIN_BLOCKS and dropped <= own:
+            runs.append((torch.arange(begin, end), s))
+    return runs
+
+
+def _window_runs(needed: torch.Tensor, left: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+    """Runs of RUN_MIN_BLOCKS or more consecutive query blocks (among those `left`) whose key blocks are one
+    contiguous range of m blocks at a fixed offset from the query block, as in a band: query block qb needs
+    [qb + offset, qb + offset + m). Returns (query blocks, the run's first key block, m)."""
+    nb = len(left)
+    starts, counts = needed.to(torch.int8).argmax(dim=1), needed.sum(dim=1)
+    from_start = needed[torch.arange(nb)[:, None], (starts[:, None] + torch.arange(nb)[None, :]).clamp(max=nb - 1)]
+    keys = [(int(starts[qb]) - qb, int(counts[qb])) if left[qb] and bool(from_start[qb, : counts[qb]].all())
+            else None for qb in range(nb)]
+    return [(torch.arange(begin, end), begin + keys[begin][0], keys[begin][1]) for begin, end in _runs(keys)
+            if end - begin >= RUN_MIN_BLOCKS]
+
+
+def _runs(keys: list) -> list[tuple[int, int]]:
+    """[begin, end) of each maximal run of equal keys that are not None."""
+    runs, begin = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[begin]:
+            if keys[begin] is not None:
+                runs.append((begin, i))
+            begin = i
+    return runs
+
+
+def _block_windows(x: torch.Tensor, first: int, m: int, nq: int) -> torch.Tensor:
+    """(rows, nb, b, D) -> (rows, nq, m * b, D): window i is blocks [first + i, first + i + m), an overlapping
+    view (unfold) of x."""
+    rows, _, b, D = x.shape
+    return x[:, first: first + nq + m - 1].unfold(1, m, 1).permute(0, 1, 4, 2, 3).reshape(rows, nq, m * b, D)
+
+
 def _block_area(n: int, b: int) -> torch.Tensor:
     """(nb, nb) positions per block pair: b * b, less at the ragged last row and column of blocks."""
     sizes = torch.full((-(-n // b),), b)
@@ -122,33 +268,44 @@ def _block_area(n: int, b: int) -> torch.Tensor:
     return sizes[:, None] * sizes[None, :]
 
 
-def _block_counts(pattern: Pattern, n: int, b: int) -> torch.Tensor:
-    """(nb, nb) int64: kept pairs in each block pair, from the row masks a band of query blocks at a time."""
+def _block_counts(pattern: Pattern, n: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(nb, nb) int64: kept pairs in each block pair, and (nb,) bool: whether the diagonal block keeps exactly
+    the causal pairs (k <= q, within n); from the row masks, a band of query blocks at a time."""
     nb = -(-n // b)
     per_band = max(1, BAND_ENTRIES // (b * nb * b))
     out = torch.zeros(nb, nb, dtype=torch.int64)
+    diag_causal = torch.zeros(nb, dtype=torch.bool)
+    pos = torch.arange(nb * b).view(nb, b)
+    causal = torch.ones(b, b, dtype=torch.bool).tril()
     for first in range(0, nb, per_band):
         last = min(nb, first + per_band)
         rows = torch.arange(first * b, min(n, last * b))
         mask = torch.zeros(len(rows), nb * b, dtype=torch.bool)
         mask[:, :n] = pattern.rows_mask(rows, n)
         mask = torch.cat([mask, mask.new_zeros((last - first) * b - len(rows), nb * b)])
-        out[first:last] = mask.view(last - first, b, nb, b).sum(dim=(1, 3))
-    return out
+        blocks = mask.view(last - first, b, nb, b)
+        # counts of at most b * b in int32: a bool sum promotes the whole band to int64, 2-3x slower
+        out[first:last] = blocks.view(torch.uint8).sum(dim=3, dtype=torch.int32).sum(dim=1)
+        own = torch.arange(first, last)
+        diag = blocks[torch.arange(last - first), :, own, :]  # (blocks, b, b): each query block's own keys
+        inside = (pos[own, :, None] < n) & (pos[own, None, :] < n)
+        diag_causal[first:last] = ((diag == causal) | ~inside).all(dim=(1, 2))
+    return out, diag_causal
 
 
-def _bucket_bias(pattern: Pattern, n: int, b: int, query_blocks: torch.Tensor, key_blocks: torch.Tensor,
-                 slot_ok: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(nq, b, m * b) additive mask of one bucket: the rule on each gathered key, masked on padding slots and
-    on positions past n (query rows past n keep every key of a real slot, so their softmax stays defined)."""
-    nq, m = key_blocks.shape
-    keys = (key_blocks[:, :, None] * b + torch.arange(b)).reshape(nq, m * b)  # (nq, m*b) key positions
+def _bucket_bias(pattern: Pattern, n: int, b: int, bucket: Bucket, device: torch.device,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """(nq, b, m * b) additive mask of one bucket: the rule on each key of its slots, masked on padding slots
+    and on positions past n (query rows past n keep every key of a real slot, so their softmax stays defined)."""
+    nq, m = bucket.key_blocks.shape
+    keys = (bucket.key_blocks[:, :, None] * b + torch.arange(b)).reshape(nq, m * b)  # (nq, m*b) key positions
     keep = torch.zeros(nq, b, m * b, dtype=torch.bool)
-    for i, block in enumerate(query_blocks.tolist()):  # one query block's rows at a time: O(b * n)
+    for i, block in enumerate(bucket.query_blocks.tolist()):  # one query block's rows at a time: O(b * n)
         rows = torch.arange(block * b, min(n, block * b + b))
         row_mask = pattern.rows_mask(rows, n)  # (rows, n)
         valid = keys[i] < n
         keep[i, : len(rows), valid] = row_mask[:, keys[i][valid]]
         keep[i, len(rows):, valid] = True  # padded query rows (dropped): any defined softmax
-    keep &= slot_ok.repeat_interleave(b, dim=1)[:, None, :]
+    if bucket.slot_ok is not None:
+        keep &= bucket.slot_ok.repeat_interleave(b, dim=1)[:, None, :]
     return bias_from_mask(keep.to(device), dtype)

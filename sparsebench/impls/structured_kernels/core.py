@@ -215,18 +215,20 @@ def attend_merge(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, backend: 
     return _FusedMerge.apply(q, k, v, causal, backend, other_out, other_lse)
 
 
-def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, *,
-               backend: Backend) -> torch.Tensor:
-    """One masked attention whose lse nobody needs, on 'sdpa': torch's SDPA with the bias as its mask, on any
-    device and with autograd (CPU flash, or CUDA memory-efficient attention: no score matrix in either pass).
+def attend_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, *,
+               backend: Backend, causal: bool = False) -> torch.Tensor:
+    """One attention whose lse nobody needs, on 'sdpa': torch's SDPA with the bias (or None) as its mask, or
+    `causal` (k <= q, local indices), on any device and with autograd (CPU flash, or CUDA memory-efficient
+    attention: no score matrix in either pass).
 
     Shapes as in `attend`; the bias is in q's dtype. Returns out (*, L, D) in q's dtype.
     """
     if backend != "sdpa":
         raise ValueError(f"attend_out runs on sdpa, not {backend!r}")
     if q.dim() == 3:  # 4-D, or SDPA takes its slow math path on CPU
-        return attend_out(q[None], k[None], v[None], bias[None] if bias.dim() == 3 else bias, backend=backend)[0]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        bias = bias[None] if bias is not None and bias.dim() == 3 else bias
+        return attend_out(q[None], k[None], v[None], bias, backend=backend, causal=causal)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=causal)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None, *,
