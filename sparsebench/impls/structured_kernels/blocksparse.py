@@ -165,10 +165,12 @@ def cached_plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
 
 
 def plan_bytes(pattern: Pattern, batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype,
-                   mode: str, device_type: str) -> int:
+               mode: str, device_type: str) -> int:
     """Peak extra memory of one call, from the plan: the padded Q, K, V and output, each bucket's query and
     output blocks and gathered keys (the largest bucket in inference; all of them, twice, and the key windows'
-    gradients when a backward keeps and differentiates them), and the buckets' masks."""
+    gradients when a backward keeps and differentiates them, plus the full-size K and V gradients that a
+    gather's backward scatters into), and the buckets' masks. Measured: 1.1-2.2x the allocator's peak on the
+    CPU (docs/results/cpu-examples)."""
     b = block_size(device_type)
     buckets = cached_plan(pattern, n, b)
     elt = torch.finfo(dtype).bits // 8
@@ -179,7 +181,7 @@ def plan_bytes(pattern: Pattern, batch: int, heads: int, n: int, head_dim: int, 
 
     padded = 4 * -(-n // b) * b
     if mode == "fwdbwd":
-        rows = 3 * padded + 2 * sum(temp(bk, True) for bk in buckets)
+        rows = 3 * padded + padded // 2 + 2 * sum(temp(bk, True) for bk in buckets)
     else:
         rows = padded + max([temp(bk, False) for bk in buckets] + [0])
     masks = sum(bk.key_blocks.numel() * b * b for bk in buckets if bk.masked)
