@@ -123,10 +123,13 @@ def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: to
 
 def plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
     """The buckets of `pattern` at length n in blocks of b, on the CPU and without masks."""
-    counts, diag_causal = _block_counts(pattern, n, b)  # kept pairs per (query block, key block)
-    needed = counts > 0
-    full = counts == _block_area(n, b)
+    kept, diag_causal = _block_counts(pattern, n, b)  # kept pairs per (query block, key block)
+    needed = kept > 0
+    full = kept == _block_area(n, b)
     left = needed.any(dim=1)  # query blocks not in a bucket yet
+    # each query block's first and last needed key block, and how many it needs: contiguous when they agree
+    starts, counts = needed.to(torch.int8).argmax(dim=1), needed.sum(dim=1)
+    contiguous = len(needed) - needed.flip(1).to(torch.int8).argmax(dim=1) - starts == counts
 
     def masked(query_blocks: torch.Tensor, key_blocks: torch.Tensor) -> bool:
         return n % b != 0 or not bool(full[query_blocks[:, None], key_blocks].all())
@@ -136,15 +139,15 @@ def plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
         key_blocks = needed[query_blocks[0]].nonzero().flatten().expand(len(query_blocks), -1)
         buckets.append(Bucket("shared", query_blocks, key_blocks, masked(query_blocks, key_blocks)))
         left[query_blocks] = False
-    for query_blocks, first in _causal_runs(needed, full, diag_causal, left):
+    for query_blocks, first in _causal_runs(starts, counts, full, diag_causal, left):
         buckets.append(Bucket("causal", query_blocks, torch.empty(len(query_blocks), 0, dtype=torch.long), False,
                               first=first, span=int(query_blocks[-1]) + 1 - first))
         left[query_blocks] = False
-    for query_blocks, first, m in _window_runs(needed, left):
+    for query_blocks, first, m in _window_runs(starts, counts, contiguous, left):
         key_blocks = first + torch.arange(len(query_blocks))[:, None] + torch.arange(m)[None, :]
         buckets.append(Bucket("window", query_blocks, key_blocks, masked(query_blocks, key_blocks), first=first))
         left[query_blocks] = False
-    per_row = torch.where(left, needed.sum(dim=1), 0)
+    per_row = torch.where(left, counts, 0)
     sizes = torch.where(per_row > 0, 2 ** torch.ceil(torch.log2(per_row.clamp(min=1).double())).long(), 0)
     for m in sorted(set(sizes.tolist()) - {0}):
         query_blocks = (sizes == m).nonzero().flatten()
@@ -211,13 +214,12 @@ def _shared_groups(needed: torch.Tensor) -> list[torch.Tensor]:
     return [torch.tensor(blocks) for blocks in groups.values() if len(blocks) >= SHARED_MIN_BLOCKS]
 
 
-def _causal_runs(needed: torch.Tensor, full: torch.Tensor, diag_causal: torch.Tensor,
+def _causal_runs(starts: torch.Tensor, counts: torch.Tensor, full: torch.Tensor, diag_causal: torch.Tensor,
                  left: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
     """Runs of RUN_MIN_BLOCKS or more consecutive query blocks (among those `left`) that each need every key
     from one first key block s up to themselves: blocks [s, qb) full, the diagonal block causal, no other.
     A run is taken when the rows of the blocks [s, first query block), computed and dropped, cost at most
     the run's own pairs. Returns (query blocks, s)."""
-    starts, counts = needed.to(torch.int8).argmax(dim=1), needed.sum(dim=1)
     keys = []
     for qb in range(len(left)):
         s = int(starts[qb])
@@ -232,15 +234,13 @@ def _causal_runs(needed: torch.Tensor, full: torch.Tensor, diag_causal: torch.Te
     return runs
 
 
-def _window_runs(needed: torch.Tensor, left: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
+def _window_runs(starts: torch.Tensor, counts: torch.Tensor, contiguous: torch.Tensor,
+                 left: torch.Tensor) -> list[tuple[torch.Tensor, int, int]]:
     """Runs of RUN_MIN_BLOCKS or more consecutive query blocks (among those `left`) whose key blocks are one
     contiguous range of m blocks at a fixed offset from the query block, as in a band: query block qb needs
     [qb + offset, qb + offset + m). Returns (query blocks, the run's first key block, m)."""
-    nb = len(left)
-    starts, counts = needed.to(torch.int8).argmax(dim=1), needed.sum(dim=1)
-    from_start = needed[torch.arange(nb)[:, None], (starts[:, None] + torch.arange(nb)[None, :]).clamp(max=nb - 1)]
-    keys = [(int(starts[qb]) - qb, int(counts[qb])) if left[qb] and bool(from_start[qb, : counts[qb]].all())
-            else None for qb in range(nb)]
+    keys = [(int(starts[qb]) - qb, int(counts[qb])) if left[qb] and bool(contiguous[qb]) else None
+            for qb in range(len(left))]
     return [(torch.arange(begin, end), begin + keys[begin][0], keys[begin][1]) for begin, end in _runs(keys)
             if end - begin >= RUN_MIN_BLOCKS]
 
