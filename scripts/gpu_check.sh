@@ -117,6 +117,7 @@ finish() {
     mkdir -p "$work/stray/$(dirname "$rel")" && mv "$path" "$work/stray/$rel"
   done < <(find "$out" -type f -print0)
   find "$out" -mindepth 1 -type d -empty -delete
+  find "$work" -name sparsebench.lock -delete
   tar czf "$out/logs.tgz" -C "$work" . && rm -rf "$work"
   local files block
   block=$(mktemp "${TMPDIR:-/tmp}/gpu_check_block.XXXXXX")

@@ -116,7 +116,10 @@ def fake_gate_experiments(argv: list[str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    time.sleep(float(os.environ.get("GPU_CHECK_FAKE_SLEEP", "0")))
+    # GPU_CHECK_FAKE_SLEEP=STEP=SECONDS: that step hangs (to check the limits), as a slow GPU step would
+    step, _, seconds = os.environ.get("GPU_CHECK_FAKE_SLEEP", "").partition("=")
+    if step and step == os.environ.get("GPU_CHECK_STEP"):
+        time.sleep(float(seconds))
     if argv[:3] == ["-m", "sparsebench", "run"]:
         return fake_run(argv[3:])
     if argv[:3] == ["-m", "sparsebench", "info"]:
