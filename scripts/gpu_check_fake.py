@@ -63,6 +63,7 @@ def fake_run(argv: list[str]) -> int:
     with open(HEADER, newline="") as fh:
         header = next(csv.reader(fh))
     patterns = [p if isinstance(p, str) else p["name"] for p in pick("pattern", "patterns", ["local"])]
+    dense_asked = "dense" in patterns  # dense SDPA always runs beside; the other impls on dense only when asked
     patterns = ["dense"] + [p for p in patterns if p.split(":")[0] != "dense"]
     impls = pick("impl", "impls", ["sdpa"])
     modes = pick("mode", "modes", ["fwd"])
@@ -74,7 +75,11 @@ def fake_run(argv: list[str]) -> int:
         for mode in modes:
             for q_len in (pick("q-len", "q_len", [1]) if mode == "decode" else [""]):
                 for pattern in patterns:
-                    for impl in (["sdpa"] if pattern == "dense" else impls):
+                    if pattern == "dense":
+                        run_impls = ["sdpa"] + [i for i in impls if i != "sdpa" and dense_asked]
+                    else:
+                        run_impls = impls
+                    for impl in run_impls:
                         name = pattern.split(":")[0]
                         like = [t for t in templates if t["pattern"] == name and t["impl"] == impl.split("[")[0]]
                         row = dict.fromkeys(header, "")
