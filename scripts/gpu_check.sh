@@ -200,8 +200,9 @@ step gqa "${sb[@]}" run "${sweep[@]}" --resume --seq 16384 --mode fwd --heads 32
   --impl sdpa --impl structured --impl flex --impl 'sdpa[cudnn]' --pattern dense --pattern local --pattern strided \
   --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
 # 5. decoding, one token and a 16-token block, up to a 131072-key cache: bytes read, GB/s, % of the copy ceiling
-#    (no flex: it compiles per shape and mask, 20 compiles here)
+#    (no flex: it compiles per shape and mask, 20 compiles here; 0.1 s of calls is thousands of these short ones)
 step decode "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --seq 131072 --mode decode --q-len 1 --q-len 16 \
+  --min-run-time 0.1 \
   --impl sdpa --impl structured --pattern dense --pattern causal --pattern local --pattern strided \
   --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
 # 6. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,

@@ -114,3 +114,26 @@ def test_without_cuda_the_import_check_fails_fast_with_one_line(tmp_path):
     assert rows["imports"].split()[1] == "1"
     assert all("not run: the import check failed" in rows[name] for name in STEPS[1:])
     assert files_under(out) <= BACK
+
+
+def test_the_sweep_steps_use_only_options_that_run_has():
+    """The dry run's fake runner accepts any option: the real `sparsebench run` must know each one the check passes,
+    and each impl and pattern must exist, or a step would fail on the GPU with a usage error."""
+    from typer.testing import CliRunner
+
+    from sparsebench.cli import app
+    from sparsebench.impls import IMPLS
+    from sparsebench.patterns import PATTERNS
+
+    help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
+    commands = re.findall(r'"\$\{sb\[@\]\}" run (.*?)(?:>>|$)', SCRIPT.read_text().replace("\\\n", " "), re.M)
+    assert len(commands) == 5  # targets, gqa, decode, aa-base, patterns
+    sweep = re.search(r"^sweep=\((.*)\)", SCRIPT.read_text(), re.M)[1]
+    for command in commands:
+        command = command.replace('"${sweep[@]}"', sweep)
+        for option in re.findall(r"(--[a-z-]+)", command):
+            assert re.search(rf"{option}\b", help_text), option
+        for impl in re.findall(r"--impl '?([\w\[\]]+)", command):
+            assert impl in IMPLS
+        for pattern in re.findall(r"--pattern ([\w]+)", command):
+            assert pattern in PATTERNS
