@@ -18,7 +18,7 @@
 #                      characters of the output)
 #   summary.txt        scripts/gpu_summary.py on the sweep
 #   profile.txt        scripts/gpu_profile.py: where strided's and the band kernels' time goes
-#   aa.md              the A/A gate runs' summary (scripts/gate_experiments.py)
+#   aa.md              the A/A gate runs' summary (scripts/gate_experiments.py; its per-run lines if it was cut)
 #   sweep/results.csv, sweep/meta.json
 #   logs.tgz           info.json, run.log, pytest logs, the A/A runs (results and gate logs), plots/
 set -uo pipefail
@@ -63,7 +63,7 @@ record() { printf '%-11s %4s %5s %5s %5s  %s\n' "$@" >> "$out/steps.txt"; }
 # step NAME CMD...: CMD under a timeout of min(cap, what is left minus the reserve); NAME's cap from CAPS
 # (`patterns`: whatever is left). Output redirections apply to the whole step.
 imports_failed=0
-failed=0  # the exit code: 1 when any step did not run or did not return 0
+failed=0  # the exit code: 1 when any step (or the summary) did not run or did not return 0
 step() {
   local name=$1 max t0=$SECONDS limit rc rows0 rows1
   shift
@@ -104,11 +104,16 @@ finish() {
     t0=$SECONDS
     timeout -k 5 10 python3 scripts/gpu_summary.py "$sweep_dir/results.csv" > "$out/summary.txt" 2>&1
     rc=$?; record summary "$rc" $(( SECONDS - t0 )) 10 - ""
+    (( rc != 0 )) && failed=1
     cat "$out/summary.txt"
   else
     record summary - 0 - - "no results.csv"
   fi
-  [[ -f $work/aa/summary.md ]] && cp "$work/aa/summary.md" "$out/aa.md"
+  if [[ -f $work/aa/summary.md ]]; then
+    cp "$work/aa/summary.md" "$out/aa.md"
+  elif [[ -s $work/aa.log ]]; then  # cut before its summary: each finished run's line
+    cp "$work/aa.log" "$out/aa.md"
+  fi
   rm -f "$sweep_dir/sparsebench.lock"
   local keep=(steps.txt summary.txt profile.txt aa.md sweep/results.csv sweep/meta.json logs.tgz) path rel
   while IFS= read -r -d '' path; do
@@ -180,8 +185,9 @@ step targets "${sb[@]}" run "${sweep[@]}" --overwrite --seq 32768 --impl sdpa --
   --impl 'sdpa[cudnn]' --impl 'sdpa[flash]' --pattern dense --pattern causal --pattern local --pattern strided \
   --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
 # 2. correctness on CUDA, the new path first on a cold compile cache: structured's cuDNN and flash fused parts
-#    against float64; then every impl and pattern in bf16/fp16/fp32, forward and backward, GQA and decode, the
-#    end-to-end run. xdist spreads the compiles; pytest-timeout stops a hung case (both in the GPU image)
+#    against float64; then structured's other CUDA tests, every impl and pattern in bf16/fp16/fp32, forward and
+#    backward, GQA and decode, the end-to-end run (about 360 tests: the log says how far the cap let them get).
+#    xdist spreads the compiles; pytest-timeout stops a hung case (both in the GPU image)
 plugins=()
 python3 -c "import xdist" 2> /dev/null && plugins+=(-n 8)
 python3 -c "import pytest_timeout" 2> /dev/null && plugins+=(--timeout 60)
@@ -189,7 +195,7 @@ cudnn_test=tests/test_structured.py::test_cuda_fused_backends_match_reference
 step cudnn-test "${py[@]}" -m pytest -q -p no:cacheprovider -m cuda "$cudnn_test" > "$work/pytest_cudnn.log" 2>&1
 tail -2 "$work/pytest_cudnn.log"
 step tests "${py[@]}" -m pytest -q -p no:cacheprovider -m cuda "${plugins[@]}" --deselect "$cudnn_test" \
-  tests/test_cuda.py tests/test_structured.py > "$work/pytest_cuda.log" 2>&1
+  tests/test_structured.py tests/test_cuda.py > "$work/pytest_cuda.log" 2>&1
 tail -2 "$work/pytest_cuda.log"
 # 3. where the time goes: strided's cuDNN path against dense SDPA, then structured's band paths (local and
 #    sliding_window run at 2-6% of the dense kernel's rate at 32768: the largest headroom in the first run)

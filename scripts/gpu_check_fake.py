@@ -138,7 +138,7 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[:2] == ["-m", "pytest"]:
         tests = [a for a in argv if a.startswith("tests/")]
-        print(f"{len(tests)} passed in 0.01s (fake: {' '.join(tests)})")
+        print(f"{len(tests)} passed in 0.01s (fake: pytest {' '.join(argv[2:])})")
         return 0
     if argv and argv[0].endswith("gpu_profile.py"):
         for case in argv[1:]:

@@ -84,7 +84,11 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     assert lines[-1].startswith("files (7): ")
     assert (out / "steps.txt").read_text().splitlines() == lines
     # the cuDNN path's test runs first, the rest after without it
-    assert proc.stdout.index("test_cuda_fused_backends_match_reference tests/test_cuda.py") > 0
+    pytest_runs = re.findall(r"\(fake: pytest (.*)\)", proc.stdout)
+    assert len(pytest_runs) == 2
+    assert pytest_runs[0].endswith(" -m cuda tests/test_structured.py::test_cuda_fused_backends_match_reference")
+    assert "--deselect tests/test_structured.py::test_cuda_fused_backends_match_reference" in pytest_runs[1]
+    assert pytest_runs[1].endswith(" tests/test_structured.py tests/test_cuda.py")
     assert (out / "aa.md").read_text().startswith("- A/A")
 
 
