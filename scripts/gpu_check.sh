@@ -1,63 +1,230 @@
 #!/usr/bin/env bash
-# One-shot GPU validation, from a checkout: scripts/gpu_check.sh OUT_DIR [BUDGET_S]
+# One-shot GPU check, from a checkout: scripts/gpu_check.sh OUT_DIR [BUDGET_S]
+#   (device tool: timeout_s 440; GPU_CHECK_DRY=1 runs it on any CPU machine against a fake step runner)
 #
-# Steps run in order of importance, each under a timeout cut from what is left of the budget (default
-# 300 s), so a slow step costs the later ones and never the whole run. `run` gets SIGINT at its limit and
-# keeps every finished row; later steps append with --resume. OUT_DIR gets at most 8 files (what the device
-# tool returns): info.json, pytest_cuda.log, run.log, profile.txt, sweep/results.csv, sweep/meta.json,
-# plots.tgz, summary.txt.
+# Budget arithmetic. A lease is 15 minutes of device time, start-up included; this check must leave room for a
+# rerun. Work: BUDGET_S = 380 s = the steps' caps (350 s, the CAPS table below) + a 30 s reserve for plots, the
+# summary and packing. Each step runs under min(its cap, BUDGET_S - elapsed - reserve), so a slow step costs the
+# later ones and never the whole run; it gets SIGINT at its limit (a run keeps every finished row) and SIGKILL
+# 15 s later, and that overrun is taken from the next steps' limits, so the whole check ends by about
+# BUDGET_S + 15 s. Run it under a device timeout_s of 440 s: 380 + 15 + 45 s for Python start-ups and slack.
+# `patterns` has no cap of its own: it runs only on the time the capped steps leave unused.
+#
+# What comes back (the device tool returns at most 8 files, 16 MiB each, at most two folders down): OUT_DIR
+# holds exactly these 7, also when the check is cut short (the sweep's lock file is removed; anything else is
+# packed into logs.tgz):
+#   steps.txt          the compact block: each step, exit code, seconds, its limit, rows written (also the last
+#                      lines of the output, after the summary, because the runner keeps only the last 12,000
+#                      characters of the output)
+#   summary.txt        scripts/gpu_summary.py on the sweep
+#   profile.txt        scripts/gpu_profile.py: where strided's and the band kernels' time goes
+#   aa.md              the A/A gate runs' summary (scripts/gate_experiments.py; its per-run lines if it was cut)
+#   sweep/results.csv, sweep/meta.json
+#   logs.tgz           info.json, run.log, pytest logs, the A/A runs (results and gate logs), plots/
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}
-budget=${2:-300}
-reserve=45  # plots and the summary at the end
+budget=${2:-380}
+reserve=30
+# step caps in seconds, in the order the steps run (the order of importance); they sum to budget - reserve
+CAPS=(imports:15 info:10 targets:95 cudnn-test:25 tests:40 profile:25 gqa:30 decode:30 aa-base:10 aa:70)
+AA_RUNS=${GPU_CHECK_AA_RUNS:-10}
+
 out=$(mkdir -p "$out" && cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-sb=(python3 -m sparsebench)
+py=(python3)
+if [[ ${GPU_CHECK_DRY:-} == 1 ]]; then
+  # the dry run: every heavy command goes to a fake runner that writes what the real one would (rows replayed
+  # from docs/results/h200), so the order, the budget arithmetic and the files that come back are checked
+  py=(python3 "$PWD/scripts/gpu_check_fake.py")
+fi
+sb=("${py[@]}" -m sparsebench)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")  # logs, plots and the A/A runs: packed at the end
+sweep_dir=$out/sweep
+: > "$out/steps.txt"
 exec 3>&1  # step reports go to the terminal whatever the step's own output is redirected to
 
-# step NAME MAX_S CMD...: CMD under a timeout of min(MAX_S, what is left minus the reserve)
-step() {
-  local name=$1 max=$2 t0=$SECONDS limit
-  shift 2
-  limit=$(( budget - SECONDS - reserve ))
-  (( limit > max )) && limit=$max
-  if (( limit < 20 )); then echo "[$name] not run: budget spent" >&3; return; fi
-  timeout -s INT -k 15 "$limit" "$@"
-  echo "[$name] rc=$? in $(( SECONDS - t0 )) s (limit $limit s)" >&3
+cap_of() {
+  local entry
+  for entry in "${CAPS[@]}"; do [[ ${entry%%:*} == "$1" ]] && { echo "${entry#*:}"; return; }; done
+  echo 0
+}
+caps_total() { local entry sum=0; for entry in "${CAPS[@]}"; do (( sum += ${entry#*:} )); done; echo $sum; }
+
+rows() {  # result rows in the sweep so far (csv-aware: a quoted field may hold a newline)
+  [[ -f $sweep_dir/results.csv ]] || { echo 0; return; }
+  python3 -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' \
+    "$sweep_dir/results.csv" 2> /dev/null || echo "?"
 }
 
-sweep=(--config configs/gpu-smoke.toml --out-dir "$out/sweep")
-step info 30 "${sb[@]}" info --json > "$out/info.json"
-# 1. the targets at 32768, forward and forward+backward, with SDPA's cuDNN and flash backends as dense baselines
-#    (flex's band results and compile times are in the first published run; it compiles per shape and mask)
-step targets 90 "${sb[@]}" run "${sweep[@]}" --overwrite --seq 32768 --impl sdpa --impl structured --impl 'sdpa[cudnn]' \
-  --impl 'sdpa[flash]' --pattern dense --pattern causal --pattern local --pattern strided \
-  --pattern sliding_window:window=1024 >> "$out/run.log" 2>&1
-# 2. correctness on CUDA: every impl and pattern, bf16/fp16/fp32, forward and backward, GQA and decode, both fused
-#    backends of structured; the end-to-end run. xdist compiles the flex cases in parallel; pytest-timeout stops a
-#    hung case (both in the GPU image)
+# record NAME RC SECONDS LIMIT ROWS NOTE: one line of the compact block
+record() { printf '%-11s %4s %5s %5s %5s  %s\n' "$@" >> "$out/steps.txt"; }
+
+# step NAME CMD...: CMD under a timeout of min(cap, what is left minus the reserve); NAME's cap from CAPS
+# (`patterns`: whatever is left). Output redirections apply to the whole step.
+imports_failed=0
+failed=0  # the exit code: 1 when any step (or the summary) did not run or did not return 0
+step() {
+  local name=$1 max t0=$SECONDS limit rc rows0 rows1
+  shift
+  max=$(cap_of "$name")
+  [[ $name == patterns ]] && max=$budget
+  if (( imports_failed )); then failed=1; record "$name" - 0 - - "not run: the import check failed"; return 1; fi
+  limit=$(( budget - SECONDS - reserve ))
+  (( limit > max )) && limit=$max
+  if (( limit < 5 )); then
+    echo "[$name] not run: budget spent" >&3
+    failed=1; record "$name" - 0 "$limit" - "not run: budget spent"
+    return 1
+  fi
+  rows0=$(rows)
+  GPU_CHECK_STEP=$name timeout -s INT -k 15 "$limit" "$@"
+  rc=$?
+  (( rc != 0 )) && failed=1
+  rows1=$(rows)
+  local note=""
+  (( rc == 124 || rc == 130 || rc == 137 )) && note="cut at its limit"
+  [[ $rows0 =~ ^[0-9]+$ && $rows1 =~ ^[0-9]+$ ]] && rows1=$(( rows1 - rows0 ))
+  echo "[$name] rc=$rc in $(( SECONDS - t0 )) s (limit $limit s)" >&3
+  record "$name" "$rc" $(( SECONDS - t0 )) "$limit" "$rows1" "$note"
+  return $rc
+}
+
+# The end, also when interrupted: plots and the summary inside the reserve, then exactly the files listed in
+# the header (the lock file removed, anything else packed), then the compact block as the last lines.
+finished=0
+finish() {
+  (( finished )) && return
+  finished=1
+  local t0 rc
+  if [[ -f $sweep_dir/results.csv ]]; then
+    t0=$SECONDS
+    timeout -k 5 15 "${sb[@]}" plot "$sweep_dir/results.csv" --out "$work/plots" >> "$work/run.log" 2>&1
+    rc=$?; record plot "$rc" $(( SECONDS - t0 )) 15 - ""
+    t0=$SECONDS
+    timeout -k 5 10 python3 scripts/gpu_summary.py "$sweep_dir/results.csv" > "$out/summary.txt" 2>&1
+    rc=$?; record summary "$rc" $(( SECONDS - t0 )) 10 - ""
+    (( rc != 0 )) && failed=1
+    cat "$out/summary.txt"
+  else
+    record summary - 0 - - "no results.csv"
+  fi
+  if [[ -f $work/aa/summary.md ]]; then
+    cp "$work/aa/summary.md" "$out/aa.md"
+  elif [[ -s $work/aa.log ]]; then  # cut before its summary: each finished run's line
+    cp "$work/aa.log" "$out/aa.md"
+  fi
+  rm -f "$sweep_dir/sparsebench.lock"
+  local keep=(steps.txt summary.txt profile.txt aa.md sweep/results.csv sweep/meta.json logs.tgz) path rel
+  while IFS= read -r -d '' path; do
+    rel=${path#"$out"/}
+    [[ " ${keep[*]} " == *" $rel "* ]] && continue
+    mkdir -p "$work/stray/$(dirname "$rel")" && mv "$path" "$work/stray/$rel"
+  done < <(find "$out" -type f -print0)
+  find "$out" -mindepth 1 -type d -empty -delete
+  find "$work" -name sparsebench.lock -delete
+  tar czf "$out/logs.tgz" -C "$work" . && rm -rf "$work"
+  local files block
+  block=$(mktemp "${TMPDIR:-/tmp}/gpu_check_block.XXXXXX")
+  files=$(cd "$out" && find . -type f | sed 's|^\./||' | sort | tr '\n' ' ')
+  {
+    echo "== gpu_check: budget $budget s = caps $(caps_total) s + reserve $reserve s; ran $SECONDS s =="
+    printf '%-11s %4s %5s %5s %5s  %s\n' step rc s limit rows note
+    cat "$out/steps.txt"
+    echo "files ($(wc -w <<< "$files")): $files"
+  } > "$block"
+  mv "$block" "$out/steps.txt"
+  cat "$out/steps.txt"
+}
+trap 'echo "[gpu_check] interrupted: packing what there is" >&3; finish; exit 130' INT TERM
+
+sweep=(--config configs/gpu-smoke.toml --out-dir "$sweep_dir")
+# 0. fail fast: torch with CUDA, triton, the private aten cuDNN/flash ops structured's fused path calls, and
+#    sparsebench's own imports (the registries, the CLI)
+step imports python3 - <<'EOF'
+import os, sys
+dry = os.environ.get("GPU_CHECK_DRY") == "1"
+def fail(what):
+    print(f"gpu_check: import check failed: {what}", flush=True)
+    sys.exit(1)
+try:
+    import torch
+except Exception as exc:
+    fail(f"import torch: {exc}")
+if not torch.cuda.is_available() and not dry:
+    fail(f"torch {torch.__version__}: CUDA not available")
+try:
+    import triton
+except Exception as exc:
+    if not dry:
+        fail(f"import triton: {exc}")
+    triton = None
+try:
+    import sparsebench.cli  # noqa: F401  (the CLI and, through it, the results and runner code)
+    from sparsebench.impls import IMPLS
+    from sparsebench.impls.structured_kernels import aten_ops
+    from sparsebench.patterns import PATTERNS
+except Exception as exc:
+    fail(f"import sparsebench: {type(exc).__name__}: {exc}")
+ops = [aten_ops.CUDNN, aten_ops.CUDNN_BACKWARD, aten_ops.CUDA_FLASH, aten_ops.CUDA_FLASH_BACKWARD]
+problems = [p for p in (op.problem() for op in ops) if p]
+if problems:
+    fail("; ".join(problems))
+cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (dry run)"
+print(f"imports ok: torch {torch.__version__}, {gpu}, cuDNN {cudnn}, triton "
+      f"{getattr(triton, '__version__', None)}, {len(IMPLS)} impls, {len(PATTERNS)} patterns, "
+      f"aten ops: {', '.join(op.name for op in ops)}")
+EOF
+(( $? != 0 )) && imports_failed=1
+step info "${sb[@]}" info --json > "$work/info.json" 2>> "$work/run.log"
+# 1. the targets at 32768, forward and forward+backward: strided on structured's cuDNN path (>= 5x dense), flex
+#    for the band targets (the summary calls the best sparse implementation's, so flex must be there), SDPA's
+#    cuDNN and flash backends as dense baselines
+step targets "${sb[@]}" run "${sweep[@]}" --overwrite --seq 32768 --impl sdpa --impl structured --impl flex \
+  --impl 'sdpa[cudnn]' --impl 'sdpa[flash]' --pattern dense --pattern causal --pattern local --pattern strided \
+  --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
+# 2. correctness on CUDA, the new path first on a cold compile cache: structured's cuDNN and flash fused parts
+#    against float64; then structured's other CUDA tests, every impl and pattern in bf16/fp16/fp32, forward and
+#    backward, GQA and decode, the end-to-end run (about 360 tests: the log says how far the cap let them get).
+#    xdist spreads the compiles; pytest-timeout stops a hung case (both in the GPU image)
 plugins=()
 python3 -c "import xdist" 2> /dev/null && plugins+=(-n 8)
-python3 -c "import pytest_timeout" 2> /dev/null && plugins+=(--timeout 120)
-step tests 100 python3 -m pytest -q -p no:cacheprovider -m cuda "${plugins[@]}" \
-  tests/test_cuda.py tests/test_structured.py > "$out/pytest_cuda.log" 2>&1
-tail -3 "$out/pytest_cuda.log"
-# 3. where the time goes in the strided target (the fused part's kernel) and the band kernels
-step profile 30 python3 scripts/gpu_profile.py sdpa/dense structured/strided structured/local \
+python3 -c "import pytest_timeout" 2> /dev/null && plugins+=(--timeout 60)
+cudnn_test=tests/test_structured.py::test_cuda_fused_backends_match_reference
+step cudnn-test "${py[@]}" -m pytest -q -p no:cacheprovider -m cuda "$cudnn_test" > "$work/pytest_cudnn.log" 2>&1
+tail -2 "$work/pytest_cudnn.log"
+step tests "${py[@]}" -m pytest -q -p no:cacheprovider -m cuda "${plugins[@]}" --deselect "$cudnn_test" \
+  tests/test_structured.py tests/test_cuda.py > "$work/pytest_cuda.log" 2>&1
+tail -2 "$work/pytest_cuda.log"
+# 3. where the time goes: strided's cuDNN path against dense SDPA, then structured's band paths (local and
+#    sliding_window run at 2-6% of the dense kernel's rate at 32768: the largest headroom in the first run)
+step profile "${py[@]}" scripts/gpu_profile.py structured/strided sdpa/dense structured/local \
   structured/sliding_window:window=1024 > "$out/profile.txt" 2>&1
 # 4. a Llama-like GQA shape: 32 query heads on 8 key/value heads, head_dim 128
-step gqa 45 "${sb[@]}" run "${sweep[@]}" --resume --seq 16384 --mode fwd --heads 32 --kv-heads 8 --head-dim 128 \
+step gqa "${sb[@]}" run "${sweep[@]}" --resume --seq 16384 --mode fwd --heads 32 --kv-heads 8 --head-dim 128 \
   --impl sdpa --impl structured --impl flex --impl 'sdpa[cudnn]' --pattern dense --pattern local --pattern strided \
-  --pattern sliding_window:window=1024 >> "$out/run.log" 2>&1
-# 5. decoding against a 32768-key cache: one token and a 16-token block
-step decode 40 "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --mode decode --q-len 1 --q-len 16 --impl sdpa \
-  --impl structured --impl flex --pattern dense --pattern causal --pattern local --pattern strided \
-  --pattern sliding_window:window=1024 >> "$out/run.log" 2>&1
-# 6. the patterns not measured on a GPU yet, as far as the budget goes
-step patterns 60 "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --mode fwd --impl sdpa --impl structured \
-  --impl flex --pattern dilated --pattern fixed --pattern longformer --pattern bigbird >> "$out/run.log" 2>&1
+  --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
+# 5. decoding, one token and a 16-token block, up to a 131072-key cache: bytes read, GB/s, % of the copy ceiling
+#    (no flex: it compiles per shape and mask, 20 compiles here; 0.1 s of calls is thousands of these short ones)
+step decode "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --seq 131072 --mode decode --q-len 1 --q-len 16 \
+  --min-run-time 0.1 \
+  --impl sdpa --impl structured --pattern dense --pattern causal --pattern local --pattern strided \
+  --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
+# 6. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,
+#    each gated against a fresh baseline run with the gate's defaults; every run's results stay in logs.tgz
+step aa-base "${sb[@]}" run --config configs/gpu-aa.toml --out-dir "$work/aa/base" --overwrite \
+  >> "$work/run.log" 2>&1
+step aa "${py[@]}" scripts/gate_experiments.py --config configs/gpu-aa.toml --baseline "$work/aa/base/results.csv" \
+  --aa "$AA_RUNS" --neighbour-every 0 --ab 0 --out-dir "$work/aa" > "$work/aa.log" 2>&1
+# --- Reserved: steps that wait on code being built now. Add each here, with a cap in CAPS taken from the
+#     steps above so that the caps plus the reserve still sum to BUDGET_S:
+#     - selection patterns: topk_blocks against causal cuDNN at 32768 (>= 50% of ideal);
+#     - microsecond cases timed with CUDA graphs against CUDA events.
+# 7. the patterns not measured on a GPU yet, on the time the steps above left unused
+step patterns "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --mode fwd --impl sdpa --impl structured \
+  --impl flex --pattern dilated --pattern fixed --pattern longformer --pattern bigbird >> "$work/run.log" 2>&1
 
-"${sb[@]}" plot "$out/sweep/results.csv" --out "$out/plots" >> "$out/run.log" 2>&1
-tar czf "$out/plots.tgz" -C "$out" plots && rm -r "$out/plots"  # one file instead of a dozen
-python3 scripts/gpu_summary.py "$out/sweep/results.csv" | tee "$out/summary.txt"
+trap - INT TERM
+finish
+exit $failed
