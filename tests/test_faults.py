@@ -337,6 +337,40 @@ def test_a_bad_value_names_the_file_line_and_column(measured, tmp_path, column, 
         one_line_exit_2(invoke(*command), f"{path}, line 3, column {column}: {needle}")
 
 
+def every_reader(path: Path, good: Path, work: Path) -> dict[str, list[str]]:
+    """Each command that reads results files, given `path` (in both places for gate and export --baseline)."""
+    return {"plot": ["plot", str(path), "--out", str(work / "plots")],
+            "gate current": ["gate", str(good), str(path), "--confirm", "0"],
+            "gate baseline": ["gate", str(path), str(good), "--confirm", "0"],
+            "export": ["export", str(path), "--format", "bencher"],
+            "export --baseline": ["export", str(good), "--baseline", str(path), "--format", "junit"],
+            "history": ["history", str(good), str(path), "--out", str(work / "history")],
+            "merge": ["merge", str(path), "--out", str(work / "merged")]}
+
+
+@pytest.mark.parametrize("column,value,needle", [
+    ("peak_mem_mib", "-100", "-100 is not >= 0"),
+    ("dtype", "float99", "unknown dtype 'float99'; known: float32, bfloat16, float16"),
+    ("mode", "sideways", "unknown mode 'sideways'"),
+    ("device", "tpu", "'tpu' is not a device (cpu, cuda or cuda:N)"),
+    ("device", "cuda:x", "'cuda:x' is not a device"),
+    ("gpu_index", "-1", "'-1' is not an integer >= 0"),
+    ("mem_ratio_vs_dense", "-2", "-2 is not >= 0"),
+])
+def test_a_value_out_of_its_domain_is_refused_by_every_reader(measured, tmp_path, column, value, needle):
+    path = edit_cell(measured, tmp_path / "bad", column, value)
+    for command in every_reader(path, measured, tmp_path).values():
+        one_line_exit_2(invoke(*command), f"{path}, line 3, column {column}: {needle}")
+    assert not (tmp_path / "plots").exists() and not (tmp_path / "merged").exists()
+
+
+def test_columns_a_file_has_beyond_the_schema_are_still_read(measured, tmp_path):
+    path = copy_run(measured, tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",a_newer_column"] + [line + ",-7" for line in lines[1:]]) + "\n")
+    assert len(read_results(path)) == len(lines) - 1
+
+
 def test_a_truncated_row_and_a_duplicate_case_are_refused(measured, tmp_path):
     cut = copy_run(measured, tmp_path / "cut")
     lines = cut.read_text().splitlines(keepends=True)
