@@ -184,6 +184,8 @@ def merge(parts: list[Part]) -> Merged:
         for key in dict.fromkeys(case_key(r) for r in part.frame.to_dict("records")):
             where.setdefault(key, []).append(part.name)
     merged = Merged(_concat([part.frame for part in parts]), {})
+    if merged.frame.empty:
+        raise SparsebenchError(f"no result rows in {' or '.join(part.name for part in parts)}; nothing to merge")
     merged.duplicates = [(key, names) for key, names in where.items() if len(names) > 1]
     if counts:
         merged.missing_shards = [Shard(i, counts[0]) for i in range(1, counts[0] + 1) if i not in seen]

@@ -225,3 +225,10 @@ def test_merge_refuses_unrelated_runs_and_inputs_it_cannot_place(tmp_path):
     assert result.exit_code == 2 and "no sweep configuration recorded" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert invoke("merge", str(b), "--out", str(tmp_path / "alone")).exit_code == 0  # on its own it merges
+
+
+def test_merge_of_inputs_without_rows_writes_nothing(tmp_path):
+    empty = write_shard(tmp_path, 1, 1, group(1024), done=0)  # a run that wrote its header and no row
+    result = invoke("merge", str(empty), "--out", str(tmp_path / "all"))
+    assert result.exit_code == 2 and not (tmp_path / "all").exists(), result.output
+    assert result.stderr.strip() == "error: no result rows in shard 1/1; nothing to merge"
