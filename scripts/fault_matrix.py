@@ -4,7 +4,11 @@ Faults: each on a tiny sweep in a process of its own (crashes, kills and signals
 size limit, which fails a write as ENOSPC does), followed by `--resume` where the fault stopped the run. A row
 is lost when a complete row written before the fault is gone afterwards, or when a case of the sweep has no row
 at the end; a worker is left behind when it is alive after its run and the recovery ended.
-Bad inputs: each through the CLI in-process; clean means exit 2, one line on stderr and no traceback.
+Bad inputs: each through the CLI in-process; clean means the right exit (2 for bad input; 1 for a gate that must
+find a regression), one line on stderr (the gate's report for those) naming what the user gave as given, and no
+traceback. Silently accepted means exit 0: the bad input went through as if it were sound. Every broken results
+file and meta.json goes to every reader: plot, gate (as current and as baseline), export (alone and as
+--baseline), history, merge and run --resume.
 
     python3 scripts/fault_matrix.py [--out-dir /tmp/fault-matrix] [--only faults|inputs]
 
@@ -210,6 +214,40 @@ def huge_seq(out: Path) -> tuple[int, int, str]:
     return (0 if code == 0 else len(patterns)), alive(run.workers), f"exit {code}; {statuses}"
 
 
+def gate_confirm_sigterm(out: Path) -> tuple[int, int, str]:
+    """A gate whose --confirm re-runs a regressed case that hangs, stopped by SIGTERM: exit 143 with a line, no
+    worker and no temporary folder left (the gate writes no rows: none can be lost)."""
+    first = Run(out / "run", *SWEEP)
+    first.wait()
+    current = out / "run" / "results.csv"
+    base = out / "base" / "results.csv"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.write_text(_scaled(current.read_text(), "eager", 1 / 3))  # the baseline's eager 3x faster: a regression
+    temp = out / "tmp"
+    temp.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARSEBENCH_TEST")}
+    env.update(PYTHONPATH=str(ROOT), SPARSEBENCH_TEST_FAULT="eager:hang", TMPDIR=str(temp))
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "gate", str(base), str(current), "--confirm", "3"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    end = time.monotonic() + 600
+    while proc.poll() is None and not workers and time.monotonic() < end:
+        try:
+            workers |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate()
+    said = (err.strip().splitlines() or [""])[-1]
+    left = list(temp.iterdir())
+    note = f"exit {proc.returncode}" + ("" if proc.returncode == 143 else " (expected 143)") + f"; {said[:80]}; " \
+        f"{len(left)} temporary folder(s) left"
+    time.sleep(1)
+    return 0, alive(workers | first.workers) + len(left), note
+
+
 FAULTS: dict[str, Callable[[Path], tuple[int, int, str]]] = {
     "worker SIGKILLed (as by the OOM killer)": lambda out: fault_injected(out, "kill"),
     "worker raises": lambda out: fault_injected(out, "raise"),
@@ -226,6 +264,7 @@ FAULTS: dict[str, Callable[[Path], tuple[int, int, str]]] = {
     "two runs into one --out-dir": concurrent_runs,
     "float16 on the CPU, --timeout 3": float16_small_timeout,
     "--seq 1000000000, every pattern": huge_seq,
+    "SIGTERM during gate --confirm's re-runs": gate_confirm_sigterm,
 }
 
 
@@ -244,19 +283,24 @@ def try_faults(out_dir: Path) -> dict:
 
 # --- bad inputs ----------------------------------------------------------------------------------------------------
 
-def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
-    """(label, CLI arguments, the exit code that is right) of every bad input; files they need go under `work`."""
+Case = tuple[str, list[str], int, str, dict]
+
+
+def bad_inputs(work: Path) -> list[Case]:
+    """(label, CLI arguments, the exit code that is right, text its message must hold as given, environment) of
+    every bad input; files they need go under `work`."""
     work.mkdir(parents=True, exist_ok=True)
     good = _good_run(work / "good")
     blocker = work / "a-file"
     blocker.write_text("")
-    cases: list[tuple[str, list[str], int]] = []
+    cases: list[Case] = []
 
-    def add(label: str, args: list[str], code: int = 2) -> None:
-        cases.append((label, args, code))
+    def add(label: str, args: list[str], code: int = 2, needle: str = "", env: dict | None = None) -> None:
+        cases.append((label, args, code, needle, env or {}))
 
-    def run_case(*args: str) -> None:  # each into a directory of its own: one that ran must not mask the next
-        add(f"run {' '.join(args)}", ["run", "--out-dir", str(work / "out" / str(len(cases))), *args])
+    def run_case(*args: str, needle: str = "") -> None:  # each into a directory of its own: one that ran must not
+        #                                                  mask the next
+        add(f"run {' '.join(args)}", ["run", "--out-dir", str(work / "out" / str(len(cases))), *args], needle=needle)
 
     for option, values in {
         "--seq": ["0", "-1", "abc", "1.5", "1e9", "", "99999999999999999999999", "2147483648"],
@@ -269,7 +313,8 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         "--min-run-time": ["0", "-1", "inf", "nan", "1e10", "x"],
         "--pattern": ["nope", "", "local:window", "local:window=", "local:window=x", "local:window=0",
                       "local:wnd=3", "strided:stride=0", "dilated:dilation=0", "fixed:summary=999", "bigbird:block=0",
-                      "longformer:global_tokens=-1", "local:window=99999999999999999999", ":", "local:window=1.5"],
+                      "longformer:global_tokens=-1", "local:window=99999999999999999999", ":", "local:window=1.5",
+                      "local:window=64,window=32", "local:", "local:window=16,", "local:=3"],
         "--impl": ["nope", "sdpa[nope]", ""],
         "--device": ["tpu", "cuda:7", "cpu:0", ""] + ([] if torch.cuda.is_available() else ["cuda"]),
         "--dtype": ["int8", "", "float64"],
@@ -278,6 +323,19 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         for value in values:
             run_case(option, value)
     run_case("--mode", "decode", "--q-len", "100", "--seq", "64")
+    # user text that looks like rich markup or emoji codes must be printed as given
+    for option, spec in (("--impl", "nosuchmod:smile"), ("--pattern", "x:m"), ("--impl", "no[bold]such[/bold]:x"),
+                         ("--pattern", "[red]p[/red]")):
+        run_case(option, spec, "--seq", "64", needle=f"{spec}")
+    # plugins whose import fails in any way, exiting included
+    for label, code in {"SystemExit(5)": "raise SystemExit(5)", "sys.exit()": "import sys; sys.exit()",
+                        "KeyError": "raise KeyError('x')", "syntax error": "def ("}.items():
+        plugin = work / "plugins" / f"plugin_{len(cases)}.py"
+        plugin.parent.mkdir(parents=True, exist_ok=True)
+        plugin.write_text(code + "\n")
+        for option in ("--impl", "--pattern"):
+            add(f"run {option} plugin raising {label}", ["run", "--out-dir", str(work / "out" / str(len(cases))),
+                                                         option, f"{plugin}:f", "--seq", "64"], needle=str(plugin))
     for option, value in [("--window", "0"), ("--window", "1"), ("--window", "-5"), ("--window", "9" * 20),
                           ("--stride", "0"), ("--dilation", "0"), ("--length", "0"), ("--block", "0"),
                           ("--global-blocks", "-1"), ("--random-blocks", "-1"), ("--mask-seed", "9" * 20),
@@ -324,9 +382,8 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
     # (which moves an unfinished last row aside and starts an empty file afresh: those are not bad inputs there)
     for label, path in _broken_results(good, work / "broken").items():
         other_schema = label.startswith("schema version")
-        add(f"plot: {label}", ["plot", str(path), "--out", str(work / "plots")])
-        add(f"gate current: {label}", ["gate", str(good), str(path)], 3 if other_schema else 2)
-        add(f"gate baseline: {label}", ["gate", str(path), str(good)], 3 if other_schema else 2)
+        for reader, args in _readers(path, good, work).items():
+            add(f"{reader}: {label}", args, 3 if other_schema and reader in COMPARING else 2)
         if label not in ("empty file", "header only", "truncated last row"):
             add(f"run --resume: {label}", ["run", "--out-dir", str(path.parent), *SWEEP, "--resume"])
     for label, meta in {"list": "[1, 2]", "string": '"x"', "ceilings string": '{"ceilings": "x"}',
@@ -336,7 +393,8 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(good, d / "results.csv")
         (d / "meta.json").write_text(meta)
-        add(f"plot: meta.json {label}", ["plot", str(d / "results.csv"), "--out", str(work / "plots")])
+        for reader, args in _readers(d / "results.csv", good, work).items():
+            add(f"{reader}: meta.json {label}", args)
         add(f"run --resume: meta.json {label}", ["run", "--out-dir", str(d), *SWEEP, "--resume"])
     for label, args in {
         "plot: missing file": ["plot", str(work / "missing.csv")],
@@ -356,6 +414,11 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         "gate --mem-tolerance inf": ["gate", str(good), str(good), "--mem-tolerance", "inf"],
         "gate --confirm -1": ["gate", str(good), str(good), "--confirm", "-1"],
         "gate --summary under a file": ["gate", str(good), str(good), "--summary", str(blocker / "s.md")],
+        "gate --summary where no file can be made": ["gate", str(good), str(good), "--summary", str(READ_ONLY)],
+        "gate --export-out where no file can be made": ["gate", str(good), str(good), "--export", "junit",
+                                                        "--export-out", str(READ_ONLY)],
+        "export --out where no file can be made": ["export", str(good), "--out", str(READ_ONLY)],
+        "export --out under a file": ["export", str(good), "--out", str(blocker / "e.md")],
         "gate: one argument": ["gate", str(good)],
     }.items():
         add(label, args)
@@ -369,6 +432,8 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
         if content is not None:
             path.write_bytes(content)
         add(f"gate --thresholds {label}", ["gate", str(good), str(good), "--thresholds", str(path)])
+
+    _gate_and_merge_inputs(good, work, add)
 
     corpus_bin = work / "corpus.bin"
     corpus_bin.write_bytes(bytes(range(256)) * 64)
@@ -391,6 +456,74 @@ def bad_inputs(work: Path) -> list[tuple[str, list[str], int]]:
     for label, args in {"list --foo": ["list", "--foo"], "info --foo": ["info", "--foo"], "nope": ["nope"]}.items():
         add(label, args)
     return cases
+
+
+READ_ONLY = Path("/sys/sparsebench-fault-matrix.md")  # sysfs takes no new file, even from root
+# Readers that exit 3 for results of another schema version (they compare two result sets)
+COMPARING = ("gate current", "gate baseline", "export --baseline", "history")
+
+
+def _readers(path: Path, good: Path, work: Path) -> dict[str, list[str]]:
+    """Every command that reads a results file, given `path` (as current and as baseline where there are two)."""
+    return {"plot": ["plot", str(path), "--out", str(work / "plots")],
+            "gate current": ["gate", str(good), str(path)],
+            "gate baseline": ["gate", str(path), str(good)],
+            "export": ["export", str(path), "--format", "bencher"],
+            "export --baseline": ["export", str(good), "--baseline", str(path), "--format", "junit"],
+            "history": ["history", str(good), str(path), "--out", str(work / "history")],
+            "merge": ["merge", str(path), "--out", str(work / "merged")]}
+
+
+def _scaled(text: str, impl: str, factor: float) -> str:
+    """A results file's text with `impl`'s latency and samples multiplied by `factor`."""
+    records = list(csv.reader(io.StringIO(text)))
+    header = records[0]
+    for record in records[1:]:
+        if record[header.index("impl")] == impl and record[header.index("latency_ms")]:
+            for column in ("latency_ms", "latency_min_ms"):
+                record[header.index(column)] = f"{float(record[header.index(column)]) * factor:.6g}"
+            samples = record[header.index("samples_ms")].split()
+            record[header.index("samples_ms")] = " ".join(f"{float(x) * factor:.6g}" for x in samples)
+    out = io.StringIO()
+    csv.writer(out).writerows(records)
+    return out.getvalue()
+
+
+def _gate_and_merge_inputs(good: Path, work: Path, add: Callable[..., None]) -> None:
+    """A real regression (structured 3.5x slower) whose timing samples are gone, gated with and without --confirm
+    (whose re-runs are slowed alike: the regression is real): the gate must fail (exit 1) and say the significance
+    test could not run. Unrelated result sets given to merge: refused."""
+    import pandas as pd
+
+    for how in ("column deleted", "cells empty"):
+        for where in ("current", "baseline"):
+            d = work / "samples" / f"{how}-{where}".replace(" ", "_")
+            d.mkdir(parents=True, exist_ok=True)
+            base, cur = d / "base.csv", d / "cur.csv"
+            base.write_text(good.read_text())
+            cur.write_text(_scaled(good.read_text(), "structured", 3.5))
+            shutil.copy(good.with_name("meta.json"), d / "meta.json")  # --confirm re-runs with the run's settings
+            stripped = cur if where == "current" else base
+            frame = pd.read_csv(stripped, dtype=str, keep_default_na=False)
+            frame = frame.drop(columns=["samples_ms"]) if how == "column deleted" else frame.assign(samples_ms="")
+            frame.to_csv(stripped, index=False)
+            for confirm in ("0", "3"):
+                add(f"gate, samples_ms {how} in the {where}, --confirm {confirm}",
+                    ["gate", str(base), str(cur), "--confirm", confirm], 1, "significance not tested",
+                    {"SPARSEBENCH_TEST_SLOWDOWN": "structured:3.5"})
+    other = work / "merge" / "float16"  # another sweep: its config and rows say float16
+    other.mkdir(parents=True, exist_ok=True)
+    (other / "results.csv").write_text(good.read_text().replace(",float32,", ",float16,"))
+    meta = json.loads(good.with_name("meta.json").read_text())
+    meta["config"] = {**meta["config"], "dtypes": ["float16"]}
+    (other / "meta.json").write_text(json.dumps(meta))
+    bare = work / "merge" / "no-meta"
+    bare.mkdir(parents=True, exist_ok=True)
+    shutil.copy(good, bare / "results.csv")
+    add("merge: two runs of different sweeps", ["merge", str(good.parent), str(other), "--out", str(work / "m1")],
+        needle="different sweep configurations")
+    add("merge: a run with a results.csv without meta.json", ["merge", str(good.parent), str(bare), "--out",
+                                                              str(work / "m2")], needle="no sweep configuration")
 
 
 def _good_run(out: Path) -> Path:
@@ -426,8 +559,9 @@ def _broken_results(good: Path, work: Path) -> dict[str, Path]:
     for column, values in {
         "status": ["great", ""], "latency_ms": ["fast", "-5", "inf", "nan", "0"], "seq_len": ["1.5", "0", "-1", "x"],
         "density": ["2", "-0.1"], "samples_ms": ["a b c", "1 -2"], "params": ["window=x", "window"],
-        "impl": [""], "heads": ["0"], "batch": ["x"], "flops_useful": ["-1"], "peak_mem_mib": ["inf"],
-        "schema_version": ["x"],
+        "impl": [""], "heads": ["0"], "batch": ["x"], "flops_useful": ["-1"], "peak_mem_mib": ["inf", "-100"],
+        "schema_version": ["x"], "dtype": ["float99", ""], "mode": ["sideways"], "device": ["tpu", "cuda:x"],
+        "mem_ratio_vs_dense": ["-1"], "n_samples": ["-1"], "gpu_index": ["-1"], "speedup_vs_dense": ["0"],
     }.items():
         for value in values:
             variants[f"{column} = {value!r}"] = cell(column, value)
@@ -447,18 +581,21 @@ def _broken_results(good: Path, work: Path) -> dict[str, Path]:
 def try_inputs(work: Path) -> dict:
     runner = CliRunner()
     cases = bad_inputs(work)
-    unclean = []
-    for label, args, code in cases:
-        result = runner.invoke(app, args)
+    unclean, accepted = [], []
+    for label, args, code, needle, env in cases:
+        result = runner.invoke(app, args, env=env)
         lines = [line for line in result.stderr.splitlines() if line.strip()]
+        one_line = len(lines) == 1 or code == 1  # a failing gate prints its report
         clean = (result.exit_code == code and isinstance(result.exception, (SystemExit, type(None)))
-                 and len(lines) == 1 and "Traceback" not in result.output)
+                 and one_line and "Traceback" not in result.output and needle in result.stderr)
         if not clean:
             what = type(result.exception).__name__ if not isinstance(result.exception, SystemExit) else ""
             unclean.append({"input": label, "exit": result.exit_code, "exception": what,
                             "stderr": result.stderr.strip()[-300:]})
+            if result.exit_code == 0:
+                accepted.append(label)
             print(f"  UNCLEAN {label}: exit {result.exit_code} {what} {result.stderr.strip()[-200:]!r}", flush=True)
-    return {"tried": len(cases), "clean": len(cases) - len(unclean), "unclean": unclean}
+    return {"tried": len(cases), "clean": len(cases) - len(unclean), "accepted": accepted, "unclean": unclean}
 
 
 def main() -> None:
@@ -481,8 +618,9 @@ def main() -> None:
         print("bad inputs:", flush=True)
         inputs = try_inputs(args.out_dir / "inputs")
         summary["inputs"] = inputs
-        print(f"bad inputs tried: {inputs['tried']}; clean exits (2, or 3 for gate's other schema; one line, no "
-              f"traceback): {inputs['clean']}")
+        print(f"bad inputs tried: {inputs['tried']}; clean exits (2, 3 for another schema where two sets are "
+              f"compared, 1 for a gate that must fail; one line, no traceback): {inputs['clean']}; silently "
+              f"accepted (exit 0): {len(inputs['accepted'])}")
     (args.out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -3,7 +3,8 @@
 Deterministic metrics (flops_executed, density, allocator peak memory, status) are gated tightly.
 Latency is gated robustly: by default each case's latency is divided by the dense-SDPA latency of
 the same run and shape, so that machine speed cancels, and a regression needs both a ratio beyond a
-threshold and a significant one-sided Mann-Whitney U test on the (normalised) raw samples.
+threshold and a significant one-sided Mann-Whitney U test on the (normalised) raw samples; where a file lacks
+the samples that test needs, the ratio alone decides (a missing statistic never passes a regression).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test
+MIN_SAMPLES = 3  # fewer samples than this on either side: no significance test, the ratio alone decides
 # How each case's latency is made comparable across runs (`compare(normalise=...)`):
 #   dense: divided by the dense-SDPA latency of the same run and shape;
 #   shape: that, then divided by the median current/baseline ratio of the shape's cases (the dense reference's
@@ -334,6 +335,10 @@ def compare(baseline: pd.DataFrame, current: pd.DataFrame, thresholds: Threshold
     if not gate_latency:
         notes.append("latency is reported but not gated (--no-latency): only flops, density, memory and "
                      "status can fail")
+    untested = [c for c in cases if not math.isnan(c.ratio) and math.isnan(c.p_value)]
+    if untested:
+        notes.append(f"the significance test could not run for {len(untested)} case(s) (fewer than {MIN_SAMPLES} "
+                     "timing samples in samples_ms: missing, empty or short): the latency ratio alone decided them")
     shifted = {k: v for k, v in shifts.items() if abs(math.log(v)) > math.log(1.02)}
     if shifted:
         notes.append("shape shifts taken out (the median current/baseline ratio of each shape's cases, shared by "
@@ -431,18 +436,27 @@ def _compare_latency(case: CaseResult, base: dict[str, Any], cur: dict[str, Any]
     if min(len(base_samples), len(cur_samples)) >= MIN_SAMPLES:  # one-sided, in the direction of the ratio
         side = "greater" if case.ratio >= 1 else "less"
         case.p_value = float(mannwhitneyu(cur_samples, base_samples, alternative=side).pvalue)
-    significant = case.p_value < alpha  # False when NaN (too few samples)
+    # Without the samples the test needs (a file whose samples_ms is gone, empty or short) the ratio alone decides:
+    # a missing statistic never turns a regression into a pass.
+    untested = math.isnan(case.p_value)
+    decided = untested or case.p_value < alpha
+    test = f"significance not tested: {untested_why(base_samples, cur_samples)}" if untested else \
+        f"p={case.p_value:.2g}"
+    bound = "" if untested else f" < {alpha:g}"
     if case.ratio > threshold:
         text = f"{what} {case.ratio:.2f}x slower (threshold {threshold:.2f}x"
-        if math.isnan(case.p_value):
-            case.findings.append(Finding("latency", WARNING, f"{text}, too few samples to test significance)"))
-        elif significant:
-            case.findings.append(Finding("latency", REGRESSION, f"{text}, p={case.p_value:.2g} < {alpha:g})"))
+        if decided:
+            case.findings.append(Finding("latency", REGRESSION, f"{text}, {test}{bound})"))
         else:
-            case.findings.append(Finding("latency", WARNING, f"{text}, but not significant: p={case.p_value:.2g})"))
-    elif case.ratio < 1 / threshold and significant:
-        case.findings.append(Finding("latency", IMPROVEMENT, f"{what} {1 / case.ratio:.2f}x faster "
-                                     f"(p={case.p_value:.2g})"))
+            case.findings.append(Finding("latency", WARNING, f"{text}, but not significant: {test})"))
+    elif case.ratio < 1 / threshold and decided:
+        case.findings.append(Finding("latency", IMPROVEMENT, f"{what} {1 / case.ratio:.2f}x faster ({test})"))
+
+
+def untested_why(base_samples: list[float], cur_samples: list[float]) -> str:
+    """Why the significance test could not run (fewer than MIN_SAMPLES on a side), e.g. '0 timing samples in the
+    baseline, 15 now'."""
+    return f"{len(base_samples)} timing samples in the baseline, {len(cur_samples)} now"
 
 
 def _percent(cur: float, base: float) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from sparsebench import gate
 from sparsebench.results import DENSE_REFERENCE
@@ -52,8 +53,8 @@ def rich_table(report: gate.GateReport) -> Table:
         table.add_column(column, no_wrap=True)
     table.add_column("why", overflow="fold", ratio=1)
     for case in report.cases:
-        table.add_row(case.name, *_cells(case, report.raw), _details(case, report.raw, short=True),
-                      style=STYLE[case.verdict])
+        table.add_row(Text(case.name), *_cells(case, report.raw), Text(_details(case, report.raw, short=True)),
+                      style=STYLE[case.verdict])  # Text: names are user text, never markup
     return table
 
 

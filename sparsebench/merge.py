@@ -173,10 +173,7 @@ def merge(parts: list[Part]) -> Merged:
     if len(counts) > 1:
         raise SparsebenchError(f"the inputs come from different splits (into {' and '.join(map(str, counts))} "
                                "shards); merge the shards of one split")
-    configs = {_text(part.meta.get("config")) for part in shards if part.meta.get("config")}
-    if len(configs) > 1:
-        raise SparsebenchError("the shards ran different sweep configurations (see config in their meta.json); "
-                               "merge the shards of one sweep")
+    check_one_sweep(parts)
     seen = [part.shard.index for part in shards]
     repeated = sorted({i for i in seen if seen.count(i) > 1})
     if repeated:
@@ -187,6 +184,8 @@ def merge(parts: list[Part]) -> Merged:
         for key in dict.fromkeys(case_key(r) for r in part.frame.to_dict("records")):
             where.setdefault(key, []).append(part.name)
     merged = Merged(_concat([part.frame for part in parts]), {})
+    if merged.frame.empty:
+        raise SparsebenchError(f"no result rows in {' or '.join(part.name for part in parts)}; nothing to merge")
     merged.duplicates = [(key, names) for key, names in where.items() if len(names) > 1]
     if counts:
         merged.missing_shards = [Shard(i, counts[0]) for i in range(1, counts[0] + 1) if i not in seen]
@@ -198,6 +197,27 @@ def merge(parts: list[Part]) -> Merged:
             merged.unfinished.append(part.name)
     merged.meta = _meta(parts, merged)
     return merged
+
+
+def check_one_sweep(parts: list[Part]) -> None:
+    """Raise SparsebenchError unless the inputs are results of one sweep: the same `config` in every meta.json
+    (patterns, lengths, impls, devices, dtypes, modes, shapes and timing settings; hosts and GPU models may
+    differ). An input without one cannot be told apart, so it merges only on its own."""
+    if len(parts) < 2:
+        return
+    unknown = [part for part in parts if not part.meta.get("config")]
+    if unknown:
+        raise SparsebenchError(f"{unknown[0].name}: no sweep configuration recorded (no meta.json with a config "
+                               "beside it), so it cannot be shown to belong to the same sweep as the other inputs; "
+                               "merge the results of one sweep")
+    first = parts[0]
+    for part in parts[1:]:
+        if _text(part.meta["config"]) != _text(first.meta["config"]):
+            old, new = first.meta["config"], part.meta["config"]
+            keys = sorted(k for k in {*old, *new} if _text(old.get(k)) != _text(new.get(k))) \
+                if isinstance(old, dict) and isinstance(new, dict) else ["config"]
+            raise SparsebenchError(f"{first.name} and {part.name} ran different sweep configurations (their "
+                                   f"meta.json differ in {', '.join(keys)}); merge the results of one sweep")
 
 
 def _text(value: Any) -> str:

@@ -91,7 +91,7 @@ def load_impl(spec: str) -> str:
     if isinstance(obj, type) and issubclass(obj, Impl):
         try:
             impl = obj()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise SparsebenchError(f"--impl {spec}: cannot create {attr_name}(): {exc}") from None
     elif isinstance(obj, Impl):
         impl = obj
@@ -186,9 +186,9 @@ def _load(spec: str, what: str) -> tuple[str, Any, dict[str, str]]:
         module = _import(module_name)
     except SparsebenchError:
         raise
-    except Exception as exc:  # ImportError, or the module's own code failing
-        raise SparsebenchError(f"{option} {spec}: cannot import {module_name} ({type(exc).__name__}: {exc})"
-                               .splitlines()[0]) from None
+    except (Exception, SystemExit) as exc:  # ImportError, or the module's own code failing (sys.exit() too)
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise SparsebenchError(f"{option} {spec}: cannot import {module_name} ({why})".splitlines()[0]) from None
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
@@ -211,7 +211,11 @@ def _import(module_name: str):
         module_spec = importlib.util.spec_from_file_location(key, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[key] = module
-        module_spec.loader.exec_module(module)
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]  # a half-run module is no module: the next attempt runs it again
+            raise
         return module
     cwd = str(Path.cwd())
     if cwd not in sys.path:

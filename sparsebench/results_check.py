@@ -1,38 +1,144 @@
 """Checks that a results.csv holds what sparsebench writes, before anything reads its numbers.
 
-Every row complete, numbers finite and in range, statuses known, one row per case in each run (a resumed run
-adds rows of its own run_id; two rows of one case in the same run mean two writers or an edit). A bad file is
-one SparsebenchError naming the file, line and column, never a traceback or a silently wrong plot or gate.
+Every row complete, every value in its column's domain (DOMAINS: numbers finite and in range, names known),
+one row per case in each run (a resumed run adds rows of its own run_id; two rows of one case in the same run
+mean two writers or an edit). A bad file is one SparsebenchError naming the file, line and column, never a
+traceback or a silently wrong plot or gate.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from sparsebench.errors import NotComparable, SparsebenchError
 
-# Integers: the schema version and the shape (at least 1), and counts (at least 0).
-POSITIVE_INTS = ("schema_version", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim")
-COUNTS = ("nnz", "n_samples", "steps", "corpus_bytes")
-FRACTIONS = ("density", "block_density")
-# Times are never zero; these are rates, sizes and errors, at least 0.
-POSITIVE = ("latency_ms", "dense_latency_ms", "speedup_vs_dense")
-NON_NEGATIVE = ("flops_useful", "flops_executed", "latency_iqr_ms", "latency_min_ms", "tflops_useful",
-                "pct_of_peak", "pct_of_vendor_peak", "bytes_moved", "gbps", "pct_of_bandwidth", "nvml_peak_mib",
-                "nvml_context_mib", "setup_ms", "first_call_s", "max_abs_err", "tolerance", "val_ppl", "train_s",
-                "tokens_per_s")
-# Peak memory is measured above what the inputs hold, so a call that frees memory can come out below 0.
-ANY_FINITE = ("peak_mem_mib", "mem_ratio_vs_dense")
-NAMES = ("pattern", "impl", "device", "dtype", "mode", "status")
-RANGES: list[tuple[tuple[str, ...], Callable[[float], bool], str]] = [
-    (FRACTIONS, lambda v: 0 <= v <= 1, "in [0, 1]"),
-    (POSITIVE, lambda v: v > 0, "> 0"),
-    (NON_NEGATIVE, lambda v: v >= 0, ">= 0"),
-    (ANY_FINITE, lambda v: True, "finite"),
-]
+# The names a results file may hold (runner.cases.DTYPES and MODES, and `train`'s rows; a test keeps them equal).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+MODE_NAMES = ("fwd", "fwdbwd", "decode", "train")
+
+
+@dataclass(frozen=True)
+class Domain:
+    """What a column may hold: `problem(column, text)` says what is wrong with a non-empty cell, or None;
+    `required`: an empty cell is wrong too."""
+
+    problem: Callable[[str, str], str | None]
+    required: bool = False
+
+
+def integer(low: int) -> Domain:
+    """A whole number >= low."""
+    def problem(_column: str, text: str) -> str | None:
+        value = _number(text)
+        return None if value is not None and value.is_integer() and value >= low else \
+            f"{text!r} is not an integer >= {low}"
+    return Domain(problem)
+
+
+def number(in_range: Callable[[float], bool], bound: str) -> Domain:
+    """A finite number for which in_range holds (`bound` says it in words)."""
+    def problem(_column: str, text: str) -> str | None:
+        value = _number(text)
+        if value is None:
+            return f"{text!r} is not a finite number"
+        return None if in_range(value) else f"{text} is not {bound}"
+    return Domain(problem)
+
+
+def one_of(*names: str) -> Domain:
+    """One of `names`, never empty."""
+    return Domain(lambda column, text: None if text in names else
+                  f"unknown {column} {text!r}; known: {', '.join(names)}", required=True)
+
+
+def matching(regex: str, what: str) -> Domain:
+    """Text that matches `regex` whole, never empty; `what` names the form."""
+    compiled = re.compile(regex)
+    return Domain(lambda _column, text: None if compiled.fullmatch(text) else f"{text!r} is not {what}",
+                  required=True)
+
+
+TEXT = Domain(lambda _column, _text: None)  # free text (names of machines, errors, corpora)
+NAME = Domain(lambda _column, _text: None, required=True)  # a name that must be there (plugins add their own)
+FRACTION = number(lambda v: 0 <= v <= 1, "in [0, 1]")
+POSITIVE = number(lambda v: v > 0, "> 0")  # times are never zero
+NON_NEGATIVE = number(lambda v: v >= 0, ">= 0")  # rates, sizes, errors, and peak memory (measured above the
+#                                                  inputs, and never below 0: measure.memory clamps it)
+
+
+def _samples_problem(_column: str, text: str) -> str | None:
+    for sample in text.split():
+        value = _number(sample)
+        if value is None or value < 0:
+            return f"{sample!r} is not a time in ms (space-separated numbers >= 0 expected)"
+    return None
+
+
+SAMPLES = Domain(_samples_problem)
+PARAMS = Domain(lambda _column, text: None if _params_ok(text) else f"{text!r} is not key=INT;key=INT")
+
+# Every column of the result schema (results.COLUMNS) and its domain: a new column is one line here. Columns a
+# file has beyond these (a newer sparsebench's, a user's) are not checked. `status` is checked against the
+# statuses check_csv is given.
+DOMAINS: dict[str, Domain] = {
+    "schema_version": integer(1),
+    "run_id": TEXT,
+    "pattern": NAME,
+    "params": PARAMS,
+    "impl": NAME,
+    "device": matching(r"cpu|cuda(:[0-9]+)?", "a device (cpu, cuda or cuda:N)"),
+    "dtype": one_of(*DTYPE_NAMES),
+    "mode": one_of(*MODE_NAMES),
+    "batch": integer(1),
+    "heads": integer(1),
+    "kv_heads": integer(1),
+    "seq_len": integer(1),
+    "q_len": integer(1),
+    "head_dim": integer(1),
+    "device_name": TEXT,
+    "density": FRACTION,
+    "block_density": FRACTION,
+    "nnz": integer(0),
+    "flops_useful": NON_NEGATIVE,
+    "flops_executed": NON_NEGATIVE,
+    "latency_ms": POSITIVE,
+    "latency_iqr_ms": NON_NEGATIVE,
+    "latency_min_ms": NON_NEGATIVE,
+    "n_samples": integer(0),
+    "samples_ms": SAMPLES,
+    "tflops_useful": NON_NEGATIVE,
+    "pct_of_peak": NON_NEGATIVE,
+    "pct_of_vendor_peak": NON_NEGATIVE,
+    "bytes_moved": NON_NEGATIVE,
+    "gbps": NON_NEGATIVE,
+    "pct_of_bandwidth": NON_NEGATIVE,
+    "dense_latency_ms": POSITIVE,
+    "speedup_vs_dense": POSITIVE,
+    "peak_mem_mib": NON_NEGATIVE,
+    "mem_ratio_vs_dense": NON_NEGATIVE,
+    "nvml_peak_mib": NON_NEGATIVE,
+    "nvml_context_mib": NON_NEGATIVE,
+    "setup_ms": NON_NEGATIVE,
+    "first_call_s": NON_NEGATIVE,
+    "max_abs_err": NON_NEGATIVE,
+    "tolerance": NON_NEGATIVE,
+    "status": NAME,  # and one of the statuses check_csv is given
+    "error": TEXT,
+    "val_ppl": NON_NEGATIVE,
+    "train_s": NON_NEGATIVE,
+    "tokens_per_s": NON_NEGATIVE,
+    "corpus": TEXT,
+    "corpus_bytes": integer(0),
+    "steps": integer(0),
+    "gpu_index": integer(0),
+    "gpu_name": TEXT,
+    "n_calls": integer(0),
+}
 
 
 def check_csv(path: Path, required: list[str], statuses: tuple[str, ...], readable_versions: tuple[int, ...],
@@ -54,6 +160,7 @@ def check_csv(path: Path, required: list[str], statuses: tuple[str, ...], readab
     if missing:
         raise SparsebenchError(f"{path}: not a sparsebench result, missing columns: {', '.join(missing)}")
     index = {name: i for i, name in enumerate(header)}
+    domains = {**DOMAINS, "status": one_of(*statuses)}
     seen: dict[tuple[str, ...], int] = {}
     for line, record in rows:
         if len(record) != len(header):
@@ -61,7 +168,7 @@ def check_csv(path: Path, required: list[str], statuses: tuple[str, ...], readab
             raise SparsebenchError(f"{path}, line {line}: {len(record)} fields where the header has "
                                    f"{len(header)} (a row {what}: written by two runs at once, or edited)")
         row = dict(zip(header, record))
-        problem = _row_problem(row, statuses)
+        problem = _row_problem(row, domains)
         if problem:
             column, what = problem
             raise SparsebenchError(f"{path}, line {line}, column {column}: {what}")
@@ -87,36 +194,15 @@ def _check_version(path: Path, header: list[str], rows: list[tuple[int, list[str
                             "refresh it with --update-baseline)")
 
 
-def _row_problem(row: dict[str, str], statuses: tuple[str, ...]) -> tuple[str, str] | None:
+def _row_problem(row: dict[str, str], domains: dict[str, Domain]) -> tuple[str, str] | None:
     """(column, what is wrong) for the first bad value of a row, or None."""
-    for column in NAMES:
-        if column in row and not row[column].strip():
-            return column, "empty"
-    if row["status"] not in statuses:
-        return "status", f"unknown status {row['status']!r}; known: {', '.join(statuses)}"
-    for column in (*POSITIVE_INTS, *COUNTS):
+    for column, domain in domains.items():
         text = row.get(column, "")
-        if text:
-            value = _number(text)
-            low = 1 if column in POSITIVE_INTS else 0
-            if value is None or not value.is_integer() or value < low:
-                return column, f"{text!r} is not an integer >= {low}"
-    for columns, in_range, bound in RANGES:
-        for column in columns:
-            text = row.get(column, "")
-            if not text:
-                continue
-            value = _number(text)
-            if value is None:
-                return column, f"{text!r} is not a finite number"
-            if not in_range(value):
-                return column, f"{text} is not {bound}"
-    for sample in row.get("samples_ms", "").split():
-        value = _number(sample)
-        if value is None or value < 0:
-            return "samples_ms", f"{sample!r} is not a time in ms (space-separated numbers >= 0 expected)"
-    if row.get("params") and not _params_ok(row["params"]):
-        return "params", f"{row['params']!r} is not key=INT;key=INT"
+        if domain.required and column in row and not text.strip():
+            return column, "empty"
+        problem = domain.problem(column, text) if text else None
+        if problem:
+            return column, problem
     if row["status"] == "ok" and not row.get("latency_ms"):
         return "latency_ms", "empty in an ok row"
     return None

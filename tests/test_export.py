@@ -323,7 +323,7 @@ def test_bad_inputs_one_line(tmp_path: Path) -> None:
     header = tmp_path / "header" / "results.csv"
     write_run(header.parent, [])
     one_line(invoke("export", header.parent, "--format", "bencher"), 2, "no result rows")
-    one_line(invoke("export", cur, "--out", tmp_path / "base" / "results.csv" / "x"), 2, "cannot write the export")
+    one_line(invoke("export", cur, "--out", tmp_path / "base" / "results.csv" / "x"), 2, "is not a directory")
     failed = write_run(tmp_path / "failed", [dict(r, status="error", error="boom", latency_ms=None, samples_ms="")
                                              for r in make_rows(1)]).parent
     one_line(invoke("export", failed, "--format", "github-action-benchmark"), 2, "no ok case to export")

@@ -174,6 +174,44 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path, signum):
     assert list(frame.impl) == ["sdpa"] and frame.status.iloc[0] == "ok"
 
 
+@pytest.mark.slow
+def test_sigterm_during_gate_confirm_s_reruns_is_one_line_and_leaves_nothing(measured, tmp_path):
+    """The baseline's eager case 3x faster than the current run's: gate --confirm re-runs it, and that re-run
+    hangs; SIGTERM then ends the gate as it ends `run`: one line, 143, no worker, no temporary folder left."""
+    base = copy_run(measured, tmp_path / "base")
+    with open(base, newline="") as fh:
+        records = list(csv.reader(fh))
+    header = records[0]
+    for record in records[1:]:
+        if record[header.index("impl")] == "eager":
+            for column in ("latency_ms", "latency_min_ms"):
+                record[header.index(column)] = str(float(record[header.index(column)]) / 3)
+            samples = record[header.index("samples_ms")].split()
+            record[header.index("samples_ms")] = " ".join(str(float(x) / 3) for x in samples)
+    with open(base, "w", newline="") as fh:
+        csv.writer(fh).writerows(records)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARSEBENCH_TEST_FAULT": "eager:hang", "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "gate", str(base), str(measured), "--confirm", "3"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers: set[int] = set()
+    for _ in range(3000):  # until the re-run's worker has started (however slow the machine); then a moment more
+        if proc.poll() is not None:
+            break
+        workers |= {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}
+        if workers and list(temp.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and workers, proc.communicate()[1]
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "interrupted by SIGTERM" and "Traceback" not in err
+    assert all(gone(pid) for pid in workers) and list(temp.iterdir()) == []
+
+
 def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     proc, workers = start_hanging_run(tmp_path)
     proc.kill()  # SIGKILL: no handler runs in the main process
@@ -337,6 +375,102 @@ def test_a_bad_value_names_the_file_line_and_column(measured, tmp_path, column, 
         one_line_exit_2(invoke(*command), f"{path}, line 3, column {column}: {needle}")
 
 
+def every_reader(path: Path, good: Path, work: Path) -> dict[str, list[str]]:
+    """Each command that reads results files, given `path` (in both places for gate and export --baseline)."""
+    return {"plot": ["plot", str(path), "--out", str(work / "plots")],
+            "gate current": ["gate", str(good), str(path), "--confirm", "0"],
+            "gate baseline": ["gate", str(path), str(good), "--confirm", "0"],
+            "export": ["export", str(path), "--format", "bencher"],
+            "export --baseline": ["export", str(good), "--baseline", str(path), "--format", "junit"],
+            "history": ["history", str(good), str(path), "--out", str(work / "history")],
+            "merge": ["merge", str(path), "--out", str(work / "merged")]}
+
+
+@pytest.mark.parametrize("column,value,needle", [
+    ("peak_mem_mib", "-100", "-100 is not >= 0"),
+    ("dtype", "float99", "unknown dtype 'float99'; known: float32, bfloat16, float16"),
+    ("mode", "sideways", "unknown mode 'sideways'"),
+    ("device", "tpu", "'tpu' is not a device (cpu, cuda or cuda:N)"),
+    ("device", "cuda:x", "'cuda:x' is not a device"),
+    ("gpu_index", "-1", "'-1' is not an integer >= 0"),
+    ("mem_ratio_vs_dense", "-2", "-2 is not >= 0"),
+])
+def test_a_value_out_of_its_domain_is_refused_by_every_reader(measured, tmp_path, column, value, needle):
+    path = edit_cell(measured, tmp_path / "bad", column, value)
+    for command in every_reader(path, measured, tmp_path).values():
+        one_line_exit_2(invoke(*command), f"{path}, line 3, column {column}: {needle}")
+    assert not (tmp_path / "plots").exists() and not (tmp_path / "merged").exists()
+
+
+def test_columns_a_file_has_beyond_the_schema_are_still_read(measured, tmp_path):
+    path = copy_run(measured, tmp_path)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0] + ",a_newer_column"] + [line + ",-7" for line in lines[1:]]) + "\n")
+    assert len(read_results(path)) == len(lines) - 1
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ("local:window=64,window=32", "pattern parameter 'window' given twice in 'local:window=64,window=32'"),
+    ("local:", "empty pattern parameter in 'local:'"),
+    ("local:window=16,", "empty pattern parameter in 'local:window=16,'"),
+    ("local:=3", "bad pattern parameter '=3'"),
+])
+def test_a_repeated_or_empty_pattern_parameter_is_refused(tmp_path, spec, needle):
+    one_line_exit_2(run(tmp_path, "--pattern", spec, "--seq", "64"), needle)
+    assert not (tmp_path / "results.csv").exists()
+
+
+@pytest.mark.parametrize("code", ["raise SystemExit(5)", "import sys; sys.exit()", "raise KeyError('x')"])
+@pytest.mark.parametrize("option", ["--impl", "--pattern"])
+def test_a_plugin_that_fails_on_import_in_any_way_is_one_line(tmp_path, code, option):
+    plugin = tmp_path / "broken_plugin.py"
+    plugin.write_text(code + "\n")
+    one_line_exit_2(run(tmp_path / "out", option, f"{plugin}:f", "--seq", "64"),
+                    f"{option} {plugin}:f: cannot import {plugin} (")
+
+
+@pytest.mark.parametrize("option,spec", [("--impl", "nosuchmod:smile"), ("--pattern", "x:m"),
+                                         ("--impl", "nosuch[bold]mod[/bold]:thumbs_up")])
+def test_user_text_is_printed_as_given(tmp_path, option, spec):
+    result = run(tmp_path, option, spec, "--seq", "64")
+    one_line_exit_2(result, f"{option} {spec}: ")  # no emoji for :smile: or :m:, no markup eaten
+
+
+def test_gate_tables_print_case_names_as_given():
+    import io as _io
+
+    from rich.console import Console
+
+    from sparsebench import gate
+    from sparsebench.gate_report import rich_table
+
+    case = gate.CaseResult(("k",), "[bold]p[/bold]:smile:/impl:m:/64/float32/fwd", "p", "impl")
+    out = _io.StringIO()
+    Console(file=out, width=200).print(rich_table(gate.GateReport([case], False, gate.Thresholds())))
+    assert "[bold]p[/bold]:smile:/impl:m:/64/float32/fwd" in out.getvalue()
+
+
+def test_gate_summary_in_a_place_that_cannot_be_written_is_one_line_before_the_report(measured, tmp_path):
+    target = Path("/sys/sparsebench-gate-summary.md")  # sysfs takes no new files, even from root
+    try:
+        target.open("a").close()
+        target.unlink()
+        pytest.skip("/sys is writable here")
+    except OSError:
+        pass
+    for command in (["gate", str(measured), str(measured), "--summary", str(target)],
+                    ["gate", str(measured), str(measured), "--export", "junit", "--export-out", str(target)],
+                    ["export", str(measured), "--out", str(target)]):
+        one_line_exit_2(invoke(*command), str(target), "cannot write there")
+
+
+def test_gate_summary_and_export_out_make_missing_folders_alike(measured, tmp_path):
+    summary, exported = tmp_path / "a" / "b" / "gate.md", tmp_path / "c" / "d" / "results.md"
+    assert invoke("gate", str(measured), str(measured), "--summary", str(summary)).exit_code == 0
+    assert invoke("export", str(measured), "--out", str(exported)).exit_code == 0
+    assert summary.read_text().startswith("## sparsebench gate") and exported.read_text()
+
+
 def test_a_truncated_row_and_a_duplicate_case_are_refused(measured, tmp_path):
     cut = copy_run(measured, tmp_path / "cut")
     lines = cut.read_text().splitlines(keepends=True)
@@ -385,7 +519,7 @@ def test_gate_checks_where_its_summary_goes_before_comparing(measured, tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("")
     one_line_exit_2(invoke("gate", str(measured), str(measured), "--summary", str(blocker / "gate.md")),
-                    "is not a directory")
+                    f"{blocker} is not a directory")
 
 
 def test_plot_reads_a_directory_s_results(measured, tmp_path):

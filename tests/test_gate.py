@@ -314,3 +314,42 @@ def test_confirm_runner_measures_real_cases(tmp_path: Path, capsys: pytest.Captu
     assert local["params"] == "window=16" and local["n_samples"] >= 5 and local["dense_latency_ms"] > 0
     err = capsys.readouterr().err  # reported as `run` reports its cases
     assert "gate --confirm, re-run 1/1: 2 case(s)" in err and "[2/2] local(window=16) sdpa 128 fwd: " in err
+
+
+def strip_samples(path: Path, how: str) -> None:
+    """The timing samples gone from a results file: the column deleted, or its cells emptied."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = frame.drop(columns=["samples_ms"]) if how == "column deleted" else frame.assign(samples_ms="")
+    frame.to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("how", ["column deleted", "cells empty"])
+@pytest.mark.parametrize("where", ["current", "baseline", "both"])
+@pytest.mark.parametrize("confirm", [False, True])
+def test_missing_samples_never_turn_a_regression_into_a_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             how: str, where: str, confirm: bool) -> None:
+    """Without the samples the significance test needs, the latency ratio alone decides, and the report says so;
+    --confirm's re-runs (which reproduce the slowdown) confirm it."""
+    slow = {name: 3.5 for name in ("local(window=64)/structured/1024/float32/fwd",
+                                   "local(window=64)/structured/2048/float32/fwd",
+                                   "strided(stride=8)/structured/1024/float32/fwd",
+                                   "strided(stride=8)/structured/2048/float32/fwd")}
+    base = write(tmp_path / "base" / "results.csv", make_rows(1))
+    cur = write(tmp_path / "cur" / "results.csv", make_rows(2, slow=slow))
+    for path in {"current": [cur], "baseline": [base], "both": [base, cur]}[where]:
+        strip_samples(path, how)
+
+    def rerun(cases: list[dict]) -> pd.DataFrame:
+        wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
+        return pd.DataFrame([r for r in make_rows(7, slow=slow) if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
+
+    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current, *_: rerun)
+    args = ["--confirm", "3"] if confirm else ["--confirm", "0"]
+    result = CliRunner().invoke(app, ["gate", str(base), str(cur), "--threshold", "1.5", *args])
+    assert result.exit_code == 1, result.output
+    regressed = {line.split(":")[0] for line in result.output.splitlines() if line.startswith("REGRESSION ")}
+    assert regressed == {f"REGRESSION {name}" for name in slow} and "gate FAIL: 8 cases" in result.output
+    assert "significance not tested: " in result.output
+    assert "note: the significance test could not run for" in result.output
+    if confirm:
+        assert result.output.count("confirmed: regression reproduced in 3/3 re-runs") == 4

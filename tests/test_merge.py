@@ -202,3 +202,33 @@ def test_an_older_results_file_is_resumed_with_its_own_columns(tmp_path):
     frame = read_results(path)
     assert list(frame.columns) == COLUMNS and frame.gpu_index.isna().all()
     assert case_key(frame.iloc[0]) == c.key()
+
+
+def test_merge_refuses_unrelated_runs_and_inputs_it_cannot_place(tmp_path):
+    """Two whole runs (not shards) of different configs, a float32 one and a float16 one, are not one sweep."""
+    fp32 = write_shard(tmp_path / "a", 1, 1, group(1024), config={"dtypes": ["float32"], "seq": [1024]})
+    half = [Case(c.pattern, c.params, c.impl, "cuda", "float16", "fwd", 1, 8, 8, 2048, 2048, 64) for c in group(2048)]
+    fp16 = write_shard(tmp_path / "b", 1, 1, half, config={"dtypes": ["float16"], "seq": [2048]})
+    for run in (fp32, fp16):  # whole runs: no shard in their meta.json or their directory's name
+        meta = json.loads((run / "meta.json").read_text())
+        del meta["shard"]
+        (run.parent / "run").mkdir()
+        (run / "results.csv").rename(run.parent / "run" / "results.csv")
+        write_meta(run.parent / "run" / "meta.json", meta)
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
+    result = invoke("merge", str(a), str(b), "--out", str(tmp_path / "all"))
+    assert result.exit_code == 2 and not (tmp_path / "all").exists(), result.output
+    assert result.stderr.strip() == f"error: {a / 'results.csv'} and {b / 'results.csv'} ran different sweep " \
+        "configurations (their meta.json differ in dtypes, seq); merge the results of one sweep"
+    (b / "meta.json").unlink()  # a results.csv alone: nothing says which sweep it belongs to
+    result = invoke("merge", str(a), str(b), "--out", str(tmp_path / "all"))
+    assert result.exit_code == 2 and "no sweep configuration recorded" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert invoke("merge", str(b), "--out", str(tmp_path / "alone")).exit_code == 0  # on its own it merges
+
+
+def test_merge_of_inputs_without_rows_writes_nothing(tmp_path):
+    empty = write_shard(tmp_path, 1, 1, group(1024), done=0)  # a run that wrote its header and no row
+    result = invoke("merge", str(empty), "--out", str(tmp_path / "all"))
+    assert result.exit_code == 2 and not (tmp_path / "all").exists(), result.output
+    assert result.stderr.strip() == "error: no result rows in shard 1/1; nothing to merge"

@@ -148,3 +148,14 @@ def test_a_row_whose_fsync_is_interrupted_stays_and_counts(tmp_path, monkeypatch
             writer.write({"pattern": "dense", "impl": "sdpa", "status": "ok"})
         assert writer.rows_written == 1
     assert len(path.read_text().splitlines()) == 2  # the header and the row
+
+
+def test_every_column_has_a_domain_and_the_names_match_the_runner():
+    from sparsebench.results_check import DOMAINS, DTYPE_NAMES, MODE_NAMES
+    from sparsebench.runner.cases import DTYPES, MODES
+
+    assert [c for c in COLUMNS if c not in DOMAINS] == []  # a new column needs its line in DOMAINS
+    assert set(DTYPE_NAMES) == set(DTYPES) and set(MODE_NAMES) == {*MODES, "train"}
+    assert DOMAINS["device"].problem("device", "cuda:3") is None and DOMAINS["device"].problem("device", "tpu")
+    assert DOMAINS["peak_mem_mib"].problem("peak_mem_mib", "0") is None
+    assert DOMAINS["peak_mem_mib"].problem("peak_mem_mib", "-0.5") == "-0.5 is not >= 0"

@@ -19,7 +19,7 @@ from sparsebench.runner.shard import Shard, assign, group_work, parse_dirname
 from sparsebench.runner.slurm import config_toml, parse_params
 
 # Many shape groups of unequal work: patterns x impls x 5 lengths x 2 dtypes x 2 modes x 2 GQA shapes.
-SWEEP = SweepConfig(patterns=["local", "strided", "causal:", "bigbird"], impls=["sdpa", "eager", "seed", "flex"],
+SWEEP = SweepConfig(patterns=["local", "strided", "causal", "bigbird"], impls=["sdpa", "eager", "seed", "flex"],
                     seq=[256, 512, 1024, 2048, 4096], devices=["cpu"], dtypes=["float32", "bfloat16"],
                     modes=["fwd", "fwdbwd"], heads=[8], kv_heads=[8, 2])
 

@@ -6,6 +6,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -14,10 +15,11 @@ from rich.console import Console
 from sparsebench.errors import NotComparable, SparsebenchError
 
 # Progress and run summaries go to stderr; stdout is kept for data and for what a command is asked to show
-# (`list`, `info`). Logs and CI are wider than 80 columns.
-console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-stdout_console = Console(width=None if sys.stdout.isatty() else 140)
-err_console = Console(stderr=True, style="bold red", highlight=False, soft_wrap=True)
+# (`list`, `info`). Logs and CI are wider than 80 columns. No emoji codes: user text such as `--impl mod:smile`
+# prints as given (markup=False, rich.markup.escape or Text objects keep it out of rich's markup).
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 140, emoji=False)
+stdout_console = Console(width=None if sys.stdout.isatty() else 140, emoji=False)
+err_console = Console(stderr=True, style="bold red", highlight=False, soft_wrap=True, emoji=False)
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE, EXIT_INCOMPARABLE = 0, 1, 2, 3
 
@@ -76,8 +78,30 @@ def user_errors() -> Iterator[None]:
             raise
         fail(str(exc))
     except KeyboardInterrupt as exc:
-        err_console.print("interrupted", markup=False)
+        err_console.print(f"interrupted by {exc.args[0]}" if isinstance(exc, Interrupted) else "interrupted",
+                          markup=False)
         sys.exit(interrupt_exit_code(exc))
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Raise SparsebenchError unless the file `option` names can be written, before the work whose output goes
+    there. One rule for every output file (gate --summary, export --out): missing folders are made, as for
+    `run --out-dir`; a folder that cannot be made or written is refused. An existing file is left as it is."""
+    path = Path(path)
+    if path.is_dir():
+        raise SparsebenchError(f"{option} {path}: is a directory; name a file")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise SparsebenchError(f"{option} {path}: {blocker} is not a directory")
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a"):  # appending nothing: the file's contents stay
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise SparsebenchError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from sparsebench import export, gate, machine
-from sparsebench.cli.common import not_comparable, user_errors
+from sparsebench.cli.common import check_output_file, not_comparable, user_errors
 from sparsebench.errors import SparsebenchError
 from sparsebench.result_dirs import results_file
 from sparsebench.results import read_meta, read_results
@@ -34,6 +34,8 @@ def export_cmd(
     exit 2 on bad input, 3 when RESULTS and --baseline cannot be compared."""
     with user_errors():
         export.check_format(fmt)
+        if out is not None:
+            check_output_file(out, "--out")
         current = results_file(results)
         report = base = None
         if baseline is None or fmt not in export.REPORT_FORMATS:

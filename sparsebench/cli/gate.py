@@ -17,9 +17,11 @@ from sparsebench.cli.common import (
     EXIT_INCOMPARABLE,
     EXIT_OK,
     EXIT_REGRESSION,
+    check_output_file,
     console,
     err_console,
     fail,
+    interrupt_on_stop_signals,
     state,
     user_errors,
 )
@@ -78,13 +80,17 @@ def gate_cmd(
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema; another machine with --strict-machine)."""
-    with user_errors(), tempfile.TemporaryDirectory(prefix="sparsebench-gate-") as tmp:
+    # SIGTERM and SIGHUP stop --confirm's re-runs as Ctrl-C does: workers killed, the temporary folder removed
+    with user_errors(), interrupt_on_stop_signals(), tempfile.TemporaryDirectory(prefix="sparsebench-gate-") as tmp:
         if export_format is not None:
             export.check_format(export_format)
         elif export_out is not None:
             raise SparsebenchError("--export-out needs --export FORMAT")
-        if summary is not None and not summary.parent.is_dir():  # found out before the comparison, not after
-            raise SparsebenchError(f"--summary {summary}: {summary.parent} is not a directory")
+        step_summary = Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None
+        for path, option in ((summary, "--summary"), (export_out, "--export-out"),
+                             (step_summary, "$GITHUB_STEP_SUMMARY")):  # found out before the comparison, not after
+            if path is not None:
+                check_output_file(path, option)
         shown = (baseline, current)  # as given, for the report
         if update_baseline and baseline.is_dir() and has_shards(baseline):
             raise SparsebenchError(f"--update-baseline writes one results.csv: {baseline} is a directory of shards")
@@ -215,7 +221,7 @@ def _write(path: Path, text: str, append: bool) -> None:
 def print_report(report: gate.GateReport) -> None:
     """The table and notes on stderr, regressions as red lines, then the headline."""
     # CI logs are no terminal (rich would assume 80 columns): give the table the width it needs there.
-    (console if console.is_terminal else Console(stderr=True, width=200)).print(rich_table(report))
+    (console if console.is_terminal else Console(stderr=True, width=200, emoji=False)).print(rich_table(report))
     for note in report.notes:
         console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
     for verdict, line in finding_lines(report):

@@ -51,7 +51,7 @@ def history_cmd(
         typer.echo(path)
     flagged = int(table["regression"].sum())
     console.print(f"{len(runs)} runs, {table['case'].nunique()} cases, {flagged} regression(s) between consecutive "
-                  f"runs; wrote {len(written)} files to {out}", style="dim")
+                  f"runs; wrote {len(written)} files to {out}", style="dim", markup=False)
 
 
 def _labels(paths: list[Path]) -> list[str]:

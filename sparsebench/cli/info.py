@@ -6,6 +6,7 @@ import json
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from sparsebench import environment
 from sparsebench.cli.common import stdout_console as console
@@ -20,12 +21,12 @@ def info_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON on s
     table = Table(title="sparsebench environment", show_header=False)
     for key, value in env.items():
         if key != "gpus":
-            table.add_row(key, str(value))
+            table.add_row(key, Text(str(value)))
     console.print(table)
     if not env["gpus"]:
         console.print("no CUDA GPU visible: benchmarks run on the CPU", style="yellow")
     for gpu in env["gpus"]:
         gpu_table = Table(title=f"GPU {gpu['index']}", show_header=False)
         for key, value in gpu.items():
-            gpu_table.add_row(key, str(value))
+            gpu_table.add_row(key, Text(str(value)))
         console.print(gpu_table)

@@ -47,7 +47,7 @@ def plot_cmd(
             fail(f"cannot write the plots to {out_dir}: {exc.strerror or exc}")
     for path in written:
         typer.echo(path)
-    console.print(f"wrote {len(written)} files to {out_dir}", style="dim")
+    console.print(f"wrote {len(written)} files to {out_dir}", style="dim", markup=False)
 
 
 def _labels(paths: list[Path], metas: list[dict]) -> list[str]:

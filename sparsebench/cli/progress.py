@@ -15,6 +15,7 @@ import math
 import time
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsebench.cli.common import console, err_console
@@ -62,7 +63,7 @@ class Reporter:
             self._first_begin = time.monotonic()
         if self._bar is None:
             return
-        self._bar.update(self._task, description=label)
+        self._bar.update(self._task, description=escape(label))  # the column reads it as markup
         if steps:
             self._step_task = self._bar.add_task("  steps", total=steps, note="")
 

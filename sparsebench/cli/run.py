@@ -162,7 +162,7 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
         return f"{r['dtype']} {mode} {heads} D={r['head_dim']} {r['device']}"
 
     setups = sorted({setup(r) for r in rows})
-    table = Table(title=f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else ""))
+    table = Table(title=escape(f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else "")))
     headers = ["pattern", "impl", "n", "ms", "IQR", "vs dense", "MiB", "err", "status"]
     if len(setups) > 1:
         headers.insert(2, "dtype mode device")
@@ -180,8 +180,8 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),
                  f"[{STATUS_STYLE.get(r['status'], 'red')}]{escape(status)}[/]"]
         if len(setups) > 1:
-            cells.insert(2, setup(r))
+            cells.insert(2, escape(setup(r)))
         table.add_row(*cells)
     console.print(table)
     if not quiet:
-        console.print(f"wrote {csv_path} and {csv_path.with_name('meta.json')}")
+        console.print(f"wrote {csv_path} and {csv_path.with_name('meta.json')}", markup=False)

@@ -54,7 +54,7 @@ def submit_and_wait(plan: ScalePlan, config: SweepConfig, resume: bool, overwrit
     job_id = str(jobs[0].job_id).split("_")[0]
     console.print(f"submitted {len(jobs)} shard(s) as {plan.launcher} job {job_id}; logs in {plan.root / 'slurm'}",
                   markup=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task("shards", total=len(jobs))

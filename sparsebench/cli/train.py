@@ -11,6 +11,7 @@ from typing import Annotated
 import psutil
 import torch
 import typer
+from rich.markup import escape
 
 from sparsebench.api import resolve_impl
 from sparsebench.cli import options as opt
@@ -77,9 +78,9 @@ def train_cmd(
         dataset = f"{source.name} ({_size(source.n_bytes)})"
         m = cfg.model
         if not quiet:
-            console.print(f"[bold]sparsebench train[/] --preset {preset_name}: {m.n_layers} layers, d_model "
+            console.print(f"[bold]sparsebench train[/] --preset {escape(preset_name)}: {m.n_layers} layers, d_model "
                           f"{m.d_model}, {m.n_heads} heads, seq {m.seq_len}, batch {cfg.batch}, {cfg.steps} steps on "
-                          f"{dev}; corpus {dataset}, 90% train / 10% validation")
+                          f"{dev}; corpus {escape(str(dataset))}, 90% train / 10% validation")
             console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
         started = time.time()
         _train_all(runs, cfg, source, dev, out_dir, quiet)
@@ -95,7 +96,7 @@ def train_cmd(
         if not quiet:
             console.print(report.TIME_NOTE, highlight=False)
             console.print(f"wrote {out_dir}/: results.csv, meta.json, table.md, curves.csv, loss_curve.png",
-                          highlight=False)
+                          highlight=False, markup=False)
     if not all(run.ok for run in runs):
         raise typer.Exit(1)
 

@@ -124,7 +124,7 @@ def parse_pattern_spec(spec: str, shared: dict[str, int]) -> tuple[str, dict[str
     A user pattern is `module:attr` or `module:attr:key=INT,...` (module a dotted name or a .py file); it is
     loaded and registered under its short name.
     """
-    name, _, rest = _registered_spec(spec).partition(":")
+    name, colon, rest = _registered_spec(spec).partition(":")
     name = name.strip()
     if name not in PATTERNS:
         plugins.load_entry_points()
@@ -132,11 +132,17 @@ def parse_pattern_spec(spec: str, shared: dict[str, int]) -> tuple[str, dict[str
         raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)} (or a user pattern "
                                "as module:attribute)")
     params = select_params(name, shared)
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq or not value.strip().lstrip("-").isdigit():
+    given: set[str] = set()
+    for item in (s.strip() for s in rest.split(",")) if colon else ():
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not item:  # 'local:' or 'local:window=64,': a parameter left out
+            raise SparsebenchError(f"empty pattern parameter in {spec!r}; write name:key=INT,key=INT")
+        if not (key and eq and value.lstrip("-").isdigit()):
             raise SparsebenchError(f"bad pattern parameter {item!r} in {spec!r}; write name:key=INT,key=INT")
-        params[key.strip()] = int(value)
+        if key in given:  # never the last one silently
+            raise SparsebenchError(f"pattern parameter {key!r} given twice in {spec!r}; give each once")
+        given.add(key)
+        params[key] = int(value)
     get_pattern(name, **params)  # PatternError (a SparsebenchError) on bad values
     return name, params
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 from rich.table import Table
+from rich.text import Text
 
 from sparsebench.measure.flops import attention_flops
 from sparsebench.measure.timing import summarize
@@ -131,12 +132,12 @@ def table_rows(runs: list[VariantRun], dataset: str) -> list[list[str]]:
 
 def rich_table(runs: list[VariantRun], dataset: str, title: str) -> Table:
     """The table for the terminal: the dataset, the same in every row, goes into the title to save width."""
-    table = Table(title=f"{title}\ndataset: {dataset}", caption=CAUSAL_NOTE, caption_justify="left")
+    table = Table(title=Text(f"{title}\ndataset: {dataset}"), caption=CAUSAL_NOTE, caption_justify="left")
     headers = [h for h in HEADERS if h != "Dataset"]
     for i, header in enumerate(headers):
         table.add_column(header, justify="right" if i >= 2 else "left", no_wrap=i == 0)
     for row in table_rows(runs, dataset):
-        table.add_row(*row[:2], *row[3:])
+        table.add_row(*(Text(cell) for cell in (*row[:2], *row[3:])))  # names and paths: never markup
     return table
 
 
