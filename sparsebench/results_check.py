@@ -23,7 +23,7 @@ POSITIVE = ("latency_ms", "dense_latency_ms", "speedup_vs_dense")
 NON_NEGATIVE = ("flops_useful", "flops_executed", "latency_iqr_ms", "latency_min_ms", "tflops_useful",
                 "pct_of_peak", "pct_of_vendor_peak", "bytes_moved", "gbps", "pct_of_bandwidth", "nvml_peak_mib",
                 "nvml_context_mib", "setup_ms", "first_call_s", "max_abs_err", "tolerance", "val_ppl", "train_s",
-                "tokens_per_s")
+                "tokens_per_s", "rel_err", "grad_err", "rss_peak_mib")
 # Peak memory is measured above what the inputs hold, so a call that frees memory can come out below 0.
 ANY_FINITE = ("peak_mem_mib", "mem_ratio_vs_dense")
 NAMES = ("pattern", "impl", "device", "dtype", "mode", "status")
