@@ -37,8 +37,9 @@ SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_l
 # rel_err: max_abs_err over the largest |reference| on the same rows (what `tolerance` applies to); grad_err:
 # fwdbwd, the worst relative error of dQ, dK, dV; rss_peak_mib: CPU, the RSS high-water mark of one call above
 # its start (information: peak_mem_mib is the exact peak of live tensor bytes; in rows without rss_peak_mib it was
-# this RSS figure).
-LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib"]
+# this RSS figure); launch_overhead_ms: CUDA, a call under 0.1 ms is timed with CUDA graphs, and this is its
+# event-timed median minus the graph-timed one (latency_ms).
+LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms"]
 COLUMNS = [
     "schema_version", "run_id",
     *KEY_COLUMNS,
@@ -200,10 +201,12 @@ class Measurement:
     first_call_s: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
-    n_calls: int | None = None  # first call, warm-up, memory and timed calls together
+    n_calls: int | None = None  # first call, warm-up, memory and timed calls together (Python calls: what a CUDA
+    #                              graph replays is not counted)
     rel_err: float | None = None
     grad_err: float | None = None  # fwdbwd only
     rss_peak_mib: float | None = None  # CPU only
+    launch_overhead_ms: float | None = None  # CUDA calls timed with CUDA graphs only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

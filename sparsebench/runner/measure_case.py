@@ -142,6 +142,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         problems += _gradient_problems(grad, case.torch_dtype)
 
     nvml_peak = nvml_context = rss_mib = float("nan")
+    launch_ms = None
     slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
     if slow is not None:
         rss_mib, samples = slow
@@ -158,7 +159,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
             with memory.NvmlSampler(device.index or 0) as nvml:
                 peak_mib = memory.call_peak_mib(call, device)
             nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
-            samples = timing.time_cuda(call, settings.min_run_time, settings.min_samples)
+            samples, launch_ms = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
         else:
             rss_mib = memory.call_peak_mib(call, device)
             peak_mib, _ = memory.tensor_peak_mib(call)
@@ -195,6 +196,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         rel_err=rel,
         grad_err=grad_err,
         rss_peak_mib=rss_mib,
+        launch_overhead_ms=launch_ms,
     )
 
 
