@@ -18,9 +18,9 @@ from sparsebench.patterns import Pattern
 # rel_err allowed per dtype for the forward output, for unit-variance random q, k, v. The largest rel_err of any
 # built-in implementation measured (docs/accuracy/README.md) is 4-16x below these; an all-zero output (1.0) and
 # a 0.75x output (0.25) are 10x and more above.
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 # grad_err allowed per dtype (the worst of dQ, dK, dV, each max abs error over max |reference|).
-GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}
+GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
 
 
 def sample_rows(n: int, count: int = 64) -> torch.Tensor:
@@ -61,10 +61,10 @@ def row_probs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
 
 
 def relative(err: float, scale: float) -> float:
-    """err / scale; 0 when both are 0, inf when only the scale is."""
+    """err / scale; 0 when both are 0, NaN (over any tolerance, an empty cell) when only the scale is."""
     if scale > 0:
         return err / scale
-    return 0.0 if err == 0 else float("inf")
+    return 0.0 if err == 0 else float("nan")
 
 
 def output_errors(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,

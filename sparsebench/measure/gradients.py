@@ -59,18 +59,22 @@ def reference_grads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: 
     rep, scale = heads // kv_heads, dim ** -0.5
     k64 = k.detach().double()[:, :, None]  # (B, KVH, 1, n, D)
     dq = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
-    dk = torch.zeros(k64.shape, dtype=torch.float64, device=q.device)
-    dv = torch.zeros(k64.shape, dtype=torch.float64, device=q.device)
+    dk = torch.zeros(k.shape, dtype=torch.float64, device=q.device)
+    dv = torch.zeros(k.shape, dtype=torch.float64, device=q.device)
+
+    def by_key(x: torch.Tensor) -> torch.Tensor:  # (B, KVH, rep, r, n) -> (B, KVH, n, rep * r)
+        return x.permute(0, 1, 4, 2, 3).flatten(3)
+
     for idx, probs, v64 in row_probs(q, k, v, pattern, rows, chunk):  # probs: (B, KVH, rep, r, n)
         g = grad_out[..., idx, :].double().view(batch, kv_heads, rep, len(idx), dim)
         qr = q.detach()[..., idx, :].double().view(batch, kv_heads, rep, len(idx), dim)
         dp = g @ v64.transpose(-2, -1)  # (B, KVH, rep, r, n)
         ds = probs * (dp - (probs * dp).sum(-1, keepdim=True))  # rowsum(P * dP) = rowsum(G * O)
         dq[..., idx, :] = (scale * ds @ k64).view(batch, heads, len(idx), dim)
-        # sum over the query heads of each key/value head and over the rows
-        dk += scale * (ds.transpose(-2, -1) @ qr).sum(2, keepdim=True)
-        dv += (probs.transpose(-2, -1) @ g).sum(2, keepdim=True)
-    return dq, dk[:, :, 0], dv[:, :, 0]
+        # summed over the rows and the query heads of each key/value head, in one product (no per-head copy)
+        dk += scale * by_key(ds) @ qr.flatten(2, 3)
+        dv += by_key(probs) @ g.flatten(2, 3)
+    return dq, dk, dv
 
 
 def backward(forward: Forward, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

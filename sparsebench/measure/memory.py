@@ -97,29 +97,42 @@ def tensor_peak_mib(fn: Callable[[], T]) -> tuple[float, T]:
     result).
 
     Exact and deterministic: every allocation and free of the CPU allocator during the call is reported to
-    torch's profiler (memory profiling only: no shapes, no stacks) with the allocator's running total of the
-    bytes it allocated while profiling, so the peak is the largest running total minus the total before the
+    torch's profiler (memory events only: no shapes, no stacks) with the allocator's running total of the bytes
+    it allocated while profiling, so the peak is the largest running total minus the total at the start of the
     call (read off a one-byte marker allocated first). Memory that is not a tensor's (the Python heap, a
     library's private buffers) is not counted: the RSS high-water mark (`PeakMemory`) is kept for that.
-    The call runs on one thread, as the timed calls do: some kernels allocate a buffer per thread, and the
-    figure must not depend on the machine's core count. The profiler costs well under a millisecond to start
-    and stop and slows the call, so the call is never a timed one.
+    The call runs on one thread, as the timed calls do (some kernels allocate a buffer per thread: the figure
+    must not depend on the machine's core count), and with Python's garbage collector off, as timeit runs them
+    (a collection in the middle of the call would free tensors at a moment that depends on the heap's history).
+    The profiler is started through torch.autograd's own entry points, which cost under a millisecond; the
+    torch.profiler.profile wrapper spends seconds on its first use in a process. It slows the call it tracks,
+    so that call is never a timed one.
     """
-    from torch._C._profiler import _EventType
+    from torch._C._profiler import _EventType, _ExperimentalConfig
+    from torch.autograd import ProfilerActivity, _disable_profiler, _enable_profiler, _prepare_profiler
+    from torch.autograd.profiler import ProfilerConfig, ProfilerState
 
-    gc.collect()
-    threads = torch.get_num_threads()
+    config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
+    activities = {ProfilerActivity.CPU}
+    threads, collecting = torch.get_num_threads(), gc.isenabled()
     torch.set_num_threads(1)
+    gc.disable()
     try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        _prepare_profiler(config, activities)
+        _enable_profiler(config, activities)
+        try:
             marker = torch.empty(1, dtype=torch.uint8)
             marker_ptr = marker.data_ptr()
             result = fn()
             del marker
+        finally:
+            profile = _disable_profiler()
     finally:
         torch.set_num_threads(threads)
+        if collecting:
+            gc.enable()
     events = []
-    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    stack = list(profile.experimental_event_tree())
     while stack:
         event = stack.pop()
         stack.extend(event.children)
