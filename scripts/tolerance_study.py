@@ -6,7 +6,8 @@ sampled rows (measure/accuracy.py) and, in fwdbwd, the gradient check's dQ, dK a
 (measure/gradients.py), on the same seeded inputs as a sweep. Writes every measurement to a CSV and prints the
 distribution by dtype and n, the tolerances and their margins as markdown.
 
-    python scripts/tolerance_study.py --out docs/accuracy/study.csv > docs/accuracy/study.md
+    python scripts/tolerance_study.py --impls seed eager sdpa structured --out docs/accuracy/study.csv
+    python scripts/tolerance_study.py --from-csv docs/accuracy/study.csv   # the tables again, current tolerances
 """
 
 from __future__ import annotations
@@ -84,7 +85,34 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--out", help="CSV of every measurement")
+    parser.add_argument("--from-csv", help="print the tables of an earlier --out CSV instead of measuring")
     args = parser.parse_args()
+    rows = read_rows(args.from_csv) if args.from_csv else measure_all(args)
+    if args.out:
+        columns = list(dict.fromkeys(c for r in rows for c in r))
+        with open(args.out, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    print_tables(rows)
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, value in list(row.items()):
+            if key == "seq_len":
+                row[key] = int(value)
+            elif key.endswith(("_err", "_max")):
+                if value == "":
+                    del row[key]
+                else:
+                    row[key] = float(value)
+    return rows
+
+
+def measure_all(args: argparse.Namespace) -> list[dict]:
     rows = []
     start = time.perf_counter()
     for mode in args.modes:
@@ -100,12 +128,10 @@ def main() -> None:
                         if row is not None:
                             rows.append(row)
                             print(f"{time.perf_counter() - start:7.1f}s {row}", file=sys.stderr, flush=True)
-    if args.out:
-        columns = list(dict.fromkeys(c for r in rows for c in r))
-        with open(args.out, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, columns)
-            writer.writeheader()
-            writer.writerows(rows)
+    return rows
+
+
+def print_tables(rows: list[dict]) -> None:
     forward = [r for r in rows if r["mode"] == "fwd"]
     backward = [r for r in rows if r["mode"] == "fwdbwd"]
     tol = {d: accuracy.TOLERANCE[t] for d, t in DTYPES.items()}

@@ -201,8 +201,8 @@ class Measurement:
     first_call_s: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
-    n_calls: int | None = None  # first call, warm-up, memory and timed calls together (Python calls: what a CUDA
-    #                              graph replays is not counted)
+    n_calls: int | None = None  # first call, warm-up, memory and timed calls together (calls made from Python: a
+    #                              CUDA graph's captured calls count once, its replays not at all)
     rel_err: float | None = None
     grad_err: float | None = None  # fwdbwd only
     rss_peak_mib: float | None = None  # CPU only

@@ -15,12 +15,15 @@ import torch
 
 from sparsebench.patterns import Pattern
 
-# rel_err allowed per dtype for the forward output, for unit-variance random q, k, v. The largest rel_err of any
-# built-in implementation measured (docs/accuracy/README.md) is 4-16x below these; an all-zero output (1.0) and
-# a 0.75x output (0.25) are 10x and more above.
+# rel_err allowed per dtype for the forward output, for unit-variance random q, k, v. The largest rel_err of the
+# built-in implementations (all patterns, n = 256 ... 16384 on CPU; docs/accuracy/README.md) is 3x below these in
+# bfloat16 and float16 and 48x or more below in float32; an all-zero output (1.0) and a 0.75x output (0.25) are
+# 8x and more above.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
-# grad_err allowed per dtype (the worst of dQ, dK, dV, each max abs error over max |reference|).
-GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# grad_err allowed per dtype (the worst of dQ, dK, dV, each max abs error over max |reference|): the built-ins'
+# largest is 2.8-2.9x below in bfloat16 and float16, 45x or more in float32; a gradient scaled by 0.9 (0.1) is
+# 2.5x above in bfloat16.
+GRAD_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4e-2, torch.float16: 5e-3}
 
 
 def sample_rows(n: int, count: int = 64) -> torch.Tensor:
