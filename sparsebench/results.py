@@ -33,8 +33,13 @@ SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_l
 
 # Optional columns added after the first files of this schema version, in order: empty when read from those,
 # left out of the rows a resumed run appends to them. gpu_index, gpu_name: the GPU a row was measured on
-# (physical NVML index and NVML name; empty on CPU); n_calls: every call of the implementation in the case.
-LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls"]
+# (physical NVML index and NVML name; empty on CPU); n_calls: every call of the implementation in the case;
+# rel_err: max_abs_err over the largest |reference| on the same rows (what `tolerance` applies to); grad_err:
+# fwdbwd, the worst relative error of dQ, dK, dV; rss_peak_mib: CPU, the RSS high-water mark of one call above
+# its start (information: peak_mem_mib is the exact peak of live tensor bytes; in rows without rss_peak_mib it was
+# this RSS figure); launch_overhead_ms: CUDA, a call under 0.1 ms is timed with CUDA graphs, and this is its
+# event-timed median minus the graph-timed one (latency_ms).
+LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms"]
 COLUMNS = [
     "schema_version", "run_id",
     *KEY_COLUMNS,
@@ -196,7 +201,12 @@ class Measurement:
     first_call_s: float | None = None
     max_abs_err: float | None = None
     tolerance: float | None = None
-    n_calls: int | None = None  # first call, warm-up, memory and timed calls together
+    n_calls: int | None = None  # first call, warm-up, memory and timed calls together (calls made from Python: a
+    #                              CUDA graph's captured calls count once, its replays not at all)
+    rel_err: float | None = None
+    grad_err: float | None = None  # fwdbwd only
+    rss_peak_mib: float | None = None  # CPU only
+    launch_overhead_ms: float | None = None  # CUDA calls timed with CUDA graphs only
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def matching(regex: str, what: str) -> Domain:
                   required=True)
 
 
+FINITE = number(lambda _v: True, "finite")
 TEXT = Domain(lambda _column, _text: None)  # free text (names of machines, errors, corpora)
 NAME = Domain(lambda _column, _text: None, required=True)  # a name that must be there (plugins add their own)
 FRACTION = number(lambda v: 0 <= v <= 1, "in [0, 1]")
@@ -138,6 +139,10 @@ DOMAINS: dict[str, Domain] = {
     "gpu_index": integer(0),
     "gpu_name": TEXT,
     "n_calls": integer(0),
+    "rel_err": NON_NEGATIVE,
+    "grad_err": NON_NEGATIVE,
+    "rss_peak_mib": NON_NEGATIVE,
+    "launch_overhead_ms": FINITE,  # a difference of two medians: noise can make it negative
 }
 
 

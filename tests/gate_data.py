@@ -40,6 +40,8 @@ def make_rows(seed: int, slow: dict[str, float] | None = None, change: dict[str,
                 "device_name": device_name, "density": density, "flops_useful": 4 * 8 * 64 * density * n * n,
                 "flops_executed": 4 * 8 * 64 * n * n, "peak_mem_mib": mib * n / 1024, "max_abs_err": 0.0,
                 "status": "ok", "error": ""}
+            if device == "cpu":  # CPU peak_mem_mib is the exact peak of tensor bytes; the RSS peak beside it
+                row["rss_peak_mib"] = row["peak_mem_mib"] + 30.0
             name = gate.case_name(row)
             mean = ms * (n / 1024) ** 2 * scale * slow.get(name, 1.0)
             samples = [mean * rng.uniform(0.95, 1.05) for _ in range(15)]

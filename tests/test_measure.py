@@ -1,4 +1,5 @@
-"""PeakMemory on CPU: the RSS high-water mark reset per call, and ru_maxrss where it cannot be reset."""
+"""Peak memory on CPU: the exact peak of live tensor bytes (deterministic, gated at 5%), and the RSS high-water
+mark reset per call (information), with ru_maxrss where it cannot be reset."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 import torch
 
 from sparsebench.measure import memory
+from sparsebench.runner import measure_case
+from sparsebench.runner.cases import Case
 
 MIB = 2**20
 
@@ -63,14 +66,14 @@ def slow_case_settings():
 
 
 def test_a_slow_case_has_no_warm_up_and_three_samples(monkeypatch):
-    """A call of SLOW_CALL_S or more: the memory-tracked call is the first timed sample, two more follow."""
+    """A call of SLOW_CALL_S or more: the RSS-tracked call is the first timed sample, two more follow."""
     from sparsebench.runner import measure_case
 
     monkeypatch.setattr(measure_case, "SLOW_CALL_S", 0.0)  # every call counts as slow
     calls = []
-    peak, samples = measure_case._slow_case(lambda: calls.append(1), torch.device("cpu"), 0.0,
-                                            slow_case_settings())
-    assert len(samples) == measure_case.SLOW_SAMPLES == len(calls) == 3 and peak >= 0
+    rss, samples = measure_case._slow_case(lambda: calls.append(1), torch.device("cpu"), 0.0,
+                                           slow_case_settings())
+    assert len(samples) == measure_case.SLOW_SAMPLES == len(calls) == 3 and rss >= 0
 
 
 def test_a_slow_first_call_then_a_fast_one_is_a_fast_case(monkeypatch):
@@ -100,5 +103,71 @@ def test_every_call_of_a_case_is_counted(slow, monkeypatch):
     assert m.status == "ok" and m.n_calls == len(counted)
     if slow:
         assert m.n_calls == measure_case.SLOW_CASE_CALLS and len(m.samples) == measure_case.SLOW_SAMPLES
-    else:  # first call, 2 warm-up calls, the memory call, then at least 5 timed samples
-        assert m.n_calls >= 1 + 2 + 1 + 5 and len(m.samples) >= 5
+    else:  # first call, 2 warm-up calls, the RSS and the tensor memory calls, then at least 5 timed samples
+        assert m.n_calls >= 1 + 2 + 2 + 5 and len(m.samples) >= 5
+    assert m.peak_mem_mib > 0 and m.rss_peak_mib >= 0
+
+
+def eager_local_call(n: int = 1024, extra_bytes: int = 0):
+    """An eager local-attention forward (it materialises (B, H, n, n) scores), and `extra_bytes` more in one more
+    tensor, held during the call (a change that allocates that much more)."""
+    case = Case("local", "window=64", "eager", "cpu", "float32", "fwd", 1, 2, 2, n, n, 32)
+    q, k, v, _ = measure_case.make_inputs(case)
+    impl = measure_case.get_impl("eager")
+    prep = impl.prepare(case.build_pattern(), n, torch.device("cpu"), torch.float32)
+
+    def call():
+        held = torch.empty(extra_bytes, dtype=torch.uint8) if extra_bytes else None
+        with torch.no_grad():
+            out = impl.forward(q, k, v, prep)
+        del held
+        return out
+
+    return call
+
+
+def test_tensor_peak_counts_exactly_what_the_call_allocates():
+    def call():
+        a = torch.empty(10 * MIB, dtype=torch.uint8)
+        b = torch.empty(5 * MIB, dtype=torch.uint8)
+        del a
+        c = torch.empty(3 * MIB, dtype=torch.uint8)
+        return b, c
+
+    kept = torch.ones(8 * MIB, dtype=torch.uint8)  # held before the call: not part of its peak
+    peak, (b, c) = memory.tensor_peak_mib(call)
+    assert peak == pytest.approx(15.0, abs=1e-3)  # a and b live together; c comes after a is freed
+    del kept
+
+
+def test_the_same_case_measured_10_times_gives_the_same_tensor_peak():
+    call = eager_local_call()
+    call()  # warm-up, as a case's calls before its memory call
+    peaks = {memory.tensor_peak_mib(call)[0] for _ in range(10)}
+    assert len(peaks) == 1 and next(iter(peaks)) >= 8.0, peaks
+
+
+def test_10_percent_more_tensor_memory_is_caught_by_the_gate():
+    """The peak of a change that holds 10% more tensor memory, against the original's, fails the default gate;
+    the original against itself passes."""
+    import pandas as pd
+
+    from sparsebench import gate
+    from tests.gate_data import FLEX, make_rows
+
+    same = eager_local_call()
+    same()
+    base_mib, again_mib = (memory.tensor_peak_mib(same)[0] for _ in range(2))
+    more = eager_local_call(extra_bytes=int(0.1 * base_mib * MIB))
+    more()
+    more_mib = memory.tensor_peak_mib(more)[0]
+    assert more_mib == pytest.approx(1.1 * base_mib, rel=1e-4)
+
+    def verdict(mib: float) -> str:
+        base = pd.DataFrame(make_rows(1, change={FLEX: {"peak_mem_mib": base_mib}}))
+        cur = pd.DataFrame(make_rows(1, change={FLEX: {"peak_mem_mib": mib}}))
+        report = gate.compare(base, cur, gate_latency=False)
+        return next(c for c in report.cases if c.name == FLEX).verdict
+
+    assert verdict(again_mib) == gate.OK
+    assert verdict(more_mib) == gate.REGRESSION

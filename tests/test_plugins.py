@@ -294,3 +294,47 @@ def test_benchmark_returns_the_rows(tmp_path):
     assert len(read_results(tmp_path / "results.csv")) == len(frame)
     with pytest.raises(sparsebench.errors.SparsebenchError, match="not importable"):
         sparsebench.benchmark(impls=[lambda q, k, v, p: q], seq=[64])
+
+
+GRAD_PLUGIN = '''
+    import torch
+    import torch.nn.functional as F
+
+    def attend(q, k, v, pattern):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=pattern.dense_mask(q.shape[-2], q.device))
+
+    def zero_dk(q, k, v, pattern):
+        """exact forward, K detached: dK silently zero"""
+        return attend(q, k.detach() + 0 * k, v, pattern)
+
+    class NoGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return None
+
+    def none_dv(q, k, v, pattern):
+        """the backward returns None for V"""
+        return attend(q, k, NoGrad.apply(v), pattern)
+'''
+
+
+@pytest.mark.slow
+def test_user_backward_faults_are_rows_and_the_sweep_goes_on(tmp_path):
+    """fwdbwd: a wrong gradient is an `inaccurate` row naming it; a missing one an `error` row naming it; the
+    built-ins of the same sweep are measured ok."""
+    (tmp_path / "gradimpls.py").write_text(textwrap.dedent(GRAD_PLUGIN))
+    result = invoke(["run", "--pattern", "causal", "--impl", "gradimpls:zero_dk", "--impl", "gradimpls:none_dv",
+                     "--impl", "structured", "--mode", "fwdbwd", "--seq", "128", *FAST, "--out-dir", "out"],
+                    cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = read_results(tmp_path / "out" / "results.csv").set_index("impl")
+    assert rows.loc["zero_dk", "status"] == "inaccurate" and rows.loc["zero_dk", "grad_err"] == 1.0
+    assert rows.loc["zero_dk", "error"] == "dK rel error 1 > tolerance 1e-04"
+    assert rows.loc["none_dv", "status"] == "error" and "dV: the backward returned no gradient (None)" in \
+        rows.loc["none_dv", "error"]
+    assert rows.loc["structured", "status"] == "ok" and rows.loc["structured", "grad_err"] < 1e-5
+    assert rows.loc["sdpa", "status"] == "ok"

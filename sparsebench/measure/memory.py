@@ -1,4 +1,5 @@
-"""Peak memory of one call above what is already held: allocator peak on CUDA, RSS high-water on CPU."""
+"""Peak memory of one call above what is already held: the allocator's peak of live tensor bytes on CUDA and on
+CPU (exact, the same in every run), and the RSS high-water mark on CPU as information."""
 
 from __future__ import annotations
 
@@ -89,6 +90,59 @@ def tracked_call(fn: Callable[[], T], device: torch.device | str) -> tuple[float
     tracker.start()
     result = fn()
     return tracker.peak_mib(), result
+
+
+def tensor_peak_mib(fn: Callable[[], T]) -> tuple[float, T]:
+    """(peak of live CPU tensor bytes during one call of fn() above what was live at its start, in MiB; fn's
+    result).
+
+    Exact and deterministic: every allocation and free of the CPU allocator during the call is reported to
+    torch's profiler (memory events only: no shapes, no stacks) with the allocator's running total of the bytes
+    it allocated while profiling, so the peak is the largest running total minus the total at the start of the
+    call (read off a one-byte marker allocated first). Memory that is not a tensor's (the Python heap, a
+    library's private buffers) is not counted: the RSS high-water mark (`PeakMemory`) is kept for that.
+    The call runs on one thread, as the timed calls do (some kernels allocate a buffer per thread: the figure
+    must not depend on the machine's core count), and with Python's garbage collector off, as timeit runs them
+    (a collection in the middle of the call would free tensors at a moment that depends on the heap's history).
+    The profiler is started through torch.autograd's own entry points, which cost under a millisecond; the
+    torch.profiler.profile wrapper spends seconds on its first use in a process. It slows the call it tracks,
+    so that call is never a timed one.
+    """
+    from torch._C._profiler import _EventType, _ExperimentalConfig
+    from torch.autograd import ProfilerActivity, _disable_profiler, _enable_profiler, _prepare_profiler
+    from torch.autograd.profiler import ProfilerConfig, ProfilerState
+
+    config = ProfilerConfig(ProfilerState.KINETO, False, True, False, False, False, _ExperimentalConfig())
+    activities = {ProfilerActivity.CPU}
+    threads, collecting = torch.get_num_threads(), gc.isenabled()
+    torch.set_num_threads(1)
+    gc.disable()
+    try:
+        _prepare_profiler(config, activities)
+        _enable_profiler(config, activities)
+        try:
+            marker = torch.empty(1, dtype=torch.uint8)
+            marker_ptr = marker.data_ptr()
+            result = fn()
+            del marker
+        finally:
+            profile = _disable_profiler()
+    finally:
+        torch.set_num_threads(threads)
+        if collecting:
+            gc.enable()
+    events = []
+    stack = list(profile.experimental_event_tree())
+    while stack:
+        event = stack.pop()
+        stack.extend(event.children)
+        if event.tag == _EventType.Allocation and event.extra_fields.device.type == "cpu":
+            events.append((event.start_time_ns, event.extra_fields))
+    marks = sorted((t, e.total_allocated) for t, e in events if e.ptr == marker_ptr and e.alloc_size == 1)
+    if not marks:  # no allocation reported at all (a profiler without memory events)
+        return float("nan"), result
+    base = marks[0][1]  # the running total with the marker allocated: it is live during the whole call
+    return max(max(e.total_allocated for _, e in events) - base, 0) / MIB, result
 
 
 class NvmlSampler:

@@ -1,12 +1,16 @@
 """Measure one case inside a worker process: setup, first call, accuracy, memory, latency.
 
 The calls of a case: the first call (compilation, lazy init; its output gives the accuracy), then
-- a fast case: `warmup` calls, one memory-tracked call and the timed calls (blocked_autorange: its block-size
-  estimate, then at least `min_run_time` seconds and `min_samples` samples);
-- a slow case (CPU, a timed call of SLOW_CALL_S or more): one memory-tracked call that is also the first
-  timed sample, then SLOW_SAMPLES - 1 more. A call that long is its own warm-up, and a median of a few seconds-long
-  calls is as steady as one of many. The tracker works before and after the call, never inside it, and adds
-  nothing measurable to it (scripts/tracker_cost.py).
+- in fwdbwd, the gradient check: one forward+backward with its own upstream gradient (measure/gradients.py);
+- a fast case: `warmup` calls, one memory-tracked call (the allocator's peak on CUDA; on CPU the RSS
+  high-water mark), on CPU one call under the profiler's memory tracking (the exact peak of live tensor bytes),
+  and the timed calls (blocked_autorange: its block-size estimate, then at least `min_run_time` seconds and
+  `min_samples` samples);
+- a slow case (CPU, a timed call of SLOW_CALL_S or more): one RSS-tracked call that is also the first
+  timed sample, then SLOW_SAMPLES - 1 more, then the call under memory tracking. A call that long is its own
+  warm-up, and a median of a few seconds-long calls is as steady as one of many. The RSS tracker works before and
+  after the call, never inside it, and adds nothing measurable to it (scripts/tracker_cost.py); the profiler
+  works inside the call, so its call is never timed.
 Every call is counted (`n_calls`).
 """
 
@@ -21,7 +25,7 @@ from collections.abc import Callable
 import torch
 
 from sparsebench.impls import get_impl
-from sparsebench.measure import accuracy, flops, memory, timing
+from sparsebench.measure import accuracy, flops, gradients, memory, timing
 from sparsebench.patterns.decode import decode_nnz
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
@@ -30,7 +34,9 @@ Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 SLOW_CALL_S = 1.0  # a call at least this long (steady, not the first) makes a slow case
 SLOW_SAMPLES = 3  # timed calls of a slow case, its memory-tracked call included (at most min_samples)
-SLOW_CASE_CALLS = 1 + SLOW_SAMPLES  # what a slow CPU case costs: the first call and its timed calls
+# What a slow CPU case costs: the first call, its timed calls and the tensor-memory call (fwdbwd: and the
+# gradient check's).
+SLOW_CASE_CALLS = 1 + SLOW_SAMPLES + 1
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
@@ -103,7 +109,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         nonlocal calls
         calls += 1
         out = impl.forward(q, k, v, prep)
-        torch.autograd.grad(out, (q, k, v), grad_out)
+        torch.autograd.grad(out, (q, k, v), grad_out, allow_unused=True)  # a missing one: the gradient check's
         return out
 
     call: Callable[[], torch.Tensor] = forward_backward if case.mode == "fwdbwd" else forward
@@ -113,18 +119,34 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
 
     # First call: compilation, autotuning, lazy init. Reported apart, never in the latency.
     t0 = time.perf_counter()
-    out = call()
+    try:
+        out = call()
+    except Exception as exc:
+        # fwdbwd: name the gradient whose backward fails, when one does
+        named = gradients.name_failing_gradient(lambda *x: impl.forward(*x, prep), q, k, v, grad_out) \
+            if case.mode == "fwdbwd" else None
+        if named is None:
+            raise
+        raise named from exc
     _sync(device)
     first_call_s = time.perf_counter() - t0
 
-    err = accuracy.max_abs_err(out, q, k, v, pattern)
-    tolerance = accuracy.TOLERANCE[case.torch_dtype]
+    err, rel = accuracy.output_errors(out, q, k, v, pattern)
     del out
+    problems = _accuracy_problems(rel, err, case.torch_dtype)
+    grad_err = None
+    if case.mode == "fwdbwd":
+        calls += 1
+        grad = gradients.check(lambda *x: impl.forward(*x, prep), q, k, v, pattern)
+        grad_err = grad.worst[1]
+        problems += _gradient_problems(grad, case.torch_dtype)
 
-    nvml_peak = nvml_context = float("nan")
+    nvml_peak = nvml_context = rss_mib = float("nan")
+    launch_ms = None
     slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
     if slow is not None:
-        peak_mib, samples = slow
+        rss_mib, samples = slow
+        peak_mib, _ = memory.tensor_peak_mib(call)
     else:
         for _ in range(settings.warmup):
             call()
@@ -137,9 +159,10 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
             with memory.NvmlSampler(device.index or 0) as nvml:
                 peak_mib = memory.call_peak_mib(call, device)
             nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
-            samples = timing.time_cuda(call, settings.min_run_time, settings.min_samples)
+            samples, launch_ms = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
         else:
-            peak_mib = memory.call_peak_mib(call, device)
+            rss_mib = memory.call_peak_mib(call, device)
+            peak_mib, _ = memory.tensor_peak_mib(call)
             samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
@@ -150,10 +173,9 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     if q_len is not None:
         elt = torch.finfo(case.torch_dtype).bits // 8
         bytes_moved = 2 * case.batch * case.kv_heads * (prep.kv_rows or case.seq_len) * case.head_dim * elt
-    accurate = err <= tolerance
     return Measurement(
-        status="ok" if accurate else "inaccurate",
-        error="" if accurate else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
+        status="inaccurate" if problems else "ok",
+        error="; ".join(problems),
         density=nnz / float(case.q_len * case.seq_len),
         block_density=prep.extra.get("block_density"),
         nnz=nnz,
@@ -169,9 +191,26 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         setup_ms=setup_ms,
         first_call_s=first_call_s,
         max_abs_err=err,
-        tolerance=tolerance,
+        tolerance=accuracy.TOLERANCE[case.torch_dtype],
         n_calls=calls,
+        rel_err=rel,
+        grad_err=grad_err,
+        rss_peak_mib=rss_mib,
+        launch_overhead_ms=launch_ms,
     )
+
+
+def _accuracy_problems(rel: float, err: float, dtype: torch.dtype) -> list[str]:
+    """The output's error over its dtype's tolerance (NaN included), as one message; else nothing."""
+    tolerance = accuracy.TOLERANCE[dtype]
+    return [] if rel <= tolerance else [f"rel_err {rel:.3g} > tolerance {tolerance:.0e} (max_abs_err {err:.3g})"]
+
+
+def _gradient_problems(grad: gradients.GradCheck, dtype: torch.dtype) -> list[str]:
+    """Each gradient whose relative error is over its dtype's tolerance (NaN included), naming it."""
+    tolerance = accuracy.GRAD_TOLERANCE[dtype]
+    return [f"{name} rel error {value:.3g} > tolerance {tolerance:.0e}" for name, value in grad.errors.items()
+            if not value <= tolerance]
 
 
 def _slow_case(call: Callable[[], torch.Tensor], device: torch.device, first_call_s: float,
