@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from sparsebench.errors import SparsebenchError, Unsupported
-from sparsebench.impls import IMPLS, Impl, Prepared, get_impl
+from sparsebench.impls import IMPLS, Impl, Prepared
 from sparsebench.impls.structured_kernels.blocksparse import plan_masked_share
-from sparsebench.patterns import Pattern, get_pattern
+from sparsebench.patterns import Pattern
 from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
 from sparsebench.plugins import FunctionImpl
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.results import Measurement, make_row
 from sparsebench.runner.config import SweepConfig
 from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import sparsebench
 from sparsebench.cli import app
-from sparsebench.impls import get_impl
-from sparsebench.patterns import PATTERNS, get_pattern
+from sparsebench.patterns import PATTERNS
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,8 +18,7 @@ from sparsebench.cli.common import console, fail, state, user_errors
 from sparsebench.cli.progress import Reporter
 from sparsebench.environment import collect, device_name
 from sparsebench.errors import WriteFailed
-from sparsebench.impls import get_impl
-from sparsebench.patterns import get_pattern
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.results import ResultWriter, check_writable, write_meta
 from sparsebench.runner.config import parse_pattern_spec
 from sparsebench.train import data, report

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from sparsebench.patterns import Pattern, get_pattern
+from sparsebench.patterns import Pattern
+from sparsebench.resolve import get_pattern
 from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format_params, parse_params
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
