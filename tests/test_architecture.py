@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("resolve", {"resolve"}),  # names (user code included) to patterns and implementations
     ("results", {"results", "results_check", "result_dirs"}),  # the schema and its files
     ("logic", {"runner", "gate", "gate_report", "machine", "export", "plots", "history", "merge"}),
-    ("services", {"api", "train"}),  # library entry points and workflows the commands call
+    ("services", {"services", "api", "train"}),  # workflows under the commands, and the library's entry points
     ("interface", {"cli", "__init__", "__main__"}),  # commands: options and printing
 ]
 
@@ -105,3 +105,16 @@ def test_the_check_sees_a_cycle_and_an_upward_import():
     graph["sparsebench.impls"] = graph["sparsebench.impls"] | {"sparsebench.plugins"}
     assert any("sparsebench.impls" in c and "sparsebench.plugins" in c for c in cycles(graph))
     assert layer_of("sparsebench.impls") < layer_of("sparsebench.plugins")
+
+
+# cli/ modules that are no command: shared options, plumbing and printing
+CLI_SHARED = {"sparsebench.cli", "sparsebench.cli.common", "sparsebench.cli.options", "sparsebench.cli.progress",
+              "sparsebench.cli.output", "sparsebench.cli.scale"}
+
+
+def test_commands_do_not_import_each_other():
+    """A command's module holds its options and printing; what two commands share lives below them."""
+    graph = import_graph()
+    commands = {m for m in graph if m.startswith("sparsebench.cli.") and m not in CLI_SHARED}
+    assert {"sparsebench.cli.run", "sparsebench.cli.gate", "sparsebench.cli.export"} <= commands
+    assert [f"{a} imports {b}" for a in sorted(commands) for b in sorted(graph[a] & commands)] == []

@@ -286,7 +286,7 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
         wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
         return pd.DataFrame([r for r in rows if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
 
-    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current, *_: rerun)
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: rerun)
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
     assert result.exit_code == code, result.output
     assert len(asked) == 3
@@ -300,15 +300,16 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.slow
 def test_confirm_runner_measures_real_cases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The --confirm hook runs cases through sparsebench.runner with the current run's timing settings."""
-    from sparsebench.cli.gate import _runner
+    from sparsebench.cli.output import RerunProgress
     from sparsebench.results import write_meta
+    from sparsebench.services.gate import rerunner
 
     write_meta(tmp_path / "meta.json", {"config": {"min_run_time": 0.05, "min_samples": 5, "warmup": 1}})
     shape = {"device": "cpu", "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 2, "kv_heads": 2,
              "seq_len": 128, "q_len": 128, "head_dim": 16}
     specs = [{"pattern": "local", "params": {"window": 16}, "impl": "sdpa", **shape},
              {"pattern": "dense", "params": {}, "impl": "sdpa", **shape}]
-    frame = _runner(tmp_path / "results.csv")(specs)
+    frame = rerunner(tmp_path / "results.csv", RerunProgress(1, quiet=False))(specs)
     assert list(frame["status"]) == ["ok", "ok"], frame.get("error")
     local = frame[frame["pattern"] == "local"].iloc[0]
     assert local["params"] == "window=16" and local["n_samples"] >= 5 and local["dense_latency_ms"] > 0

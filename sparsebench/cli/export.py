@@ -7,11 +7,13 @@ from typing import Annotated
 
 import typer
 
-from sparsebench import export, gate, machine
+from sparsebench import export, gate
 from sparsebench.cli.common import not_comparable, user_errors
+from sparsebench.cli.output import emit
 from sparsebench.errors import SparsebenchError
 from sparsebench.result_dirs import results_file
 from sparsebench.results import read_meta, read_results
+from sparsebench.services import gate as gating
 
 FORMAT_HELP = ("markdown (default: the gate's summary, or a table of the results), github-action-benchmark "
                "(customSmallerIsBetter JSON), bencher (Bencher Metric Format JSON), junit (gate verdicts; needs "
@@ -44,25 +46,6 @@ def export_cmd(
             with not_comparable():
                 base = results_file(baseline)
                 frame = read_results(current)
-                report = gate_report(base, current, frame, gate.Thresholds.from_toml(thresholds_file))
+                report = gating.compare(base, current, read_results(base), frame,
+                                        gate.Thresholds.from_toml(thresholds_file))
         emit(export.render(fmt, frame, current, report, base, read_meta(current)), out)
-
-
-def gate_report(baseline: Path, current: Path, current_frame, thresholds: gate.Thresholds) -> gate.GateReport:
-    """The gate's comparison without re-runs, latency demoted to warnings across machines."""
-    found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
-                                machine.Machine.from_meta(read_meta(current)))
-    report = gate.compare(read_results(baseline), current_frame, thresholds)
-    return machine.latency_as_warnings(report, found)
-
-
-def emit(text: str, out: Path | None) -> None:
-    """Write `text` to `out`, or to stdout (data only: the reports go to stderr)."""
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-    except OSError as exc:
-        raise SparsebenchError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
