@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("domain", {"patterns", "measure", "impls"}),  # what a pattern is, how a call is measured, the kernels
     ("plugins", {"plugins"}),  # user code: registers into the domain's registries
     ("resolve", {"resolve"}),  # names (user code included) to patterns and implementations
-    ("results", {"results", "results_check", "result_dirs"}),  # the schema and its files
+    ("results", {"results"}),  # the schema, its files and result sets
     ("logic", {"runner", "gate", "gate_report", "machine", "export", "plots", "history", "merge"}),
     ("services", {"services", "api", "train"}),  # workflows under the commands, and the library's entry points
     ("interface", {"cli", "__init__", "__main__"}),  # commands: options and printing

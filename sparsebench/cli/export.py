@@ -11,8 +11,7 @@ from sparsebench import export, gate
 from sparsebench.cli.common import not_comparable, user_errors
 from sparsebench.cli.output import emit
 from sparsebench.errors import SparsebenchError
-from sparsebench.result_dirs import results_file
-from sparsebench.results import read_meta, read_results
+from sparsebench.results import read_meta, read_results, results_file
 from sparsebench.services import gate as gating
 
 FORMAT_HELP = ("markdown (default: the gate's summary, or a table of the results), github-action-benchmark "

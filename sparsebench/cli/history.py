@@ -11,8 +11,7 @@ import typer
 
 from sparsebench import gate, history
 from sparsebench.cli.common import console, fail, not_comparable, user_errors
-from sparsebench.result_dirs import results_file
-from sparsebench.results import read_meta, read_results
+from sparsebench.results import read_meta, read_results, results_file
 
 
 def history_cmd(

@@ -18,7 +18,7 @@ import pandas as pd
 from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.measure.flops import tflops
 from sparsebench.measure.peaks import vendor_peak_tflops
-from sparsebench.results_check import check_csv
+from sparsebench.results.check import check_csv
 
 # 2: kv_heads and q_len (GQA/MQA and decode) join the case key; bytes_moved, gbps and the % of peak columns.
 # Version 1 files are read as version 2 (kv_heads = heads, q_len = seq_len: what they measured).
@@ -361,7 +361,7 @@ def check_header(path: Path) -> list[str]:
 
 
 def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
-    """Read a results.csv and check it is one (results_check): a one-line SparsebenchError otherwise."""
+    """Read a results.csv and check it is one (check.py): a one-line SparsebenchError otherwise."""
     path = Path(path)
     if path.is_dir():
         raise SparsebenchError(f"{path}: is a directory, not a results file (give {path / 'results.csv'})")
