@@ -1,54 +1,6 @@
 """Results: the versioned CSV schema and meta.json (schema.py), what a sound results file is (check.py), where
 a result set named on the command line lies (dirs.py). Import from here: `from sparsebench.results import ...`."""
 
-from sparsebench.results.dirs import RESULTS_NAME, results_file
-from sparsebench.results.schema import (
-    BEST_DENSE_REFERENCE,
-    COLUMNS,
-    DENSE_REFERENCE,
-    FAILED_STATUSES,
-    KEY_COLUMNS,
-    LATER_COLUMNS,
-    META_TYPES,
-    READABLE_VERSIONS,
-    REQUIRED_COLUMNS,
-    SCHEMA_VERSION,
-    SHAPE_COLUMNS,
-    STATUSES,
-    Ceilings,
-    Measurement,
-    ResultWriter,
-    case_key,
-    ceilings_for,
-    check_header,
-    check_writable,
-    complete_columns,
-    dense_ratios,
-    format_params,
-    format_samples,
-    is_dense_reference,
-    key_text,
-    latest,
-    make_row,
-    merge_ceilings,
-    parse_params,
-    parse_samples,
-    peak_fractions,
-    read_meta,
-    read_results,
-    recover_partial_row,
-    reference_rows,
-    shape_key,
-    with_dense_reference,
-    write_meta,
-)
-
-__all__ = [
-    "BEST_DENSE_REFERENCE", "COLUMNS", "DENSE_REFERENCE", "FAILED_STATUSES", "KEY_COLUMNS", "LATER_COLUMNS",
-    "META_TYPES", "READABLE_VERSIONS", "REQUIRED_COLUMNS", "RESULTS_NAME", "SCHEMA_VERSION", "SHAPE_COLUMNS",
-    "STATUSES", "Ceilings", "Measurement", "ResultWriter", "case_key", "ceilings_for", "check_header",
-    "check_writable", "complete_columns", "dense_ratios", "format_params", "format_samples", "is_dense_reference",
-    "key_text", "latest", "make_row", "merge_ceilings", "parse_params", "parse_samples", "peak_fractions",
-    "read_meta", "read_results", "recover_partial_row", "reference_rows", "results_file", "shape_key",
-    "with_dense_reference", "write_meta",
-]
+from sparsebench.results.dirs import RESULTS_NAME as RESULTS_NAME
+from sparsebench.results.dirs import results_file as results_file
+from sparsebench.results.schema import *  # noqa: F403  (every public name of the schema, as before the move)
