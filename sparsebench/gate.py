@@ -20,18 +20,19 @@ from scipy.stats import mannwhitneyu
 
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import (
-    DENSE_REFERENCE,
     FAILED_STATUSES,
     KEY_COLUMNS,
     SHAPE_COLUMNS,
     case_key,
     complete_columns,
+    is_dense_reference,
     key_text,
     parse_params,
     parse_samples,
     shape_key,
     with_dense_reference,
 )
+from sparsebench.results.labels import pattern_label
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -248,8 +249,7 @@ class GateReport:
 
 def case_name(row: Any) -> str:
     """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd."""
-    params = row["params"] if isinstance(row["params"], str) else ""
-    pattern = f"{row['pattern']}({params.replace(';', ',')})" if params else row["pattern"]
+    pattern = pattern_label(row["pattern"], row["params"])
     return f"{pattern}/{row['impl']}/{key_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
 
 
@@ -268,7 +268,7 @@ def _float(value: Any) -> float:
 
 
 def _is_reference(case: CaseResult) -> bool:
-    return (case.pattern, case.impl) == DENSE_REFERENCE
+    return is_dense_reference(dict(zip(KEY_COLUMNS, case.key)))
 
 
 def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -> None:
@@ -477,7 +477,7 @@ def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, r
     specs = [case_spec(rows[k]) for k in regressed]
     if not report.raw:
         shapes = {shape_key(rows[k]) for k in regressed}
-        refs = [r for k, r in rows.items() if (r["pattern"], r["impl"]) == DENSE_REFERENCE
+        refs = [r for k, r in rows.items() if is_dense_reference(r)
                 and shape_key(r) in shapes and k not in regressed]
         specs = [case_spec(r) for r in refs] + specs
     hits = {k: 0 for k in regressed}

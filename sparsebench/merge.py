@@ -23,6 +23,7 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
     COLUMNS,
     KEY_COLUMNS,
+    RESULTS_NAME,
     SCHEMA_VERSION,
     case_key,
     key_text,
@@ -31,6 +32,7 @@ from sparsebench.results import (
     read_results,
     write_meta,
 )
+from sparsebench.results.labels import mode_label, pattern_label, shape_text
 from sparsebench.runner.shard import Shard, parse_dirname
 
 Key = tuple[str, ...]
@@ -92,10 +94,8 @@ class Merged:
 def case_label(key: Key) -> str:
     """A case key as people read it: pattern(params) impl n=... dtype mode B/H/KV/D device."""
     row = dict(zip(KEY_COLUMNS, key))
-    pattern = f"{row['pattern']}({row['params'].replace(';', ',')})" if row["params"] else row["pattern"]
-    mode = f"decode(q_len={row['q_len']})" if row["mode"] == "decode" else row["mode"]
-    return (f"{pattern} {row['impl']} n={row['seq_len']} {row['dtype']} {mode} B={row['batch']} H={row['heads']}"
-            f" KV={row['kv_heads']} D={row['head_dim']} {row['device']}")
+    return (f"{pattern_label(row['pattern'], row['params'])} {row['impl']} n={row['seq_len']} {row['dtype']} "
+            f"{mode_label(row['mode'], row['q_len'])} {shape_text(row)} {row['device']}")
 
 
 def has_shards(directory: Path) -> bool:
@@ -107,7 +107,7 @@ def _shard_dirs(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and parse_dirname(p.name)
-             and ((p / "results.csv").exists() or (p / "meta.json").exists())]
+             and ((p / RESULTS_NAME).exists() or (p / "meta.json").exists())]
     return sorted(found, key=lambda p: (parse_dirname(p.name).count, parse_dirname(p.name).index))
 
 
@@ -118,9 +118,9 @@ def find_results(inputs: list[Path]) -> list[Path]:
         if path.is_dir():
             shards = _shard_dirs(path)
             if shards:
-                out += [p / "results.csv" for p in shards]
-            elif (path / "results.csv").is_file():
-                out.append(path / "results.csv")
+                out += [p / RESULTS_NAME for p in shards]
+            elif (path / RESULTS_NAME).is_file():
+                out.append(path / RESULTS_NAME)
             else:
                 raise SparsebenchError(f"{path}: no results.csv and no shard-K-of-N directories in it")
         elif path.is_file():
@@ -278,7 +278,7 @@ def write(merged: Merged, out_dir: Path) -> Path:
             if values.notna().any() and (values.dropna() % 1 == 0).all():
                 frame[column] = values.astype("Int64")
         frame["schema_version"] = SCHEMA_VERSION
-        csv_path = out_dir / "results.csv"
+        csv_path = out_dir / RESULTS_NAME
         _replace(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
         _replace(out_dir / "meta.json", lambda tmp: write_meta(tmp, merged.meta))
     except OSError as exc:
@@ -299,7 +299,7 @@ def _replace(path: Path, write_to: Any) -> None:
 
 def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
     """Refuse to write over an input, or over a run's own results (only an earlier merge may be replaced)."""
-    target = (Path(out_dir) / "results.csv").resolve()
+    target = (Path(out_dir) / RESULTS_NAME).resolve()
     if any(p.resolve() == target for p in paths):
         raise SparsebenchError(f"--out {out_dir}: its results.csv is one of the inputs; merge into another directory")
     if target.exists() and "merged" not in read_meta(target):
@@ -317,7 +317,7 @@ def read_input(path: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
     results.csv), for `plot` and `gate`. Missing shards or cases are notes; duplicate cases are an error."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
-        csv_path = path / "results.csv" if path.is_dir() else path
+        csv_path = path / RESULTS_NAME if path.is_dir() else path
         return read_results(csv_path), read_meta(csv_path), []
     merged = load_merged([path])
     if merged.duplicates:
@@ -333,6 +333,6 @@ def materialize(path: Path, tmp_dir: Path) -> tuple[Path, list[str]]:
     tmp_dir (with their meta.json), and the notes of read_input."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
-        return (path / "results.csv" if path.is_dir() else path), []
+        return (path / RESULTS_NAME if path.is_dir() else path), []
     frame, meta, notes = read_input(path)
     return write(Merged(frame, meta), tmp_dir), notes

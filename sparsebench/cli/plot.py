@@ -10,6 +10,7 @@ import typer
 from sparsebench import plots
 from sparsebench.cli.common import console, fail, user_errors
 from sparsebench.merge import read_input
+from sparsebench.results import RESULTS_NAME
 
 DEFAULT_RESULTS = Path("sparsebench-results/results.csv")
 
@@ -38,7 +39,7 @@ def plot_cmd(
             for note in notes:
                 console.print(f"note: {note}", markup=False)
         frames, metas = [frame for frame, _, _ in inputs_read], [meta for _, meta, _ in inputs_read]
-        paths = [path / "results.csv" if path.is_dir() else path for path in paths]  # labels and --out as for files
+        paths = [path / RESULTS_NAME if path.is_dir() else path for path in paths]  # labels and --out as for files
         runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
         out_dir = out or paths[0].parent / "plots"
         try:

@@ -26,6 +26,7 @@ from sparsebench.cli.output import gate_and_exit
 from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import is_dense_reference
+from sparsebench.results.labels import heads_text, mode_label, pattern_label
 from sparsebench.runner import Case, SweepConfig, load_config
 from sparsebench.runner.scale import ScalePlan
 from sparsebench.runner.scale import plan as plan_scale
@@ -159,9 +160,8 @@ def _fmt(value: Any, spec: str) -> str:
 def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     """The end-of-sweep table; dtype/mode/device go in the title when the sweep has one of each."""
     def setup(r: dict) -> str:
-        mode = f"decode(q_len={r['q_len']})" if r["mode"] == "decode" else r["mode"]
-        heads = f"H={r['heads']}" + (f"/kv={r['kv_heads']}" if r["kv_heads"] != r["heads"] else "")
-        return f"{r['dtype']} {mode} {heads} D={r['head_dim']} {r['device']}"
+        return f"{r['dtype']} {mode_label(r['mode'], r['q_len'])} {heads_text(r['heads'], r['kv_heads'])} " \
+            f"D={r['head_dim']} {r['device']}"
 
     setups = sorted({setup(r) for r in rows})
     table = Table(title=f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else ""))
@@ -174,7 +174,7 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     order = sorted(rows, key=lambda r: (setup(r), r["seq_len"], r["status"] in ("unsupported", "skipped"),
                                         not (is_dense_reference(r) and r["status"] == "ok")))
     for r in order:
-        label = f"{r['pattern']}({r['params'].replace(';', ',')})" if r.get("params") else r["pattern"]
+        label = pattern_label(r["pattern"], r.get("params"))
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
         ms = r.get("latency_ms")
         cells = [escape(label), escape(r["impl"]), str(r["seq_len"]), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),

@@ -66,7 +66,21 @@ BEST_DENSE_REFERENCE = ("dense", "sdpa*")
 
 def is_dense_reference(row: dict[str, Any]) -> bool:
     """True for a dense reference case (dense SDPA; for `train` rows, the dense variant of the same run)."""
-    return row["pattern"] == DENSE_REFERENCE[0] and (row["impl"] == DENSE_REFERENCE[1] or row["mode"] == "train")
+    return row["pattern"] == DENSE_REFERENCE[0] and (row["impl"] == DENSE_REFERENCE[1] or is_train(row))
+
+
+# `sparsebench train` writes its rows in this schema with mode "train": runs of a model, not attention calls.
+TRAIN_MODE = "train"
+
+
+def is_train(row: Any) -> bool:
+    """True for a row `sparsebench train` wrote."""
+    return row["mode"] == TRAIN_MODE
+
+
+def benchmark_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The attention benchmark rows of a frame (the `train` rows left out)."""
+    return frame[frame["mode"] != TRAIN_MODE]
 
 
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error", "inaccurate")
@@ -101,11 +115,16 @@ def dense_ratios(row: dict[str, Any], reference: dict[str, Any] | None) -> dict[
     ref_ms, ms = _positive(reference, "latency_ms"), _positive(row, "latency_ms")
     if not (ref_ms and ms) or reference.get("status", "ok") != "ok":
         return {}
-    out = {"dense_latency_ms": ref_ms, "speedup_vs_dense": ref_ms / ms}
+    out = {"dense_latency_ms": ref_ms, "speedup_vs_dense": speedup(ref_ms, ms)}
     ref_mib, mib = _positive(reference, "peak_mem_mib"), _number(row, "peak_mem_mib")
     if ref_mib and mib is not None:
         out["mem_ratio_vs_dense"] = mib / ref_mib
     return out
+
+
+def speedup(reference_ms: Any, latency_ms: Any) -> Any:
+    """How many times faster than the reference (numbers, or pandas Series element by element)."""
+    return reference_ms / latency_ms
 
 
 def _number(row: dict[str, Any] | None, column: str) -> float | None:

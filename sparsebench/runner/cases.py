@@ -10,6 +10,7 @@ import torch
 from sparsebench.patterns import Pattern
 from sparsebench.resolve import get_pattern
 from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format_params, parse_params
+from sparsebench.results.labels import mode_label, pattern_label
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -59,8 +60,7 @@ class Case:
         return dataclasses.replace(self, pattern=pattern, params="", impl=impl)
 
     def label(self) -> str:
-        pattern = f"{self.pattern}({self.params.replace(';', ',')})" if self.params else self.pattern
-        mode = f"decode(q_len={self.q_len})" if self.mode == "decode" else self.mode
+        pattern, mode = pattern_label(self.pattern, self.params), mode_label(self.mode, self.q_len)
         gqa = f" kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
         return f"{pattern} {self.impl} n={self.seq_len}{gqa} {self.dtype} {mode} {self.device}"
 

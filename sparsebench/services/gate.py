@@ -12,7 +12,7 @@ import pandas as pd
 
 from sparsebench import gate, machine
 from sparsebench.errors import NotComparable, SparsebenchError
-from sparsebench.results import format_params, read_meta
+from sparsebench.results import RESULTS_NAME, format_params, read_meta
 from sparsebench.runner.cases import Case
 from sparsebench.runner.sweep import Sweep
 from sparsebench.services.run import RunReporter
@@ -71,7 +71,7 @@ def rerunner(current: Path, reporter: RunReporter | None = None) -> gate.Rerun:
 def update_baseline(baseline: Path, current: Path) -> None:
     """Copy CURRENT over BASELINE; a baseline named results.csv gets the run's meta.json beside it too."""
     copies = [(current, baseline)]
-    if baseline.name == "results.csv" and current.with_name("meta.json").is_file():
+    if baseline.name == RESULTS_NAME and current.with_name("meta.json").is_file():
         copies.append((current.with_name("meta.json"), baseline.with_name("meta.json")))
     try:
         baseline.parent.mkdir(parents=True, exist_ok=True)
