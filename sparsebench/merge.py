@@ -25,11 +25,14 @@ from sparsebench.results import (
     KEY_COLUMNS,
     RESULTS_NAME,
     SCHEMA_VERSION,
+    Meta,
+    ResultSet,
     case_key,
     key_text,
     merge_ceilings,
     read_meta,
     read_results,
+    results_file,
     write_meta,
 )
 from sparsebench.results.labels import mode_label, pattern_label, shape_text
@@ -312,27 +315,26 @@ def load_merged(inputs: list[Path]) -> Merged:
     return merge(load(find_results(inputs)))
 
 
-def read_input(path: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
-    """(rows, meta.json, notes) of a results.csv or a directory (its shards merged in memory, or its
-    results.csv), for `plot` and `gate`. Missing shards or cases are notes; duplicate cases are an error."""
+def open_result_set(path: Path) -> ResultSet:
+    """The result set a path names: a results.csv, a run's directory (its results.csv), or a directory of shards
+    (merged in memory), for every reader. Missing shards or cases are notes; duplicate cases are an error."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
-        csv_path = path / RESULTS_NAME if path.is_dir() else path
-        return read_results(csv_path), read_meta(csv_path), []
+        return ResultSet.read(results_file(path), source=path)
     merged = load_merged([path])
     if merged.duplicates:
         raise SparsebenchError(f"{path}: {merged.summary()} (sparsebench merge {path} --out DIR lists them)")
     if merged.frame.empty:
         raise SparsebenchError(f"{path}: no result rows in its shards")
-    notes = [f"{path}: {merged.summary()}; using what there is"] if not merged.complete else []
-    return merged.frame, merged.meta, notes
+    notes = (f"{path}: {merged.summary()}; using what there is",) if not merged.complete else ()
+    return ResultSet(merged.frame, Meta(merged.meta), path, None, notes)
 
 
 def materialize(path: Path, tmp_dir: Path) -> tuple[Path, list[str]]:
     """A results.csv for `path`: itself, a directory's results.csv, or a directory's shards merged into
-    tmp_dir (with their meta.json), and the notes of read_input."""
+    tmp_dir (with their meta.json), and the notes of open_result_set."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
         return (path / RESULTS_NAME if path.is_dir() else path), []
-    frame, meta, notes = read_input(path)
-    return write(Merged(frame, meta), tmp_dir), notes
+    found = open_result_set(path)
+    return write(Merged(found.frame, found.meta.to_dict()), tmp_dir), list(found.notes)

@@ -153,7 +153,7 @@ def test_gate_and_plot_read_a_directory_of_shards(tmp_path):
     assert "note: " in result.output and "1 shard(s) missing (2/2)" in result.output
     assert "missing" in result.output.lower()
     with pytest.raises(SparsebenchError, match="no such file"):
-        merge.read_input(tmp_path / "empty")
+        merge.open_result_set(tmp_path / "empty")
     plot = invoke("plot", str(base))
     assert plot.exit_code == 0, plot.output
     assert (base / "plots" / "report.md").exists()

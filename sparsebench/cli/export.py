@@ -11,7 +11,7 @@ from sparsebench import export, gate
 from sparsebench.cli.common import not_comparable, user_errors
 from sparsebench.cli.output import emit
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import read_meta, read_results, results_file
+from sparsebench.merge import open_result_set
 from sparsebench.services import gate as gating
 
 FORMAT_HELP = ("markdown (default: the gate's summary, or a table of the results), github-action-benchmark "
@@ -35,16 +35,14 @@ def export_cmd(
     exit 2 on bad input, 3 when RESULTS and --baseline cannot be compared."""
     with user_errors():
         export.check_format(fmt)
-        current = results_file(results)
         report = base = None
         if baseline is None or fmt not in export.REPORT_FORMATS:
-            frame = read_results(current)  # another schema version: exit 2, there is nothing to compare
-            if fmt in export.METRIC_FORMATS and not export.has_metrics(frame):
-                raise SparsebenchError(f"{current}: no ok case to export (every case failed or did not run)")
+            found = open_result_set(results)  # another schema version: exit 2, there is nothing to compare
+            if fmt in export.METRIC_FORMATS and not export.has_metrics(found.frame):
+                raise SparsebenchError(f"{found.path}: no ok case to export (every case failed or did not run)")
         else:
             with not_comparable():
-                base = results_file(baseline)
-                frame = read_results(current)
-                report = gating.compare(base, current, read_results(base), frame,
-                                        gate.Thresholds.from_toml(thresholds_file))
-        emit(export.render(fmt, frame, current, report, base, read_meta(current)), out)
+                found = open_result_set(results)
+                base = open_result_set(baseline)
+                report = gating.compare(base, found, gate.Thresholds.from_toml(thresholds_file))
+        emit(export.render(fmt, found.frame, found.path, report, base.path if base else None, found.meta), out)

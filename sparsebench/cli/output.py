@@ -28,7 +28,7 @@ from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.gate_report import finding_lines, headline, render_markdown, rich_table
 from sparsebench.merge import has_shards, materialize
-from sparsebench.results import read_meta, read_results
+from sparsebench.results import ResultSet
 from sparsebench.runner.cases import Case
 from sparsebench.services import gate as gating
 from sparsebench.services.run import RunReporter
@@ -59,7 +59,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
         thresholds = gate.Thresholds.from_toml(thresholds_file, latency=threshold, peak_mem=mem_tolerance,
                                                alpha=alpha)
         try:
-            current_frame = read_results(current)
+            current_set = ResultSet.read(current)
         except NotComparable as exc:  # another schema version
             _not_comparable(exc)
         if update_baseline and not baseline.exists():
@@ -68,10 +68,9 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
         if not baseline.exists():
             raise SparsebenchError(f"{baseline}: no such file (create the baseline with --update-baseline)")
         try:
-            baseline_frame = read_results(baseline)
-            report = gating.compare(baseline, current, baseline_frame, current_frame, thresholds, raw=raw,
-                                    gate_latency=latency, normalise=normalise,
-                                    strict_machine=strict_machine and not update_baseline)
+            baseline_set = ResultSet.read(baseline)
+            report = gating.compare(baseline_set, current_set, thresholds, raw=raw, gate_latency=latency,
+                                    normalise=normalise, strict_machine=strict_machine and not update_baseline)
         except NotComparable as exc:
             if not update_baseline:
                 _not_comparable(exc)
@@ -83,8 +82,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
             if not quiet:
                 console.print(f"re-running {len(to_confirm)} case(s) whose latency regressed, {confirm} time(s), to "
                               "confirm", markup=False)
-            report = gating.confirm(report, baseline_frame, current_frame, current, confirm,
-                                    RerunProgress(confirm, quiet))
+            report = gating.confirm(report, baseline_set, current_set, confirm, RerunProgress(confirm, quiet))
         print_report(report)
         markdown = render_markdown(report, *shown)
         if summary is not None:
@@ -92,7 +90,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
         if os.environ.get("GITHUB_STEP_SUMMARY"):
             _write(Path(os.environ["GITHUB_STEP_SUMMARY"]), markdown, append=True)
         if export_format is not None:
-            emit(export.render(export_format, current_frame, current, report, baseline, read_meta(current)),
+            emit(export.render(export_format, current_set.frame, current, report, baseline, current_set.meta),
                  export_out)
         if update_baseline:
             _update(baseline, current, "updated")

@@ -6,27 +6,27 @@ comparable when asked to be strict), then the software; optionally re-run the la
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from sparsebench import gate, machine
 from sparsebench.errors import NotComparable, SparsebenchError
-from sparsebench.results import RESULTS_NAME, format_params, read_meta
+from sparsebench.results import RESULTS_NAME, ResultSet, format_params
 from sparsebench.runner.cases import Case
 from sparsebench.runner.sweep import Sweep
 from sparsebench.services.run import RunReporter
 
 
-def compare(baseline: Path, current: Path, baseline_frame: pd.DataFrame, current_frame: pd.DataFrame,
-            thresholds: gate.Thresholds, *, raw: bool = False, gate_latency: bool = True,
-            normalise: str = "shape", strict_machine: bool = False) -> gate.GateReport:
-    """The comparison of two results files (frames read from `baseline` and `current`, whose meta.json name
-    their machines). NotComparable: another device or schema, or another machine with `strict_machine`."""
-    report = gate.compare(baseline_frame, current_frame, thresholds, raw, gate_latency=gate_latency,
+def compare(baseline: ResultSet, current: ResultSet, thresholds: gate.Thresholds, *, raw: bool = False,
+            gate_latency: bool = True, normalise: str = "shape", strict_machine: bool = False) -> gate.GateReport:
+    """The comparison of two result sets (their meta.json name their machines). NotComparable: another device
+    or schema, or another machine with `strict_machine`."""
+    report = gate.compare(baseline.frame, current.frame, thresholds, raw, gate_latency=gate_latency,
                           normalise=normalise)
-    found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
-                                machine.Machine.from_meta(read_meta(current)))
+    found = machine.differences(machine.Machine.from_meta(baseline.meta), machine.Machine.from_meta(current.meta))
     if found and strict_machine:
         raise NotComparable(f"{machine.reason(found)}: --strict-machine refuses to gate latency across machines "
                             "(without it: latency findings become warnings)")
@@ -35,21 +35,21 @@ def compare(baseline: Path, current: Path, baseline_frame: pd.DataFrame, current
     return report
 
 
-def confirm(report: gate.GateReport, baseline_frame: pd.DataFrame, current_frame: pd.DataFrame, current: Path,
-            times: int, reporter: RunReporter | None = None) -> gate.GateReport:
+def confirm(report: gate.GateReport, baseline: ResultSet, current: ResultSet, times: int,
+            reporter: RunReporter | None = None) -> gate.GateReport:
     """Re-run the latency regressions `times` times here (with their dense references, timed as the current
     run was); a re-run that cannot start here (e.g. a plugin that does not import) leaves them standing."""
     try:
-        return gate.confirm(report, baseline_frame, current_frame, rerunner(current, reporter), times)
+        return gate.confirm(report, baseline.frame, current.frame, rerunner(current.meta, reporter), times)
     except SparsebenchError as exc:
         report.notes.append(f"--confirm could not re-run the cases here ({exc}); their regressions stand")
         return report
 
 
-def rerunner(current: Path, reporter: RunReporter | None = None) -> gate.Rerun:
+def rerunner(meta: Mapping[str, Any], reporter: RunReporter | None = None) -> gate.Rerun:
     """The re-run hook of the gate: the cases measured as `run` measures them, with the timing settings of
     the current run (its meta.json), each re-run reported as a run is."""
-    sweep = Sweep.from_meta(read_meta(current))
+    sweep = Sweep.from_meta(meta)
     reporter = reporter or RunReporter()
 
     def rerun(specs: list[dict]) -> pd.DataFrame:
@@ -82,9 +82,9 @@ def update_baseline(baseline: Path, current: Path) -> None:
         raise SparsebenchError(f"{baseline}: cannot write the baseline ({exc.strerror})") from None
 
 
-def environment_notes(baseline: Path, current: Path) -> list[str]:
+def environment_notes(baseline: ResultSet, current: ResultSet) -> list[str]:
     """What changed in the software between the two runs (from their meta.json, when both have one); the
     hardware is `machine`'s business."""
-    old, new = read_meta(baseline), read_meta(current)
+    old, new = baseline.meta, current.meta
     return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda")
             if key in old and key in new and old[key] != new[key]]
