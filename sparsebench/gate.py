@@ -27,12 +27,12 @@ from sparsebench.results import (
     complete_columns,
     is_dense_reference,
     key_text,
-    parse_params,
     parse_samples,
     shape_key,
     with_dense_reference,
 )
 from sparsebench.results.labels import pattern_label
+from sparsebench.runner.cases import Case
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -70,8 +70,8 @@ MISSING, NEW = "missing", "new"  # a case in only one of the two result sets (re
 SEVERITY = {OK: 0, NEW: 1, MISSING: 1, IMPROVEMENT: 2, WARNING: 3, REGRESSION: 4}
 
 Key = tuple[str, ...]
-# Re-runs a list of cases (dicts of the KEY_COLUMNS, params as a dict) and returns their result rows.
-Rerun = Callable[[list[dict[str, Any]]], pd.DataFrame]
+# Re-runs a list of cases and returns their result rows.
+Rerun = Callable[[list[Case]], pd.DataFrame]
 
 __all__ = ["NotComparable", "Thresholds", "Limits", "compare", "confirm"]
 
@@ -449,13 +449,9 @@ def _percent(cur: float, base: float) -> str:
     return f"{(cur - base) / base:+.1%}" if base else f"{cur - base:+.1f} MiB"
 
 
-def case_spec(row: dict[str, Any]) -> dict[str, Any]:
-    """The case of a result row as the runner takes it: the key columns, params as a dict, ints as ints."""
-    spec: dict[str, Any] = {c: row[c] for c in KEY_COLUMNS}
-    spec["params"] = parse_params(row["params"])
-    for c in ("batch", "heads", "seq_len", "head_dim"):
-        spec[c] = int(row[c])
-    return spec
+def case_spec(row: dict[str, Any]) -> Case:
+    """The case of a result row, as the runner takes it."""
+    return Case.from_row(row)
 
 
 def latency_regressions(report: GateReport) -> list[CaseResult]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from sparsebench.patterns import Pattern
 from sparsebench.resolve import get_pattern
-from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format_params, parse_params
+from sparsebench.results import DENSE_REFERENCE, KEY_COLUMNS, SHAPE_COLUMNS, case_key, format_params, parse_params
 from sparsebench.results.labels import mode_label, pattern_label
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +34,14 @@ class Case:
     seq_len: int  # n: keys (and queries, except in decode)
     q_len: int  # queries: n, or in decode the last q_len positions n - q_len ... n - 1
     head_dim: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> Case:
+        """The case a results row measured (its key columns: params in canonical form, integers as integers)."""
+        ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
+        values = {c: (int(row[c]) if c in ints else str(row[c])) for c in KEY_COLUMNS}
+        params = row["params"] if isinstance(row["params"], str) else ""  # an empty cell may read as NaN
+        return cls(**{**values, "params": format_params(parse_params(params))})
 
     def build_pattern(self) -> Pattern:
         return get_pattern(self.pattern, **parse_params(self.params))

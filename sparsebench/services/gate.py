@@ -14,7 +14,7 @@ import pandas as pd
 
 from sparsebench import gate, machine
 from sparsebench.errors import NotComparable, SparsebenchError
-from sparsebench.results import RESULTS_NAME, ResultSet, format_params
+from sparsebench.results import RESULTS_NAME, ResultSet
 from sparsebench.runner.cases import Case
 from sparsebench.runner.sweep import Sweep
 from sparsebench.services.run import RunReporter
@@ -52,9 +52,8 @@ def rerunner(meta: Mapping[str, Any], reporter: RunReporter | None = None) -> ga
     sweep = Sweep.from_meta(meta)
     reporter = reporter or RunReporter()
 
-    def rerun(specs: list[dict]) -> pd.DataFrame:
-        cases = [Case(**{**s, "params": format_params(s["params"])}) for s in specs]
-        cases.sort(key=lambda c: (c.group(), c != c.reference()))  # groups together, dense reference first
+    def rerun(cases: list[Case]) -> pd.DataFrame:
+        cases = sorted(cases, key=lambda c: (c.group(), c != c.reference()))  # groups, each dense reference first
         rows: list[dict] = []
 
         def on_row(case: Case, row: dict) -> None:
