@@ -13,7 +13,7 @@ from torch import nn
 
 from sparsebench.errors import SparsebenchError, Unsupported
 from sparsebench.impls import IMPLS, Impl, Prepared
-from sparsebench.impls.structured_kernels.blocksparse import plan_masked_share
+from sparsebench.impls.kernels.blocksparse import plan_masked_share
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
 from sparsebench.plugins import FunctionImpl

@@ -10,9 +10,9 @@ import torch
 from conftest import StorageSizes
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import sparsebench.impls.structured_kernels.core as core
+import sparsebench.impls.kernels.core as core
 from sparsebench.impls import get_impl
-from sparsebench.impls.structured_kernels import aten_ops, band, columns
+from sparsebench.impls.kernels import aten_ops, band, columns
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 IMPL = get_impl("structured")

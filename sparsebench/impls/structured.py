@@ -1,6 +1,6 @@
 """`structured`: pattern-aware kernels that compute only the needed blocks or keys (work and memory ~ nnz).
 
-The kernels live in `structured_kernels/`, one file per family:
+The kernels live in `kernels/`, one file per family:
 - band.py:    banded query blocks for local, sliding_window, and dilated (a sliding window per q mod d);
 - columns.py: gathered columns for strided (plus a self term) and fixed (plus causal own blocks);
 - global_tokens.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
@@ -10,7 +10,7 @@ GQA/MQA run each offset within a query-head group against K and V as they are (n
 Each part runs on one of torch's fused attention kernels where one fits (flash or cuDNN with its backward,
 merged through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
 autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. `select_backend` in
-structured_kernels/core.py makes that choice; the private aten ops it may pick are checked against the
+kernels/core.py makes that choice; the private aten ops it may pick are checked against the
 installed torch (aten_ops.py), and a mismatch is an `unsupported` row.
 """
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.kernels import BUILDERS, Kernel, blocksparse, build_kernel
+from sparsebench.impls.kernels.band import band_block
+from sparsebench.impls.kernels.core import private_ops
 from sparsebench.impls.sdpa import SdpaImpl
-from sparsebench.impls.structured_kernels import BUILDERS, Kernel, blocksparse, build_kernel
-from sparsebench.impls.structured_kernels.band import band_block
-from sparsebench.impls.structured_kernels.core import private_ops
 from sparsebench.patterns import CausalOf, Pattern
 
 
@@ -86,7 +86,7 @@ class StructuredImpl(Impl):
 
 
 def _uses_private_ops(pattern: Pattern, device_type: str, mode: str) -> bool:
-    """Whether a part of the kernel may run on a fused backend (private aten ops; see structured_kernels/core.py):
+    """Whether a part of the kernel may run on a fused backend (private aten ops; see kernels/core.py):
     the kernels that merge parts through their lse, longformer's only in CPU inference."""
     if mode == "decode":  # one public SDPA call
         return False
@@ -96,7 +96,7 @@ def _uses_private_ops(pattern: Pattern, device_type: str, mode: str) -> bool:
 
 
 def _keeps_scores(pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> bool:
-    """Whether a part of the kernel runs on the chunked matmul path (see structured_kernels/core.py): fixed's
+    """Whether a part of the kernel runs on the chunked matmul path (see kernels/core.py): fixed's
     summary columns except in CPU inference, and the merged parts on CUDA in float32 (no fused kernel)."""
     if pattern.name == "fixed":
         return mode == "fwdbwd" or device_type == "cuda"

@@ -40,7 +40,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from sparsebench.impls.structured_kernels import aten_ops
+from sparsebench.impls.kernels import aten_ops
 
 NEG_LSE = -1e30  # the lse of an empty part, in float32
 _SCORE_BUDGET = 1 << 22  # float32 scores per chunk in the matmul backend (16 MiB)

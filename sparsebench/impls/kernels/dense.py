@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from sparsebench.impls.structured_kernels.core import Kernel
+from sparsebench.impls.kernels.core import Kernel
 
 
 @dataclass(kw_only=True)

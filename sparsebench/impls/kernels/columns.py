@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import (
+from sparsebench.impls.kernels.core import (
     NEG_LSE,
     Kernel,
     attend,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import (
+from sparsebench.impls.kernels.core import (
     Backend,
     Kernel,
     attend,
@@ -21,7 +21,7 @@ from sparsebench.impls.structured_kernels.core import (
     pad_rows,
     per_device,
 )
-from sparsebench.impls.structured_kernels.dense import SdpaKernel
+from sparsebench.impls.kernels.dense import SdpaKernel
 
 # Queries per block, by device type: the window is block + span - 1 keys wide. 32 measured best on CPU.
 # The CUDA value is provisional until measured on a GPU: an H200 run showed cuDNN's SDPA kernel working on

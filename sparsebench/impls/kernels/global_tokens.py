@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.band import Band
-from sparsebench.impls.structured_kernels.core import Kernel, attend_merge, attend_out, bias_from_mask, pad_rows
+from sparsebench.impls.kernels.band import Band
+from sparsebench.impls.kernels.core import Kernel, attend_merge, attend_out, bias_from_mask, pad_rows
 
 
 @dataclass(kw_only=True)

@@ -30,7 +30,7 @@ from typing import Literal
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import Kernel, attend_out, bias_from_mask, pad_rows, per_device
+from sparsebench.impls.kernels.core import Kernel, attend_out, bias_from_mask, pad_rows, per_device
 from sparsebench.patterns import Pattern
 
 BLOCK = {"cpu": 32, "cuda": 64}  # positions per block; CPU measured with the band kernels, CUDA provisional

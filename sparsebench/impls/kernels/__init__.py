@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 import torch
 
-from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
-from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel
-from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
-from sparsebench.impls.structured_kernels.core import Kernel
-from sparsebench.impls.structured_kernels.decode import decode_kernel
-from sparsebench.impls.structured_kernels.dense import causal_kernel, dense_kernel
-from sparsebench.impls.structured_kernels.global_tokens import bigbird_kernel, longformer_kernel
+from sparsebench.impls.kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
+from sparsebench.impls.kernels.blocksparse import blocksparse_kernel
+from sparsebench.impls.kernels.columns import fixed_kernel, strided_kernel
+from sparsebench.impls.kernels.core import Kernel
+from sparsebench.impls.kernels.decode import decode_kernel
+from sparsebench.impls.kernels.dense import causal_kernel, dense_kernel
+from sparsebench.impls.kernels.global_tokens import bigbird_kernel, longformer_kernel
 from sparsebench.patterns import Pattern
 
 Builder = Callable[[Pattern, int, torch.device, torch.dtype], Kernel]
