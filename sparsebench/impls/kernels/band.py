@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from sparsebench.impls.kernels.core import (
+    BLOCK,
     Backend,
     Kernel,
     attend,
@@ -23,14 +24,9 @@ from sparsebench.impls.kernels.core import (
 )
 from sparsebench.impls.kernels.dense import SdpaKernel
 
-# Queries per block, by device type: the window is block + span - 1 keys wide. 32 measured best on CPU.
-# The CUDA value is provisional until measured on a GPU: an H200 run showed cuDNN's SDPA kernel working on
-# 64x128 tiles, so a 32-query block wastes half of each tile.
-BLOCK = {"cpu": 32, "cuda": 64}
-
 
 def band_block(device_type: str) -> int:
-    """Queries per band block on this device type."""
+    """Queries per band block on this device type (core.BLOCK): the window is block + span - 1 keys wide."""
     return per_device(BLOCK, device_type)
 
 

@@ -126,6 +126,12 @@ class Inputs:
         return select_backend(self.device, self.dtype, self.head_dim, self.needs_grad, masked=masked, merged=merged)
 
 
+# Positions per block, by device type: the band kernels' query blocks and the generic block-sparse kernel's
+# blocks. 32 measured best on CPU (band kernels). The CUDA value is provisional until measured on a GPU: an H200
+# run showed cuDNN's SDPA kernel working on 64x128 tiles, so a 32-query block wastes half of each tile.
+BLOCK = {"cpu": 32, "cuda": 64}
+
+
 def per_device(table: dict[str, int], device_type: str) -> int:
     """A tuning constant for this device type; the CPU's for devices without an entry of their own."""
     return table.get(device_type, table["cpu"])
