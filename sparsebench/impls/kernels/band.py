@@ -16,6 +16,7 @@ from sparsebench.impls.kernels.core import (
     BLOCK,
     Backend,
     Kernel,
+    Traits,
     attend,
     attend_out,
     bias_from_mask,
@@ -23,6 +24,8 @@ from sparsebench.impls.kernels.core import (
     per_device,
 )
 from sparsebench.impls.kernels.dense import SdpaKernel
+
+BAND = Traits()  # SDPA with a per-block mask: no private op, no kept scores, one key window per query block
 
 
 def band_block(device_type: str) -> int:
