@@ -35,7 +35,7 @@ from sparsebench.results import (
     speedup,
     with_dense_reference,
 )
-from sparsebench.results.labels import heads_text
+from sparsebench.results.labels import heads_text, pattern_label
 
 matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
 
@@ -147,7 +147,8 @@ def _runs_share_a_set(rows: pd.DataFrame) -> bool:
 def _panel_labels(rows: pd.DataFrame) -> pd.Series:
     """The pattern, or pattern(params) where a pattern appears with more than one params value."""
     ambiguous = rows.groupby("pattern")["params"].transform("nunique") > 1
-    with_params = rows["pattern"] + "(" + rows["params"].str.replace(";", ", ") + ")"
+    with_params = pd.Series([pattern_label(p, q, sep=", ") for p, q in zip(rows["pattern"], rows["params"])],
+                            index=rows.index, dtype=object)
     return rows["pattern"].where(~ambiguous, with_params)
 
 
