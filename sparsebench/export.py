@@ -29,6 +29,7 @@ from sparsebench.results import (
     is_dense_reference,
     key_text,
     latest,
+    number,
     parse_samples,
     with_dense_reference,
 )
@@ -74,11 +75,7 @@ def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _number(row: dict[str, Any], column: str) -> float | None:
-    try:
-        value = float(row[column])
-    except (TypeError, ValueError, KeyError):
-        return None
-    return value if math.isfinite(value) else None
+    return number(row.get(column), finite=True)
 
 
 def _quartiles(row: dict[str, Any], value: float) -> tuple[float, float] | None:

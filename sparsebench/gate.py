@@ -23,6 +23,7 @@ from sparsebench.results import (
     FAILED_STATUSES,
     KEY_COLUMNS,
     SHAPE_COLUMNS,
+    as_float,
     case_key,
     complete_columns,
     is_dense_reference,
@@ -260,11 +261,7 @@ def _by_key(frame: pd.DataFrame) -> dict[Key, dict[str, Any]]:
     return {case_key(row): row for row in frame.to_dict("records")}
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_float = as_float
 
 
 def _is_reference(case: CaseResult) -> bool:

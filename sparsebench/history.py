@@ -24,6 +24,7 @@ from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.export import benchmark_name
 from sparsebench.plots import IMPL_COLORS, PlainLogFormatter, impl_colors
 from sparsebench.results import (
+    as_float,
     benchmark_rows,
     case_key,
     complete_columns,
@@ -148,11 +149,7 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
     return pd.DataFrame(rows), notes
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_float = as_float
 
 
 def history_figures(table: pd.DataFrame, runs: list[HistoryRun]) -> list[tuple[str, Figure]]:

@@ -11,14 +11,13 @@ With --quiet, only the items that failed. stdout is never used: it is kept for d
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsebench.cli.common import console, err_console
-from sparsebench.results import FAILED_STATUSES, is_dense_reference
+from sparsebench.results import FAILED_STATUSES, is_dense_reference, number
 from sparsebench.results.labels import row_label
 
 NOT_TIMED = ("unsupported", "skipped")  # rows that cost no measuring time
@@ -132,9 +131,4 @@ def case_label(row: dict[str, Any]) -> str:
     return row_label(row)
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
+_number = number

@@ -127,12 +127,23 @@ def speedup(reference_ms: Any, latency_ms: Any) -> Any:
     return reference_ms / latency_ms
 
 
-def _number(row: dict[str, Any] | None, column: str) -> float | None:
+def number(value: Any, finite: bool = False) -> float | None:
+    """A cell as a number: None when it is empty, not a number or NaN (with `finite`, also when infinite)."""
     try:
-        value = float(row[column])  # type: ignore[index]
-    except (TypeError, ValueError, KeyError):
+        number = float(value)
+    except (TypeError, ValueError):
         return None
-    return None if math.isnan(value) else value
+    return None if math.isnan(number) or (finite and math.isinf(number)) else number
+
+
+def as_float(value: Any) -> float:
+    """A cell as a float: NaN when it is empty or not a number (for arithmetic that carries NaN along)."""
+    found = number(value)
+    return math.nan if found is None else found
+
+
+def _number(row: dict[str, Any] | None, column: str) -> float | None:
+    return number(row.get(column)) if row is not None else None
 
 
 def _positive(row: dict[str, Any] | None, column: str) -> float | None:
