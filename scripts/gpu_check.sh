@@ -162,7 +162,7 @@ except Exception as exc:
 try:
     import sparsebench.cli  # noqa: F401  (the CLI and, through it, the results and runner code)
     from sparsebench.impls import IMPLS
-    from sparsebench.impls.structured_kernels import aten_ops
+    from sparsebench.impls.kernels import aten_ops
     from sparsebench.patterns import PATTERNS
 except Exception as exc:
     fail(f"import sparsebench: {type(exc).__name__}: {exc}")

@@ -18,8 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sparsebench.impls import get_impl  # noqa: E402
-from sparsebench.patterns import get_pattern  # noqa: E402
+from sparsebench.resolve import get_impl, get_pattern  # noqa: E402
 from sparsebench.runner.config import parse_pattern_spec  # noqa: E402
 
 CALLS = 10

@@ -19,7 +19,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sparsebench.errors import SparsebenchError  # noqa: E402
-from sparsebench.results import KEY_COLUMNS, latest, read_results, reference_rows  # noqa: E402
+from sparsebench.results import KEY_COLUMNS, latest, read_results, reference_rows, speedup  # noqa: E402
 
 # (pattern, reference pattern run on sdpa, the speed-up the GPU check asks for at 32768)
 TARGETS = [("local", "dense", 30.0), ("strided", "dense", 5.0), ("sliding_window", "causal", 8.0)]
@@ -50,7 +50,7 @@ def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
         rows["ref_tflops"] = _ref_column(at, ref_pattern, "tflops_useful").reindex(rows.index)
         keys = [c for c in KEY_COLUMNS if c in rows.columns]  # hand-made frames may lack some
         rows = rows.sort_values("ref_ms", key=lambda ms: ms.notna(), kind="stable").drop_duplicates(keys, keep="last")
-        rows["speedup"] = rows.ref_ms / rows.latency_ms
+        rows["speedup"] = speedup(rows.ref_ms, rows.latency_ms)
         for (mode, head_dim), group in rows.groupby(["mode", "head_dim"]):
             best = group.loc[group.speedup.idxmax()] if group.speedup.notna().any() else None
             checks.append({"pattern": pattern, "mode": mode, "head_dim": head_dim, "reference": f"{ref_pattern} sdpa",

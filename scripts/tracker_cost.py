@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sparsebench.impls import get_impl  # noqa: E402  (after the sys.path insert)
 from sparsebench.measure import memory, timing  # noqa: E402
+from sparsebench.resolve import get_impl  # noqa: E402  (after the sys.path insert)
 from sparsebench.runner.cases import Case  # noqa: E402
 from sparsebench.runner.config import SweepConfig, expand  # noqa: E402
 from sparsebench.runner.measure_case import make_inputs  # noqa: E402

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from sparsebench.errors import SparsebenchError, Unsupported
-from sparsebench.impls import IMPLS, Impl, Prepared, get_impl
-from sparsebench.impls.structured_kernels.blocksparse import plan_masked_share
-from sparsebench.patterns import Pattern, get_pattern
+from sparsebench.impls import IMPLS, Impl, Prepared
+from sparsebench.impls.kernels.blocksparse import plan_masked_share
+from sparsebench.patterns import Pattern
 from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
 from sparsebench.plugins import FunctionImpl
-from sparsebench.results import Measurement, make_row
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.runner.config import SweepConfig
-from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id
+from sparsebench.services.run import run_sweep
 
 # impl="auto": most preferred first, per device type and pattern (the device's default order where the pattern
 # has none). CPU: from the committed CPU benchmarks (docs/results/cpu-default, cpu-fwdbwd). CUDA: from the
@@ -120,9 +120,12 @@ def _impl(function: Callable) -> Impl:
 
 
 def benchmark(patterns: Iterable[str | Callable] = ("local",), impls: Iterable[str | Callable] = (),
-              seq: Iterable[int] = (4096,), out_dir: str | Path | None = None, **options: Any) -> pd.DataFrame:
+              seq: Iterable[int] = (4096,), out_dir: str | Path | None = None, resume: bool = False,
+              overwrite: bool = False, wait: bool = False, **options: Any) -> pd.DataFrame:
     """Measure as `sparsebench run` does (worker processes, the dense SDPA reference beside every shape) and
-    return the rows as a DataFrame; with `out_dir`, also write results.csv and meta.json there.
+    return the rows as a DataFrame; with `out_dir`, also write results.csv and meta.json there, as `run
+    --out-dir` does: a directory that holds results is refused unless `resume` (skip the cases already there)
+    or `overwrite`; one that another run is writing to is refused, or with `wait` waited for.
 
     `patterns` and `impls` take names, `module:attr` specs, or functions defined at the top level of an
     importable module (the worker processes import them by name; a function defined in a notebook cannot be).
@@ -133,28 +136,9 @@ def benchmark(patterns: Iterable[str | Callable] = ("local",), impls: Iterable[s
     settings = {k: (list(v) if isinstance(v, (list, tuple)) else [v]) if k in lists else v for k, v in options.items()}
     config = SweepConfig(patterns=[_spec(p) for p in patterns], impls=[_spec(i) for i in impls],
                          seq=list(seq), **settings)
-    sweep = Sweep(config)
-    rows: list[dict[str, Any]] = []
-    out = ResultsDir(Path(out_dir), resume=False) if out_dir is not None else None
-    cases, unsupported = sweep.cases()
-    run_id = new_run_id()
-    for case, reason in unsupported:
-        rows.append(make_row(case.row(), Measurement("unsupported", reason), run_id))
-    if out is None:
-        sweep.measure(cases, lambda case, row: rows.append(row), run_id=run_id)
-        return pd.DataFrame(rows)
-    meta = out.start_meta(config, "")
-    with out.writer() as writer:
-        for row in rows:
-            writer.write(row)
-
-        def on_row(case: Any, row: dict[str, Any]) -> None:
-            writer.write(row)
-            rows.append(row)
-
-        stats = sweep.measure(cases, on_row, run_id=run_id)
-    out.finish_meta(meta, stats)
-    return pd.DataFrame(rows)
+    result = run_sweep(config, Path(out_dir) if out_dir is not None else None, resume=resume, overwrite=overwrite,
+                       wait=wait)
+    return pd.DataFrame(result.rows)
 
 
 def _spec(item: str | Callable) -> str:

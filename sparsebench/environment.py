@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from sparsebench._version import __version__
+
 
 def cpu_model() -> str:
     try:
@@ -84,8 +86,6 @@ def _program() -> str:
 
 def collect(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     import psutil
-
-    from sparsebench import __version__
 
     return {
         "sparsebench_version": __version__,

@@ -24,10 +24,12 @@ from sparsebench import gate
 from sparsebench.errors import SparsebenchError
 from sparsebench.gate_report import headline, render_markdown
 from sparsebench.results import (
-    DENSE_REFERENCE,
+    benchmark_rows,
     complete_columns,
+    is_dense_reference,
     key_text,
     latest,
+    number,
     parse_samples,
     with_dense_reference,
 )
@@ -69,15 +71,11 @@ def benchmark_name(row: dict[str, Any]) -> str:
 def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """The attention rows, one per case (the last written), with their dense reference columns filled."""
     frame = with_dense_reference(latest(complete_columns(frame.copy())))
-    return frame[frame["mode"] != "train"].to_dict("records")
+    return benchmark_rows(frame).to_dict("records")
 
 
 def _number(row: dict[str, Any], column: str) -> float | None:
-    try:
-        value = float(row[column])
-    except (TypeError, ValueError, KeyError):
-        return None
-    return value if math.isfinite(value) else None
+    return number(row.get(column), finite=True)
 
 
 def _quartiles(row: dict[str, Any], value: float) -> tuple[float, float] | None:
@@ -90,7 +88,7 @@ def _quartiles(row: dict[str, Any], value: float) -> tuple[float, float] | None:
 
 
 def _is_reference(row: dict[str, Any]) -> bool:
-    return (row["pattern"], row["impl"]) == DENSE_REFERENCE
+    return is_dense_reference(row)
 
 
 def _ok(row: dict[str, Any]) -> bool:

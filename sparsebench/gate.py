@@ -21,18 +21,20 @@ from scipy.stats import mannwhitneyu
 
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import (
-    DENSE_REFERENCE,
     FAILED_STATUSES,
     KEY_COLUMNS,
     SHAPE_COLUMNS,
+    as_float,
     case_key,
     complete_columns,
+    is_dense_reference,
     key_text,
-    parse_params,
     parse_samples,
     shape_key,
     with_dense_reference,
 )
+from sparsebench.results.labels import pattern_label
+from sparsebench.runner.cases import Case
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,8 +71,8 @@ MISSING, NEW = "missing", "new"  # a case in only one of the two result sets (re
 SEVERITY = {OK: 0, NEW: 1, MISSING: 1, IMPROVEMENT: 2, WARNING: 3, REGRESSION: 4}
 
 Key = tuple[str, ...]
-# Re-runs a list of cases (dicts of the KEY_COLUMNS, params as a dict) and returns their result rows.
-Rerun = Callable[[list[dict[str, Any]]], pd.DataFrame]
+# Re-runs a list of cases and returns their result rows.
+Rerun = Callable[[list[Case]], pd.DataFrame]
 
 __all__ = ["NotComparable", "Thresholds", "Limits", "compare", "confirm"]
 
@@ -248,8 +250,7 @@ class GateReport:
 
 def case_name(row: Any) -> str:
     """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd."""
-    params = row["params"] if isinstance(row["params"], str) else ""
-    pattern = f"{row['pattern']}({params.replace(';', ',')})" if params else row["pattern"]
+    pattern = pattern_label(row["pattern"], row["params"])
     return f"{pattern}/{row['impl']}/{key_text(row['seq_len'])}/{row['dtype']}/{row['mode']}"
 
 
@@ -260,15 +261,11 @@ def _by_key(frame: pd.DataFrame) -> dict[Key, dict[str, Any]]:
     return {case_key(row): row for row in frame.to_dict("records")}
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_float = as_float
 
 
 def _is_reference(case: CaseResult) -> bool:
-    return (case.pattern, case.impl) == DENSE_REFERENCE
+    return is_dense_reference(dict(zip(KEY_COLUMNS, case.key)))
 
 
 def check_comparable(baseline: pd.DataFrame, current: pd.DataFrame, raw: bool) -> None:
@@ -475,13 +472,9 @@ def _percent(cur: float, base: float) -> str:
     return f"{(cur - base) / base:+.1%}" if base else f"{cur - base:+.1f} MiB"
 
 
-def case_spec(row: dict[str, Any]) -> dict[str, Any]:
-    """The case of a result row as the runner takes it: the key columns, params as a dict, ints as ints."""
-    spec: dict[str, Any] = {c: row[c] for c in KEY_COLUMNS}
-    spec["params"] = parse_params(row["params"])
-    for c in ("batch", "heads", "seq_len", "head_dim"):
-        spec[c] = int(row[c])
-    return spec
+def case_spec(row: dict[str, Any]) -> Case:
+    """The case of a result row, as the runner takes it."""
+    return Case.from_row(row)
 
 
 def latency_regressions(report: GateReport) -> list[CaseResult]:
@@ -503,7 +496,7 @@ def confirm(report: GateReport, baseline: pd.DataFrame, current: pd.DataFrame, r
     specs = [case_spec(rows[k]) for k in regressed]
     if not report.raw:
         shapes = {shape_key(rows[k]) for k in regressed}
-        refs = [r for k, r in rows.items() if (r["pattern"], r["impl"]) == DENSE_REFERENCE
+        refs = [r for k, r in rows.items() if is_dense_reference(r)
                 and shape_key(r) in shapes and k not in regressed]
         specs = [case_spec(r) for r in refs] + specs
     hits = {k: 0 for k in regressed}

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sparsebench import gate
-from sparsebench.results import DENSE_REFERENCE
+from sparsebench.results import KEY_COLUMNS, is_dense_reference
 
 STYLE = {gate.REGRESSION: "bold red", gate.WARNING: "yellow", gate.IMPROVEMENT: "green",
          gate.OK: "", gate.MISSING: "dim", gate.NEW: "dim"}
@@ -38,7 +38,7 @@ def _details(case: gate.CaseResult, raw: bool, short: bool) -> str:
         return ", ".join(dict.fromkeys(f.metric for f in found)) if short else "; ".join(f.message for f in found)
     if case.base_status != "ok":
         return f"status {case.base_status}"
-    if not raw and (case.pattern, case.impl) == DENSE_REFERENCE:
+    if not raw and is_dense_reference(dict(zip(KEY_COLUMNS, case.key))):
         return "dense reference"
     return ""
 

@@ -23,7 +23,17 @@ from sparsebench import gate, machine
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.export import benchmark_name
 from sparsebench.plots import IMPL_COLORS, PlainLogFormatter, impl_colors
-from sparsebench.results import DENSE_REFERENCE, case_key, complete_columns, key_text, latest, with_dense_reference
+from sparsebench.results import (
+    as_float,
+    benchmark_rows,
+    case_key,
+    complete_columns,
+    is_dense_reference,
+    key_text,
+    latest,
+    with_dense_reference,
+)
+from sparsebench.results.labels import pattern_label, shape_text
 
 ORDERS = ("date", "commit", "given")  # meta.json's date, the commit time of its git_sha, the command line's order
 FORMATS = ("png", "svg")
@@ -123,7 +133,7 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
     rows = []
     for index, run in enumerate(runs):
         frame = with_dense_reference(latest(complete_columns(run.frame.copy())))
-        for row in frame[frame["mode"] != "train"].to_dict("records"):
+        for row in benchmark_rows(frame).to_dict("records"):
             why = flagged[index].get(case_key(row), "")
             latency, dense = _float(row["latency_ms"]), _float(row["dense_latency_ms"])
             ok = row["status"] == "ok" and latency > 0
@@ -139,22 +149,18 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
     return pd.DataFrame(rows), notes
 
 
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+_float = as_float
 
 
 def history_figures(table: pd.DataFrame, runs: list[HistoryRun]) -> list[tuple[str, Figure]]:
     """(file stem, figure): one figure per device, dtype, mode and shape; one panel per pattern and sequence
     length; latency over dense against the run, one line per implementation, regressions marked."""
-    rows = table[[(p, i) != DENSE_REFERENCE for p, i in zip(table["pattern"], table["impl"])]].copy()
+    rows = table[[not is_dense_reference(r) for r in table.to_dict("records")]].copy()
     if rows.empty:
         raise SparsebenchError("no case besides the dense reference: nothing to draw over time")
     rows["q_len_label"] = np.where(rows["mode"] == "decode", "q" + rows["q_len"], "")
-    rows["panel"] = rows["pattern"] + np.where(rows["params"] != "", "(" + rows["params"].str.replace(";", ", ")
-                                               + ")", "") + " · n=" + rows["seq_len"]
+    rows["panel"] = [f"{pattern_label(p, q, sep=', ')} · n={n}"
+                     for p, q, n in zip(rows["pattern"], rows["params"], rows["seq_len"])]
     ticks = [run.tick() for run in runs]
     figures = []
     for group, grows in rows.groupby(GROUP, sort=False):
@@ -164,7 +170,7 @@ def history_figures(table: pd.DataFrame, runs: list[HistoryRun]) -> list[tuple[s
             kv = f"kv{group['kv_heads']}" if group["kv_heads"] != group["heads"] else ""
             stem += f"-B{group['batch']}H{group['heads']}{kv}D{group['head_dim']}{group['q_len_label']}"
         title = (f"Latency over dense SDPA, run by run — {group['device']} · {group['dtype']} · {group['mode']} · "
-                 f"B={group['batch']} H={group['heads']} D={group['head_dim']}")
+                 f"{shape_text(group)}")
         figures.append((stem, _figure(grows, ticks, title)))
     return figures
 

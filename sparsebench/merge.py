@@ -23,14 +23,19 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
     COLUMNS,
     KEY_COLUMNS,
+    RESULTS_NAME,
     SCHEMA_VERSION,
+    Meta,
+    ResultSet,
     case_key,
     key_text,
     merge_ceilings,
     read_meta,
     read_results,
+    results_file,
     write_meta,
 )
+from sparsebench.results.labels import mode_label, pattern_label, shape_text
 from sparsebench.runner.shard import Shard, parse_dirname
 
 Key = tuple[str, ...]
@@ -92,10 +97,8 @@ class Merged:
 def case_label(key: Key) -> str:
     """A case key as people read it: pattern(params) impl n=... dtype mode B/H/KV/D device."""
     row = dict(zip(KEY_COLUMNS, key))
-    pattern = f"{row['pattern']}({row['params'].replace(';', ',')})" if row["params"] else row["pattern"]
-    mode = f"decode(q_len={row['q_len']})" if row["mode"] == "decode" else row["mode"]
-    return (f"{pattern} {row['impl']} n={row['seq_len']} {row['dtype']} {mode} B={row['batch']} H={row['heads']}"
-            f" KV={row['kv_heads']} D={row['head_dim']} {row['device']}")
+    return (f"{pattern_label(row['pattern'], row['params'])} {row['impl']} n={row['seq_len']} {row['dtype']} "
+            f"{mode_label(row['mode'], row['q_len'])} {shape_text(row)} {row['device']}")
 
 
 def has_shards(directory: Path) -> bool:
@@ -107,7 +110,7 @@ def _shard_dirs(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if p.is_dir() and parse_dirname(p.name)
-             and ((p / "results.csv").exists() or (p / "meta.json").exists())]
+             and ((p / RESULTS_NAME).exists() or (p / "meta.json").exists())]
     return sorted(found, key=lambda p: (parse_dirname(p.name).count, parse_dirname(p.name).index))
 
 
@@ -118,9 +121,9 @@ def find_results(inputs: list[Path]) -> list[Path]:
         if path.is_dir():
             shards = _shard_dirs(path)
             if shards:
-                out += [p / "results.csv" for p in shards]
-            elif (path / "results.csv").is_file():
-                out.append(path / "results.csv")
+                out += [p / RESULTS_NAME for p in shards]
+            elif (path / RESULTS_NAME).is_file():
+                out.append(path / RESULTS_NAME)
             else:
                 raise SparsebenchError(f"{path}: no results.csv and no shard-K-of-N directories in it")
         elif path.is_file():
@@ -298,7 +301,7 @@ def write(merged: Merged, out_dir: Path) -> Path:
             if values.notna().any() and (values.dropna() % 1 == 0).all():
                 frame[column] = values.astype("Int64")
         frame["schema_version"] = SCHEMA_VERSION
-        csv_path = out_dir / "results.csv"
+        csv_path = out_dir / RESULTS_NAME
         _replace(csv_path, lambda tmp: frame.to_csv(tmp, index=False))
         _replace(out_dir / "meta.json", lambda tmp: write_meta(tmp, merged.meta))
     except OSError as exc:
@@ -319,7 +322,7 @@ def _replace(path: Path, write_to: Any) -> None:
 
 def check_out_dir(out_dir: Path, paths: list[Path]) -> None:
     """Refuse to write over an input, or over a run's own results (only an earlier merge may be replaced)."""
-    target = (Path(out_dir) / "results.csv").resolve()
+    target = (Path(out_dir) / RESULTS_NAME).resolve()
     if any(p.resolve() == target for p in paths):
         raise SparsebenchError(f"--out {out_dir}: its results.csv is one of the inputs; merge into another directory")
     if target.exists() and "merged" not in read_meta(target):
@@ -332,27 +335,26 @@ def load_merged(inputs: list[Path]) -> Merged:
     return merge(load(find_results(inputs)))
 
 
-def read_input(path: Path) -> tuple[pd.DataFrame, dict[str, Any], list[str]]:
-    """(rows, meta.json, notes) of a results.csv or a directory (its shards merged in memory, or its
-    results.csv), for `plot` and `gate`. Missing shards or cases are notes; duplicate cases are an error."""
+def open_result_set(path: Path) -> ResultSet:
+    """The result set a path names: a results.csv, a run's directory (its results.csv), or a directory of shards
+    (merged in memory), for every reader. Missing shards or cases are notes; duplicate cases are an error."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
-        csv_path = path / "results.csv" if path.is_dir() else path
-        return read_results(csv_path), read_meta(csv_path), []
+        return ResultSet.read(results_file(path), source=path)
     merged = load_merged([path])
     if merged.duplicates:
         raise SparsebenchError(f"{path}: {merged.summary()} (sparsebench merge {path} --out DIR lists them)")
     if merged.frame.empty:
         raise SparsebenchError(f"{path}: no result rows in its shards")
-    notes = [f"{path}: {merged.summary()}; using what there is"] if not merged.complete else []
-    return merged.frame, merged.meta, notes
+    notes = (f"{path}: {merged.summary()}; using what there is",) if not merged.complete else ()
+    return ResultSet(merged.frame, Meta(merged.meta), path, None, notes)
 
 
 def materialize(path: Path, tmp_dir: Path) -> tuple[Path, list[str]]:
     """A results.csv for `path`: itself, a directory's results.csv, or a directory's shards merged into
-    tmp_dir (with their meta.json), and the notes of read_input."""
+    tmp_dir (with their meta.json), and the notes of open_result_set."""
     path = Path(path)
     if not (path.is_dir() and has_shards(path)):
-        return (path / "results.csv" if path.is_dir() else path), []
-    frame, meta, notes = read_input(path)
-    return write(Merged(frame, meta), tmp_dir), notes
+        return (path / RESULTS_NAME if path.is_dir() else path), []
+    found = open_result_set(path)
+    return write(Merged(found.frame, found.meta.to_dict()), tmp_dir), list(found.notes)

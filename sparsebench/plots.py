@@ -26,13 +26,16 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.measure.peaks import vendor_peak_tflops
 from sparsebench.results import (
     BEST_DENSE_REFERENCE,
+    benchmark_rows,
     ceilings_for,
     complete_columns,
     is_dense_reference,
     latest,
     reference_rows,
+    speedup,
     with_dense_reference,
 )
+from sparsebench.results.labels import heads_text, pattern_label
 
 matplotlib.rcParams["svg.hashsalt"] = "sparsebench"  # stable SVG ids: re-plotting gives the same file
 
@@ -112,10 +115,10 @@ def combine(runs: list[Run], reference: str = "sdpa") -> pd.DataFrame:
         frame = complete_columns(run.frame.copy())
         for col in NUMERIC:
             frame[col] = pd.to_numeric(frame[col], errors="coerce") if col in frame.columns else np.nan
-        frame = with_dense_reference(latest(frame[frame["mode"] != "train"]))
+        frame = with_dense_reference(latest(benchmark_rows(frame)))
         if reference == "best-dense":
             best = reference_rows(frame, BEST_DENSE_REFERENCE)
-            frame["speedup_vs_dense"] = best["latency_ms"] / frame["latency_ms"].where(frame["status"] == "ok")
+            frame["speedup_vs_dense"] = speedup(best["latency_ms"], frame["latency_ms"].where(frame["status"] == "ok"))
             frame["mem_ratio_vs_dense"] = frame["peak_mem_mib"] / best["peak_mem_mib"].where(best["peak_mem_mib"] > 0)
         frame["decode_q"] = frame["q_len"].where(frame["mode"] == "decode", 0)
         frames.append(frame.assign(run=run.label))
@@ -144,7 +147,8 @@ def _runs_share_a_set(rows: pd.DataFrame) -> bool:
 def _panel_labels(rows: pd.DataFrame) -> pd.Series:
     """The pattern, or pattern(params) where a pattern appears with more than one params value."""
     ambiguous = rows.groupby("pattern")["params"].transform("nunique") > 1
-    with_params = rows["pattern"] + "(" + rows["params"].str.replace(";", ", ") + ")"
+    with_params = pd.Series([pattern_label(p, q, sep=", ") for p, q in zip(rows["pattern"], rows["params"])],
+                            index=rows.index, dtype=object)
     return rows["pattern"].where(~ambiguous, with_params)
 
 
@@ -162,8 +166,8 @@ def figure_sets(runs: list[Run], reference: str = "sdpa") -> list[FigureSet]:
         for shape, part in shapes:
             parts = [str(k) for k in (key if isinstance(key, tuple) else (key,))]
             batch, heads, kv_heads, head_dim, decode_q = (int(v) for v in shape)
-            shape_text = f"B={batch} H={heads}" + (f" KV={kv_heads}" if kv_heads != heads else "") + \
-                f" D={head_dim}" + (f" q={decode_q}" if decode_q else "")
+            shape_text = f"B={batch} {heads_text(heads, kv_heads)} D={head_dim}" + \
+                (f" q={decode_q}" if decode_q else "")
             name = "-".join(parts + ([shape_text.replace("=", "").replace(" ", "")] if len(shapes) > 1 else []))
             sets.append(FigureSet(
                 name=re.sub(r"[^A-Za-z0-9_.+-]+", "_", name),

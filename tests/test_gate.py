@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from sparsebench import gate
 from sparsebench.cli import app
 from sparsebench.results import ResultWriter, format_samples
+from sparsebench.runner.cases import Case
 
 
 def write(path: Path, rows: list[dict]) -> Path:
@@ -294,21 +295,20 @@ def test_no_common_case_gives_3(tmp_path: Path) -> None:
 @pytest.mark.parametrize("reproduces, code", [(True, 1), (False, 0)])
 def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              reproduces: bool, code: int) -> None:
-    asked: list[list[dict]] = []
+    asked: list[list[Case]] = []
 
-    def rerun(cases: list[dict]) -> pd.DataFrame:
+    def rerun(cases: list[Case]) -> pd.DataFrame:
         asked.append(cases)
         rows = make_rows(10 + len(asked), slow={FLEX: 1.5} if reproduces else {})
-        wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
+        wanted = {(c.pattern, c.impl, c.seq_len) for c in cases}
         return pd.DataFrame([r for r in rows if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
 
-    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current, *_: rerun)
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: rerun)
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
     assert result.exit_code == code, result.output
     assert len(asked) == 3
-    assert {(c["pattern"], c["impl"], c["seq_len"]) for c in asked[0]} == {("local", "flex", 1024),
-                                                                           ("dense", "sdpa", 1024)}
-    assert asked[0][-1]["params"] == {"window": 64}
+    assert {(c.pattern, c.impl, c.seq_len) for c in asked[0]} == {("local", "flex", 1024), ("dense", "sdpa", 1024)}
+    assert asked[0][-1].params == "window=64" and asked[0][-1].head_dim == 64
     assert f"{FLEX}: {'confirmed' if reproduces else 'not confirmed'}: regression reproduced in " \
            f"{3 if reproduces else 0}/3 re-runs" in result.output
 
@@ -316,15 +316,16 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
 @pytest.mark.slow
 def test_confirm_runner_measures_real_cases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The --confirm hook runs cases through sparsebench.runner with the current run's timing settings."""
-    from sparsebench.cli.gate import _runner
-    from sparsebench.results import write_meta
+    from sparsebench.cli.output import RerunProgress
+    from sparsebench.results import read_meta, write_meta
+    from sparsebench.services.gate import rerunner
 
     write_meta(tmp_path / "meta.json", {"config": {"min_run_time": 0.05, "min_samples": 5, "warmup": 1}})
     shape = {"device": "cpu", "dtype": "float32", "mode": "fwd", "batch": 1, "heads": 2, "kv_heads": 2,
              "seq_len": 128, "q_len": 128, "head_dim": 16}
-    specs = [{"pattern": "local", "params": {"window": 16}, "impl": "sdpa", **shape},
-             {"pattern": "dense", "params": {}, "impl": "sdpa", **shape}]
-    frame = _runner(tmp_path / "results.csv")(specs)
+    specs = [Case(pattern="local", params="window=16", impl="sdpa", **shape),
+             Case(pattern="dense", params="", impl="sdpa", **shape)]
+    frame = rerunner(read_meta(tmp_path / "results.csv"), RerunProgress(1, quiet=False))(specs)
     assert list(frame["status"]) == ["ok", "ok"], frame.get("error")
     local = frame[frame["pattern"] == "local"].iloc[0]
     assert local["params"] == "window=16" and local["n_samples"] >= 5 and local["dense_latency_ms"] > 0
@@ -355,11 +356,11 @@ def test_missing_samples_never_turn_a_regression_into_a_pass(tmp_path: Path, mon
     for path in {"current": [cur], "baseline": [base], "both": [base, cur]}[where]:
         strip_samples(path, how)
 
-    def rerun(cases: list[dict]) -> pd.DataFrame:
-        wanted = {(c["pattern"], c["impl"], c["seq_len"]) for c in cases}
+    def rerun(cases: list[Case]) -> pd.DataFrame:
+        wanted = {(c.pattern, c.impl, c.seq_len) for c in cases}
         return pd.DataFrame([r for r in make_rows(7, slow=slow) if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
 
-    monkeypatch.setattr("sparsebench.cli.gate._runner", lambda current, *_: rerun)
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: rerun)
     args = ["--confirm", "3"] if confirm else ["--confirm", "0"]
     result = CliRunner().invoke(app, ["gate", str(base), str(cur), "--threshold", "1.5", *args])
     assert result.exit_code == 1, result.output

@@ -100,10 +100,10 @@ def test_unknown_machine_gates_latency(tmp_path: Path, base_meta: dict | None, c
 
 def test_other_machine_does_not_rerun_latency(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--confirm re-runs regressions; a latency finding on another machine is none, so nothing is re-run."""
-    def runner(current: Path):
+    def runner(current: Path, *_):
         raise AssertionError("nothing to re-run")
 
-    monkeypatch.setattr("sparsebench.cli.gate._runner", runner)
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", runner)
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), MACHINE, XEON, "--confirm", "2")
     assert result.exit_code == 0, result.output
 

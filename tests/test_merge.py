@@ -89,8 +89,8 @@ def test_merge_names_missing_shards_and_unfinished_cases(tmp_path):
     assert "missing shard 2/3: no results (run it with --shard 2/3)" in lines
     assert "shard 1/3 did not finish" in lines
     assert [line for line in lines if line.startswith("missing case")] == [
-        "missing case (shard 1/3): local(window=64) flex n=4096 bfloat16 fwd B=1 H=8 KV=8 D=64 cuda",
-        "missing case (shard 1/3): local(window=64) structured n=4096 bfloat16 fwd B=1 H=8 KV=8 D=64 cuda"]
+        "missing case (shard 1/3): local(window=64) flex n=4096 bfloat16 fwd B=1 H=8 D=64 cuda",
+        "missing case (shard 1/3): local(window=64) structured n=4096 bfloat16 fwd B=1 H=8 D=64 cuda"]
     assert lines[-1] == "error: 1 shard(s) missing (2/3); 2 case(s) missing; nothing written (--partial writes " \
                         "what there is)"
     assert not (tmp_path / "all").exists()
@@ -153,7 +153,7 @@ def test_gate_and_plot_read_a_directory_of_shards(tmp_path):
     assert "note: " in result.output and "1 shard(s) missing (2/2)" in result.output
     assert "missing" in result.output.lower()
     with pytest.raises(SparsebenchError, match="no such file"):
-        merge.read_input(tmp_path / "empty")
+        merge.open_result_set(tmp_path / "empty")
     plot = invoke("plot", str(base))
     assert plot.exit_code == 0, plot.output
     assert (base / "plots" / "report.md").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -12,12 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import brute_force_attention
 from typer.testing import CliRunner
 
 import sparsebench
 from sparsebench.cli import app
-from sparsebench.impls import get_impl
-from sparsebench.patterns import PATTERNS, get_pattern
+from sparsebench.patterns import PATTERNS
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,9 +52,7 @@ def invoke(args: list[str], cwd: Path | None = None):
         os.chdir(old)
 
 
-def reference(q, k, v, mask):
-    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    return torch.softmax(scores.masked_fill(~mask, -math.inf), dim=-1) @ v.double()
+reference = brute_force_attention  # float64
 
 
 @pytest.mark.parametrize("n", [1000, 1537])
@@ -152,6 +150,7 @@ def test_structured_runs_a_user_mask_on_the_generic_kernel():
     assert prep.executed_pairs < n * n / 3  # 5 documents: about a fifth of the pairs, block-rounded
 
 
+@pytest.mark.slow  # worker processes
 def test_user_function_and_mask_run_like_builtins(tmp_path):
     result = invoke(["run", "--pattern", f"{MASKS}:document:docs=4", "--pattern", "local", "--impl",
                      f"{MY_ATTENTION}:chunked_local", "--impl", "structured", "--seq", "256", *FAST,
@@ -194,6 +193,7 @@ IMPL_PLUGIN = '''
 '''
 
 
+@pytest.mark.slow  # worker processes
 def test_impl_subclass_plugin_rows(tmp_path):
     """An Impl subclass: its executed_pairs give flops_executed, its wrong output is an `inaccurate` row; a
     function that returns the wrong shape or raises is an `error` row, and the sweep goes on."""
@@ -243,6 +243,7 @@ def test_bad_plugins_give_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "out" / "results.csv").exists()  # rejected before the sweep
 
 
+@pytest.mark.slow  # worker processes
 def test_entry_point_plugins(tmp_path):
     """An installed package's entry points (a dist-info on the path) appear in `list` and run by name; a
     broken one is one warning line."""
@@ -287,6 +288,7 @@ def test_api_takes_a_mask_mod_and_a_function():
                                    atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow  # worker processes
 def test_benchmark_returns_the_rows(tmp_path):
     frame = sparsebench.benchmark(patterns=["local", f"{MASKS}:prefix_lm"], impls=["structured"], seq=[128],
                                   heads=2, min_run_time=0.02, out_dir=tmp_path)

@@ -151,7 +151,7 @@ def test_a_row_whose_fsync_is_interrupted_stays_and_counts(tmp_path, monkeypatch
 
 
 def test_every_column_has_a_domain_and_the_names_match_the_runner():
-    from sparsebench.results_check import DOMAINS, DTYPE_NAMES, MODE_NAMES
+    from sparsebench.results.check import DOMAINS, DTYPE_NAMES, MODE_NAMES
     from sparsebench.runner.cases import DTYPES, MODES
 
     assert [c for c in COLUMNS if c not in DOMAINS] == []  # a new column needs its line in DOMAINS

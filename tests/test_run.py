@@ -74,6 +74,7 @@ def test_configs_in_repo_are_valid():
             SweepConfig(**load_config(path))
 
 
+@pytest.mark.slow  # worker processes
 def test_run_writes_tidy_rows_with_dense_baseline(tmp_path):
     frame = run_ok(tmp_path, "--pattern", "local", "--pattern", "strided", "--seq", "200", "--impl", "eager")
     assert list(frame.columns) == COLUMNS and set(REQUIRED_COLUMNS) <= set(frame.columns)
@@ -155,6 +156,7 @@ def test_resume_skips_done_cases(tmp_path):
     assert "matmul_tflops" in meta["ceilings"]["cpu"]["float32"]
 
 
+@pytest.mark.slow  # worker processes
 def test_resume_measures_the_dense_reference_again(tmp_path):
     """A resumed shape group gets its own dense reference: no speed-up compares two runs."""
     run_ok(tmp_path, "--pattern", "local", "--seq", "64", "--impl", "eager")

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import StorageSizes
+from conftest import StorageSizes, brute_force_attention
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import sparsebench.impls.structured_kernels.core as core
+import sparsebench.impls.kernels.core as core
 from sparsebench.impls import get_impl
-from sparsebench.impls.structured_kernels import aten_ops, band, columns
+from sparsebench.impls.kernels import aten_ops, band, columns
 from sparsebench.patterns import PATTERNS, causal_of, get_pattern
 
 IMPL = get_impl("structured")
@@ -26,21 +25,7 @@ def qkv(n: int, d: int, dtype: torch.dtype = torch.float32, b: int = 2, h: int =
     return [torch.randn(b, h, n, d, generator=gen).to(dtype) for _ in range(3)]
 
 
-def reference(q, k, v, mask, grad_out=None):
-    """Softmax over the dense boolean mask in float64; with grad_out also the (q, k, v) gradients.
-
-    The gradients are written out (dS = P * (dP - rowsum(dO * O))): half the time of autograd here.
-    """
-    q, k, v = (x.double() for x in (q, k, v))
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    probs = torch.softmax((q @ k.transpose(-2, -1) * scale).masked_fill_(~mask, float("-inf")), dim=-1)
-    out = probs @ v
-    if grad_out is None:
-        return out
-    grad_out = grad_out.double()
-    grad_scores = (grad_out @ v.transpose(-2, -1)).sub_((grad_out * out).sum(-1, keepdim=True)).mul_(probs)
-    grads = [grad_scores @ k * scale, grad_scores.transpose(-2, -1) @ q * scale, probs.transpose(-2, -1) @ grad_out]
-    return out, grads
+reference = brute_force_attention  # float64, with the gradients when given grad_out
 
 
 def run(pattern, q, k, v, grad_out=None):

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from sparsebench import export, gate, machine
+from sparsebench import export, gate
 from sparsebench.cli.common import check_output_file, not_comparable, user_errors
+from sparsebench.cli.output import emit
 from sparsebench.errors import SparsebenchError
-from sparsebench.result_dirs import results_file
-from sparsebench.results import read_meta, read_results
+from sparsebench.merge import open_result_set
+from sparsebench.services import gate as gating
 
 FORMAT_HELP = ("markdown (default: the gate's summary, or a table of the results), github-action-benchmark "
                "(customSmallerIsBetter JSON), bencher (Bencher Metric Format JSON), junit (gate verdicts; needs "
@@ -36,35 +37,14 @@ def export_cmd(
         export.check_format(fmt)
         if out is not None:
             check_output_file(out, "--out")
-        current = results_file(results)
         report = base = None
         if baseline is None or fmt not in export.REPORT_FORMATS:
-            frame = read_results(current)  # another schema version: exit 2, there is nothing to compare
-            if fmt in export.METRIC_FORMATS and not export.has_metrics(frame):
-                raise SparsebenchError(f"{current}: no ok case to export (every case failed or did not run)")
+            found = open_result_set(results)  # another schema version: exit 2, there is nothing to compare
+            if fmt in export.METRIC_FORMATS and not export.has_metrics(found.frame):
+                raise SparsebenchError(f"{found.path}: no ok case to export (every case failed or did not run)")
         else:
             with not_comparable():
-                base = results_file(baseline)
-                frame = read_results(current)
-                report = gate_report(base, current, frame, gate.Thresholds.from_toml(thresholds_file))
-        emit(export.render(fmt, frame, current, report, base, read_meta(current)), out)
-
-
-def gate_report(baseline: Path, current: Path, current_frame, thresholds: gate.Thresholds) -> gate.GateReport:
-    """The gate's comparison without re-runs, latency demoted to warnings across machines."""
-    found = machine.differences(machine.Machine.from_meta(read_meta(baseline)),
-                                machine.Machine.from_meta(read_meta(current)))
-    report = gate.compare(read_results(baseline), current_frame, thresholds)
-    return machine.latency_as_warnings(report, found)
-
-
-def emit(text: str, out: Path | None) -> None:
-    """Write `text` to `out`, or to stdout (data only: the reports go to stderr)."""
-    if out is None:
-        typer.echo(text, nl=False)
-        return
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-    except OSError as exc:
-        raise SparsebenchError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
+                found = open_result_set(results)
+                base = open_result_set(baseline)
+                report = gating.compare(base, found, gate.Thresholds.from_toml(thresholds_file))
+        emit(export.render(fmt, found.frame, found.path, report, base.path if base else None, found.meta), out)

@@ -11,8 +11,7 @@ import typer
 
 from sparsebench import gate, history
 from sparsebench.cli.common import console, fail, not_comparable, user_errors
-from sparsebench.result_dirs import results_file
-from sparsebench.results import read_meta, read_results
+from sparsebench.merge import open_result_set
 
 
 def history_cmd(
@@ -35,9 +34,11 @@ def history_cmd(
         fail(f"unknown --by {by!r}; choose from: {', '.join(history.ORDERS)}")
     with user_errors(), not_comparable():
         thresholds = gate.Thresholds.from_toml(thresholds_file)
-        paths = [results_file(path) for path in inputs]
-        runs = [history.HistoryRun(label, read_results(path), read_meta(path))
-                for label, path in zip(_labels(paths), paths)]
+        sets = [open_result_set(path) for path in inputs]
+        for note in (note for found in sets for note in found.notes):
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
+        runs = [history.HistoryRun(label, found.frame, found.meta)
+                for label, found in zip(_labels([found.path for found in sets]), sets)]
         runs = history.order_runs(runs, by, _commit_time)
         try:
             written, table, notes = history.write_history(runs, out, fmt, thresholds)

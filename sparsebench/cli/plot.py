@@ -9,7 +9,8 @@ import typer
 
 from sparsebench import plots
 from sparsebench.cli.common import console, fail, user_errors
-from sparsebench.merge import read_input
+from sparsebench.merge import open_result_set
+from sparsebench.results import ResultSet
 
 DEFAULT_RESULTS = Path("sparsebench-results/results.csv")
 
@@ -33,14 +34,11 @@ def plot_cmd(
         fail(f"unknown --reference {reference!r}; choose from: {', '.join(plots.REFERENCES)}")
     paths = inputs or [DEFAULT_RESULTS]
     with user_errors():
-        inputs_read = [read_input(path) for path in paths]
-        for _, _, notes in inputs_read:
-            for note in notes:
-                console.print(f"note: {note}", markup=False)
-        frames, metas = [frame for frame, _, _ in inputs_read], [meta for _, meta, _ in inputs_read]
-        paths = [path / "results.csv" if path.is_dir() else path for path in paths]  # labels and --out as for files
-        runs = [plots.Run(label, frame, meta) for label, frame, meta in zip(_labels(paths, metas), frames, metas)]
-        out_dir = out or paths[0].parent / "plots"
+        sets = [open_result_set(path) for path in paths]
+        for note in (note for found in sets for note in found.notes):
+            console.print(f"note: {note}", markup=False)
+        runs = [plots.Run(label, found.frame, found.meta) for label, found in zip(_labels(sets), sets)]
+        out_dir = out or sets[0].path.parent / "plots"
         try:
             written = plots.write_plots(runs, out_dir, fmt, reference)
         except OSError as exc:
@@ -50,8 +48,9 @@ def plot_cmd(
     console.print(f"wrote {len(written)} files to {out_dir}", style="dim", markup=False)
 
 
-def _labels(paths: list[Path], metas: list[dict]) -> list[str]:
+def _labels(sets: list[ResultSet]) -> list[str]:
     """Each run's legend label: meta.json's 'label', else its directory's name, else the path as given."""
-    labels = [str(meta.get("label") or path.resolve().parent.name) for path, meta in zip(paths, metas)]
+    paths = [found.path for found in sets]
+    labels = [found.meta.label or path.resolve().parent.name for path, found in zip(paths, sets)]
     labels = [label if labels.count(label) == 1 else str(path) for label, path in zip(labels, paths)]
     return [label if labels.count(label) == 1 else f"{label}#{i + 1}" for i, label in enumerate(labels)]

@@ -11,7 +11,6 @@ With --quiet, only the items that failed. stdout is never used: it is kept for d
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -19,7 +18,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from sparsebench.cli.common import console, err_console
-from sparsebench.results import FAILED_STATUSES, is_dense_reference
+from sparsebench.results import FAILED_STATUSES, is_dense_reference, number
+from sparsebench.results.labels import row_label
 
 NOT_TIMED = ("unsupported", "skipped")  # rows that cost no measuring time
 
@@ -129,18 +129,7 @@ def case_line(row: dict[str, Any]) -> tuple[str, bool, bool]:
 
 def case_label(row: dict[str, Any]) -> str:
     """pattern(params) impl n mode, with dtype, device, GQA heads and decode rows where not the defaults."""
-    params = str(row.get("params") or "").replace(";", ",")
-    parts = [f"{row['pattern']}({params})" if params else str(row["pattern"]), str(row["impl"]), str(row["seq_len"])]
-    parts.append(f"decode(q_len={row['q_len']})" if row["mode"] == "decode" else str(row["mode"]))
-    if row.get("kv_heads") not in (None, row.get("heads")):
-        parts.append(f"kv_heads={row['kv_heads']}")
-    parts += [str(row[c]) for c, default in (("dtype", "float32"), ("device", "cpu")) if row.get(c) != default]
-    return " ".join(parts)
+    return row_label(row)
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
+_number = number

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +12,6 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from sparsebench import environment
 from sparsebench.cli import options as opt
 from sparsebench.cli import scale
 from sparsebench.cli.common import (
@@ -21,13 +22,15 @@ from sparsebench.cli.common import (
     interrupt_on_stop_signals,
     user_errors,
 )
+from sparsebench.cli.output import gate_and_exit
 from sparsebench.cli.progress import Reporter, case_line
-from sparsebench.errors import SparsebenchError, WriteFailed
-from sparsebench.results import Measurement, ResultWriter, is_dense_reference, make_row
+from sparsebench.errors import SparsebenchError
+from sparsebench.results import is_dense_reference
+from sparsebench.results.labels import heads_text, mode_label, pattern_label
 from sparsebench.runner import Case, SweepConfig, load_config
-from sparsebench.runner.launcher import SweepStats
+from sparsebench.runner.scale import ScalePlan
 from sparsebench.runner.scale import plan as plan_scale
-from sparsebench.runner.sweep import ResultsDir, Sweep, new_run_id
+from sparsebench.services.run import RunReporter, run_sweep
 
 STATUS_STYLE = {"ok": "green", "inaccurate": "yellow", "unsupported": "dim", "skipped": "dim"}
 
@@ -95,57 +98,57 @@ def run_cmd(
         if plan.launcher != "local":
             scale.submit_and_wait(plan, sweep_config, resume, overwrite, slurm_partition, slurm_time, slurm_param)
             return
-        sweep = Sweep(sweep_config, plan.shard, plan.slots)
-        out = ResultsDir(plan.out_dir, resume, overwrite)  # a shard's own directory: shards never share a lock
-        moved = out.open(wait, on_wait=lambda pid: console.print(f"waiting for the run (pid {pid}) that is writing "
-                                                                   f"to {plan.out_dir}", markup=False))
-        if moved:
-            console.print(f"{out.csv_path} ended in an unfinished row ({moved} bytes, a write cut off): moved to "
-                          f"{out.csv_path.name}.partial; that case is measured again", markup=False)
-        cases, unsupported = sweep.cases(out.done())
-        meta = out.start_meta(sweep.config, str(config or ""), plan.meta(*sweep.cases()))
-        if plan.describe():
-            console.print(plan.describe(), markup=False)
-        with out.writer() as writer:
-            try:
-                rows, stats = _sweep(sweep, cases, unsupported, writer, out.csv_path, quiet)
-            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the workers are gone, the rows are kept
-                signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
-                err_console.print(f"interrupted{signame}: {writer.rows_written} finished row(s) of this run kept in "
-                                  f"{out.csv_path}; the same command with --resume runs the rest", markup=False)
-                raise typer.Exit(interrupt_exit_code(exc)) from None
-            except WriteFailed as exc:
-                raise WriteFailed(f"{exc}; it ends with its last complete row ({writer.rows_written} of this run); "
-                                  "free some space, then run the same command with --resume") from None
-        out.finish_meta(meta, stats)
-    _summary(rows, out.csv_path, quiet)
+        reporter = _Progress(plan, quiet)
+        try:
+            result = run_sweep(sweep_config, plan.out_dir, reporter, resume=resume, overwrite=overwrite, wait=wait,
+                               plan=plan, config_file=str(config or ""))
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: the workers are gone, the rows are kept
+            if not reporter.kept:
+                raise  # before any case: user_errors says "interrupted"
+            raise typer.Exit(interrupt_exit_code(exc)) from None
+    _summary(result.rows, result.csv_path, quiet)
     if plan.shard:
         scale.merge_all(plan.root, required=False)  # the last shard of a split to finish merges them all
     if gate is not None:
-        from sparsebench.cli.gate import gate_cmd
-
-        gate_cmd(gate, out.csv_path)  # exits with the gate's code
+        gate_and_exit(gate, result.csv_path)  # exits with the gate's code
 
 
-def _sweep(sweep: Sweep, cases: list[Case], unsupported: list[tuple[Case, str]], writer: ResultWriter,
-           csv_path: Path, quiet: bool) -> tuple[list[dict], SweepStats]:
-    """Run everything, reporting each case as it finishes; returns the rows and the harness's statistics."""
-    run_id = new_run_id()
-    rows: list[dict] = []
-    header = f"sparsebench run: {len(cases)} case(s) to measure" + \
-        (f", {len(unsupported)} unsupported" if unsupported else "") + f", results in {csv_path}"
-    with Reporter(len(cases) + len(unsupported), header, quiet) as report:
+class _Progress(RunReporter):
+    """The run on stderr: the directory's state, the plan, then each case as it finishes (see progress.py)."""
 
-        def on_row(case: Case, row: dict) -> None:
-            writer.write(row)
-            rows.append(row)
-            report.done(*case_line(row))
+    def __init__(self, plan: ScalePlan, quiet: bool) -> None:
+        self.plan = plan
+        self.quiet = quiet
+        self.report: Reporter | None = None
+        self.kept = False  # interrupted while measuring: what was kept is said
 
-        for case, reason in unsupported:
-            on_row(case, make_row(case.row(), Measurement("unsupported", reason), run_id,
-                                  environment.device_name(case.device)))
-        stats = sweep.measure(cases, on_row, on_start=lambda c: report.begin(c.label()), run_id=run_id)
-    return rows, stats
+    def waiting(self, pid: str, out_dir: Path) -> None:
+        console.print(f"waiting for the run (pid {pid}) that is writing to {out_dir}", markup=False)
+
+    def recovered(self, csv_path: Path, size: int) -> None:
+        console.print(f"{csv_path} ended in an unfinished row ({size} bytes, a write cut off): moved to "
+                      f"{csv_path.name}.partial; that case is measured again", markup=False)
+
+    @contextmanager
+    def measuring(self, to_measure: int, unsupported: int, csv_path: Path | None) -> Iterator[None]:
+        if self.plan.describe():
+            console.print(self.plan.describe(), markup=False)
+        header = f"sparsebench run: {to_measure} case(s) to measure" + \
+            (f", {unsupported} unsupported" if unsupported else "") + f", results in {csv_path}"
+        with Reporter(to_measure + unsupported, header, self.quiet) as self.report:
+            yield
+
+    def begin(self, case: Case) -> None:
+        self.report.begin(case.label())
+
+    def done(self, case: Case, row: dict[str, Any]) -> None:
+        self.report.done(*case_line(row))
+
+    def interrupted(self, exc: KeyboardInterrupt, rows_written: int, csv_path: Path) -> None:
+        self.kept = True
+        signame = f" by {exc.args[0]}" if isinstance(exc, Interrupted) else ""
+        err_console.print(f"interrupted{signame}: {rows_written} finished row(s) of this run kept in {csv_path}; "
+                          "the same command with --resume runs the rest", markup=False)
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -157,9 +160,8 @@ def _fmt(value: Any, spec: str) -> str:
 def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     """The end-of-sweep table; dtype/mode/device go in the title when the sweep has one of each."""
     def setup(r: dict) -> str:
-        mode = f"decode(q_len={r['q_len']})" if r["mode"] == "decode" else r["mode"]
-        heads = f"H={r['heads']}" + (f"/kv={r['kv_heads']}" if r["kv_heads"] != r["heads"] else "")
-        return f"{r['dtype']} {mode} {heads} D={r['head_dim']} {r['device']}"
+        return f"{r['dtype']} {mode_label(r['mode'], r['q_len'])} {heads_text(r['heads'], r['kv_heads'])} " \
+            f"D={r['head_dim']} {r['device']}"
 
     setups = sorted({setup(r) for r in rows})
     table = Table(title=escape(f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else "")))
@@ -172,7 +174,7 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     order = sorted(rows, key=lambda r: (setup(r), r["seq_len"], r["status"] in ("unsupported", "skipped"),
                                         not (is_dense_reference(r) and r["status"] == "ok")))
     for r in order:
-        label = f"{r['pattern']}({r['params'].replace(';', ',')})" if r.get("params") else r["pattern"]
+        label = pattern_label(r["pattern"], r.get("params"))
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
         ms = r.get("latency_ms")
         cells = [escape(label), escape(r["impl"]), str(r["seq_len"]), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),

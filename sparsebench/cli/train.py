@@ -19,9 +19,8 @@ from sparsebench.cli.common import console, fail, state, user_errors
 from sparsebench.cli.progress import Reporter
 from sparsebench.environment import collect, device_name
 from sparsebench.errors import WriteFailed
-from sparsebench.impls import get_impl
-from sparsebench.patterns import get_pattern
-from sparsebench.results import ResultWriter, check_writable, write_meta
+from sparsebench.resolve import get_impl, get_pattern
+from sparsebench.results import RESULTS_NAME, ResultWriter, check_writable, write_meta
 from sparsebench.runner.config import parse_pattern_spec
 from sparsebench.train import data, report
 from sparsebench.train.loop import PRESETS, Job, TrainConfig, VariantFailed, preset, train_isolated, train_pattern
@@ -173,7 +172,7 @@ def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg: TrainConfig, sour
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = report.result_rows(runs, cfg, run_id=run_id, device=dev.type, device_name=_device_name(dev),
                               corpus=source.name, corpus_bytes=source.n_bytes)
-    with ResultWriter(out_dir / "results.csv") as writer:
+    with ResultWriter(out_dir / RESULTS_NAME) as writer:
         for row in rows:
             writer.write(row)
     write_meta(out_dir / "meta.json", collect({

@@ -24,15 +24,8 @@ IMPLS: dict[str, Impl] = {
 
 
 def get_impl(name: str) -> Impl:
-    """A registered implementation by name; a `module:attr` spec or an installed plugin is loaded first."""
+    """A registered implementation by name (`sparsebench.resolve.get_impl` loads plugins first)."""
     if name not in IMPLS:
-        from sparsebench import plugins
-
-        if plugins.is_spec(name):
-            return IMPLS[plugins.load_impl(name)]
-        plugins.load_entry_points()
-        if name in IMPLS:
-            return IMPLS[name]
         if name.startswith("sdpa[") and name.endswith("]"):
             raise SparsebenchError(f"unknown SDPA backend {name[5:-1]!r} in {name!r}; choose from: "
                                    f"{', '.join(BACKENDS)} (e.g. sdpa[cudnn])")

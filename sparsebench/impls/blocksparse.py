@@ -1,4 +1,4 @@
-"""`blocksparse`: the generic block-sparse kernel for every pattern (structured_kernels/blocksparse.py).
+"""`blocksparse`: the generic block-sparse kernel for every pattern (kernels/blocksparse.py).
 
 It needs nothing but the pattern's row masks, so it runs any pattern, a user's mask_mod included, forward and
 backward on any device; it is also what `structured` runs for patterns without a specialised kernel. As its
@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
-from sparsebench.impls.structured_kernels import Kernel
-from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel, plan_bytes, plan_pairs
-from sparsebench.impls.structured_kernels.decode import decode_kernel
+from sparsebench.impls.kernels import Kernel
+from sparsebench.impls.kernels.blocksparse import blocksparse_kernel, plan_bytes, plan_pairs
+from sparsebench.impls.kernels.decode import decode_kernel
 
 
 class BlockSparseImpl(Impl):

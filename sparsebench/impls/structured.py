@@ -1,6 +1,6 @@
 """`structured`: pattern-aware kernels that compute only the needed blocks or keys (work and memory ~ nnz).
 
-The kernels live in `structured_kernels/`, one file per family:
+The kernels live in `kernels/`, one file per family:
 - band.py:    banded query blocks for local, sliding_window, and dilated (a sliding window per q mod d);
 - columns.py: gathered columns for strided (plus a self term) and fixed (plus causal own blocks);
 - global_tokens.py: band + global rows/columns for longformer, gathered key blocks for bigbird;
@@ -10,7 +10,7 @@ GQA/MQA run each offset within a query-head group against K and V as they are (n
 Each part runs on one of torch's fused attention kernels where one fits (flash or cuDNN with its backward,
 merged through the logsumexp; SDPA with a mask for a kernel's only part); the rest (merged masked parts with
 autograd or on CUDA, float32 on CUDA) runs on a chunked matmul + softmax path. `select_backend` in
-structured_kernels/core.py makes that choice; the private aten ops it may pick are checked against the
+kernels/core.py makes that choice; the private aten ops it may pick are checked against the
 installed torch (aten_ops.py), and a mismatch is an `unsupported` row.
 """
 
@@ -19,10 +19,10 @@ from __future__ import annotations
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
+from sparsebench.impls.kernels import BUILDERS, TRAITS, Kernel, Traits, blocksparse, build_kernel
+from sparsebench.impls.kernels.band import band_block
+from sparsebench.impls.kernels.core import private_ops
 from sparsebench.impls.sdpa import SdpaImpl
-from sparsebench.impls.structured_kernels import BUILDERS, Kernel, blocksparse, build_kernel
-from sparsebench.impls.structured_kernels.band import band_block
-from sparsebench.impls.structured_kernels.core import private_ops
 from sparsebench.patterns import CausalOf, Pattern
 
 
@@ -46,8 +46,8 @@ class StructuredImpl(Impl):
         if isinstance(pattern, CausalOf):
             return (f"structured implements only {', '.join(BUILDERS)} and user patterns; "
                     f"{pattern.label()} runs on blocksparse")
-        if not _uses_private_ops(pattern, device_type, mode):
-            return None
+        if mode == "decode" or not TRAITS.get(pattern.name, Traits()).private_ops(device_type, mode):
+            return None  # decode: one public SDPA call
         for op in private_ops(device_type, dtype, needs_grad=mode == "fwdbwd"):
             if (reason := op.problem()) is not None:
                 return reason
@@ -58,7 +58,7 @@ class StructuredImpl(Impl):
         patterns: the generic kernel's plan."""
         if pattern.name not in BUILDERS:
             return blocksparse.plan_pairs(pattern, n, "cpu")
-        if pattern.name in ("dense", "causal"):
+        if TRAITS[pattern.name].sdpa:
             return pattern.nnz(n)
         return int(1.5 * pattern.nnz(n)) + 64 * n
 
@@ -70,34 +70,17 @@ class StructuredImpl(Impl):
         kernels, the per-block key windows that a backward (or bigbird's gather) materialises."""
         if pattern.name not in BUILDERS:  # user patterns: the generic kernel, from its plan
             return blocksparse.plan_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
-        if pattern.name in ("dense", "causal"):
+        traits = TRAITS[pattern.name]
+        if traits.sdpa:
             return SdpaImpl().estimate_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
         elt = torch.finfo(dtype).bits // 8
         pairs = 1.5 * pattern.nnz(n)
-        gathered = 3 + pattern.global_blocks + pattern.random_blocks if pattern.name == "bigbird" else 1
-        copies = (2 * gathered + 6) * n * head_dim * 4
-        if _keeps_scores(pattern, device_type, dtype, mode):
+        copies = (2 * traits.gathered(pattern) + 6) * n * head_dim * 4
+        if traits.keeps_scores(device_type, dtype, mode):
             work = 4 * pairs if mode == "fwd" else 2 * (8 + elt) * pairs
         else:
             # query rows that share one key window: all of them for gathered columns, a block for the others
-            rows = n if pattern.name in ("strided", "fixed") else getattr(pattern, "block", band_block(device_type))
+            rows = n if traits.all_rows_share else getattr(pattern, "block", band_block(device_type))
             work = pairs / rows * head_dim * elt * (2 if mode == "fwd" else 4)
         return int(batch * heads * ((1 if mode == "fwd" else 3) * copies + work))
 
-
-def _uses_private_ops(pattern: Pattern, device_type: str, mode: str) -> bool:
-    """Whether a part of the kernel may run on a fused backend (private aten ops; see structured_kernels/core.py):
-    the kernels that merge parts through their lse, longformer's only in CPU inference."""
-    if mode == "decode":  # one public SDPA call
-        return False
-    if pattern.name == "longformer":
-        return device_type == "cpu" and mode == "fwd"
-    return pattern.name in ("strided", "fixed")
-
-
-def _keeps_scores(pattern: Pattern, device_type: str, dtype: torch.dtype, mode: str) -> bool:
-    """Whether a part of the kernel runs on the chunked matmul path (see structured_kernels/core.py): fixed's
-    summary columns except in CPU inference, and the merged parts on CUDA in float32 (no fused kernel)."""
-    if pattern.name == "fixed":
-        return mode == "fwdbwd" or device_type == "cuda"
-    return device_type == "cuda" and dtype == torch.float32 and pattern.name in ("strided", "longformer")

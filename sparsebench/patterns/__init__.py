@@ -39,15 +39,8 @@ def get_pattern(name: str, **params: int) -> Pattern:
     """Build a pattern by name; parameters it does not take are an error (use `select_params` to filter).
 
     A parameter's old name (results written before a rename, e.g. bigbird's `seed`) is accepted with a
-    DeprecationWarning. A `module:attr` spec or an installed plugin is loaded first.
+    DeprecationWarning. Registered patterns only: `sparsebench.resolve.get_pattern` loads plugins first.
     """
-    if name not in PATTERNS:
-        from sparsebench import plugins
-
-        if plugins.is_spec(name):
-            name = plugins.load_pattern(name)
-        else:
-            plugins.load_entry_points()
     if name not in PATTERNS:
         raise PatternError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
     params = current_names(name, params)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
@@ -53,8 +53,7 @@ class Pattern:
 
     def label(self) -> str:
         """Short human label, e.g. 'local(window=64)'."""
-        inner = ",".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.name}({inner})" if inner else self.name
+        return pattern_label(self.name, self.params)
 
     # --- the rule -------------------------------------------------------------------------
     def mask_mod(self, b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -99,6 +98,13 @@ class Pattern:
 
     def density(self, n: int) -> float:
         return self.nnz(n) / float(n * n)
+
+
+def pattern_label(name: str, params: Mapping[str, object], sep: str = ",") -> str:
+    """'name(key=value,...)', or the name alone without parameters: a pattern's label, also where only its name
+    and parameters are known (a results row, whose pattern may be user code not loaded here)."""
+    inner = sep.join(f"{k}={v}" for k, v in params.items())
+    return f"{name}({inner})" if inner else name
 
 
 def ramp_sum(count: int, shift: int) -> int:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from sparsebench.patterns import Pattern, get_pattern
-from sparsebench.results import DENSE_REFERENCE, SHAPE_COLUMNS, case_key, format_params, parse_params
+from sparsebench.patterns import Pattern
+from sparsebench.resolve import get_pattern
+from sparsebench.results import DENSE_REFERENCE, KEY_COLUMNS, SHAPE_COLUMNS, case_key, format_params, parse_params
+from sparsebench.results.labels import mode_label, pattern_label
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -31,6 +34,14 @@ class Case:
     seq_len: int  # n: keys (and queries, except in decode)
     q_len: int  # queries: n, or in decode the last q_len positions n - q_len ... n - 1
     head_dim: int
+
+    @classmethod
+    def from_row(cls, row: Any) -> Case:
+        """The case a results row measured (its key columns: params in canonical form, integers as integers)."""
+        ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
+        values = {c: (int(row[c]) if c in ints else str(row[c])) for c in KEY_COLUMNS}
+        params = row["params"] if isinstance(row["params"], str) else ""  # an empty cell may read as NaN
+        return cls(**{**values, "params": format_params(parse_params(params))})
 
     def build_pattern(self) -> Pattern:
         return get_pattern(self.pattern, **parse_params(self.params))
@@ -58,8 +69,7 @@ class Case:
         return dataclasses.replace(self, pattern=pattern, params="", impl=impl)
 
     def label(self) -> str:
-        pattern = f"{self.pattern}({self.params.replace(';', ',')})" if self.params else self.pattern
-        mode = f"decode(q_len={self.q_len})" if self.mode == "decode" else self.mode
+        pattern, mode = pattern_label(self.pattern, self.params), mode_label(self.mode, self.q_len)
         gqa = f" kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
         return f"{pattern} {self.impl} n={self.seq_len}{gqa} {self.dtype} {mode} {self.device}"
 

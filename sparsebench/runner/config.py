@@ -11,11 +11,12 @@ from typing import Any
 
 from sparsebench import plugins
 from sparsebench.errors import SparsebenchError
-from sparsebench.impls import IMPLS, get_impl
-from sparsebench.patterns import PATTERNS, Pattern, get_pattern, pattern_params, select_params
+from sparsebench.impls import IMPLS
+from sparsebench.patterns import PATTERNS, Pattern, pattern_params, select_params
 from sparsebench.patterns.base import MAX_PARAM
 from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.patterns.mask_mod import MaskModPattern
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
 
 if sys.version_info >= (3, 11):

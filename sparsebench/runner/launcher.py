@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import queue
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from sparsebench.errors import is_oom_message
 from sparsebench.results import Measurement, dense_ratios, make_row
+from sparsebench.runner import protocol
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.preflight import free_bytes, skip_reason
 
@@ -62,15 +62,16 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsebench.runner.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
                                      start_new_session=True)
+        self.protocol_error: str | None = None
         try:
             self.events: queue.Queue = queue.Queue()
             threading.Thread(target=self._read, daemon=True).start()
             from sparsebench import plugins as loaded
 
             plugins = loaded.LOADED.used({c.impl for c in cases}, {c.pattern for c in cases})
-            job = {"cases": [c.to_dict() for c in cases], "settings": settings.to_dict(), "ceilings": ceilings,
-                   "plugins": plugins.specs}  # the user code these cases need, imported again in the worker
-            self.proc.stdin.write(json.dumps(job))
+            job = protocol.job(cases=[c.to_dict() for c in cases], settings=settings.to_dict(), ceilings=ceilings,
+                               plugins=plugins.specs)  # the user code these cases need, imported again there
+            self.proc.stdin.write(job)
             self.proc.stdin.close()
         except BaseException:  # e.g. Ctrl-C or SIGTERM right after the start: no worker is left behind
             self.kill()
@@ -79,9 +80,13 @@ class _Worker:
     def _read(self) -> None:
         for line in self.proc.stdout:
             try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                continue
+                event = protocol.read_event(line)
+            except protocol.ProtocolError as exc:  # a worker of another install: its answers cannot be read
+                self.protocol_error = str(exc)
+                self.kill()
+                break
+            if event is not None:
+                self.events.put(event)
         self.events.put(None)  # end of stream: the process exited
 
     def next_event(self, timeout: float) -> dict | None:
@@ -99,6 +104,8 @@ class _Worker:
     def death(self) -> Measurement:
         """Status of the case that was running when the process died."""
         self.proc.wait()
+        if self.protocol_error:
+            return Measurement("error", self.protocol_error)
         code = self.proc.returncode
         self.stderr.seek(0)
         lines = [ln.strip() for ln in self.stderr.read().splitlines() if ln.strip()]

@@ -24,9 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from sparsebench.impls import get_impl
 from sparsebench.measure import accuracy, flops, gradients, memory, timing
 from sparsebench.patterns.decode import decode_nnz
+from sparsebench.resolve import get_impl
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
 

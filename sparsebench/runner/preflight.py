@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from sparsebench.impls import get_impl
 from sparsebench.measure.flops import attention_flops
+from sparsebench.resolve import get_impl
 from sparsebench.runner.cases import Case
 from sparsebench.runner.measure_case import SLOW_CASE_CALLS
 

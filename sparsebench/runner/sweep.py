@@ -15,6 +15,7 @@ from typing import Any
 from sparsebench import environment, plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
+    RESULTS_NAME,
     ResultWriter,
     case_key,
     check_header,
@@ -100,7 +101,7 @@ class ResultsDir:
         self.out_dir = Path(out_dir)
         self.resume = resume
         self.overwrite = overwrite
-        self.csv_path = self.out_dir / "results.csv"
+        self.csv_path = self.out_dir / RESULTS_NAME
         self.meta_path = self.out_dir / "meta.json"
         self.lock = DirLock(self.out_dir)
 

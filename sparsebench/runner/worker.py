@@ -1,6 +1,7 @@
 """Worker process: measures the cases of one group on shared inputs, one JSON line per event on stdout.
 
-Protocol (stdin: one JSON object {"cases": [...], "settings": {...}}):
+Protocol (protocol.py, every message stamped with its VERSION; stdin: one JSON object {"cases": [...],
+"settings": {...}}):
   {"event": "ready", "start_s": ...}              after imports
   {"event": "ceilings", "values": {...}}          when the job asks for the device's ceilings (before any case)
   {"event": "start", "index": i}                   before case i
@@ -11,8 +12,6 @@ A crash, OOM kill or timeout therefore always names the case that was running.
 from __future__ import annotations
 
 import ctypes
-import json
-import math
 import os
 import signal
 import sys
@@ -26,6 +25,7 @@ import torch  # noqa: E402
 from sparsebench.errors import Unsupported, is_oom_message  # noqa: E402
 from sparsebench.plugins import register_all  # noqa: E402
 from sparsebench.results import Measurement  # noqa: E402
+from sparsebench.runner import protocol  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.gpus import gpu_columns  # noqa: E402
 from sparsebench.runner.launcher import PARENT_PID_ENV  # noqa: E402
@@ -60,9 +60,8 @@ _OUT = sys.stdout
 sys.stdout = sys.stderr  # stray prints from libraries must not corrupt the protocol
 
 
-def emit(**event: object) -> None:
-    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in event.items()}
-    _OUT.write(json.dumps(clean) + "\n")
+def emit(event: str, **fields: object) -> None:
+    _OUT.write(protocol.event(event, **fields))
     _OUT.flush()
 
 
@@ -77,7 +76,11 @@ def _one_line(exc: BaseException) -> str:
 
 def main() -> None:
     exit_with_parent()
-    job = json.loads(sys.stdin.read())
+    try:
+        job = protocol.read_job(sys.stdin.read())
+    except protocol.ProtocolError as exc:
+        print(exc, file=sys.stderr)  # the launcher's row for the case names it
+        sys.exit(2)
     register_all(job.get("plugins", {}))
     cases = [Case(**c) for c in job["cases"]]
     settings = MeasureSettings(**job["settings"])

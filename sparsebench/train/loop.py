@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from sparsebench.api import resolve_impl
-from sparsebench.impls import get_impl
 from sparsebench.measure.memory import PeakMemory
-from sparsebench.patterns import Pattern, causal_of, get_pattern
+from sparsebench.patterns import Pattern, causal_of
+from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.train.data import as_tensor, batch_offsets, eval_offsets, windows
 from sparsebench.train.model import ByteLM, ModelConfig
 

@@ -16,7 +16,7 @@ from rich.text import Text
 from sparsebench.measure.flops import attention_flops
 from sparsebench.measure.timing import summarize
 from sparsebench.patterns import Pattern
-from sparsebench.results import Measurement, dense_ratios, format_params, make_row
+from sparsebench.results import TRAIN_MODE, Measurement, dense_ratios, format_params, make_row
 from sparsebench.train.loop import TrainConfig
 
 CAUSAL_NOTE = ("Every pattern is intersected with causal (k <= q) for training: the write-up's local and strided "
@@ -81,7 +81,7 @@ def result_rows(runs: list[VariantRun], cfg: TrainConfig, *, run_id: str, device
     rows = []
     for run in runs:
         key = {"pattern": run.name, "params": format_params({**run.params, "causal": 1}), "impl": run.impl,
-               "device": device, "dtype": "float32", "mode": "train", "batch": cfg.batch, "heads": m.n_heads,
+               "device": device, "dtype": "float32", "mode": TRAIN_MODE, "batch": cfg.batch, "heads": m.n_heads,
                "seq_len": n, "head_dim": m.head_dim}
         nnz = run.pattern.nnz(n)
         measured = Measurement("ok" if run.ok else "error", run.error, density=nnz / (n * n), nnz=nnz,

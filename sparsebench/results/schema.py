@@ -18,7 +18,7 @@ import pandas as pd
 from sparsebench.errors import SparsebenchError, WriteFailed
 from sparsebench.measure.flops import tflops
 from sparsebench.measure.peaks import vendor_peak_tflops
-from sparsebench.results_check import check_csv
+from sparsebench.results.check import check_csv
 
 # 2: kv_heads and q_len (GQA/MQA and decode) join the case key; bytes_moved, gbps and the % of peak columns.
 # Version 1 files are read as version 2 (kv_heads = heads, q_len = seq_len: what they measured).
@@ -71,7 +71,21 @@ BEST_DENSE_REFERENCE = ("dense", "sdpa*")
 
 def is_dense_reference(row: dict[str, Any]) -> bool:
     """True for a dense reference case (dense SDPA; for `train` rows, the dense variant of the same run)."""
-    return row["pattern"] == DENSE_REFERENCE[0] and (row["impl"] == DENSE_REFERENCE[1] or row["mode"] == "train")
+    return row["pattern"] == DENSE_REFERENCE[0] and (row["impl"] == DENSE_REFERENCE[1] or is_train(row))
+
+
+# `sparsebench train` writes its rows in this schema with mode "train": runs of a model, not attention calls.
+TRAIN_MODE = "train"
+
+
+def is_train(row: Any) -> bool:
+    """True for a row `sparsebench train` wrote."""
+    return row["mode"] == TRAIN_MODE
+
+
+def benchmark_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The attention benchmark rows of a frame (the `train` rows left out)."""
+    return frame[frame["mode"] != TRAIN_MODE]
 
 
 STATUSES = ("ok", "unsupported", "skipped", "oom", "timeout", "error", "inaccurate")
@@ -106,19 +120,35 @@ def dense_ratios(row: dict[str, Any], reference: dict[str, Any] | None) -> dict[
     ref_ms, ms = _positive(reference, "latency_ms"), _positive(row, "latency_ms")
     if not (ref_ms and ms) or reference.get("status", "ok") != "ok":
         return {}
-    out = {"dense_latency_ms": ref_ms, "speedup_vs_dense": ref_ms / ms}
+    out = {"dense_latency_ms": ref_ms, "speedup_vs_dense": speedup(ref_ms, ms)}
     ref_mib, mib = _positive(reference, "peak_mem_mib"), _number(row, "peak_mem_mib")
     if ref_mib and mib is not None:
         out["mem_ratio_vs_dense"] = mib / ref_mib
     return out
 
 
-def _number(row: dict[str, Any] | None, column: str) -> float | None:
+def speedup(reference_ms: Any, latency_ms: Any) -> Any:
+    """How many times faster than the reference (numbers, or pandas Series element by element)."""
+    return reference_ms / latency_ms
+
+
+def number(value: Any, finite: bool = False) -> float | None:
+    """A cell as a number: None when it is empty, not a number or NaN (with `finite`, also when infinite)."""
     try:
-        value = float(row[column])  # type: ignore[index]
-    except (TypeError, ValueError, KeyError):
+        number = float(value)
+    except (TypeError, ValueError):
         return None
-    return None if math.isnan(value) else value
+    return None if math.isnan(number) or (finite and math.isinf(number)) else number
+
+
+def as_float(value: Any) -> float:
+    """A cell as a float: NaN when it is empty or not a number (for arithmetic that carries NaN along)."""
+    found = number(value)
+    return math.nan if found is None else found
+
+
+def _number(row: dict[str, Any] | None, column: str) -> float | None:
+    return number(row.get(column)) if row is not None else None
 
 
 def _positive(row: dict[str, Any] | None, column: str) -> float | None:
@@ -371,7 +401,7 @@ def check_header(path: Path) -> list[str]:
 
 
 def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
-    """Read a results.csv and check it is one (results_check): a one-line SparsebenchError otherwise."""
+    """Read a results.csv and check it is one (check.py): a one-line SparsebenchError otherwise."""
     path = Path(path)
     if path.is_dir():
         raise SparsebenchError(f"{path}: is a directory, not a results file (give {path / 'results.csv'})")

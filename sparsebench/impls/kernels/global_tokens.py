@@ -11,8 +11,15 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.band import Band
-from sparsebench.impls.structured_kernels.core import Kernel, attend_merge, attend_out, bias_from_mask, pad_rows
+from sparsebench.impls.kernels.band import Band
+from sparsebench.impls.kernels.core import Kernel, Traits, attend_merge, attend_out, bias_from_mask, pad_rows
+
+# longformer's band and global parts merge through their lse on a fused kernel in CPU inference only; on CUDA
+# in float32 on the chunked matmul path.
+LONGFORMER = Traits(private_ops=lambda device_type, mode: device_type == "cpu" and mode == "fwd",
+                    keeps_scores=lambda device_type, dtype, mode: device_type == "cuda" and dtype == torch.float32)
+# bigbird gathers its neighbour, global and random key blocks for every query block.
+BIGBIRD = Traits(gathered=lambda pattern: 3 + pattern.global_blocks + pattern.random_blocks)
 
 
 @dataclass(kw_only=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from sparsebench.impls.structured_kernels.core import Kernel, bias_from_mask
+from sparsebench.impls.kernels.core import Kernel, bias_from_mask
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.decode import decode_mask
 

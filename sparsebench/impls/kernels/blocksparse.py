@@ -30,10 +30,9 @@ from typing import Literal
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import Kernel, attend_out, bias_from_mask, pad_rows, per_device
+from sparsebench.impls.kernels.core import BLOCK, Kernel, attend_out, bias_from_mask, pad_rows, per_device
 from sparsebench.patterns import Pattern
 
-BLOCK = {"cpu": 32, "cuda": 64}  # positions per block; CPU measured with the band kernels, CUDA provisional
 BAND_ENTRIES = 1 << 24  # mask entries evaluated at once while building the layout
 SHARED_MIN_BLOCKS = 2  # query blocks with one key-block list that make a shared group
 RUN_MIN_BLOCKS = 4  # consecutive query blocks with a causal or sliding key-block range that make one call

@@ -6,13 +6,14 @@ from collections.abc import Callable
 
 import torch
 
-from sparsebench.impls.structured_kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
-from sparsebench.impls.structured_kernels.blocksparse import blocksparse_kernel
-from sparsebench.impls.structured_kernels.columns import fixed_kernel, strided_kernel
-from sparsebench.impls.structured_kernels.core import Kernel
-from sparsebench.impls.structured_kernels.decode import decode_kernel
-from sparsebench.impls.structured_kernels.dense import causal_kernel, dense_kernel
-from sparsebench.impls.structured_kernels.global_tokens import bigbird_kernel, longformer_kernel
+from sparsebench.impls.kernels import band, columns, dense, global_tokens
+from sparsebench.impls.kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
+from sparsebench.impls.kernels.blocksparse import blocksparse_kernel
+from sparsebench.impls.kernels.columns import fixed_kernel, strided_kernel
+from sparsebench.impls.kernels.core import Kernel, Traits
+from sparsebench.impls.kernels.decode import decode_kernel
+from sparsebench.impls.kernels.dense import causal_kernel, dense_kernel
+from sparsebench.impls.kernels.global_tokens import bigbird_kernel, longformer_kernel
 from sparsebench.patterns import Pattern
 
 Builder = Callable[[Pattern, int, torch.device, torch.dtype], Kernel]
@@ -29,6 +30,20 @@ BUILDERS: dict[str, Builder] = {
     "bigbird": bigbird_kernel,
 }
 
+# What each builder does, known before it is built (defined beside the builder): user patterns, on the generic
+# block-sparse kernel, have none (their estimates come from its plan).
+TRAITS: dict[str, Traits] = {
+    "dense": dense.SDPA,
+    "causal": dense.SDPA,
+    "local": band.BAND,
+    "strided": columns.STRIDED,
+    "sliding_window": band.BAND,
+    "dilated": band.BAND,
+    "fixed": columns.FIXED,
+    "longformer": global_tokens.LONGFORMER,
+    "bigbird": global_tokens.BIGBIRD,
+}
+
 
 def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
                  q_len: int | None = None) -> Kernel:
@@ -42,4 +57,4 @@ def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: to
     return builder(pattern, n, torch.device(device), dtype)
 
 
-__all__ = ["BUILDERS", "Kernel", "build_kernel"]
+__all__ = ["BUILDERS", "TRAITS", "Kernel", "Traits", "build_kernel"]

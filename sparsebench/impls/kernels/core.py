@@ -34,13 +34,14 @@ so there is no NaN in the forward or the backward pass and no special case for e
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-from sparsebench.impls.structured_kernels import aten_ops
+from sparsebench.impls.kernels import aten_ops
 
 NEG_LSE = -1e30  # the lse of an empty part, in float32
 _SCORE_BUDGET = 1 << 22  # float32 scores per chunk in the matmul backend (16 MiB)
@@ -124,6 +125,37 @@ class Inputs:
     def backend(self, *, masked: bool, merged: bool) -> Backend:
         """The backend of a part with (masked) or without a bias mask, merged through its lse or alone."""
         return select_backend(self.device, self.dtype, self.head_dim, self.needs_grad, masked=masked, merged=merged)
+
+
+def _no(*_: object) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a pattern's specialised kernel does, known before it is built: what the preflight's estimates and
+    the private-op check of `structured` read, written beside each builder.
+
+    private_ops(device_type, mode): a part may run on a fused backend, through torch's private aten ops
+        (the kernels that merge parts through their logsumexp; `select_backend` decides at build time).
+    keeps_scores(device_type, dtype, mode): a part runs on the chunked matmul path, which keeps float32 scores
+        and probabilities.
+    all_rows_share: every query row attends to one gathered key set (columns), not a key window per block.
+    gathered(pattern): key blocks gathered per query block (copies of K and V).
+    sdpa: the kernel is one SDPA call (dense, causal): SDPA's estimates.
+    """
+
+    private_ops: Callable[[str, str], bool] = _no
+    keeps_scores: Callable[[str, torch.dtype, str], bool] = _no
+    all_rows_share: bool = False
+    gathered: Callable[[Any], int] = lambda pattern: 1
+    sdpa: bool = False
+
+
+# Positions per block, by device type: the band kernels' query blocks and the generic block-sparse kernel's
+# blocks. 32 measured best on CPU (band kernels). The CUDA value is provisional until measured on a GPU: an H200
+# run showed cuDNN's SDPA kernel working on 64x128 tiles, so a 32-query block wastes half of each tile.
+BLOCK = {"cpu": 32, "cuda": 64}
 
 
 def per_device(table: dict[str, int], device_type: str) -> int:

@@ -12,25 +12,24 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import (
+from sparsebench.impls.kernels.core import (
+    BLOCK,
     Backend,
     Kernel,
+    Traits,
     attend,
     attend_out,
     bias_from_mask,
     pad_rows,
     per_device,
 )
-from sparsebench.impls.structured_kernels.dense import SdpaKernel
+from sparsebench.impls.kernels.dense import SdpaKernel
 
-# Queries per block, by device type: the window is block + span - 1 keys wide. 32 measured best on CPU.
-# The CUDA value is provisional until measured on a GPU: an H200 run showed cuDNN's SDPA kernel working on
-# 64x128 tiles, so a 32-query block wastes half of each tile.
-BLOCK = {"cpu": 32, "cuda": 64}
+BAND = Traits()  # SDPA with a per-block mask: no private op, no kept scores, one key window per query block
 
 
 def band_block(device_type: str) -> int:
-    """Queries per band block on this device type."""
+    """Queries per band block on this device type (core.BLOCK): the window is block + span - 1 keys wide."""
     return per_device(BLOCK, device_type)
 
 

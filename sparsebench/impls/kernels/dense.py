@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from sparsebench.impls.structured_kernels.core import Kernel
+from sparsebench.impls.kernels.core import Kernel, Traits
+
+SDPA = Traits(sdpa=True)  # one SDPA call: SDPA's own estimates
 
 
 @dataclass(kw_only=True)

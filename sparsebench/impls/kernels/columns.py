@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from sparsebench.impls.structured_kernels.core import (
+from sparsebench.impls.kernels.core import (
     NEG_LSE,
     Kernel,
+    Traits,
     attend,
     attend_merge,
     bias_from_mask,
@@ -48,6 +49,17 @@ class StridedKernel(Kernel):
         self_lse = score.masked_fill(~self.self_extra, NEG_LSE)
         return attend_merge(q, k[:, ::s], v[:, ::s], backend=inputs.backend(masked=False, merged=True),
                             other=(v, self_lse))
+
+
+# Columns merged with the self term through their lse on a fused kernel; on CUDA in float32 (no fused kernel
+# there) on the chunked matmul path. Every query row shares the gathered columns.
+STRIDED = Traits(private_ops=lambda device_type, mode: True,
+                 keeps_scores=lambda device_type, dtype, mode: device_type == "cuda" and dtype == torch.float32,
+                 all_rows_share=True)
+# fixed's summary columns run on the chunked matmul path, except in CPU inference.
+FIXED = Traits(private_ops=lambda device_type, mode: True,
+               keeps_scores=lambda device_type, dtype, mode: mode == "fwdbwd" or device_type == "cuda",
+               all_rows_share=True)
 
 
 def strided_kernel(pattern, n: int, device, dtype) -> StridedKernel:

@@ -1,0 +1,89 @@
+"""The gate's workflow under `sparsebench gate`, `run --gate` and `export --baseline`: compare two result
+sets, then the machines they ran on (latency findings become warnings across machines, or the sets are not
+comparable when asked to be strict), then the software; optionally re-run the latency regressions here.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sparsebench import gate, machine
+from sparsebench.errors import NotComparable, SparsebenchError
+from sparsebench.results import RESULTS_NAME, ResultSet
+from sparsebench.runner.cases import Case
+from sparsebench.runner.sweep import Sweep
+from sparsebench.services.run import RunReporter
+
+
+def compare(baseline: ResultSet, current: ResultSet, thresholds: gate.Thresholds, *, raw: bool = False,
+            gate_latency: bool = True, normalise: str = "shape", strict_machine: bool = False) -> gate.GateReport:
+    """The comparison of two result sets (their meta.json name their machines). NotComparable: another device
+    or schema, or another machine with `strict_machine`."""
+    report = gate.compare(baseline.frame, current.frame, thresholds, raw, gate_latency=gate_latency,
+                          normalise=normalise)
+    found = machine.differences(machine.Machine.from_meta(baseline.meta), machine.Machine.from_meta(current.meta))
+    if found and strict_machine:
+        raise NotComparable(f"{machine.reason(found)}: --strict-machine refuses to gate latency across machines "
+                            "(without it: latency findings become warnings)")
+    report = machine.latency_as_warnings(report, found)
+    report.notes += environment_notes(baseline, current)
+    return report
+
+
+def confirm(report: gate.GateReport, baseline: ResultSet, current: ResultSet, times: int,
+            reporter: RunReporter | None = None) -> gate.GateReport:
+    """Re-run the latency regressions `times` times here (with their dense references, timed as the current
+    run was); a re-run that cannot start here (e.g. a plugin that does not import) leaves them standing."""
+    try:
+        return gate.confirm(report, baseline.frame, current.frame, rerunner(current.meta, reporter), times)
+    except SparsebenchError as exc:
+        report.notes.append(f"--confirm could not re-run the cases here ({exc}); their regressions stand")
+        return report
+
+
+def rerunner(meta: Mapping[str, Any], reporter: RunReporter | None = None) -> gate.Rerun:
+    """The re-run hook of the gate: the cases measured as `run` measures them, with the timing settings of
+    the current run (its meta.json), each re-run reported as a run is."""
+    sweep = Sweep.from_meta(meta)
+    reporter = reporter or RunReporter()
+
+    def rerun(cases: list[Case]) -> pd.DataFrame:
+        cases = sorted(cases, key=lambda c: (c.group(), c != c.reference()))  # groups, each dense reference first
+        rows: list[dict] = []
+
+        def on_row(case: Case, row: dict) -> None:
+            rows.append(row)
+            reporter.done(case, row)
+
+        with reporter.measuring(len(cases), 0, None):
+            sweep.measure(cases, on_row, on_start=reporter.begin, ceilings=False)
+        return pd.DataFrame(rows)
+
+    return rerun
+
+
+def update_baseline(baseline: Path, current: Path) -> None:
+    """Copy CURRENT over BASELINE; a baseline named results.csv gets the run's meta.json beside it too."""
+    copies = [(current, baseline)]
+    if baseline.name == RESULTS_NAME and current.with_name("meta.json").is_file():
+        copies.append((current.with_name("meta.json"), baseline.with_name("meta.json")))
+    try:
+        baseline.parent.mkdir(parents=True, exist_ok=True)
+        for src, dst in copies:
+            if src.resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+    except OSError as exc:
+        raise SparsebenchError(f"{baseline}: cannot write the baseline ({exc.strerror})") from None
+
+
+def environment_notes(baseline: ResultSet, current: ResultSet) -> list[str]:
+    """What changed in the software between the two runs (from their meta.json, when both have one); the
+    hardware is `machine`'s business."""
+    old, new = baseline.meta, current.meta
+    return [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda")
+            if key in old and key in new and old[key] != new[key]]

@@ -1,0 +1,47 @@
+"""The worker protocol is versioned: a message of another version is refused with one clear line, never
+misread; a stray line on the worker's stdout is skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsebench.runner import protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_events_round_trip_with_their_version() -> None:
+    line = protocol.event("result", index=2, measurement={"status": "ok"}, start_s=float("nan"))
+    assert line.endswith("\n") and "NaN" not in line  # JSON has no NaN: null
+    assert protocol.read_event(line) == {protocol.KEY: protocol.VERSION, "event": "result", "index": 2,
+                                         "measurement": {"status": "ok"}, "start_s": None}
+
+
+def test_a_stray_line_is_skipped_and_another_version_refused() -> None:
+    assert protocol.read_event("some library printed this\n") is None
+    assert protocol.read_event("[1, 2]\n") is None
+    other = json.dumps({protocol.KEY: protocol.VERSION + 1, "event": "start", "index": 0})
+    with pytest.raises(protocol.ProtocolError, match="different installs"):
+        protocol.read_event(other)
+    unversioned = json.dumps({"event": "start", "index": 0})  # what a worker before the versioning sent
+    with pytest.raises(protocol.ProtocolError, match="protocol None"):
+        protocol.read_event(unversioned)
+    with pytest.raises(protocol.ProtocolError, match="missing: index"):
+        protocol.read_event(json.dumps({protocol.KEY: protocol.VERSION, "event": "start"}))
+    with pytest.raises(protocol.ProtocolError, match="different installs"):
+        protocol.read_job(json.dumps({"cases": [], "settings": {}}))
+    assert protocol.read_job(protocol.job(cases=[], settings={}))["cases"] == []
+
+
+@pytest.mark.slow  # a worker process
+def test_a_worker_refuses_a_job_of_another_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "sparsebench.runner.worker"], input=json.dumps({"cases": []}),
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert f"speaks protocol {protocol.VERSION}, the job was written for None" in done.stderr
