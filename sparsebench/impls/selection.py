@@ -1,0 +1,226 @@
+"""Implementations driven by a selection pattern's per-call kept set (patterns/selection).
+
+The selection runs inside every measured call (its time is part of latency_ms, as in a model), without
+gradient: gradients flow through attention, not through the selection (as MoBA and NSA train). Each
+implementation turns the Selection into what it runs:
+- eager, sdpa: a dense (B, Hs, L, N) boolean mask built from the selection (the baselines);
+- structured: block selections on a gathered block-sparse kernel driven by the per-call, per-head layout
+  (`gathered_blocks`); token selections on gathered keys (`gathered_tokens`); work ~ kept pairs;
+- flex: a BlockMask built from the selection on every call (its build inside the latency), its mask_mod
+  reading the selection from buffers updated in place, so the compiled kernel is reused across calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
+from sparsebench.patterns import Pattern
+from sparsebench.patterns.selection import Selection, SelectionPattern
+
+GATHER_ELEMENTS = 1 << 23  # gathered K values per chunk of query blocks (32 MiB in float32)
+RUNNERS = ("eager", "sdpa", "structured", "flex")
+
+
+@dataclass
+class SelectState:
+    """Per-case state of a selection implementation: the last selection (for its statistics) and flex's
+    buffers, made on the first call (their shapes need the inputs)."""
+
+    last: Selection | None = None
+    flex: dict = field(default_factory=dict)
+
+
+class SelectionImpl(Impl):
+    """A built-in implementation's way of running a selection pattern (see the module docstring)."""
+
+    def __init__(self, base: Impl) -> None:
+        self.base = base
+        self.name = base.name
+        self.description = base.description
+        self.in_default_sweep = base.in_default_sweep
+
+    def unsupported_reason(self, pattern: Pattern, device: str, dtype: torch.dtype, mode: str) -> str | None:
+        if self.name not in RUNNERS:
+            return f"{self.name} does not run selection patterns (those that do: {', '.join(RUNNERS)})"
+        if mode not in pattern.modes:
+            return f"selection patterns run in {' and '.join(sorted(pattern.modes))}, not {mode}"
+        device_type = torch.device(device).type
+        if self.name == "flex":
+            return self.base.device_reason(pattern, device_type, dtype, mode)
+        return None
+
+    def prepare(self, pattern, n, device, dtype, q_len=None) -> Prepared[SelectState]:
+        pattern.validate(n)
+        return Prepared(pattern, n, state=SelectState(), executed_pairs=n * n, q_len=q_len)
+
+    def forward(self, q, k, v, prep: Prepared[SelectState]) -> torch.Tensor:
+        selection = prep.pattern.select(q, k)
+        prep.state.last = selection
+        run = {"eager": eager, "sdpa": sdpa, "structured": structured, "flex": flex}[self.name]
+        out, pairs = run(q, k, v, selection, prep.state)
+        prep.executed_pairs = pairs
+        return out
+
+    def estimate_pairs(self, pattern, n):
+        return n * n if self.name in ("eager", "sdpa") else pattern.nnz(n)
+
+    def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
+        elt = torch.finfo(dtype).bits // 8
+        io = 4 * batch * heads * n * head_dim * elt * (3 if mode == "fwdbwd" else 1)
+        if self.name == "eager":
+            return batch * heads * n * n * (1 + 2 * elt * (2 if mode == "fwdbwd" else 1)) + io
+        if self.name in ("sdpa", "flex"):
+            return batch * heads * n * n + io
+        return io + 4 * GATHER_ELEMENTS * elt * (2 if mode == "fwdbwd" else 1)
+
+
+def for_pattern(impl: Impl, pattern: Pattern) -> Impl:
+    """The implementation that runs `pattern`: `impl` itself, or its selection runner for a selection pattern."""
+    return SelectionImpl(impl) if isinstance(pattern, SelectionPattern) else impl
+
+
+def mean_pairs(counts: torch.Tensor, heads: int) -> int:
+    """Pairs per batch and head (the executed_pairs convention), from (B, Hs) counts."""
+    return int(round(float(counts.double().mean()))) if counts.numel() else 0
+
+
+# --- eager and SDPA: a dense mask ------------------------------------------------------------------------------
+def eager(q, k, v, selection: Selection, state: SelectState):
+    k, v = repeat_kv(q, k, v)
+    scores = torch.matmul(q, k.transpose(-2, -1)) * default_scale(q.shape[-1])  # (B, H, L, N)
+    scores = scores.masked_fill(~selection.dense_mask(), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v), q.shape[2] * k.shape[2]
+
+
+def sdpa(q, k, v, selection: Selection, state: SelectState):
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=selection.dense_mask(), enable_gqa=q.shape[1] != k.shape[1])
+    return out, q.shape[2] * k.shape[2]
+
+
+# --- structured: gathered key blocks or gathered keys -------------------------------------------------------------
+def structured(q, k, v, selection: Selection, state: SelectState):
+    if selection.indices is not None:
+        return gathered_tokens(q, k, v, selection.indices), mean_pairs(selection.pair_counts(), q.shape[1])
+    return gathered_blocks(q, k, v, selection)
+
+
+def gathered_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection):
+    """Block-sparse attention over a per-(batch, head) block layout: each query block attends to its kept key
+    blocks, gathered into m slots (m = the most blocks any query block keeps; unused slots masked), in chunks of
+    query blocks; one SDPA call per chunk with a boolean mask (slots, the causal rule, positions past n).
+    Returns (out, executed pairs per batch and head: kept blocks x block^2)."""
+    B, H, L, D = q.shape
+    KVH, n, b = k.shape[1], k.shape[2], selection.block
+    layout = selection.layout.expand(B, H, *selection.layout.shape[2:])  # (B, H, QB, KB)
+    qb_count, nb = layout.shape[2:]
+    counts = layout.sum(dim=-1)  # (B, H, QB)
+    m = int(counts.max())
+    # each query block's kept key blocks in ascending order, then padding slots (repeating block 0, masked)
+    order = torch.sort(layout.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m]
+    slot_ok = torch.arange(m, device=q.device) < counts[..., None]  # (B, H, QB, m)
+    slots = torch.where(slot_ok, order, 0)
+    pad_q, pad_k = qb_count * b - L, nb * b - n
+    qp = F.pad(q, (0, 0, 0, pad_q)).view(B, H, qb_count, b, D)
+    kp, vp = (F.pad(x, (0, 0, 0, pad_k)).view(B, KVH, nb, b, D) for x in (k, v))
+    b_ix = torch.arange(B, device=q.device)[:, None, None, None]
+    h_ix = (torch.arange(H, device=q.device) // (H // KVH))[None, :, None, None]
+    q_pos = torch.arange(qb_count * b, device=q.device).view(qb_count, b)
+    step = max(1, GATHER_ELEMENTS // max(1, B * H * m * b * D))
+    outs = []
+    for first in range(0, qb_count, step):
+        last = min(qb_count, first + step)
+        blocks = slots[:, :, first:last]  # (B, H, c, m)
+        kg, vg = (x[b_ix, h_ix, blocks].reshape(B, H, last - first, m * b, D) for x in (kp, vp))
+        key_pos = (blocks[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, last - first, 1, m * b)
+        keep = slot_ok[:, :, first:last].repeat_interleave(b, dim=-1)[..., None, :] & (key_pos < n)
+        if selection.causal:
+            keep = keep & (key_pos <= q_pos[first:last, :, None])
+        outs.append(F.scaled_dot_product_attention(qp[:, :, first:last], kg, vg, attn_mask=keep))
+    out = torch.cat(outs, dim=2).reshape(B, H, qb_count * b, D)[:, :, :L]
+    return out, mean_pairs(counts.sum(dim=-1), H) * b * b
+
+
+def gathered_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Attention over each query's own keys `indices` (B, 1, L, K) (-1: padding), gathered, in chunks of query
+    rows; with autograd each chunk is recomputed in the backward (checkpoint), so memory stays one chunk."""
+    B, H, L, D = q.shape
+    KVH, K = k.shape[1], indices.shape[-1]
+    rep = H // KVH
+    step = max(1, GATHER_ELEMENTS // max(1, KVH * K * D))
+
+    def chunk(qc, kb, vb, idx):  # qc (H, c, D); kb, vb (KVH, n, D); idx (c, K)
+        c = idx.shape[0]
+        kg, vg = (x[:, idx.clamp(min=0)] for x in (kb, vb))  # (KVH, c, K, D)
+        qg = qc.view(KVH, rep, c, D).transpose(1, 2)  # (KVH, c, rep, D)
+        mask = (idx >= 0)[None, :, None, :]  # (1, c, 1, K)
+        return F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask).transpose(1, 2).reshape(H, c, D)
+
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    out = []
+    for bi in range(B):
+        parts = []
+        for start in range(0, L, step):
+            args = (q[bi, :, start:start + step], k[bi], v[bi], indices[bi, 0, start:start + step])
+            parts.append(checkpoint(chunk, *args, use_reentrant=False) if grad else chunk(*args))
+        out.append(torch.cat(parts, dim=1))
+    return torch.stack(out)
+
+
+# --- flex: a BlockMask from the selection, every call ---------------------------------------------------------------
+def flex(q, k, v, selection: Selection, state: SelectState):
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from sparsebench.impls.flex import compiled_flex
+
+    B, H, L, _ = q.shape
+    n, b = k.shape[2], selection.block
+    buffers = state.flex
+    if not buffers:  # the mask_mod reads these buffers; they are updated in place on every call
+        buffers["layout"] = torch.zeros_like(selection.layout)
+        hs = selection.layout.shape[1]
+        if selection.indices is not None:
+            buffers["dense"] = torch.zeros(B, hs, L, n, dtype=torch.bool, device=q.device)
+        buffers["mask_mod"] = _flex_mask_mod(buffers, b, selection.causal, hs, selection.indices is not None)
+    buffers["layout"].copy_(selection.layout)
+    if "dense" in buffers:
+        buffers["dense"].copy_(selection.dense_mask())
+    layout = selection.layout.expand(B, H, *selection.layout.shape[2:])
+    qb_count, nb = layout.shape[2:]
+    i = torch.arange(qb_count, device=q.device)[:, None]
+    j = torch.arange(nb, device=q.device)[None, :]
+    whole = torch.ones_like(layout[0, 0])
+    if selection.causal:
+        whole &= j < i  # the diagonal block is partial
+    whole &= (i + 1) * b <= L
+    whole &= (j + 1) * b <= n  # ragged blocks are partial
+    full = layout & whole if selection.indices is None else torch.zeros_like(layout)
+    partial = layout & ~full
+
+    def ordered(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = blocks.sum(-1, dtype=torch.int32)
+        indices = torch.argsort(blocks.to(torch.int8), dim=-1, descending=True, stable=True).to(torch.int32)
+        return counts, indices
+
+    block_mask = BlockMask.from_kv_blocks(*ordered(partial), *ordered(full), BLOCK_SIZE=b,
+                                          mask_mod=buffers["mask_mod"], seq_lengths=(L, n))
+    out = compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=H != k.shape[1])
+    return out, mean_pairs(layout.sum(dim=(-1, -2)), H) * b * b
+
+
+def _flex_mask_mod(buffers: dict, b: int, causal: bool, hs: int, tokens: bool):
+    layout = buffers["layout"]
+    dense = buffers.get("dense")
+
+    def selection_mask(batch, head, q_idx, kv_idx):
+        h = head if hs > 1 else head * 0
+        if tokens:
+            return dense[batch, h, q_idx, kv_idx]
+        kept = layout[batch, h, q_idx // b, kv_idx // b]
+        return kept & (kv_idx <= q_idx) if causal else kept
+
+    return selection_mask
