@@ -224,3 +224,33 @@ def _flex_mask_mod(buffers: dict, b: int, causal: bool, hs: int, tokens: bool):
         return kept & (kv_idx <= q_idx) if causal else kept
 
     return selection_mask
+
+
+def full_reference(group: list) -> list:
+    """The extra reference cases a shape group needs: causal SDPA, beside the dense reference, when the group
+    has a causal selection pattern (its speedup_vs_full is against the causal attention it replaces)."""
+    import dataclasses
+
+    from sparsebench.measure.quality import full_is_causal
+
+    if not any(isinstance(p := c.build_pattern(), SelectionPattern) and full_is_causal(p) for c in group):
+        return []
+    return [dataclasses.replace(group[0], pattern="causal", params="", impl="sdpa")]
+
+
+def full_speedup(row: dict, references: dict[str, dict]) -> dict[str, float]:
+    """speedup_vs_full of a row: the latency of full attention (causal SDPA for a causal pattern, dense SDPA
+    otherwise; rows of the same run and shape, in `references` by pattern name) over the row's latency."""
+    from sparsebench.measure.quality import full_is_causal
+    from sparsebench.patterns import get_pattern
+    from sparsebench.results import parse_params
+
+    try:
+        causal = full_is_causal(get_pattern(row["pattern"], **parse_params(row.get("params") or "")))
+    except Exception:  # a pattern this process cannot build: no ratio rather than no row
+        return {}
+    ref = references.get("causal" if causal else "dense")
+    ms, ref_ms = row.get("latency_ms"), (ref or {}).get("latency_ms")
+    if row.get("status") not in ("ok", "inaccurate") or not ms or not ref_ms:
+        return {}
+    return {"speedup_vs_full": ref_ms / ms}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.errors import is_oom_message
+from sparsebench.impls.selection import full_speedup
 from sparsebench.results import Measurement, dense_ratios, make_row
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.preflight import free_bytes, skip_reason
@@ -138,6 +139,7 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
     t_start = time.perf_counter()
 
     reference: dict[str, Any] = {}  # the current group's dense reference row, once measured
+    full: dict[str, dict[str, Any]] = {}  # the group's dense and causal SDPA rows, by pattern: speedup_vs_full
 
     def finish(case: Case, measured: Measurement) -> None:
         name = device_names.get(case.device, "")
@@ -149,11 +151,15 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
                 row.update(dense_ratios(row, row))
         else:
             row = make_row(case.row(), measured, run_id, name, reference or None, ceilings=peaks)
+        if case.impl == "sdpa" and case.pattern in ("dense", "causal") and measured.status == "ok":
+            full[case.pattern] = row
+        row.update(full_speedup(row, full))
         on_row(case, row)
 
     for _, group_iter in itertools.groupby(cases, key=Case.group):
         group = list(group_iter)
         reference.clear()
+        full.clear()
         free = free_memory(group[0].device)
         runnable = []
         for case in group:

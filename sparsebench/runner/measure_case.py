@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 
 from sparsebench.impls import get_impl
-from sparsebench.measure import accuracy, flops, memory, timing
+from sparsebench.impls.selection import for_pattern
+from sparsebench.measure import accuracy, flops, memory, quality, timing
 from sparsebench.patterns.decode import decode_nnz
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
@@ -82,6 +83,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     device = torch.device(case.device)
     impl = get_impl(case.impl)
     pattern = case.build_pattern()
+    impl = for_pattern(impl, pattern)  # a selection pattern runs on the implementation's selection runner
     q, k, v, grad_out = inputs
 
     _sync(device)
@@ -117,7 +119,9 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     _sync(device)
     first_call_s = time.perf_counter() - t0
 
-    err = accuracy.max_abs_err(out, q, k, v, pattern)
+    quality_cols = quality.columns(out, q, k, v, pattern)  # recall, err_vs_full; a selection's own columns
+    err = quality_cols.pop("max_abs_err") if "max_abs_err" in quality_cols else accuracy.max_abs_err(out, q, k, v,
+                                                                                                     pattern)
     tolerance = accuracy.TOLERANCE[case.torch_dtype]
     del out
 
@@ -144,6 +148,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
 
     stats = timing.summarize(samples)
     nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
+    nnz = quality_cols.pop("nnz", nnz)  # a selection's: what the measured inputs kept
     useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
     # Decode is memory-bound: the K and V rows it reads (per batch and key/value head) are its figure of merit.
     bytes_moved = None
@@ -154,7 +159,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     return Measurement(
         status="ok" if accurate else "inaccurate",
         error="" if accurate else f"max_abs_err {err:.3g} > tolerance {tolerance:.0e}",
-        density=nnz / float(case.q_len * case.seq_len),
+        density=quality_cols.pop("density", nnz / float(case.q_len * case.seq_len)),
         block_density=prep.extra.get("block_density"),
         nnz=nnz,
         flops_useful=useful,
@@ -171,6 +176,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         max_abs_err=err,
         tolerance=tolerance,
         n_calls=calls,
+        extra={**quality_cols, "inputs": settings.inputs},
     )
 
 
