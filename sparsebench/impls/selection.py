@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
+from sparsebench.impls.structured_kernels.core import neg_value
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
 
@@ -104,45 +105,70 @@ def sdpa(q, k, v, selection: Selection, state: SelectState):
 
 # --- structured: gathered key blocks or gathered keys -------------------------------------------------------------
 def structured(q, k, v, selection: Selection, state: SelectState):
-    if selection.indices is not None:
-        return gathered_tokens(q, k, v, selection.indices), mean_pairs(selection.pair_counts(), q.shape[1])
+    """Block selections: the gathered blocks of their layout. Token selections: the gathered blocks of the union
+    layout (the key blocks that any query of a block keeps), each query masked to its own keys; on inputs where
+    neighbouring queries keep neighbouring keys, as in models, that is far fewer blocks than a dense mask's,
+    and one gather per block instead of one per query (gathered_tokens: the per-query gather, kept for
+    reference)."""
     return gathered_blocks(q, k, v, selection)
 
 
 def gathered_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection):
     """Block-sparse attention over a per-(batch, head) block layout: each query block attends to its kept key
-    blocks, gathered into m slots (m = the most blocks any query block keeps; unused slots masked), in chunks of
-    query blocks; one SDPA call per chunk with a boolean mask (slots, the causal rule, positions past n).
-    Returns (out, executed pairs per batch and head: kept blocks x block^2)."""
+    blocks, gathered into m slots (its other kept blocks in ascending order, unused slots masked, then its own
+    block last), in chunks of query blocks; one fused SDPA call per chunk, with an additive mask made of a
+    per-key row (unused slots, positions past n) and, with the causal rule, a triangle on the own block's slot.
+    Token selections run on the union layout, each query masked to its own keys. Returns (out, executed pairs
+    per batch and head: kept blocks x block^2)."""
     B, H, L, D = q.shape
     KVH, n, b = k.shape[1], k.shape[2], selection.block
     layout = selection.layout.expand(B, H, *selection.layout.shape[2:])  # (B, H, QB, KB)
     qb_count, nb = layout.shape[2:]
-    counts = layout.sum(dim=-1)  # (B, H, QB)
-    m = int(counts.max())
-    # each query block's kept key blocks in ascending order, then padding slots (repeating block 0, masked)
-    order = torch.sort(layout.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m]
-    slot_ok = torch.arange(m, device=q.device) < counts[..., None]  # (B, H, QB, m)
-    slots = torch.where(slot_ok, order, 0)
+    own = torch.arange(qb_count, device=q.device)
+    i, j = own[:, None], torch.arange(nb, device=q.device)[None, :]
+    others = layout & (j != i)
+    counts = others.sum(dim=-1)  # (B, H, QB)
+    m = int(counts.max()) + 1
+    order = torch.sort(others.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m - 1]
+    other_ok = torch.arange(m - 1, device=q.device) < counts[..., None]
+    own_ok = layout.diagonal(dim1=-2, dim2=-1)[..., None]  # (B, H, QB, 1): a user's layout may drop it
+    slots = torch.cat([torch.where(other_ok, order, own[:, None]), own[:, None].expand_as(own_ok)], dim=-1)
+    slot_ok = torch.cat([other_ok, own_ok], dim=-1)  # (B, H, QB, m)
     pad_q, pad_k = qb_count * b - L, nb * b - n
-    qp = F.pad(q, (0, 0, 0, pad_q)).view(B, H, qb_count, b, D)
-    kp, vp = (F.pad(x, (0, 0, 0, pad_k)).view(B, KVH, nb, b, D) for x in (k, v))
-    b_ix = torch.arange(B, device=q.device)[:, None, None, None]
-    h_ix = (torch.arange(H, device=q.device) // (H // KVH))[None, :, None, None]
-    q_pos = torch.arange(qb_count * b, device=q.device).view(qb_count, b)
+    qp = F.pad(q, (0, 0, 0, pad_q)).view(B * H, qb_count, b, D)
+    kp, vp = (F.pad(x, (0, 0, 0, pad_k)).view(B * KVH * nb, b, D) for x in (k, v))
+    # row of (batch, key/value head, block) in kp's first dimension, for each slot
+    base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * nb
+    rows = base[:, :, None, None] + slots  # (B, H, QB, m)
+    neg = neg_value(q.dtype)
+    triangle = torch.zeros(b, b, dtype=q.dtype, device=q.device)
+    if selection.causal:
+        triangle.masked_fill_(torch.ones(b, b, dtype=torch.bool, device=q.device).triu(1), neg)
+    tokens = None
+    if selection.indices is not None:  # (B, 1, QB, KB, b, b): each block pair's kept (query, key) pairs
+        tokens = F.pad(selection.dense_mask(), (0, pad_k, 0, pad_q)).view(B, -1, qb_count, b, nb, b)
+        tokens = tokens.permute(0, 1, 2, 4, 3, 5)
     step = max(1, GATHER_ELEMENTS // max(1, B * H * m * b * D))
     outs = []
     for first in range(0, qb_count, step):
         last = min(qb_count, first + step)
-        blocks = slots[:, :, first:last]  # (B, H, c, m)
-        kg, vg = (x[b_ix, h_ix, blocks].reshape(B, H, last - first, m * b, D) for x in (kp, vp))
-        key_pos = (blocks[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, last - first, 1, m * b)
-        keep = slot_ok[:, :, first:last].repeat_interleave(b, dim=-1)[..., None, :] & (key_pos < n)
-        if selection.causal:
-            keep = keep & (key_pos <= q_pos[first:last, :, None])
-        outs.append(F.scaled_dot_product_attention(qp[:, :, first:last], kg, vg, attn_mask=keep))
-    out = torch.cat(outs, dim=2).reshape(B, H, qb_count * b, D)[:, :, :L]
-    return out, mean_pairs(counts.sum(dim=-1), H) * b * b
+        c = last - first
+        flat = rows[:, :, first:last].reshape(-1)
+        kg, vg = (x.index_select(0, flat).view(B * H, c, m * b, D) for x in (kp, vp))
+        key_pos = (slots[:, :, first:last, :, None] * b + torch.arange(b, device=q.device)).reshape(B, H, c, m * b)
+        keep = slot_ok[:, :, first:last].repeat_interleave(b, dim=-1) & (key_pos < n)
+        bias = torch.where(keep, 0.0, neg).to(q.dtype)[..., None, :].expand(B, H, c, b, m * b).contiguous()
+        bias[..., (m - 1) * b:] += triangle  # the own block (k <= q inside it when causal)
+        if tokens is not None:
+            q_ix = torch.arange(first, last, device=q.device)[None, None, :, None]
+            pairs = tokens[torch.arange(B, device=q.device)[:, None, None, None], 0, q_ix, slots[:, :, first:last]]
+            bias.masked_fill_(~pairs.permute(0, 1, 2, 4, 3, 5).reshape(B, H, c, b, m * b), neg)
+        # 4-D, with an additive mask: the fused CPU kernel (5-D or boolean masks take SDPA's slow math path)
+        part = F.scaled_dot_product_attention(qp[:, first:last], kg, vg, attn_mask=bias.view(B * H, c, b, m * b))
+        outs.append(part)
+    out = torch.cat(outs, dim=1).reshape(B, H, qb_count * b, D)[:, :, :L]
+    kept = (counts + own_ok[..., 0]).sum(dim=-1)
+    return out, mean_pairs(kept, H) * b * b
 
 
 def gathered_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
@@ -155,10 +181,12 @@ def gathered_tokens(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: 
 
     def chunk(qc, kb, vb, idx):  # qc (H, c, D); kb, vb (KVH, n, D); idx (c, K)
         c = idx.shape[0]
-        kg, vg = (x[:, idx.clamp(min=0)] for x in (kb, vb))  # (KVH, c, K, D)
-        qg = qc.view(KVH, rep, c, D).transpose(1, 2)  # (KVH, c, rep, D)
-        mask = (idx >= 0)[None, :, None, :]  # (1, c, 1, K)
-        return F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask).transpose(1, 2).reshape(H, c, D)
+        kg, vg = (x[:, idx.clamp(min=0)].view(KVH * c, K, D) for x in (kb, vb))  # each query's keys, gathered
+        qg = qc.reshape(KVH, rep, c, D).transpose(1, 2).reshape(KVH * c, rep, D)
+        scores = torch.bmm(qg, kg.transpose(1, 2)).float() * D ** -0.5  # (KVH * c, rep, K)
+        scores = scores.view(KVH, c, rep, K).masked_fill((idx < 0)[None, :, None, :], float("-inf"))
+        p = torch.softmax(scores, dim=-1).to(vg.dtype).view(KVH * c, rep, K)
+        return torch.bmm(p, vg).view(KVH, c, rep, D).transpose(1, 2).reshape(H, c, D)
 
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     out = []

@@ -63,10 +63,11 @@ class TopkTokens(SelectionPattern):
 
     def index_scores(self, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, len(rows), n) float32 indexer scores of the given query rows."""
+        B, H = q.shape[:2]
         P = projection(q.shape[-1], self.index_dim, self.index_seed, q.device)
-        qi = q.detach()[:, :, rows].float() @ P  # (B, H, r, I)
-        ki = expand_heads(k.detach().float() @ P, q.shape[1])  # (B, H, n, I)
-        return torch.einsum("bhri,bhsi->brs", qi, ki)
+        qi = (q.detach()[:, :, rows].float() @ P).transpose(1, 2).reshape(B, len(rows), -1)  # (B, r, H * I)
+        ki = expand_heads(k.detach().float() @ P, H).transpose(1, 2).reshape(B, k.shape[2], -1)  # (B, n, H * I)
+        return qi @ ki.transpose(1, 2)  # the sum over heads of each head's I-dim dot product
 
     def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
         B, H, L, _ = q.shape
