@@ -365,3 +365,14 @@ def test_a_user_selector_runs_and_a_wrong_one_fails_its_case(tmp_path):
     wrong = plugins.load_pattern(f"{path}:wrong")
     with pytest.raises(TypeError, match="expected torch.bool of shape"):
         measure(Case(wrong, "", "sdpa", "cpu", "float32", "fwd", 1, 2, 2, 50, 50, 8), (q, k, v, None), settings)
+
+
+def test_the_example_selector_keeps_what_topk_blocks_keeps():
+    from sparsebench import plugins
+
+    name = plugins.load_pattern(str(Path(__file__).resolve().parents[1] / "examples" / "selector.py") + ":moba")
+    q, k, _ = int_inputs(B=1, H=4, KVH=2, n=333)
+    for causal in (0, 1):
+        mine = get_pattern(name, block=32, topk=3, causal=causal).select(q, k)
+        builtin = get_pattern("topk_blocks", block=32, topk=3, causal=causal).select(q, k)
+        assert torch.equal(mine.layout, builtin.layout) and mine.causal == builtin.causal
