@@ -376,3 +376,28 @@ def test_the_example_selector_keeps_what_topk_blocks_keeps():
         mine = get_pattern(name, block=32, topk=3, causal=causal).select(q, k)
         builtin = get_pattern("topk_blocks", block=32, topk=3, causal=causal).select(q, k)
         assert torch.equal(mine.layout, builtin.layout) and mine.causal == builtin.causal
+
+
+@pytest.mark.parametrize("change,code,word", [({"recall": 0.89}, 1, "REGRESSION"), ({"err_vs_full": 0.31}, 1,
+                                                                                     "REGRESSION"),
+                                              ({"recall": 0.91}, 0, "improvement"), ({"recall": 0.9}, 0, None)])
+def test_the_gate_fails_a_loss_of_quality(tmp_path, change, code, word):
+    from gate_data import FLEX, make_rows
+    from test_gate import gate_run
+
+    quality_cols = {"recall": 0.9, "err_vs_full": 0.3}
+    base = make_rows(1, change={FLEX: quality_cols})
+    result = gate_run(tmp_path, base, make_rows(1, change={FLEX: {**quality_cols, **change}}))
+    assert result.exit_code == code, result.output
+    metric = next(iter(change))
+    assert (word is not None) == (f"{metric} " in result.output), result.output
+    if word:
+        assert word.lower() in result.output.lower()
+
+
+def test_the_gate_ignores_files_without_quality_columns(tmp_path):
+    from gate_data import FLEX, make_rows
+    from test_gate import gate_run
+
+    result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"recall": 0.5}}))
+    assert result.exit_code == 0, result.output
