@@ -401,3 +401,20 @@ def test_the_gate_ignores_files_without_quality_columns(tmp_path):
 
     result = gate_run(tmp_path, make_rows(1), make_rows(1, change={FLEX: {"recall": 0.5}}))
     assert result.exit_code == 0, result.output
+
+
+def test_pareto_front_and_the_quality_figure():
+    import pandas as pd
+
+    from sparsebench.plots_quality import has_quality, pareto_front, quality_figure
+
+    points = [(1.0, 1.0), (2.0, 0.9), (3.0, 0.95), (4.0, 0.5), (0.5, 0.99)]
+    assert pareto_front(points) == [(1.0, 1.0), (3.0, 0.95), (4.0, 0.5)]
+    assert pareto_front([(1.0, 0.0), (2.0, 0.1), (3.0, 0.05)], larger_is_better=False) == [(1.0, 0.0), (3.0, 0.05)]
+    rows = pd.DataFrame([
+        {"pattern": p, "impl": "structured", "seq_len": 1024, "status": "ok", "recall": r, "err_vs_full": e,
+         "speedup_vs_full": s} for p, r, e, s in
+        [("causal", 1.0, 0.0, 1.0), ("topk_blocks", 0.8, 0.2, 2.0), ("topk_blocks", 0.9, 0.1, 1.5)]])
+    assert has_quality(rows) and not has_quality(rows.drop(columns="recall"))
+    fig = quality_figure(rows)
+    assert len(fig.axes) == 2 and fig.axes[0].get_lines()  # the budget sweep is a line
