@@ -418,3 +418,15 @@ def test_pareto_front_and_the_quality_figure():
     assert has_quality(rows) and not has_quality(rows.drop(columns="recall"))
     fig = quality_figure(rows)
     assert len(fig.axes) == 2 and fig.axes[0].get_lines()  # the budget sweep is a line
+
+
+def test_the_library_runs_selection_patterns():
+    import sparsebench
+
+    q, k, v = int_inputs(B=1, H=2, KVH=1, n=130)
+    pattern = get_pattern("topk_blocks", block=32, topk=1)
+    mask = pattern.select(q, k).dense_mask()
+    want = dense_reference(q, k, v, mask)
+    for impl in ("auto", "sdpa", "structured"):
+        out = sparsebench.attention(q, k, v, pattern="topk_blocks", block=32, topk=1, impl=impl)
+        assert (out.double() - want).abs().max() < 1e-5

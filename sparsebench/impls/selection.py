@@ -13,6 +13,7 @@ implementation turns the Selection into what it runs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,13 @@ class SelectionImpl(Impl):
 
 def for_pattern(impl: Impl, pattern: Pattern) -> Impl:
     """The implementation that runs `pattern`: `impl` itself, or its selection runner for a selection pattern."""
-    return SelectionImpl(impl) if isinstance(pattern, SelectionPattern) else impl
+    return selection_impl(impl) if isinstance(pattern, SelectionPattern) else impl
+
+
+@cache
+def selection_impl(impl: Impl) -> SelectionImpl:
+    """One selection runner per implementation object (callers that cache prepared state by impl reuse it)."""
+    return SelectionImpl(impl)
 
 
 def mean_pairs(counts: torch.Tensor, heads: int) -> int:
