@@ -105,9 +105,9 @@ def test_keep_top_tokens_equals_the_sorting_rule():
 
 def test_topk_tokens_follows_its_rule():
     q, k, _ = int_inputs(B=2, H=4, KVH=2, n=90, D=8)
-    pattern = get_pattern("topk_tokens", topk=10, index_dim=4, index_seed=3)
+    pattern = get_pattern("topk_tokens", topk=10, index_dim=4)
     sel = pattern.select(q, k)
-    P = projection(8, 4, 3).double()
+    P = projection(8, 4, 0).double()
     B, H, n, _ = q.shape
     for b in range(B):
         for t in range(n):

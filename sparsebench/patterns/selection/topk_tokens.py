@@ -19,6 +19,7 @@ from sparsebench.patterns.selection.base import (
 )
 
 LAYOUT_BLOCK = 128  # the block size of a token selection's layout (the blocks a block-sparse kernel visits)
+PROJECTION_SEED = 0  # the indexer's projection is fixed: the same P for every run
 
 
 def projection(head_dim: int, index_dim: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -32,7 +33,7 @@ def projection(head_dim: int, index_dim: int, seed: int, device: torch.device | 
 class TopkTokens(SelectionPattern):
     """Top-k keys per query token by an indexer score, causal; one key set per token shared by all heads (DSA).
 
-    Exact rule, for each batch b: P = projection(D, index_dim, index_seed) (see `projection`); the indexer
+    Exact rule, for each batch b: P = projection(D, index_dim, PROJECTION_SEED = 0) (see `projection`); the indexer
     score of query position t for key position s is I[t, s] = sum over heads h of (q[b, h, t] P) . (k[b, h', s] P)
     with h' = h // (H / KVH), in float32. Query t keeps the min(topk, t + 1) keys s <= t of highest I[t, s],
     ties to the lower s. Every head of token t attends to those keys.
@@ -43,7 +44,6 @@ class TopkTokens(SelectionPattern):
     doc: ClassVar[str] = "DSA-style: top-k keys per token by a seeded low-dim indexer, causal, shared by heads"
     topk: int = 2048
     index_dim: int = 32
-    index_seed: int = 0
 
     def check_params(self) -> None:
         positive(self, "topk", "index_dim")
@@ -64,7 +64,7 @@ class TopkTokens(SelectionPattern):
     def index_scores(self, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(B, len(rows), n) float32 indexer scores of the given query rows."""
         B, H = q.shape[:2]
-        P = projection(q.shape[-1], self.index_dim, self.index_seed, q.device)
+        P = projection(q.shape[-1], self.index_dim, PROJECTION_SEED, q.device)
         qi = (q.detach()[:, :, rows].float() @ P).transpose(1, 2).reshape(B, len(rows), -1)  # (B, r, H * I)
         ki = expand_heads(k.detach().float() @ P, H).transpose(1, 2).reshape(B, k.shape[2], -1)  # (B, n, H * I)
         return qi @ ki.transpose(1, 2)  # the sum over heads of each head's I-dim dot product
