@@ -430,3 +430,69 @@ def test_the_library_runs_selection_patterns():
     for impl in ("auto", "sdpa", "structured"):
         out = sparsebench.attention(q, k, v, pattern="topk_blocks", block=32, topk=1, impl=impl)
         assert (out.double() - want).abs().max() < 1e-5
+
+
+def brute_quest(q, k, page, topk):
+    """quest's written rule with Python loops: per-page min/max bounds, sum_d max(q_d min_d, q_d max_d)."""
+    B, H, L, D = q.shape
+    n, rep = k.shape[2], H // k.shape[1]
+    pages = -(-n // page)
+    layout = torch.zeros(B, H, L, pages, dtype=torch.bool)
+    for b in range(B):
+        for h in range(H):
+            keys = k[b, h // rep].double()
+            low = [keys[p * page:(p + 1) * page].amin(0) for p in range(pages)]
+            high = [keys[p * page:(p + 1) * page].amax(0) for p in range(pages)]
+            for i in range(L):
+                qi = q[b, h, i].double()
+                score = [float(torch.maximum(qi * low[p], qi * high[p]).sum()) for p in range(pages)]
+                last = (n - 1) // page
+                ranked = sorted([p for p in range(pages) if p != last], key=lambda p: (-score[p], p))
+                for p in ranked[:topk] + [last]:
+                    layout[b, h, i, p] = True
+    return layout
+
+
+def test_quest_follows_its_rule_and_caches_its_bounds():
+    q, k, _ = int_inputs(B=2, H=4, KVH=2, n=101)
+    q = q[:, :, -3:]  # decode: the last 3 positions
+    pattern = get_pattern("quest", page=8, topk=3)
+    cache: dict = {}
+    sel = pattern.select(q, k, cache)
+    assert torch.equal(sel.layout, brute_quest(q, k, 8, 3))
+    mask = sel.dense_mask()  # (B, H, 3, n): kept pages, keys at or before each query's position
+    for i, t in enumerate(range(98, 101)):
+        keys = torch.arange(101)
+        expected = sel.layout[:, :, i][..., keys // 8] & (keys <= t)
+        assert torch.equal(mask[:, :, i], expected)
+    assert "metadata_ms" in cache and pattern.bounds(k, cache) is cache["quest_bounds"]  # reused
+    with pytest.raises(PatternError, match="keeps every page"):
+        pattern.validate(8 * 4)
+
+
+@pytest.mark.parametrize("impl_name", ["eager", "sdpa", "structured"])
+def test_quest_decode_matches_its_reference(impl_name):
+    gen = torch.Generator().manual_seed(7)
+    n, q_len = 333, 4
+    q = torch.randn(2, 4, q_len, 16, generator=gen)
+    k, v = torch.randn(2, 2, n, 16, generator=gen), torch.randn(2, 2, n, 16, generator=gen)
+    pattern = get_pattern("quest", page=16, topk=4)
+    impl = for_pattern(get_impl(impl_name), pattern)
+    assert impl.unsupported_reason(pattern, "cpu", torch.float32, "decode") is None
+    prep = impl.prepare(pattern, n, "cpu", torch.float32, q_len=q_len)
+    out = impl.forward(q, k, v, prep)
+    mask = pattern.select(q, k).dense_mask()
+    assert (out.double() - dense_reference(q, k, v, mask)).abs().max() < 1e-5
+    assert "metadata_ms" in prep.extra
+    if impl_name == "structured":
+        assert prep.kv_rows < n  # the kept pages and the bounds, not the whole cache
+    cols = quality.columns(out, q, k, v, pattern, cache=prep.state.cache)
+    assert cols["max_abs_err"] < 1e-5 and 0 < cols["density"] < 1 and 0 < cols["recall"] <= 1
+
+
+def test_quest_outside_decode_is_refused_in_one_line(tmp_path):
+    result = CliRunner().invoke(app, ["run", "-p", "quest", "-n", "4096", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "decode only" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "flex" in for_pattern(get_impl("flex"), get_pattern("quest")).unsupported_reason(
+        get_pattern("quest"), "cpu", torch.float32, "decode")

@@ -35,6 +35,7 @@ class SelectState:
 
     last: Selection | None = None
     flex: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # a selection's cache metadata (quest's page bounds)
 
 
 class SelectionImpl(Impl):
@@ -52,6 +53,8 @@ class SelectionImpl(Impl):
         if mode not in pattern.modes:
             return f"selection patterns run in {' and '.join(sorted(pattern.modes))}, not {mode}"
         device_type = torch.device(device).type
+        if self.name == "flex" and mode == "decode":
+            return "flex runs selection patterns in fwd and fwdbwd (decode selections: eager, sdpa, structured)"
         if self.name == "flex":
             return self.base.device_reason(pattern, device_type, dtype, mode)
         return None
@@ -61,11 +64,15 @@ class SelectionImpl(Impl):
         return Prepared(pattern, n, state=SelectState(), executed_pairs=n * n, q_len=q_len)
 
     def forward(self, q, k, v, prep: Prepared[SelectState]) -> torch.Tensor:
-        selection = prep.pattern.select(q, k)
+        selection = prep.pattern.select(q, k, prep.state.cache)
         prep.state.last = selection
         run = {"eager": eager, "sdpa": sdpa, "structured": structured, "flex": flex}[self.name]
         out, pairs = run(q, k, v, selection, prep.state)
         prep.executed_pairs = pairs
+        if "metadata_ms" in prep.state.cache:  # cache metadata built on the first call: setup, not latency
+            prep.extra["metadata_ms"] = prep.state.cache["metadata_ms"]
+        if selection.offset and self.name == "structured":  # decode: the kept pages, and the bounds (2 per page)
+            prep.kv_rows = int(prep.state.cache.get("kv_rows", k.shape[2]))
         return out
 
     def estimate_pairs(self, pattern, n):
@@ -117,7 +124,36 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     neighbouring queries keep neighbouring keys, as in models, that is far fewer blocks than a dense mask's,
     and one gather per block instead of one per query (gathered_tokens: the per-query gather, kept for
     reference)."""
+    if selection.offset or selection.rows_per_block != selection.block:
+        return gathered_pages(q, k, v, selection, state)
     return gathered_blocks(q, k, v, selection)
+
+
+def gathered_pages(q, k, v, selection: Selection, state: SelectState):
+    """Decode over per-query kept pages (layout (B, H, L, pages), one layout row per query): each query's kept
+    pages of K and V gathered (m slots, unused ones masked), one fused SDPA call. Records the K/V rows read per
+    batch and key/value head (the union of the kept pages of its queries and heads, plus the page bounds: two
+    D-vectors per page, as much as one K and V row) in state.cache["kv_rows"]."""
+    B, H, L, D = q.shape
+    KVH, n, b = k.shape[1], k.shape[2], selection.block
+    layout = selection.layout.expand(B, H, L, selection.layout.shape[-1])
+    pages = layout.shape[-1]
+    counts = layout.sum(dim=-1)  # (B, H, L)
+    m = int(counts.max())
+    slots = torch.sort(layout.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m]
+    slot_ok = torch.arange(m, device=q.device) < counts[..., None]
+    kp, vp = (F.pad(x, (0, 0, 0, pages * b - n)).view(B * KVH * pages, b, D) for x in (k, v))
+    base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * pages
+    flat = (base[:, :, None, None] + slots).reshape(-1)
+    kg, vg = (x.index_select(0, flat).view(B * H, L, m * b, D) for x in (kp, vp))
+    key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
+    position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
+    keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
+    bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
+    out = F.scaled_dot_product_attention(q.reshape(B * H, L, 1, D), kg, vg, attn_mask=bias).view(B, H, L, D)
+    per_kv_head = layout.reshape(B, KVH, -1, pages).any(dim=2).sum(dim=-1).double().mean()  # union of kept pages
+    state.cache["kv_rows"] = min(n, round(float(per_kv_head) * b)) + pages
+    return out, mean_pairs(counts.sum(dim=-1), H) * b
 
 
 def gathered_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection):

@@ -70,15 +70,16 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: torch.Ten
     return {name: torch.cat(parts, dim=2) for name, parts in outs.items()}
 
 
-def time_select(pattern: SelectionPattern, q: torch.Tensor, k: torch.Tensor) -> float:
-    """Median ms of `pattern.select(q, k)` alone (after the calls that warmed it up), one thread on the CPU."""
+def time_select(pattern: SelectionPattern, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> float:
+    """Median ms of `pattern.select(q, k)` alone (after the calls that warmed it up), one thread on the CPU;
+    `cache`: the case's cache metadata (quest's page bounds), as the measured calls use it."""
     device = q.device
 
     def once() -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        pattern.select(q, k)
+        pattern.select(q, k, cache)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return (time.perf_counter() - t0) * 1e3
@@ -96,11 +97,12 @@ def time_select(pattern: SelectionPattern, q: torch.Tensor, k: torch.Tensor) -> 
 
 
 def columns(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
-            rows: torch.Tensor | None = None) -> dict[str, Any]:
-    """The quality columns of one case (see the module docstring); `out` is the implementation's output."""
+            rows: torch.Tensor | None = None, cache: dict | None = None) -> dict[str, Any]:
+    """The quality columns of one case (see the module docstring); `out` is the implementation's output,
+    `cache` the selection's cache metadata of the case (quest's page bounds)."""
     L, n = q.shape[2], k.shape[2]
     rows = sample_rows(L) if rows is None else rows
-    selection = pattern.select(q, k) if isinstance(pattern, SelectionPattern) else None
+    selection = pattern.select(q, k, cache) if isinstance(pattern, SelectionPattern) else None
     kept = kept_rows(pattern, selection, rows.to(q.device) + (n - L), n)
     ref = reference(q, k, v, rows, kept, full_is_causal(pattern))
     got = out.detach()[:, :, rows.to(out.device)].double()
@@ -111,5 +113,5 @@ def columns(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         area = float(L * n)
         cols.update(max_abs_err=float((got - ref["out"]).abs().max()), nnz=int(round(float(counts.mean()))),
                     density=float(counts.mean()) / area, density_min=float(counts.min()) / area,
-                    density_max=float(counts.max()) / area, select_ms=time_select(pattern, q, k))
+                    density_max=float(counts.max()) / area, select_ms=time_select(pattern, q, k, cache))
     return cols

@@ -17,6 +17,7 @@ from sparsebench.patterns import PATTERNS, SELECTIONS, Pattern, get_pattern, pat
 from sparsebench.patterns.base import MAX_PARAM
 from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.patterns.mask_mod import MaskModPattern
+from sparsebench.patterns.selection import is_selection
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
 
 if sys.version_info >= (3, 11):
@@ -98,7 +99,11 @@ class SweepConfig:
             raise SparsebenchError("no pattern given")
         self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
         for spec in self.patterns:
-            parse_pattern_spec(spec, self.params)  # validates names and parameters
+            name, _ = parse_pattern_spec(spec, self.params)  # validates names and parameters
+            modes = getattr(SELECTIONS.get(name) or PATTERNS[name], "modes", None)  # a selection's modes
+            if modes is not None and not set(self.modes) & modes:
+                raise SparsebenchError(f"pattern {name} runs in mode {' or '.join(sorted(modes))} only; the sweep's "
+                                       f"modes are {', '.join(self.modes)}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
@@ -261,7 +266,8 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             if isinstance(pattern, MaskModPattern):
                 pattern.validate(n)  # a user mask that raises or keeps no key: a usage error, before any work
             reason = _unsupported(pattern, n, impl, device, dtype, mode)
-            if reason is None and mode == "decode" and (pattern, n, q_len) not in decode_checked:
+            if reason is None and mode == "decode" and not is_selection(pattern) and \
+                    (pattern, n, q_len) not in decode_checked:
                 check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
                 decode_checked.add((pattern, n, q_len))
             if reason is None:

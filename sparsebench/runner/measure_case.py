@@ -119,7 +119,8 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     _sync(device)
     first_call_s = time.perf_counter() - t0
 
-    quality_cols = quality.columns(out, q, k, v, pattern)  # recall, err_vs_full; a selection's own columns
+    cache = getattr(prep.state, "cache", None)  # a selection's cache metadata (quest's page bounds)
+    quality_cols = quality.columns(out, q, k, v, pattern, cache=cache)  # recall, err_vs_full; a selection's own
     err = quality_cols.pop("max_abs_err") if "max_abs_err" in quality_cols else accuracy.max_abs_err(out, q, k, v,
                                                                                                      pattern)
     tolerance = accuracy.TOLERANCE[case.torch_dtype]
@@ -147,8 +148,10 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
             samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
-    nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
-    nnz = quality_cols.pop("nnz", nnz)  # a selection's: what the measured inputs kept
+    if "nnz" in quality_cols:  # a selection's: what the measured inputs kept
+        nnz = quality_cols.pop("nnz")
+    else:
+        nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
     useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
     # Decode is memory-bound: the K and V rows it reads (per batch and key/value head) are its figure of merit.
     bytes_moved = None
@@ -171,7 +174,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         peak_mem_mib=peak_mib,
         nvml_peak_mib=nvml_peak,
         nvml_context_mib=nvml_context,
-        setup_ms=setup_ms,
+        setup_ms=setup_ms + prep.extra.get("metadata_ms", 0.0),  # + cache metadata built on the first call
         first_call_s=first_call_s,
         max_abs_err=err,
         tolerance=tolerance,

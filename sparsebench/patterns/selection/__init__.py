@@ -5,6 +5,7 @@ from __future__ import annotations
 from sparsebench.patterns.base import Pattern
 from sparsebench.patterns.selection.base import Selection, SelectionPattern
 from sparsebench.patterns.selection.oracle_topk import OracleTopk
+from sparsebench.patterns.selection.quest import Quest
 from sparsebench.patterns.selection.topk_blocks import TopkBlocks
 from sparsebench.patterns.selection.topk_tokens import TopkTokens
 from sparsebench.patterns.selection.user import is_selector, selector_pattern
@@ -13,6 +14,7 @@ SELECTIONS: dict[str, type[SelectionPattern]] = {
     "topk_blocks": TopkBlocks,
     "topk_tokens": TopkTokens,
     "oracle_topk": OracleTopk,
+    "quest": Quest,
 }
 
 

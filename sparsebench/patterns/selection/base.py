@@ -26,38 +26,47 @@ CHUNK_ENTRIES = 1 << 24  # score entries computed at once when a selection score
 
 @dataclass
 class Selection:
-    """The kept set of one call. Positions: query row i is at position i (prefill, L = n)."""
+    """The kept set of one call. Query row i is at position offset + i (prefill: offset 0, L = n; decode: the
+    last L positions); layout row r covers query rows [r * q_block, (r + 1) * q_block)."""
 
     n: int
     block: int
     layout: torch.Tensor  # (B, Hs, QB, KB) bool: key blocks kept per query block
     causal: bool  # inside kept blocks, only keys k <= q
     indices: torch.Tensor | None = None  # (B, Hs, L, K) int64 key positions, -1 = padding (token selection)
+    offset: int = 0  # position of query row 0
+    q_block: int = 0  # query rows per layout row; 0: `block` (square blocks)
+
+    @property
+    def rows_per_block(self) -> int:
+        return self.q_block or self.block
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
         return tuple(self.layout.shape)  # type: ignore[return-value]
 
     def rows_mask(self, rows: torch.Tensor) -> torch.Tensor:
-        """(B, Hs, len(rows), n) bool: the kept keys of the given query rows."""
+        """(B, Hs, len(rows), n) bool: the kept keys of the query rows at the given positions."""
         rows = rows.to(self.layout.device, torch.int64)
         keys = torch.arange(self.n, device=rows.device)
         if self.indices is not None:
-            idx = self.indices[:, :, rows]  # (B, Hs, r, K)
+            idx = self.indices[:, :, rows - self.offset]  # (B, Hs, r, K)
             out = torch.zeros(*idx.shape[:3], self.n + 1, dtype=torch.bool, device=idx.device)
             out.scatter_(-1, torch.where(idx < 0, self.n, idx), True)  # padding lands in the dropped last column
             return out[..., : self.n]
-        mask = self.layout[:, :, rows // self.block][..., keys // self.block]  # (B, Hs, r, n)
+        mask = self.layout[:, :, (rows - self.offset) // self.rows_per_block][..., keys // self.block]  # (B, Hs, r, n)
         return mask & (keys[None, :] <= rows[:, None]) if self.causal else mask
 
     def dense_mask(self) -> torch.Tensor:
-        """(B, Hs, n, n) bool: every query row's kept keys."""
-        return self.rows_mask(torch.arange(self.n, device=self.layout.device))
+        """(B, Hs, L, n) bool: every query row's kept keys."""
+        return self.rows_mask(torch.arange(self.offset, self.n, device=self.layout.device))
 
     def pair_counts(self) -> torch.Tensor:
         """(B, Hs) int64: kept (q, k) pairs per batch and head, exactly, in O(n * KB) memory."""
         if self.indices is not None:
             return (self.indices >= 0).sum(dim=(-1, -2))
+        if self.offset or self.rows_per_block != self.block:  # decode: a few rows, counted from their masks
+            return self.dense_mask().sum(dim=(-1, -2))
         return (self.layout.to(torch.int64) * block_areas(self.n, self.block, self.causal, self.layout.device)
                 ).sum(dim=(-1, -2))
 
@@ -138,8 +147,9 @@ class SelectionPattern(Pattern):
         """Whether the kept set obeys k <= q (recall and speed-up then compare with causal attention)."""
         return bool(getattr(self, "causal", 1))
 
-    def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
-        """The kept set for q (B, H, L, D) and k (B, KVH, N, D); no gradient flows through it."""
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
+        """The kept set for q (B, H, L, D) and k (B, KVH, N, D); no gradient flows through it.
+        `cache`: a dict kept across the calls of one case (cache metadata, as Quest's page bounds)."""
         raise NotImplementedError
 
     def budget(self, n: int) -> int:

@@ -61,6 +61,6 @@ class OracleTopk(SelectionPattern):
             mass.index_add_(2, rows // b, per_key_block)
         return mass
 
-    def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         with torch.no_grad():
             return select_blocks(self.block_mass(q, k), k.shape[2], self.block, self.topk, bool(self.causal))

@@ -54,7 +54,7 @@ class TopkBlocks(SelectionPattern):
         km = expand_heads(block_means(k.detach(), self.block), q.shape[1])  # (B, H, KB, D)
         return qm @ km.transpose(-1, -2)
 
-    def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         with torch.no_grad():
             return select_blocks(self.block_scores(q, k), k.shape[2], self.block, self.topk, bool(self.causal))
 

@@ -69,7 +69,7 @@ class TopkTokens(SelectionPattern):
         ki = expand_heads(k.detach().float() @ P, H).transpose(1, 2).reshape(B, k.shape[2], -1)  # (B, n, H * I)
         return qi @ ki.transpose(1, 2)  # the sum over heads of each head's I-dim dot product
 
-    def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         B, H, L, _ = q.shape
         n = k.shape[2]
         kept = min(self.topk, n)

@@ -55,7 +55,7 @@ class UserSelection(SelectionPattern):
     def budget(self, n: int) -> int:
         return n * n
 
-    def select(self, q: torch.Tensor, k: torch.Tensor) -> Selection:
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         with torch.no_grad():
             layout = type(self).function(q.detach(), k.detach(), **self.params)
         B, H, L, _ = q.shape
