@@ -496,3 +496,29 @@ def test_quest_outside_decode_is_refused_in_one_line(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
     assert "flex" in for_pattern(get_impl("flex"), get_pattern("quest")).unsupported_reason(
         get_pattern("quest"), "cpu", torch.float32, "decode")
+
+
+@pytest.mark.slow
+def test_a_selection_sweep_end_to_end(tmp_path):
+    from sparsebench.results import read_results
+
+    out = tmp_path / "run"
+    args = ["run", "-p", "topk_blocks:block=32,topk=2", "-p", "oracle_topk:block=32,topk=2", "-p", "local",
+            "-n", "300", "--heads", "2", "--impl", "sdpa", "--impl", "structured", "--mode", "fwd",
+            "--mode", "fwdbwd", "--inputs", "structured", "--input-seed", "3", "--min-run-time", "0.02",
+            "-o", str(out), "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = read_results(out / "results.csv")
+    assert set(frame["status"]) == {"ok"}, frame[["pattern", "impl", "status", "error"]]
+    selected = frame[frame["pattern"].isin(["topk_blocks", "oracle_topk"])]
+    assert (selected["select_ms"] > 0).all() and (selected["density_min"] <= selected["density_max"]).all()
+    assert ((selected["recall"] > 0) & (selected["recall"] < 1)).all()
+    assert set(frame["inputs"]) == {"structured"} and frame["speedup_vs_full"].notna().all()
+    causal = frame[(frame["pattern"] == "causal") & (frame["impl"] == "sdpa")]
+    assert len(causal) == 2  # measured beside the causal selections, in each mode
+    # one recall per pattern and inputs, whatever the implementation
+    assert selected.groupby(["pattern", "mode"])["recall"].nunique().max() == 1
+    plots = tmp_path / "plots"
+    assert CliRunner().invoke(app, ["plot", str(out / "results.csv"), "--out", str(plots)]).exit_code == 0
+    assert (plots / "cpu-float32-fwd-quality.png").exists()
