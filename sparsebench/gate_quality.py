@@ -26,7 +26,11 @@ def _value(row: dict[str, Any], metric: str) -> float:
 
 def quality_findings(base: dict[str, Any], cur: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, verdict, message) for each quality metric that got worse ("regression") or better
-    ("improvement") than QUALITY_RTOL allows."""
+    ("improvement") than QUALITY_RTOL allows; one warning instead when the rows were measured on other inputs."""
+    base_inputs, cur_inputs = (str(row.get("inputs") or "") for row in (base, cur))
+    if base_inputs and cur_inputs and base_inputs != cur_inputs and base_inputs != "nan" and cur_inputs != "nan":
+        return [("inputs", "warning", f"measured on other inputs ({base_inputs} -> {cur_inputs}): recall and "
+                                      "err_vs_full not compared")]
     out = []
     for metric, better in QUALITY_METRICS.items():
         b, c = _value(base, metric), _value(cur, metric)

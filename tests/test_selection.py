@@ -522,3 +522,12 @@ def test_a_selection_sweep_end_to_end(tmp_path):
     plots = tmp_path / "plots"
     assert CliRunner().invoke(app, ["plot", str(out / "results.csv"), "--out", str(plots)]).exit_code == 0
     assert (plots / "cpu-float32-fwd-quality.png").exists()
+
+
+def test_the_gate_does_not_compare_quality_across_inputs():
+    from sparsebench.gate_quality import quality_findings
+
+    base = {"recall": 0.9, "err_vs_full": 0.1, "inputs": "structured"}
+    assert quality_findings(base, {**base, "recall": 0.5})[0][1] == "regression"
+    found = quality_findings(base, {**base, "recall": 0.5, "inputs": "random"})
+    assert [f[:2] for f in found] == [("inputs", "warning")]
