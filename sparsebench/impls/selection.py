@@ -200,14 +200,19 @@ def gathered_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection
         kg, vg = (x.index_select(0, flat).view(B * H, c, m * b, D) for x in (kp, vp))
         key_pos = (slots[:, :, first:last, :, None] * b + torch.arange(b, device=q.device)).reshape(B, H, c, m * b)
         keep = slot_ok[:, :, first:last].repeat_interleave(b, dim=-1) & (key_pos < n)
-        bias = torch.where(keep, 0.0, neg).to(q.dtype)[..., None, :].expand(B, H, c, b, m * b).contiguous()
-        bias[..., (m - 1) * b:] += triangle  # the own block (k <= q inside it when causal)
+        if tokens is None and bool(keep.all()):  # every slot used, no position past n: one mask for all blocks
+            bias = torch.zeros(b, m * b, dtype=q.dtype, device=q.device)
+            bias[:, (m - 1) * b:] = triangle
+            bias = bias.expand(B, H, c, b, m * b)
+        else:
+            bias = torch.where(keep, 0.0, neg).to(q.dtype)[..., None, :].expand(B, H, c, b, m * b).contiguous()
+            bias[..., (m - 1) * b:] += triangle  # the own block (k <= q inside it when causal)
         if tokens is not None:
             q_ix = torch.arange(first, last, device=q.device)[None, None, :, None]
             pairs = tokens[torch.arange(B, device=q.device)[:, None, None, None], 0, q_ix, slots[:, :, first:last]]
             bias.masked_fill_(~pairs.permute(0, 1, 2, 4, 3, 5).reshape(B, H, c, b, m * b), neg)
         # 4-D, with an additive mask: the fused CPU kernel (5-D or boolean masks take SDPA's slow math path)
-        part = F.scaled_dot_product_attention(qp[:, first:last], kg, vg, attn_mask=bias.view(B * H, c, b, m * b))
+        part = F.scaled_dot_product_attention(qp[:, first:last], kg, vg, attn_mask=bias.reshape(B * H, c, b, m * b))
         outs.append(part)
     out = torch.cat(outs, dim=1).reshape(B, H, qb_count * b, D)[:, :, :L]
     kept = (counts + own_ok[..., 0]).sum(dim=-1)
