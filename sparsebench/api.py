@@ -14,6 +14,7 @@ from torch import nn
 from sparsebench.errors import SparsebenchError, Unsupported
 from sparsebench.impls import IMPLS, Impl, Prepared
 from sparsebench.impls.kernels.blocksparse import plan_masked_share
+from sparsebench.impls.selection import for_pattern
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.mask_mod import MaskModPattern, mask_mod_pattern
 from sparsebench.plugins import FunctionImpl
@@ -59,7 +60,7 @@ def resolve_impl(pattern: Pattern, impl: str, device: torch.device, dtype: torch
         candidates = (impl,)
     reasons = []
     for name in candidates:
-        reason = get_impl(name).unsupported_reason(pattern, str(device), dtype, mode)
+        reason = for_pattern(get_impl(name), pattern).unsupported_reason(pattern, str(device), dtype, mode)
         if reason is None:
             return name
         reasons.append(reason)
@@ -93,6 +94,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: str | 
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     mode = "decode" if length < n else "fwdbwd" if needs_grad else "fwd"
     chosen = _impl(impl) if callable(impl) else get_impl(resolve_impl(pat, impl, q.device, q.dtype, mode, n))
+    chosen = for_pattern(chosen, pat)  # a selection pattern: the implementation's selection runner
     reason = chosen.unsupported_reason(pat, str(q.device), q.dtype, mode)
     if reason:
         raise Unsupported(reason)

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy.stats import mannwhitneyu
 
 from sparsebench.errors import NotComparable, SparsebenchError
+from sparsebench.gate_quality import quality_findings
 from sparsebench.results import (
     FAILED_STATUSES,
     KEY_COLUMNS,
@@ -394,6 +395,7 @@ def _compare_case(case: CaseResult, base: dict[str, Any], cur: dict[str, Any], t
         if not (b == c or (math.isnan(b) and math.isnan(c))):
             case.findings.append(Finding(metric, REGRESSION, f"{metric} changed {b:.6g} -> {c:.6g} (must match "
                                          "exactly; refresh the baseline if intended)"))
+    case.findings.extend(Finding(*found) for found in quality_findings(base, cur))  # recall, err_vs_full
     device = str(base["device"])
     if not (rss_peak_memory(base) or rss_peak_memory(cur)):
         _compare_memory(case, _float(base["peak_mem_mib"]), _float(cur["peak_mem_mib"]),

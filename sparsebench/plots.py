@@ -24,6 +24,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 
 from sparsebench.errors import SparsebenchError
 from sparsebench.measure.peaks import vendor_peak_tflops
+from sparsebench.plots_quality import has_quality, quality_figure
 from sparsebench.results import (
     BEST_DENSE_REFERENCE,
     benchmark_rows,
@@ -635,6 +636,13 @@ def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png", reference: str
                 continue  # only decode rows count the bytes they read
             path = out_dir / f"{fs.name}-{kind}.{fmt}"
             figure(fs, kind).savefig(path, format=fmt, dpi=150, metadata={"Date": None} if fmt == "svg" else None)
+            files[fs.name].append(path.name)
+            written.append(path)
+        if has_quality(fs.rows):  # selection and quality columns: recall against speed-up, the Pareto front
+            path = out_dir / f"{fs.name}-quality.{fmt}"
+            colors = impl_colors(sorted(fs.rows["impl"].unique()))
+            quality = quality_figure(fs.rows, colors, f"Quality against speed · {fs.title}")
+            quality.savefig(path, format=fmt, dpi=150)
             files[fs.name].append(path.name)
             written.append(path)
     report = out_dir / "report.md"

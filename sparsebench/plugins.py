@@ -30,6 +30,7 @@ from sparsebench.impls import IMPLS
 from sparsebench.impls.base import Impl, Prepared, repeat_kv
 from sparsebench.patterns import PATTERNS, Pattern
 from sparsebench.patterns.mask_mod import mask_mod_pattern
+from sparsebench.patterns.selection import SELECTIONS, is_selector, selector_pattern
 
 ENTRY_POINT_GROUPS = {"impls": "sparsebench.impls", "patterns": "sparsebench.patterns"}
 
@@ -112,6 +113,12 @@ def load_pattern(spec: str) -> str:
     if isinstance(obj, type) and issubclass(obj, Pattern):
         cls = obj
         name = getattr(cls, "name", None) or attr_name
+    elif callable(obj) and not isinstance(obj, type) and is_selector(obj):  # select(q, k, **params) -> layout
+        try:
+            cls = selector_pattern(attr_name, obj, origin=spec)
+        except SparsebenchError as exc:
+            raise SparsebenchError(f"--pattern {spec}: {exc}") from None
+        name = attr_name
     elif callable(obj) and not isinstance(obj, type):
         try:
             cls = mask_mod_pattern(attr_name, obj, origin=spec)
@@ -251,5 +258,5 @@ def _record(kind: str, name: str, spec: str, origin: dict[str, str]) -> None:
     LOADED.origins = [o for o in LOADED.origins if o["name"] != name] + [{"kind": kind[:-1], "name": name, **origin}]
 
 
-_BUILTIN = {"implementation": frozenset(IMPLS), "pattern": frozenset(PATTERNS)}
+_BUILTIN = {"implementation": frozenset(IMPLS), "pattern": frozenset([*PATTERNS, *SELECTIONS])}
 LOADED = Plugins()  # every plugin this process has loaded: sent to the workers, recorded in meta.json

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sparsebench import impls, patterns, plugins
 from sparsebench.impls import IMPLS, Impl
-from sparsebench.patterns import PATTERNS, Pattern
+from sparsebench.patterns import PATTERNS, SELECTIONS, Pattern
 
 
 def get_impl(name: str) -> Impl:
@@ -23,7 +23,7 @@ def get_impl(name: str) -> Impl:
 def get_pattern(name: str, **params: int) -> Pattern:
     """Build a pattern by name (see `patterns.get_pattern`); a `module:attr` spec or an installed plugin is
     loaded first."""
-    if name not in PATTERNS:
+    if name not in PATTERNS and name not in SELECTIONS:
         if plugins.is_spec(name):
             name = plugins.load_pattern(name)
         else:

@@ -163,3 +163,21 @@ def test_builtin_backwards_pass_the_gradient_check(impl, dtype):
     prep = kernel.prepare(built, 256, torch.device("cpu"), case.torch_dtype)
     grad = gradients.check(lambda *x: kernel.forward(*x, prep), q, k, v, built)
     assert grad.worst[1] < accuracy.GRAD_TOLERANCE[case.torch_dtype] / 2, grad.errors
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa", "structured"])
+def test_selection_rows_check_output_and_gradients_against_their_own_selection(impl):
+    """A selection pattern's row is judged against the kept set its selection gives on the measured inputs:
+    the built-ins pass forward and backward, and full causal attention in its place fails."""
+    from sparsebench.measure import quality
+
+    case = Case("topk_blocks", "block=32;topk=2", impl, "cpu", "float32", "fwdbwd", 1, 2, 1, 200, 200, 32)
+    measured = measure_case.measure(case, measure_case.make_inputs(case), FAST)
+    assert measured.status == "ok", measured.error
+    assert measured.grad_err is not None and measured.grad_err < accuracy.GRAD_TOLERANCE[torch.float32]
+    assert measured.rel_err < accuracy.TOLERANCE[torch.float32]
+
+    q, k, v, _ = measure_case.make_inputs(case)
+    rule = quality.checked_rule(case.build_pattern(), q, k)
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert accuracy.output_errors(full, q, k, v, rule)[1] > 10 * accuracy.TOLERANCE[torch.float32]

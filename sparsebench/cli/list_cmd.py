@@ -8,7 +8,7 @@ from rich.table import Table
 from sparsebench.cli.common import err_console
 from sparsebench.cli.common import stdout_console as console
 from sparsebench.impls import IMPLS
-from sparsebench.patterns import PATTERNS, pattern_params
+from sparsebench.patterns import PATTERNS, SELECTIONS, pattern_params
 from sparsebench.plugins import load_entry_points
 
 
@@ -18,7 +18,7 @@ def list_cmd() -> None:
     patterns = Table(title="patterns")
     for col in ("pattern", "rule", "parameters (defaults)"):
         patterns.add_column(col)
-    for name, cls in PATTERNS.items():
+    for name, cls in [*PATTERNS.items(), *SELECTIONS.items()]:  # static rules, then selections (from q and k)
         params = ", ".join(f"{k}={v}" for k, v in pattern_params(name).items()) or "-"
         patterns.add_row(escape(name), escape(cls.doc), escape(params))
     impls = Table(title="implementations")

@@ -70,6 +70,12 @@ def run_cmd(
     = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress: only failed cases and the final "
                                         "table.")] = False,
+    inputs: Annotated[str | None, typer.Option("--inputs", help="q, k, v to measure on: random (default), "
+                                                  "structured (a seeded synthetic generator with clusters, heavy "
+                                                  "hitters and RoPE decay) or a .pt/.safetensors file of q, k, v "
+                                                  "(B, H, N, D), which fixes B, H, D and dtype.")] = None,
+    input_seed: Annotated[int | None, typer.Option("--input-seed", min=0, help="Seed of random and structured "
+                                                      "inputs (default 0).")] = None,
     window: opt.Window = None, stride: opt.Stride = None, dilation: opt.Dilation = None, length: opt.Length = None,
     summary: opt.Summary = None, global_tokens: opt.GlobalTokens = None, block: opt.Block = None,
     global_blocks: opt.GlobalBlocks = None, random_blocks: opt.RandomBlocks = None, mask_seed: opt.MaskSeed = None,
@@ -83,8 +89,11 @@ def run_cmd(
         cli = {"patterns": pattern, "seq": seq, "impls": impl, "devices": device, "dtypes": dtype, "modes": mode,
                "batch": [batch] if batch else None, "heads": [heads] if heads else None, "kv_heads": kv_heads,
                "q_len": q_len,
-               "head_dim": [head_dim] if head_dim else None, "timeout": timeout, "min_run_time": min_run_time}
+               "head_dim": [head_dim] if head_dim else None, "timeout": timeout, "min_run_time": min_run_time,
+               "inputs": inputs}
         settings.update({k: v for k, v in cli.items() if v})
+        if input_seed is not None:
+            settings["input_seed"] = input_seed
         params = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
                                     random_blocks, mask_seed)
         settings["params"] = {**settings.get("params", {}), **params}

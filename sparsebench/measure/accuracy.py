@@ -58,7 +58,9 @@ def row_probs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Patter
         idx = rows[start:start + chunk].to(q.device)
         qr = q.detach()[..., idx, :].double().view(batch, kv_heads, rep, len(idx), dim)
         scores = qr @ k64.transpose(-2, -1) * scale  # (B, KVH, rep, r, n)
-        mask = pattern.rows_mask(idx + (n - length), n, q.device)  # (r, n)
+        mask = pattern.rows_mask(idx + (n - length), n, q.device)  # (r, n), or a selection's (B, Hs, r, n)
+        if mask.dim() == 4:  # per batch and head (Hs is H or 1): onto the (B, KVH, rep) head layout
+            mask = mask.reshape(mask.shape[0], *((kv_heads, rep) if mask.shape[1] > 1 else (1, 1)), *mask.shape[2:])
         scores = scores.masked_fill(~mask, float("-inf"))
         yield idx, torch.softmax(scores, dim=-1), v64
 

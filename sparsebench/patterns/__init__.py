@@ -14,6 +14,7 @@ from sparsebench.patterns.fixed import Fixed
 from sparsebench.patterns.intersect import CausalOf, causal_of
 from sparsebench.patterns.local import Local
 from sparsebench.patterns.longformer import Longformer
+from sparsebench.patterns.selection import SELECTIONS
 from sparsebench.patterns.sliding_window import SlidingWindow
 from sparsebench.patterns.strided import Strided
 
@@ -32,7 +33,12 @@ PATTERNS: dict[str, type[Pattern]] = {
 
 def pattern_params(name: str) -> dict[str, int]:
     """The parameter names of a pattern with their defaults."""
-    return {f.name: f.default for f in fields(PATTERNS[name])}
+    return {f.name: f.default for f in fields(pattern_class(name))}
+
+
+def pattern_class(name: str) -> type[Pattern]:
+    """A registered pattern class: a static pattern (PATTERNS) or a selection pattern (SELECTIONS)."""
+    return PATTERNS[name] if name in PATTERNS else SELECTIONS[name]
 
 
 def get_pattern(name: str, **params: int) -> Pattern:
@@ -41,20 +47,20 @@ def get_pattern(name: str, **params: int) -> Pattern:
     A parameter's old name (results written before a rename, e.g. bigbird's `seed`) is accepted with a
     DeprecationWarning. Registered patterns only: `sparsebench.resolve.get_pattern` loads plugins first.
     """
-    if name not in PATTERNS:
-        raise PatternError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)}")
+    if name not in PATTERNS and name not in SELECTIONS:
+        raise PatternError(f"unknown pattern {name!r}; choose from: {', '.join([*PATTERNS, *SELECTIONS])}")
     params = current_names(name, params)
     allowed = pattern_params(name)
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         hint = ", ".join(allowed) or "none"
         raise PatternError(f"pattern {name!r} takes no parameter {', '.join(unknown)} (it takes: {hint})")
-    return PATTERNS[name](**params)
+    return pattern_class(name)(**params)
 
 
 def current_names(name: str, params: dict[str, int]) -> dict[str, int]:
     """`params` with old parameter names of pattern `name` replaced by the current ones."""
-    renamed = PATTERNS[name].renamed
+    renamed = pattern_class(name).renamed
     old = [key for key in params if key in renamed]
     if not old:
         return dict(params)
@@ -72,4 +78,4 @@ def select_params(name: str, params: dict[str, int]) -> dict[str, int]:
 
 
 __all__ = ["PATTERNS", "Pattern", "CausalOf", "causal_of", "current_names", "get_pattern", "pattern_params",
-           "select_params"]
+           "select_params", "SELECTIONS", "pattern_class"]

@@ -143,6 +143,13 @@ DOMAINS: dict[str, Domain] = {
     "grad_err": NON_NEGATIVE,
     "rss_peak_mib": NON_NEGATIVE,
     "launch_overhead_ms": FINITE,  # a difference of two medians: noise can make it negative
+    "select_ms": NON_NEGATIVE,
+    "density_min": FRACTION,
+    "density_max": FRACTION,
+    "recall": FRACTION,
+    "err_vs_full": NON_NEGATIVE,
+    "speedup_vs_full": POSITIVE,
+    "inputs": TEXT,  # random, structured, or the file measured on
 }
 
 

@@ -39,7 +39,11 @@ SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_l
 # its start (information: peak_mem_mib is the exact peak of live tensor bytes; in rows without rss_peak_mib it was
 # this RSS figure); launch_overhead_ms: CUDA, a call under 0.1 ms is timed with CUDA graphs, and this is its
 # event-timed median minus the graph-timed one (latency_ms).
-LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms"]
+# Selection and quality (measure/quality.py): select_ms, density_min/max (density varies by head and input),
+# recall and err_vs_full against full attention, speedup_vs_full (against causal SDPA for causal patterns), and
+# the inputs measured on (random, structured, or a file).
+LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms",
+                 "select_ms", "density_min", "density_max", "recall", "err_vs_full", "speedup_vs_full", "inputs"]
 COLUMNS = [
     "schema_version", "run_id",
     *KEY_COLUMNS,
@@ -410,7 +414,7 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
     check_csv(path, REQUIRED_COLUMNS, STATUSES, READABLE_VERSIONS, KEY_COLUMNS)
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                            dtype={"params": str, "error": str, "samples_ms": str, "corpus": str})
+                            dtype={"params": str, "error": str, "samples_ms": str, "corpus": str, "inputs": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if frame.empty and not allow_empty:
@@ -446,7 +450,7 @@ def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame["q_len"] = frame["q_len"].fillna(frame["seq_len"])
     for column in COLUMNS:
         if column not in frame.columns:
-            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus") else math.nan
+            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus", "inputs") else math.nan
     frame["schema_version"] = SCHEMA_VERSION
     return frame
 

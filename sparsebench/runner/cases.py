@@ -88,6 +88,8 @@ class MeasureSettings:
     min_run_time: float = 1.0  # seconds of timed calls per case
     min_samples: int = 5
     warmup: int = 2
+    inputs: str = "random"  # random, structured, or a .pt/.safetensors file of q, k, v (runner/inputs.py)
+    input_seed: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,10 +12,12 @@ from typing import Any
 from sparsebench import plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls import IMPLS
-from sparsebench.patterns import PATTERNS, Pattern, pattern_params, select_params
+from sparsebench.impls.selection import for_pattern, full_reference
+from sparsebench.patterns import PATTERNS, SELECTIONS, Pattern, pattern_params, select_params
 from sparsebench.patterns.base import MAX_PARAM
 from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.patterns.mask_mod import MaskModPattern
+from sparsebench.patterns.selection import is_selection
 from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
 
@@ -30,7 +32,7 @@ MAX_SIZE = 2**31 - 1
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer waits overflow the platform's timers
 MAX_REPEATS = 1_000_000
 
-PARAM_NAMES = sorted({name for p in PATTERNS for name in pattern_params(p)})
+PARAM_NAMES = sorted({name for p in [*PATTERNS, *SELECTIONS] for name in pattern_params(p)})
 RENAMED = {old: new for cls in PATTERNS.values() for old, new in cls.renamed.items()}  # e.g. seed -> mask_seed
 
 
@@ -54,8 +56,13 @@ class SweepConfig:
     min_run_time: float = 1.0  # seconds of timed calls per case
     min_samples: int = 5
     warmup: int = 2
+    inputs: str = "random"  # random, structured, or a .pt/.safetensors file of q, k, v (runner/inputs.py)
+    input_seed: int = 0
 
     def __post_init__(self) -> None:
+        from sparsebench.runner.inputs import check_inputs
+
+        check_inputs(self)  # a file fixes batch, heads, kv_heads, head_dim and dtype: before the checks below
         for name in ("seq", "batch", "heads", "kv_heads", "q_len", "head_dim"):
             values = getattr(self, name)
             if (not values and name != "kv_heads") or any(
@@ -93,7 +100,11 @@ class SweepConfig:
             raise SparsebenchError("no pattern given")
         self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
         for spec in self.patterns:
-            parse_pattern_spec(spec, self.params)  # validates names and parameters
+            name, _ = parse_pattern_spec(spec, self.params)  # validates names and parameters
+            modes = getattr(SELECTIONS.get(name) or PATTERNS[name], "modes", None)  # a selection's modes
+            if modes is not None and not set(self.modes) & modes:
+                raise SparsebenchError(f"pattern {name} runs in mode {' or '.join(sorted(modes))} only; the sweep's "
+                                       f"modes are {', '.join(self.modes)}")
 
 
 def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
@@ -127,11 +138,11 @@ def parse_pattern_spec(spec: str, shared: dict[str, int]) -> tuple[str, dict[str
     """
     name, colon, rest = _registered_spec(spec).partition(":")
     name = name.strip()
-    if name not in PATTERNS:
+    if name not in PATTERNS and name not in SELECTIONS:
         plugins.load_entry_points()
-    if name not in PATTERNS:
-        raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join(PATTERNS)} (or a user pattern "
-                               "as module:attribute)")
+    if name not in PATTERNS and name not in SELECTIONS:
+        raise SparsebenchError(f"unknown pattern {name!r}; choose from: {', '.join([*PATTERNS, *SELECTIONS])} (or a "
+                               "user pattern as module:attribute)")
     params = select_params(name, shared)
     given: set[str] = set()
     for item in (s.strip() for s in rest.split(",")) if colon else ():
@@ -262,7 +273,8 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             if isinstance(pattern, MaskModPattern):
                 pattern.validate(n)  # a user mask that raises or keeps no key: a usage error, before any work
             reason = _unsupported(pattern, n, impl, device, dtype, mode)
-            if reason is None and mode == "decode" and (pattern, n, q_len) not in decode_checked:
+            if reason is None and mode == "decode" and not is_selection(pattern) and \
+                    (pattern, n, q_len) not in decode_checked:
                 check_decode_rows(pattern, n, q_len)  # a query row with no key: a usage error
                 decode_checked.add((pattern, n, q_len))
             if reason is None:
@@ -272,7 +284,9 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
         if group:
             ref = group[0].reference()
             seen.add(ref.key())
-            run.extend([ref] + [c for c in group if c.key() != ref.key()])
+            extra = [c for c in full_reference(group) if c.key() not in seen]  # causal SDPA for causal selections
+            seen.update(c.key() for c in extra)
+            run.extend([ref] + extra + [c for c in group if c.key() != ref.key()])
     return run, unsupported
 
 
@@ -280,6 +294,6 @@ def _unsupported(pattern: Pattern, n: int, impl: str, device: str, dtype: str, m
     """Why this case cannot run (the pattern at this length, or the implementation), or None."""
     try:
         pattern.validate(n)
-        return get_impl(impl).unsupported_reason(pattern, device, DTYPES[dtype], mode)
+        return for_pattern(get_impl(impl), pattern).unsupported_reason(pattern, device, DTYPES[dtype], mode)
     except SparsebenchError as exc:
         return str(exc)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from sparsebench.errors import is_oom_message
-from sparsebench.results import Measurement, dense_ratios, make_row
+from sparsebench.measure.quality import full_is_causal
+from sparsebench.results import Measurement, dense_ratios, make_row, speedup
 from sparsebench.runner import protocol
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.preflight import free_bytes, skip_reason
@@ -145,6 +146,7 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
     t_start = time.perf_counter()
 
     reference: dict[str, Any] = {}  # the current group's dense reference row, once measured
+    full: dict[str, dict[str, Any]] = {}  # the group's dense and causal SDPA rows, by pattern: speedup_vs_full
 
     def finish(case: Case, measured: Measurement) -> None:
         name = device_names.get(case.device, "")
@@ -156,11 +158,15 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
                 row.update(dense_ratios(row, row))
         else:
             row = make_row(case.row(), measured, run_id, name, reference or None, ceilings=peaks)
+        if case.impl == "sdpa" and case.pattern in ("dense", "causal") and measured.status == "ok":
+            full[case.pattern] = row
+        row.update(full_speedup(case, row, full))
         on_row(case, row)
 
     for _, group_iter in itertools.groupby(cases, key=Case.group):
         group = list(group_iter)
         reference.clear()
+        full.clear()
         free = free_memory(group[0].device)
         runnable = []
         for case in group:
@@ -233,3 +239,17 @@ def _no_ceilings(stats: SweepStats, case: Case, why: str) -> None:
     """Record that this (device, dtype) has no ceilings, so they are not tried again in this sweep."""
     stats.ceilings.setdefault(case.device_type, {})[case.dtype] = {}
     stats.ceiling_notes.append(f"{case.device_type} {case.dtype}: ceilings {why}".strip())
+
+
+def full_speedup(case: Case, row: dict[str, Any], references: dict[str, dict]) -> dict[str, float]:
+    """speedup_vs_full of a row: the latency of full attention (causal SDPA for a causal pattern, dense SDPA
+    otherwise; rows of the same run and shape, in `references` by pattern name) over the row's latency."""
+    try:
+        causal = full_is_causal(case.build_pattern())
+    except Exception:  # a pattern this process cannot build: no ratio rather than no row
+        return {}
+    ref = references.get("causal" if causal else "dense")
+    ms, ref_ms = row.get("latency_ms"), (ref or {}).get("latency_ms")
+    if row.get("status") not in ("ok", "inaccurate") or not ms or not ref_ms:
+        return {}
+    return {"speedup_vs_full": speedup(ref_ms, ms)}

@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from sparsebench.measure import accuracy, flops, gradients, memory, timing
+from sparsebench.impls.selection import for_pattern
+from sparsebench.measure import accuracy, flops, gradients, memory, quality, timing
 from sparsebench.patterns.decode import decode_nnz
 from sparsebench.resolve import get_impl
 from sparsebench.results import Measurement
@@ -88,6 +89,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     device = torch.device(case.device)
     impl = get_impl(case.impl)
     pattern = case.build_pattern()
+    impl = for_pattern(impl, pattern)  # a selection pattern runs on the implementation's selection runner
     q, k, v, grad_out = inputs
 
     _sync(device)
@@ -131,13 +133,17 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     _sync(device)
     first_call_s = time.perf_counter() - t0
 
-    err, rel = accuracy.output_errors(out, q, k, v, pattern)
+    cache = getattr(prep.state, "cache", None)  # a selection's cache metadata (quest's page bounds)
+    quality_cols = quality.columns(out, q, k, v, pattern, cache=cache)  # recall, err_vs_full; a selection's density
+    quality_cols.pop("max_abs_err", None)  # measured below, with its relative error, like every pattern's
+    rule = quality.checked_rule(pattern, q, k, cache)
+    err, rel = accuracy.output_errors(out, q, k, v, rule)
     del out
     problems = _accuracy_problems(rel, err, case.torch_dtype)
     grad_err = None
     if case.mode == "fwdbwd":
         calls += 1
-        grad = gradients.check(lambda *x: impl.forward(*x, prep), q, k, v, pattern)
+        grad = gradients.check(lambda *x: impl.forward(*x, prep), q, k, v, rule)
         grad_err = grad.worst[1]
         problems += _gradient_problems(grad, case.torch_dtype)
 
@@ -166,7 +172,10 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
             samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)
-    nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
+    if "nnz" in quality_cols:  # a selection's: what the measured inputs kept
+        nnz = quality_cols.pop("nnz")
+    else:
+        nnz = pattern.nnz(case.seq_len) if q_len is None else decode_nnz(pattern, case.seq_len, q_len)
     useful = flops.attention_flops(nnz, case.batch, case.heads, case.head_dim, case.mode)
     # Decode is memory-bound: the K and V rows it reads (per batch and key/value head) are its figure of merit.
     bytes_moved = None
@@ -176,7 +185,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     return Measurement(
         status="inaccurate" if problems else "ok",
         error="; ".join(problems),
-        density=nnz / float(case.q_len * case.seq_len),
+        density=quality_cols.pop("density", nnz / float(case.q_len * case.seq_len)),
         block_density=prep.extra.get("block_density"),
         nnz=nnz,
         flops_useful=useful,
@@ -188,7 +197,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         peak_mem_mib=peak_mib,
         nvml_peak_mib=nvml_peak,
         nvml_context_mib=nvml_context,
-        setup_ms=setup_ms,
+        setup_ms=setup_ms + prep.extra.get("metadata_ms", 0.0),  # + cache metadata built on the first call
         first_call_s=first_call_s,
         max_abs_err=err,
         tolerance=accuracy.TOLERANCE[case.torch_dtype],
@@ -197,6 +206,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         grad_err=grad_err,
         rss_peak_mib=rss_mib,
         launch_overhead_ms=launch_ms,
+        extra={**quality_cols, "inputs": settings.inputs},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsebench.impls.selection import for_pattern
 from sparsebench.measure.flops import attention_flops
 from sparsebench.resolve import get_impl
 from sparsebench.runner.cases import Case
@@ -44,6 +45,7 @@ def input_bytes(case: Case) -> int:
 def estimate(case: Case) -> tuple[int, float]:
     """(peak bytes, seconds) this case is expected to need."""
     impl, pattern = get_impl(case.impl), case.build_pattern()
+    impl = for_pattern(impl, pattern)  # a selection pattern: the implementation's selection runner
     if case.mode == "decode":  # at most one float32 score and one mask entry per (query row, key) pair
         pairs = case.q_len * case.seq_len
         need = input_bytes(case) + case.batch * case.heads * pairs * 5

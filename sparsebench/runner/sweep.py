@@ -55,7 +55,8 @@ class Sweep:
     @property
     def settings(self) -> MeasureSettings:
         c = self.config
-        return MeasureSettings(min_run_time=c.min_run_time, min_samples=c.min_samples, warmup=c.warmup)
+        return MeasureSettings(min_run_time=c.min_run_time, min_samples=c.min_samples, warmup=c.warmup,
+                               inputs=c.inputs, input_seed=c.input_seed)
 
     def cases(self, done: set[tuple] = frozenset()) -> tuple[list[Case], list[tuple[Case, str]]]:
         """(cases to measure, (case, reason) of unsupported ones), leaving out the keys in `done`.

@@ -28,8 +28,9 @@ from sparsebench.results import Measurement  # noqa: E402
 from sparsebench.runner import protocol  # noqa: E402
 from sparsebench.runner.cases import Case, MeasureSettings  # noqa: E402
 from sparsebench.runner.gpus import gpu_columns  # noqa: E402
+from sparsebench.runner.inputs import make_inputs  # noqa: E402
 from sparsebench.runner.launcher import PARENT_PID_ENV  # noqa: E402
-from sparsebench.runner.measure_case import make_inputs, measure  # noqa: E402
+from sparsebench.runner.measure_case import measure  # noqa: E402
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -89,7 +90,7 @@ def main() -> None:
         from sparsebench.measure.ceilings import measure_ceilings
 
         emit(event="ceilings", values=measure_ceilings(cases[0].device, cases[0].torch_dtype))
-    inputs = make_inputs(cases[0])
+    inputs = make_inputs(cases[0], settings)
     for index, case in enumerate(cases):
         emit(event="start", index=index)
         try:

@@ -1,0 +1,66 @@
+"""oracle_topk: per query block, the key blocks with the largest true attention mass (the ceiling of any block
+selection at that budget)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from sparsebench.patterns.selection.base import CHUNK_ENTRIES, Selection, SelectionPattern, blocks_param, expand_heads
+from sparsebench.patterns.selection.topk_blocks import check_topk_blocks, select_blocks
+
+
+@dataclass(frozen=True)
+class OracleTopk(SelectionPattern):
+    """Own block + the top-k key blocks by true attention mass: what topk_blocks would keep with perfect scores.
+
+    Exact rule, for each batch b and head h: p = softmax(q k^T / sqrt(D)) over all keys (causal=1: over keys
+    k <= q), in float32; the mass of (query block i, key block j) is the sum of p over the rows of block i and
+    the keys of block j. Then exactly topk_blocks' rule with that mass as the score: own block i, plus the
+    min(topk, candidates) candidate blocks (j != i; causal=1: j < i) of largest mass, ties to the lower j.
+    It computes every score, so it is never faster than full attention: its latency is shown, its recall is
+    the ceiling a block selection of that budget can reach.
+    """
+
+    name: ClassVar[str] = "oracle_topk"
+    doc: ClassVar[str] = "own block + top-k key blocks by true attention mass (the ceiling of block selection)"
+    block: int = 64
+    topk: int = 16
+    causal: int = 1
+
+    def check_params(self) -> None:
+        blocks_param(self, 0)
+
+    def validate(self, n: int) -> None:
+        super().validate(n)
+        check_topk_blocks(self, n)
+
+    def budget(self, n: int) -> int:
+        return min(n, (self.topk + 1) * self.block) * n
+
+    def block_mass(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, H, QB, KB) float32: attention mass per block pair, a band of query rows at a time."""
+        B, H, L, D = q.shape
+        n, b = k.shape[2], self.block
+        kf = expand_heads(k.detach().float(), H)  # (B, H, n, D)
+        nb = -(-n // b)
+        mass = torch.zeros(B, H, -(-L // b), nb, device=q.device)
+        step = max(b, CHUNK_ENTRIES // max(1, B * H * n) // b * b)  # whole query blocks per band
+        keys = torch.arange(n, device=q.device)
+        for start in range(0, L, step):
+            rows = torch.arange(start, min(L, start + step), device=q.device)
+            scores = q.detach()[:, :, rows].float() @ kf.transpose(-1, -2) * D ** -0.5  # (B, H, r, n)
+            if self.causal:
+                scores = scores.masked_fill(keys[None, :] > rows[:, None], float("-inf"))
+            p = torch.softmax(scores, dim=-1)
+            per_key_block = torch.zeros(B, H, len(rows), nb * b, device=q.device)
+            per_key_block[..., :n] = p
+            per_key_block = per_key_block.view(B, H, len(rows), nb, b).sum(-1)  # (B, H, r, KB)
+            mass.index_add_(2, rows // b, per_key_block)
+        return mass
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
+        with torch.no_grad():
+            return select_blocks(self.block_mass(q, k), k.shape[2], self.block, self.topk, bool(self.causal))

@@ -1,0 +1,89 @@
+"""quest: decode-time top-k KV-cache pages scored by per-page key bounds (Quest, Tang et al. 2024)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from sparsebench.errors import PatternError
+from sparsebench.patterns.base import positive
+from sparsebench.patterns.selection.base import Selection, SelectionPattern, expand_heads, keep_top
+
+
+@dataclass(frozen=True)
+class Quest(SelectionPattern):
+    """Decode only: per query, the top-k KV-cache pages by an upper bound of q . k, plus the last page.
+
+    Exact rule, for each batch b, head h and query row at position t (the last q_len positions of n): keys are
+    cut into pages of `page` positions (the last may be shorter); per page and dimension d, min_d and max_d of
+    its keys (key/value head h // (H / KVH)) are the page's bounds. The page's score is
+    sum_d max(q_d min_d, q_d max_d) (float32), an upper bound of q . k over its keys. The query keeps the page
+    holding position n - 1 and the min(topk, other pages) other pages of highest score, ties to the lower page;
+    inside kept pages the keys k <= t. The bounds are cache metadata, built once per cache (Quest keeps them up
+    to date on append) and reused while the keys do not change: reported as setup, not in the latency.
+    `topk` <= 0 is refused; topk >= pages - 1 at a length is refused for that length (it keeps every page).
+    """
+
+    name: ClassVar[str] = "quest"
+    doc: ClassVar[str] = "decode: top-k KV pages by per-page key bounds (Quest) + the last page"
+    modes: ClassVar[frozenset[str]] = frozenset({"decode"})
+    page: int = 16
+    topk: int = 256
+
+    def check_params(self) -> None:
+        positive(self, "page", "topk")
+
+    def validate(self, n: int) -> None:
+        super().validate(n)
+        pages = -(-n // self.page)
+        if self.topk >= pages - 1:
+            raise PatternError(f"{self.name}: topk={self.topk} keeps every page at n={n} ({pages} pages of "
+                               f"{self.page}): that is full attention; use topk < {max(1, pages - 1)} or a longer n")
+
+    @property
+    def is_causal(self) -> bool:
+        return True
+
+    def budget(self, n: int) -> int:
+        return min(n, (self.topk + 1) * self.page) * n
+
+    def page_bounds(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(min, max), each (B, KVH, pages, D) float32: the elementwise bounds of each page's keys."""
+        B, KVH, n, D = k.shape
+        pages = -(-n // self.page)
+        padded = torch.empty(B, KVH, pages * self.page, D, device=k.device)
+        padded[:, :, :n] = k.detach()
+        padded[:, :, n:] = float("inf")
+        low = padded.view(B, KVH, pages, self.page, D).amin(dim=3)
+        padded[:, :, n:] = float("-inf")
+        high = padded.view(B, KVH, pages, self.page, D).amax(dim=3)
+        return low, high
+
+    def bounds(self, k: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The page bounds of k, from `cache` while k is the same tensor, unchanged (its build time goes to
+        cache["metadata_ms"])."""
+        key = (k.data_ptr(), k._version, tuple(k.shape), self.page)
+        if cache is not None and cache.get("quest_key") == key:
+            return cache["quest_bounds"]
+        t0 = time.perf_counter()
+        bounds = self.page_bounds(k)
+        if cache is not None:
+            cache.update(quest_key=key, quest_bounds=bounds, metadata_ms=(time.perf_counter() - t0) * 1e3)
+        return bounds
+
+    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
+        B, H, L, _ = q.shape
+        n = k.shape[2]
+        with torch.no_grad():
+            low, high = (expand_heads(x, H) for x in self.bounds(k, cache))  # (B, H, P, D)
+            qf = q.detach().float()
+            # max(q_d min_d, q_d max_d) = max(q_d, 0) max_d + min(q_d, 0) min_d
+            scores = qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
+            pages = scores.shape[-1]
+            j = torch.arange(pages, device=q.device)
+            last = (n - 1) // self.page
+            layout = keep_top(scores, j != last, self.topk) | (j == last)  # (B, H, L, P)
+        return Selection(n=n, block=self.page, layout=layout, causal=True, offset=n - L, q_block=1)

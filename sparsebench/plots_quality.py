@@ -1,0 +1,64 @@
+"""Quality against speed: recall (and err_vs_full) over speedup_vs_full, one point per pattern, budget and
+implementation, a budget sweep (the same pattern with other parameters) as a line, the Pareto front drawn."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+QUALITY_METRICS = (("recall", "recall (share of full attention's mass kept)", True),
+                   ("err_vs_full", "err_vs_full (max abs error against full attention)", False))
+
+
+def has_quality(rows: pd.DataFrame) -> bool:
+    """Whether rows can draw the figure: ok rows with recall and speedup_vs_full, some of them sparse."""
+    if "recall" not in rows.columns or "speedup_vs_full" not in rows.columns:
+        return False
+    ok = rows[(rows["status"] == "ok") & rows["recall"].notna() & rows["speedup_vs_full"].notna()]
+    return bool((ok["pattern"] != "dense").any()) if len(ok) else False
+
+
+def pareto_front(points: list[tuple[float, float]], larger_is_better: bool = True) -> list[tuple[float, float]]:
+    """The points (speed-up, quality) that no other point beats in both, by ascending speed-up."""
+    sign = 1 if larger_is_better else -1
+    front, best = [], -math.inf
+    for x, y in sorted(points, key=lambda p: (-p[0], -sign * p[1])):  # fastest first
+        if sign * y > best:
+            front.append((x, y))
+            best = sign * y
+    return sorted(front)
+
+
+def quality_figure(rows: pd.DataFrame, colors: dict[str, str], title: str = "") -> Figure:
+    """Recall and err_vs_full against speedup_vs_full, a column per sequence length; `colors`: each
+    implementation's (plots.impl_colors, so that every figure of a run agrees)."""
+    ok = rows[(rows["status"] == "ok") & rows["recall"].notna() & rows["speedup_vs_full"].notna()].copy()
+    seqs = sorted(ok["seq_len"].unique())
+    fig = Figure(figsize=(5.5 * len(seqs), 8.5), layout="constrained")
+    axes = fig.subplots(2, len(seqs), squeeze=False)
+    markers = dict(zip(sorted(ok["pattern"].unique()), "osD^v<>ph*X"))
+    for col, n in enumerate(seqs):
+        at_n = ok[ok["seq_len"] == n]
+        for row, (metric, label, larger) in enumerate(QUALITY_METRICS):
+            ax = axes[row][col]
+            for (pattern, impl), group in at_n.groupby(["pattern", "impl"], sort=True):
+                group = group.sort_values("speedup_vs_full")
+                ax.plot(group["speedup_vs_full"], group[metric], marker=markers.get(pattern, "o"),
+                        color=colors.get(impl), linestyle="-" if len(group) > 1 else "none",
+                        label=f"{pattern} · {impl}")
+            front = pareto_front(list(zip(at_n["speedup_vs_full"], at_n[metric])), larger)
+            if len(front) > 1:
+                xs, ys = zip(*front)
+                ax.step(xs, ys, where="pre", color="black", alpha=0.4, linewidth=1, label="Pareto front")
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+            ax.set_xlabel("speed-up over full attention (causal SDPA for causal patterns; ×)")
+            ax.set_ylabel(label)
+            ax.set_title(f"n = {n}")
+            ax.grid(True, alpha=0.3)
+        if col == len(seqs) - 1:
+            axes[0][col].legend(fontsize=7, loc="best")
+    fig.suptitle(title or "Quality against speed")
+    return fig
