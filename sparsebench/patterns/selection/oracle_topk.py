@@ -8,12 +8,12 @@ from typing import ClassVar
 
 import torch
 
-from sparsebench.patterns.selection.base import CHUNK_ENTRIES, Selection, SelectionPattern, blocks_param, expand_heads
-from sparsebench.patterns.selection.topk_blocks import check_topk_blocks, select_blocks
+from sparsebench.patterns.selection.base import CHUNK_ENTRIES, expand_heads
+from sparsebench.patterns.selection.topk_blocks import TopkBlocks
 
 
 @dataclass(frozen=True)
-class OracleTopk(SelectionPattern):
+class OracleTopk(TopkBlocks):
     """Own block + the top-k key blocks by true attention mass: what topk_blocks would keep with perfect scores.
 
     Exact rule, for each batch b and head h: p = softmax(q k^T / sqrt(D)) over all keys (causal=1: over keys
@@ -26,19 +26,10 @@ class OracleTopk(SelectionPattern):
 
     name: ClassVar[str] = "oracle_topk"
     doc: ClassVar[str] = "own block + top-k key blocks by true attention mass (the ceiling of block selection)"
-    block: int = 64
-    topk: int = 16
-    causal: int = 1
 
-    def check_params(self) -> None:
-        blocks_param(self, 0)
-
-    def validate(self, n: int) -> None:
-        super().validate(n)
-        check_topk_blocks(self, n)
-
-    def budget(self, n: int) -> int:
-        return min(n, (self.topk + 1) * self.block) * n
+    def block_scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """topk_blocks' rule with the true attention mass as the score."""
+        return self.block_mass(q, k)
 
     def block_mass(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """(B, H, QB, KB) float32: attention mass per block pair, a band of query rows at a time."""
@@ -60,7 +51,3 @@ class OracleTopk(SelectionPattern):
             per_key_block = per_key_block.view(B, H, len(rows), nb, b).sum(-1)  # (B, H, r, KB)
             mass.index_add_(2, rows // b, per_key_block)
         return mass
-
-    def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
-        with torch.no_grad():
-            return select_blocks(self.block_mass(q, k), k.shape[2], self.block, self.topk, bool(self.causal))
