@@ -127,6 +127,7 @@ def test_the_fault_plugin_s_variants_of_an_impl_share_its_name_and_fail_or_slow_
 
 # --- faults during a sweep ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # worker processes
 def test_float16_on_cpu_is_measured_within_a_small_timeout(tmp_path):
     """The device's float16 ceilings (a slow matmul on a CPU) are measured outside every case's timeout."""
     result = run(tmp_path, "--pattern", "local", "--seq", "256", "--impl", "structured", "--dtype", "float16",
@@ -138,6 +139,7 @@ def test_float16_on_cpu_is_measured_within_a_small_timeout(tmp_path):
     assert meta["ceilings"]["cpu"]["float16"]["matmul_tflops"] > 0  # measured, and charged to no case
 
 
+@pytest.mark.slow  # worker processes
 def test_a_killed_worker_and_a_failed_allocation_are_oom_rows_that_name_the_cause(tmp_path):
     result = run(tmp_path, "--pattern", "local", "--seq", "64", "--impl", f"{FAULTS}:eager_kill",
                  "--impl", f"{FAULTS}:structured_alloc")
@@ -150,6 +152,7 @@ def test_a_killed_worker_and_a_failed_allocation_are_oom_rows_that_name_the_caus
     assert rows.loc["sdpa", "status"] == "ok"
 
 
+@pytest.mark.slow  # worker processes
 def test_resume_moves_an_unfinished_last_row_aside_and_measures_that_case_again(measured, tmp_path):
     path = copy_run(measured, tmp_path)
     data = path.read_bytes()
@@ -166,6 +169,7 @@ def test_resume_moves_an_unfinished_last_row_aside_and_measures_that_case_again(
     assert (latest(frame).status == "ok").all()
 
 
+@pytest.mark.slow  # worker processes
 def test_a_full_disk_keeps_every_complete_row_and_resume_finishes(tmp_path, monkeypatch):
     """ENOSPC in the middle of a row: the file is cut back to its last complete row, one line, exit 2."""
     real_write, calls = os.write, []
@@ -189,7 +193,8 @@ def test_a_full_disk_keeps_every_complete_row_and_resume_finishes(tmp_path, monk
     assert sorted(latest(read_results(tmp_path / "results.csv")).impl) == ["eager", "sdpa", "structured"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
+@pytest.mark.slow  # a run and its worker in processes of their own
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path, signum):
     proc, workers = start_hanging_run(tmp_path)
     proc.send_signal(signum)
@@ -250,6 +255,7 @@ def test_sigterm_during_gate_confirm_s_reruns_is_one_line_and_leaves_nothing(tmp
     assert all(gone(pid) for pid in workers) and list(temp.iterdir()) == []
 
 
+@pytest.mark.slow  # a run and its worker in processes of their own
 def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     proc, workers = start_hanging_run(tmp_path)
     proc.kill()  # SIGKILL: no handler runs in the main process
@@ -280,6 +286,7 @@ def test_a_second_run_into_a_locked_directory_exits_2_naming_the_first(measured,
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow  # a run in a process of its own
 def test_wait_waits_for_the_other_run(tmp_path):
     lock = DirLock(tmp_path)
     lock.acquire()
