@@ -229,3 +229,14 @@ def test_run_gate_exit_codes(tmp_path):
     assert fast.exit_code == 0, fast.output
     assert "gate PASS" in fast.output and "IMPROVEMENT local(window=16)/faulty_structured/256" in fast.output
     assert read_results(tmp_path / "fast" / "results.csv").status.eq("ok").all()  # the run was written first
+
+
+def test_command_line_options_go_over_a_config_file_s_settings_typed():
+    from sparsebench.runner.config import SweepOptions
+
+    file = {"patterns": ["local"], "seq": [256], "timeout": 30.0, "input_seed": 3, "params": {"window": 16}}
+    config = SweepOptions(seq=[128], timeout=None, input_seed=0, params={"stride": 4}).over(file)
+    assert config.seq == [128] and config.patterns == ["local"]  # given: over the file; not given: the file's
+    assert config.timeout == 30.0 and config.input_seed == 0  # a seed of 0 is given
+    assert config.params == {"window": 16, "stride": 4}
+    assert SweepOptions(timeout=5.0).over({}).timeout == 5.0 and SweepOptions().over({}).timeout == 600.0

@@ -112,6 +112,41 @@ class SweepConfig:
         self.pattern_specs: tuple[PatternSpec, ...] = tuple(specs)
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """What a command line gives over a config file's settings, typed: None (or empty) where not given, so the
+    file's value, else the default, stands. `params`: shared pattern parameters, merged over the file's."""
+
+    patterns: list[str] | None = None
+    seq: list[int] | None = None
+    impls: list[str] | None = None
+    devices: list[str] | None = None
+    dtypes: list[str] | None = None
+    modes: list[str] | None = None
+    batch: list[int] | None = None
+    heads: list[int] | None = None
+    kv_heads: list[int] | None = None
+    q_len: list[int] | None = None
+    head_dim: list[int] | None = None
+    timeout: float | None = None  # seconds per case
+    min_run_time: float | None = None
+    inputs: str | None = None
+    input_seed: int | None = None
+    params: dict[str, int] = field(default_factory=dict)
+
+    def over(self, settings: dict[str, Any]) -> SweepConfig:
+        """The sweep: a config file's settings (`load_config`; {} without one) with these options over them,
+        every value checked (SparsebenchError)."""
+        merged = dict(settings)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "params":
+                merged["params"] = {**merged.get("params", {}), **value}
+            elif value or (f.name == "input_seed" and value is not None):  # a seed of 0 is given
+                merged[f.name] = value
+        return SweepConfig(**merged)
+
+
 def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
     """A finite number (an integer when `integer`) in (low, high], or from `low` for integers."""
     kinds = int if integer else (int, float)
