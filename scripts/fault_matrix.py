@@ -42,7 +42,27 @@ from sparsebench.cli import app  # noqa: E402
 from sparsebench.results import case_key, latest, read_results  # noqa: E402
 
 FAST = ["--min-run-time", "0.05", "--heads", "2", "--head-dim", "32"]
-SWEEP = [*FAST, "--pattern", "local", "--seq", "64", "--seq", "128", "--impl", "eager", "--impl", "structured"]
+FAULT_IMPLS = ROOT / "tests" / "fault_impls.py"  # test-only variants of the built-ins, failing or slowed on purpose
+
+
+def variant(impl: str, name: str = "x1") -> str:
+    """The --impl spec of a test-only variant of `impl` (`x1`: as is; a fault; `x3p5`: 3.5x slower), registered
+    as faulty_<impl> whichever variant it is (tests/fault_impls.py)."""
+    return f"{FAULT_IMPLS}:{impl}_{name}"
+
+
+def use_variant(meta_json: Path, impl: str, name: str) -> None:
+    """Make a run's meta.json name another variant of `impl`: what a re-run of its cases (gate --confirm) loads."""
+    meta = json.loads(meta_json.read_text())
+    for plugin in meta["plugins"]:
+        if plugin["name"] == f"faulty_{impl}":
+            plugin["spec"] = variant(impl, name)
+    meta_json.write_text(json.dumps(meta))
+
+
+EAGER, STRUCTURED = "faulty_eager", "faulty_structured"
+SWEEP = [*FAST, "--pattern", "local", "--seq", "64", "--seq", "128", "--impl", variant("eager"), "--impl",
+         variant("structured")]
 CASES = 6  # 2 lengths x (dense reference, eager, structured)
 
 
@@ -52,10 +72,11 @@ class Run:
     """One `sparsebench run` in a process of its own; remembers every worker pid it ever had."""
 
     def __init__(self, out: Path, *args: str, fault: str = "", limit_file: int | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SPARSEBENCH_TEST")}
-        env["PYTHONPATH"] = str(ROOT)
+        """`fault` = 'impl:fault' (eager:hang): the sweep's variant of impl is the one that fails so."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
         if fault:
-            env["SPARSEBENCH_TEST_FAULT"] = fault
+            impl, _, name = fault.partition(":")
+            args = tuple(variant(impl, name) if arg == variant(impl) else arg for arg in args)
 
         def limit() -> None:  # a "disk" that takes only `limit_file` bytes per file
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG)
@@ -145,7 +166,7 @@ def fault_injected(out: Path, fault: str, *extra: str) -> tuple[int, int, str]:
     run = Run(out, *SWEEP, *extra, fault=f"eager:{fault}")
     code, err = run.wait()
     rows = latest(read_results(out / "results.csv")).set_index("impl") if code == 0 else None
-    note = f"exit {code}; eager: " + (", ".join(sorted(set(rows.loc["eager", "status"]))) if rows is not None
+    note = f"exit {code}; eager: " + (", ".join(sorted(set(rows.loc[EAGER, "status"]))) if rows is not None
                                       else err.strip()[-160:])
     return lost_rows(out, []), alive(run.workers), note
 
@@ -222,11 +243,11 @@ def gate_confirm_sigterm(out: Path) -> tuple[int, int, str]:
     current = out / "run" / "results.csv"
     base = out / "base" / "results.csv"
     base.parent.mkdir(parents=True, exist_ok=True)
-    base.write_text(_scaled(current.read_text(), "eager", 1 / 3))  # the baseline's eager 3x faster: a regression
+    base.write_text(_scaled(current.read_text(), EAGER, 1 / 3))  # the baseline's eager 3x faster: a regression
+    use_variant(current.with_name("meta.json"), "eager", "hang")  # and its re-run hangs
     temp = out / "tmp"
     temp.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SPARSEBENCH_TEST")}
-    env.update(PYTHONPATH=str(ROOT), SPARSEBENCH_TEST_FAULT="eager:hang", TMPDIR=str(temp))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(temp)}
     proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "gate", str(base), str(current), "--confirm", "3"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
@@ -501,16 +522,16 @@ def _gate_and_merge_inputs(good: Path, work: Path, add: Callable[..., None]) -> 
             d.mkdir(parents=True, exist_ok=True)
             base, cur = d / "base.csv", d / "cur.csv"
             base.write_text(good.read_text())
-            cur.write_text(_scaled(good.read_text(), "structured", 3.5))
+            cur.write_text(_scaled(good.read_text(), STRUCTURED, 3.5))
             shutil.copy(good.with_name("meta.json"), d / "meta.json")  # --confirm re-runs with the run's settings
+            use_variant(d / "meta.json", "structured", "x3p5")  # and its plugins: structured 3.5x slower
             stripped = cur if where == "current" else base
             frame = pd.read_csv(stripped, dtype=str, keep_default_na=False)
             frame = frame.drop(columns=["samples_ms"]) if how == "column deleted" else frame.assign(samples_ms="")
             frame.to_csv(stripped, index=False)
             for confirm in ("0", "3"):
                 add(f"gate, samples_ms {how} in the {where}, --confirm {confirm}",
-                    ["gate", str(base), str(cur), "--confirm", confirm], 1, "significance not tested",
-                    {"SPARSEBENCH_TEST_SLOWDOWN": "structured:3.5"})
+                    ["gate", str(base), str(cur), "--confirm", confirm], 1, "significance not tested")
     other = work / "merge" / "float16"  # another sweep: its config and rows say float16
     other.mkdir(parents=True, exist_ok=True)
     (other / "results.csv").write_text(good.read_text().replace(",float32,", ",float16,"))

@@ -4,9 +4,10 @@ A/A: N fresh runs of the config, each gated against the committed baseline with 
 what CI does), every third one with a CPU-bound neighbour process running (as on a shared CI host). Any exit 1
 is a false alarm (target 0). Each run is also compared in-process, before any --confirm re-run, with each
 normalisation (dense, shape), to show which one a noisy reference needs.
-A/B: M runs per slowdown with a test-only slowdown of one implementation (SPARSEBENCH_TEST_SLOWDOWN=impl:factor,
-which the worker honours), each gated against the baseline. Detected = exit 1 with a latency regression of that
-impl; regressions of other impls are counted too.
+A/B: M runs per slowdown (impl:factor) with that implementation replaced by its test-only slowed variant (the
+plugin tests/fault_impls.py:IMPL_xFACTOR, named faulty_IMPL: the same code with a busy-wait after each call), each
+gated against a copy of the baseline whose IMPL rows carry that name. Detected = exit 1 with a latency regression
+of that impl; regressions of other impls are counted too.
 
     python3 scripts/gate_experiments.py --config configs/ci.toml --baseline baselines/ci-cpu/results.csv \
         --aa 30 --ab 10 --slowdown structured:1.3 --slowdown structured:1.15 --out-dir /tmp/gate-exp
@@ -17,9 +18,11 @@ Writes OUT_DIR/summary.md and summary.json; every run stays under OUT_DIR for in
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,31 +34,58 @@ sys.path.insert(0, str(ROOT))
 
 from sparsebench import gate  # noqa: E402  (after the sys.path insert)
 from sparsebench.results import read_results  # noqa: E402
+from sparsebench.runner import load_config  # noqa: E402
+
+FAULT_IMPLS = ROOT / "tests" / "fault_impls.py"  # test-only variants of the built-ins (slowed: IMPL_xFACTOR)
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("SPARSEBENCH_TEST_SLOWDOWN", "GITHUB_STEP_SUMMARY")}
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "GITHUB_STEP_SUMMARY"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return {**env, **extra}
+    return env
 
 
-def run(config: str, out_dir: Path, slowdown: str | None = None) -> Path:
-    """One fresh `sparsebench run` of the config into out_dir; returns its results.csv."""
-    env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
+def slowed(config: str, base: Path, slowdown: str, out: Path) -> tuple[list[str], Path, str]:
+    """What the A/B runs of `slowdown` (impl:factor) measure and are gated against: --impl options (the config's
+    implementations, `impl` replaced by its slowed variant), a copy of the baseline (with its meta.json) whose
+    `impl` rows carry the variant's name, and that name."""
+    impl, _, factor = slowdown.partition(":")
+    impls = load_config(config).get("impls") or []
+    if impl not in impls:
+        raise SystemExit(f"--slowdown {slowdown}: {config} does not name {impl} in its impls")
+    spec = f"{FAULT_IMPLS}:{impl}_x{factor.replace('.', 'p')}"
+    options = [x for i in impls for x in ("--impl", spec if i == impl else i)]
+    copy = out / f"baseline-{impl}" / "results.csv"
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    with open(base, newline="") as fh:
+        records = list(csv.reader(fh))
+    column = records[0].index("impl")
+    for record in records[1:]:
+        record[column] = f"faulty_{impl}" if record[column] == impl else record[column]
+    with open(copy, "w", newline="") as fh:
+        csv.writer(fh).writerows(records)
+    if base.with_name("meta.json").is_file():
+        shutil.copyfile(base.with_name("meta.json"), copy.with_name("meta.json"))
+    return options, copy, f"faulty_{impl}"
+
+
+def run(config: str, out_dir: Path, impls: list[str] = (), slowdown: str = "") -> Path:
+    """One fresh `sparsebench run` of the config (with `impls`: these --impl options) into out_dir; returns its
+    results.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(out_dir / "run.log", "w") as log:
-        subprocess.run([sys.executable, "-m", "sparsebench", "run", "--config", config, "--out-dir", str(out_dir),
-                        "--overwrite"], env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        subprocess.run([sys.executable, "-m", "sparsebench", "run", "--config", config, *impls, "--out-dir",
+                        str(out_dir), "--overwrite"], env=_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
     print(f"  ran {out_dir.name} in {time.perf_counter() - t0:.0f} s" + (f" ({slowdown})" if slowdown else ""),
           flush=True)
     return out_dir / "results.csv"
 
 
-def gate_pair(base: Path, cur: Path, extra: list[str], slowdown: str | None = None) -> dict:
-    """Gate through the CLI (the exit code CI sees; its --confirm re-runs keep the slowdown) and in-process
-    with each normalisation, before any re-run."""
-    env = _env(SPARSEBENCH_TEST_SLOWDOWN=slowdown) if slowdown else _env()
+def gate_pair(base: Path, cur: Path, extra: list[str]) -> dict:
+    """Gate through the CLI (the exit code CI sees; its --confirm re-runs load the current run's plugins, a
+    slowed variant included) and in-process with each normalisation, before any re-run."""
+    env = _env()
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "sparsebench", "gate", str(base), str(cur), *extra],
                           check=False, env=env, capture_output=True, text=True)
@@ -114,8 +144,8 @@ def main() -> None:
     parser.add_argument("--aa", type=int, default=30, help="A/A runs")
     parser.add_argument("--neighbour-every", type=int, default=3, help="a CPU-bound neighbour in every k-th A/A")
     parser.add_argument("--ab", type=int, default=10, help="A/B runs per slowdown")
-    parser.add_argument("--slowdown", action="append", help="impl:factor for SPARSEBENCH_TEST_SLOWDOWN "
-                        "(repeatable; default structured:1.3 and structured:1.15)")
+    parser.add_argument("--slowdown", action="append", help="impl:factor: that impl's test-only variant, factor "
+                        "times slower (repeatable; default structured:1.3 and structured:1.15)")
     parser.add_argument("--out-dir", type=Path, default=Path("/tmp/gate-experiments"))
     parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options (default: none)")
     parser.add_argument("--analyse-only", action="store_true", help="no new runs: the summary again from the runs "
@@ -149,10 +179,10 @@ def main() -> None:
 
     ab: dict[str, list[dict]] = {}
     for slowdown in slowdowns:
-        impl = slowdown.split(":")[0]
+        impls, ab_base, impl = slowed(args.config, base, slowdown, out)
         for i in range(1, args.ab + 1):
-            cur = run(args.config, out / f"ab-{slowdown.replace(':', '-')}-{i:02d}", slowdown)
-            r = gate_pair(base, cur, extra, slowdown)
+            cur = run(args.config, out / f"ab-{slowdown.replace(':', '-')}-{i:02d}", impls, slowdown)
+            r = gate_pair(ab_base, cur, extra)
             caught = [x for x in r["shape"]["regressions"] if x[1] == impl and x[2] == "latency"]
             r["detected"] = r["exit"] == 1 and bool(caught)
             r["other"] = [x for x in r["shape"]["regressions"] if x[1] != impl]
@@ -183,7 +213,7 @@ def write_summary(config: str, base: Path, extra: list[str], started: str, aa: l
     lines.append(f"- A/A cases re-run by --confirm: {sum(r['confirmed'] + r['not_confirmed'] for r in aa)}, "
                  f"confirmed {sum(r['confirmed'] for r in aa)}")
     for slowdown, runs in ab.items():
-        lines.append(f"- A/B with SPARSEBENCH_TEST_SLOWDOWN={slowdown}: detected {sum(r['detected'] for r in runs)}"
+        lines.append(f"- A/B with {slowdown} slower: detected {sum(r['detected'] for r in runs)}"
                      f"/{len(runs)}; runs with another impl flagged: {sum(bool(r['other']) for r in runs)}"
                      f"/{len(runs)}")
     lines += ["", "Runs with a latency case flagged before any re-run, by normalisation and threshold "
@@ -193,7 +223,9 @@ def write_summary(config: str, base: Path, extra: list[str], started: str, aa: l
     groups = [("A/A", [Path(r["current"]) for r in aa], None)]
     groups += [(f"A/B {s}", [Path(r["current"]) for r in runs], s.split(":")[0]) for s, runs in ab.items()]
     for label, paths, impl in groups:
-        counts = by_threshold(base, paths, impl)
+        # A/B runs: against the baseline's copy whose impl rows carry the slowed variant's name
+        counts = by_threshold(Path(paths[0]).parents[1] / f"baseline-{impl}" / "results.csv" if impl else base,
+                              paths, f"faulty_{impl}" if impl else None)
         for normalise in gate.NORMALISATIONS:
             lines.append(f"| {label} | {normalise} | "
                          + " | ".join(f"{counts[normalise][t]}/{len(paths)}" for t in THRESHOLDS) + " |")

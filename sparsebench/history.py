@@ -24,6 +24,7 @@ from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.export import benchmark_name
 from sparsebench.plots import IMPL_COLORS, PlainLogFormatter, impl_colors
 from sparsebench.results import (
+    Meta,
     as_float,
     benchmark_rows,
     case_key,
@@ -46,16 +47,20 @@ class HistoryRun:
 
     label: str
     frame: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Meta = field(default_factory=Meta)  # a plain dict is taken as one
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, Meta):
+            self.meta = Meta(self.meta)
 
     @property
     def sha(self) -> str:
-        return str(self.meta.get("git_sha") or "").removesuffix("+dirty")
+        return self.meta.git_sha
 
     @property
     def date(self) -> dt.datetime | None:
         try:
-            when = dt.datetime.fromisoformat(str(self.meta.get("date") or "").replace("Z", "+00:00"))
+            when = dt.datetime.fromisoformat(self.meta.date.replace("Z", "+00:00"))
         except ValueError:
             return None
         return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
@@ -138,7 +143,7 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
             latency, dense = _float(row["latency_ms"]), _float(row["dense_latency_ms"])
             ok = row["status"] == "ok" and latency > 0
             rows.append({
-                "run": index, "label": run.label, "date": str(run.meta.get("date") or ""),
+                "run": index, "label": run.label, "date": run.meta.date,
                 "git_sha": str(run.meta.get("git_sha") or ""), "case": benchmark_name(row),
                 **{c: key_text(row[c]) for c in ("device", "dtype", "mode", "batch", "heads", "kv_heads", "head_dim",
                                                  "q_len", "seq_len", "pattern", "params", "impl")},

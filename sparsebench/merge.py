@@ -50,7 +50,7 @@ class Part:
 
     path: Path  # results.csv (it may not exist yet: a shard that died before its first row)
     frame: pd.DataFrame
-    meta: dict[str, Any]
+    meta: Meta
     versions: set[int]  # the schema versions its rows (or, without rows, its meta.json) were written with
     shard: Shard | None
 
@@ -138,7 +138,7 @@ def load(paths: list[Path]) -> list[Part]:
     """Read each results.csv (a missing one of a shard that has a meta.json reads as no rows)."""
     parts = []
     for path in paths:
-        meta = read_meta(path)
+        meta = Meta(read_meta(path))
         if path.exists():
             frame, versions = read_results(path, allow_empty=True), _row_versions(path)
         elif meta:
@@ -147,7 +147,7 @@ def load(paths: list[Path]) -> list[Part]:
             raise SparsebenchError(f"{path}: no such file")
         if not versions and isinstance(meta.get("schema_version"), int):
             versions = {meta["schema_version"]}
-        info = meta.get("shard") if isinstance(meta.get("shard"), dict) else None
+        info = meta.shard
         shard = Shard(int(info["index"]), int(info["count"])) if info else parse_dirname(path.parent.name)
         parts.append(Part(path, frame, meta, versions, shard))
     return parts
@@ -193,8 +193,8 @@ def merge(parts: list[Part]) -> Merged:
     if counts:
         merged.missing_shards = [Shard(i, counts[0]) for i in range(1, counts[0] + 1) if i not in seen]
     for part in shards:
-        owned = [tuple(key_text(v) for v in key) for key in part.meta["shard"].get("cases", [])] \
-            if isinstance(part.meta.get("shard"), dict) else []
+        owned = [tuple(key_text(v) for v in key) for key in part.meta.shard.get("cases", [])] \
+            if part.meta.shard else []
         merged.missing_cases += [(part.name, key) for key in owned if key not in where]
         if "harness" not in part.meta:
             merged.unfinished.append(part.name)
@@ -208,17 +208,16 @@ def check_one_sweep(parts: list[Part]) -> None:
     differ). An input without one cannot be told apart, so it merges only on its own."""
     if len(parts) < 2:
         return
-    unknown = [part for part in parts if not part.meta.get("config")]
+    unknown = [part for part in parts if not part.meta.config]
     if unknown:
         raise SparsebenchError(f"{unknown[0].name}: no sweep configuration recorded (no meta.json with a config "
                                "beside it), so it cannot be shown to belong to the same sweep as the other inputs; "
                                "merge the results of one sweep")
     first = parts[0]
     for part in parts[1:]:
-        if _text(part.meta["config"]) != _text(first.meta["config"]):
-            old, new = first.meta["config"], part.meta["config"]
-            keys = sorted(k for k in {*old, *new} if _text(old.get(k)) != _text(new.get(k))) \
-                if isinstance(old, dict) and isinstance(new, dict) else ["config"]
+        if _text(part.meta.config) != _text(first.meta.config):
+            old, new = first.meta.config, part.meta.config
+            keys = sorted(k for k in {*old, *new} if _text(old.get(k)) != _text(new.get(k)))
             raise SparsebenchError(f"{first.name} and {part.name} ran different sweep configurations (their "
                                    f"meta.json differ in {', '.join(keys)}); merge the results of one sweep")
 

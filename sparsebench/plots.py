@@ -27,6 +27,7 @@ from sparsebench.measure.peaks import vendor_peak_tflops
 from sparsebench.plots_quality import has_quality, quality_figure
 from sparsebench.results import (
     BEST_DENSE_REFERENCE,
+    Meta,
     benchmark_rows,
     ceilings_for,
     complete_columns,
@@ -67,11 +68,15 @@ NUMERIC = ["batch", "heads", "kv_heads", "head_dim", "seq_len", "q_len", "densit
 
 @dataclass
 class Run:
-    """One results.csv: its rows, its meta.json ({} when missing) and its legend label."""
+    """One results.csv: its rows, its meta.json (empty when missing; a plain dict is taken) and its legend label."""
 
     label: str
     frame: pd.DataFrame
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: Meta = field(default_factory=Meta)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.meta, Meta):
+            self.meta = Meta(self.meta)
 
 
 @dataclass
@@ -184,7 +189,7 @@ def figure_sets(runs: list[Run], reference: str = "sdpa") -> list[FigureSet]:
     return sets
 
 
-def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
+def _subtitle(rows: pd.DataFrame, metas: dict[str, Meta]) -> str:
     """One line per run: label, device name, torch version and date, each as far as they are known."""
     lines = []
     for run, part in rows.groupby("run", sort=False):
@@ -193,7 +198,7 @@ def _subtitle(rows: pd.DataFrame, metas: dict[str, dict[str, Any]]) -> str:
         device = " + ".join(dict.fromkeys(names)) if len(names) else \
             meta.get("device_name") or str(part["device"].iloc[0])
         torch = meta.get("torch")
-        date = str(meta.get("date") or "")[:16].replace("T", " ")  # ISO 8601 to the minute
+        date = meta.date[:16].replace("T", " ")  # ISO 8601 to the minute
         known = [device] + ([f"torch {torch}"] if torch else []) + ([date] if date else [])
         lines.append((f"{run}: " if rows["run"].nunique() > 1 else "") + " · ".join(known))
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from sparsebench.results import latest, read_results
 from sparsebench.runner.lock import DirLock
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "tests" / "fault_impls.py"  # test-only implementations that fail or slow down on purpose
 FAST = ["--min-run-time", "0.05", "--heads", "2", "--head-dim", "32"]
 SWEEP = ["--pattern", "local", "--seq", "64", "--impl", "eager", "--impl", "structured"]  # 3 cases, one worker
 
@@ -81,9 +82,9 @@ def gone(pid: int) -> bool:
 def start_hanging_run(out: Path) -> tuple[subprocess.Popen, list[int]]:
     """`sparsebench run` in a process of its own, its eager case hanging after the dense row is written; returns
     the process and its workers' pids."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARSEBENCH_TEST_FAULT": "eager:hang"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "run", "--out-dir", str(out), *FAST,
-                             "--pattern", "local", "--seq", "64", "--impl", "eager"], env=env,
+                             "--pattern", "local", "--seq", "64", "--impl", f"{FAULTS}:eager_hang"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     results = out / "results.csv"
     # Wait for the dense row however slow the machine is; the limit only stops a broken run blocking the suite.
@@ -97,8 +98,36 @@ def start_hanging_run(out: Path) -> tuple[subprocess.Popen, list[int]]:
     return proc, workers
 
 
+# --- the test-only fault plugin -----------------------------------------------------------------------------------
+
+def test_the_fault_plugin_s_variants_of_an_impl_share_its_name_and_fail_or_slow_as_named():
+    import importlib.util
+
+    import torch
+
+    from sparsebench.impls import IMPLS
+    from sparsebench.resolve import get_pattern
+
+    spec = importlib.util.spec_from_file_location("fault_impls_under_test", FAULTS)
+    faults = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(faults)
+    pattern, q = get_pattern("local", window=8), torch.randn(1, 2, 32, 16)
+    as_is, slowed, raising = faults.eager_x1(), faults.structured_x1p5(), faults.eager_raise()
+    assert as_is.name == raising.name == "faulty_eager" and slowed.name == "faulty_structured"
+    assert not as_is.in_default_sweep and "1.5x slower" in slowed.description
+    expected = IMPLS["eager"].forward(q, q, q, IMPLS["eager"].prepare(pattern, 32, "cpu", torch.float32))
+    assert torch.equal(as_is.forward(q, q, q, as_is.prepare(pattern, 32, "cpu", torch.float32)), expected)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        raising.prepare(pattern, 32, "cpu", torch.float32)
+    with pytest.raises(torch.OutOfMemoryError):
+        faults.sdpa_oom().prepare(pattern, 32, "cpu", torch.float32)
+    for name in ("eager_sideways", "nosuch_hang", "eager_xfast"):
+        assert not hasattr(faults, name)
+
+
 # --- faults during a sweep ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # worker processes
 def test_float16_on_cpu_is_measured_within_a_small_timeout(tmp_path):
     """The device's float16 ceilings (a slow matmul on a CPU) are measured outside every case's timeout."""
     result = run(tmp_path, "--pattern", "local", "--seq", "256", "--impl", "structured", "--dtype", "float16",
@@ -110,17 +139,20 @@ def test_float16_on_cpu_is_measured_within_a_small_timeout(tmp_path):
     assert meta["ceilings"]["cpu"]["float16"]["matmul_tflops"] > 0  # measured, and charged to no case
 
 
+@pytest.mark.slow  # worker processes
 def test_a_killed_worker_and_a_failed_allocation_are_oom_rows_that_name_the_cause(tmp_path):
-    result = run(tmp_path, *SWEEP, env={"SPARSEBENCH_TEST_FAULT": "eager:kill,structured:alloc"})
+    result = run(tmp_path, "--pattern", "local", "--seq", "64", "--impl", f"{FAULTS}:eager_kill",
+                 "--impl", f"{FAULTS}:structured_alloc")
     assert result.exit_code == 0, result.output
     rows = read_results(tmp_path / "results.csv").set_index("impl")
-    assert rows.loc["eager", "status"] == "oom"
-    assert rows.loc["eager", "error"] == "worker killed by signal 9 (SIGKILL); out of memory is the usual cause"
-    assert rows.loc["structured", "status"] == "oom"
-    assert "DefaultCPUAllocator: can't allocate memory" in rows.loc["structured", "error"]
+    assert rows.loc["faulty_eager", "status"] == "oom"
+    assert rows.loc["faulty_eager", "error"] == "worker killed by signal 9 (SIGKILL); out of memory is the usual cause"
+    assert rows.loc["faulty_structured", "status"] == "oom"
+    assert "DefaultCPUAllocator: can't allocate memory" in rows.loc["faulty_structured", "error"]
     assert rows.loc["sdpa", "status"] == "ok"
 
 
+@pytest.mark.slow  # worker processes
 def test_resume_moves_an_unfinished_last_row_aside_and_measures_that_case_again(measured, tmp_path):
     path = copy_run(measured, tmp_path)
     data = path.read_bytes()
@@ -137,6 +169,7 @@ def test_resume_moves_an_unfinished_last_row_aside_and_measures_that_case_again(
     assert (latest(frame).status == "ok").all()
 
 
+@pytest.mark.slow  # worker processes
 def test_a_full_disk_keeps_every_complete_row_and_resume_finishes(tmp_path, monkeypatch):
     """ENOSPC in the middle of a row: the file is cut back to its last complete row, one line, exit 2."""
     real_write, calls = os.write, []
@@ -160,7 +193,8 @@ def test_a_full_disk_keeps_every_complete_row_and_resume_finishes(tmp_path, monk
     assert sorted(latest(read_results(tmp_path / "results.csv")).impl) == ["eager", "sdpa", "structured"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGHUP, marks=pytest.mark.slow)])
+@pytest.mark.slow  # a run and its worker in processes of their own
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path, signum):
     proc, workers = start_hanging_run(tmp_path)
     proc.send_signal(signum)
@@ -175,25 +209,34 @@ def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tmp_path, signum):
 
 
 @pytest.mark.slow
-def test_sigterm_during_gate_confirm_s_reruns_is_one_line_and_leaves_nothing(measured, tmp_path):
+def test_sigterm_during_gate_confirm_s_reruns_is_one_line_and_leaves_nothing(tmp_path):
     """The baseline's eager case 3x faster than the current run's: gate --confirm re-runs it, and that re-run
     hangs; SIGTERM then ends the gate as it ends `run`: one line, 143, no worker, no temporary folder left."""
-    base = copy_run(measured, tmp_path / "base")
+    current = tmp_path / "current"
+    assert run(current, "--pattern", "local", "--seq", "64", "--impl", f"{FAULTS}:eager_x1").exit_code == 0
+    current = current / "results.csv"
+    base = copy_run(current, tmp_path / "base")
     with open(base, newline="") as fh:
         records = list(csv.reader(fh))
     header = records[0]
     for record in records[1:]:
-        if record[header.index("impl")] == "eager":
+        if record[header.index("impl")] == "faulty_eager":
             for column in ("latency_ms", "latency_min_ms"):
                 record[header.index(column)] = str(float(record[header.index(column)]) / 3)
             samples = record[header.index("samples_ms")].split()
             record[header.index("samples_ms")] = " ".join(str(float(x) / 3) for x in samples)
     with open(base, "w", newline="") as fh:
         csv.writer(fh).writerows(records)
+    # The re-run loads the plugin variant the current run's meta.json names: make it the one that hangs.
+    meta_path = current.with_name("meta.json")
+    meta = json.loads(meta_path.read_text())
+    (plugin,) = meta["plugins"]
+    plugin["spec"] = f"{FAULTS}:eager_hang"
+    meta_path.write_text(json.dumps(meta))
     temp = tmp_path / "tmp"
     temp.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "SPARSEBENCH_TEST_FAULT": "eager:hang", "TMPDIR": str(temp)}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "gate", str(base), str(measured), "--confirm", "3"],
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(temp)}
+    proc = subprocess.Popen([sys.executable, "-m", "sparsebench", "gate", str(base), str(current), "--confirm", "3"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers: set[int] = set()
     for _ in range(3000):  # until the re-run's worker has started (however slow the machine); then a moment more
@@ -212,6 +255,7 @@ def test_sigterm_during_gate_confirm_s_reruns_is_one_line_and_leaves_nothing(mea
     assert all(gone(pid) for pid in workers) and list(temp.iterdir()) == []
 
 
+@pytest.mark.slow  # a run and its worker in processes of their own
 def test_workers_exit_when_the_main_process_is_killed(tmp_path):
     proc, workers = start_hanging_run(tmp_path)
     proc.kill()  # SIGKILL: no handler runs in the main process
@@ -242,6 +286,7 @@ def test_a_second_run_into_a_locked_directory_exits_2_naming_the_first(measured,
     assert path.read_bytes() == before
 
 
+@pytest.mark.slow  # a run in a process of its own
 def test_wait_waits_for_the_other_run(tmp_path):
     lock = DirLock(tmp_path)
     lock.acquire()

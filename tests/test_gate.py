@@ -308,7 +308,7 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
     assert result.exit_code == code, result.output
     assert len(asked) == 3
     assert {(c.pattern, c.impl, c.seq_len) for c in asked[0]} == {("local", "flex", 1024), ("dense", "sdpa", 1024)}
-    assert asked[0][-1].params == "window=64" and asked[0][-1].head_dim == 64
+    assert asked[0][-1].params == (("window", 64),) and asked[0][-1].head_dim == 64  # typed, not the CSV text
     assert f"{FLEX}: {'confirmed' if reproduces else 'not confirmed'}: regression reproduced in " \
            f"{3 if reproduces else 0}/3 re-runs" in result.output
 

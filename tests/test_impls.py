@@ -58,6 +58,7 @@ def test_gradients_match_float64(impl_name, pattern_name):
         assert (g.double() - r).abs().max() <= 1e-4
 
 
+@pytest.mark.slow  # flex compiles once per pattern
 @pytest.mark.parametrize("pattern_name", FLEX_PATTERNS)
 def test_flex_forward_matches_float64(pattern_name):
     pattern = get_pattern(pattern_name)

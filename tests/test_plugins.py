@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import sparsebench
 from sparsebench.cli import app
+from sparsebench.impls.kernels.blocksparse import BucketKind
 from sparsebench.patterns import PATTERNS
 from sparsebench.resolve import get_impl, get_pattern
 from sparsebench.results import read_results
@@ -122,9 +123,10 @@ def test_generic_kernel_gathers_nothing_on_bands_and_causal_shapes():
         buckets = get_impl("blocksparse").prepare(pattern, n, "cpu", torch.float32).state.buckets
         return {bk.kind for bk in buckets}
 
-    assert kinds(get_pattern("sliding_window", window=256)) == {"causal", "window"}
-    assert kinds(sparsebench.api._pattern(prefix_causal, {})) == {"causal", "shared"}
-    assert "causal" not in kinds(sparsebench.api._pattern(strictly_causal, {}))
+    assert kinds(get_pattern("sliding_window", window=256)) == {BucketKind.causal, BucketKind.window}
+    assert kinds(sparsebench.api._pattern(prefix_causal, {})) == {BucketKind.causal, BucketKind.shared}
+    assert BucketKind.causal not in kinds(sparsebench.api._pattern(strictly_causal, {}))
+    assert {"causal", "shared"} == {BucketKind.causal, BucketKind.shared}  # a kind reads as its name, too
 
 
 def scattered(b, h, q_idx, kv_idx):

@@ -45,3 +45,25 @@ def test_a_worker_refuses_a_job_of_another_version() -> None:
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert f"speaks protocol {protocol.VERSION}, the job was written for None" in done.stderr
+
+
+def test_a_pattern_spec_round_trips_through_the_csv_text_and_the_worker_json() -> None:
+    """Parsed once, carried typed: a Case's params go to the worker as a JSON object, to the CSV as 'k=v;k=v',
+    and come back from either equal."""
+    from sparsebench.results import PatternSpec
+    from sparsebench.runner.cases import Case
+
+    spec = PatternSpec("bigbird", {"random_blocks": 3, "block": 64})
+    assert spec.params == (("block", 64), ("random_blocks", 3)) and spec.kwargs == {"block": 64, "random_blocks": 3}
+    assert spec.params_text() == "block=64;random_blocks=3" and spec.label() == "bigbird(block=64,random_blocks=3)"
+    assert PatternSpec.from_text("bigbird", spec.params_text()) == spec
+    assert PatternSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+
+    case = Case.of(spec, "eager", "cpu", "float32", "fwd", 1, 2, 2, 128, 128, 16)
+    (sent,) = protocol.read_job(protocol.job(cases=[case.to_dict()], settings={}))["cases"]
+    assert sent["params"] == {"block": 64, "random_blocks": 3}
+    assert Case(**sent) == case and Case(**sent).spec == spec
+    assert case.row()["params"] == "block=64;random_blocks=3" and Case.from_row(case.row()) == case
+    assert Case("local", "window=8", "eager", "cpu", "float32", "fwd", 1, 2, 2, 64, 64, 16).params == (("window", 8),)
+    dense = case.reference()
+    assert dense.params == () and Case.from_row({**dense.row(), "params": float("nan")}) == dense  # an empty cell

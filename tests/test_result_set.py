@@ -49,3 +49,17 @@ def test_a_result_set_and_its_meta_are_read_only() -> None:
 def test_case_fields_are_the_key_columns() -> None:
     """A Case is one row's key: its fields and the schema's KEY_COLUMNS must not drift apart."""
     assert [f.name for f in dataclasses.fields(Case)] == KEY_COLUMNS
+
+
+def test_readers_read_meta_through_its_typed_properties() -> None:
+    from sparsebench.history import HistoryRun
+    from sparsebench.runner.sweep import Sweep
+
+    meta = Meta({"date": "2026-12-01T10:00:00Z", "git_sha": "abc1234+dirty", "config": {"timeout": 42.0},
+                 "shard": "not a table"})
+    assert meta.date == "2026-12-01T10:00:00Z" and meta.git_sha == "abc1234" and meta.shard is None
+    assert Meta({}).date == "" and Meta({"config": "x"}).config == {}
+    run = HistoryRun("a", read_results(Path(__file__).parents[1] / "baselines" / "ci-cpu" / "results.csv"),
+                     {"date": "2026-12-01T10:00:00Z", "git_sha": "abc1234+dirty"})  # a plain dict is taken
+    assert isinstance(run.meta, Meta) and run.sha == "abc1234" and run.date.hour == 10
+    assert Sweep.from_meta(meta).config.timeout == 42.0  # a re-run's timing settings: the run's own

@@ -13,6 +13,7 @@ from sparsebench.cli import app
 from sparsebench.results import COLUMNS, REQUIRED_COLUMNS, latest, parse_samples, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "tests" / "fault_impls.py"  # test-only implementations that fail or slow down on purpose
 FAST = ["--min-run-time", "0.05", "--heads", "2", "--head-dim", "32"]
 
 
@@ -104,11 +105,11 @@ def test_explicit_unsupported_impl_is_a_row(tmp_path):
 @pytest.mark.slow  # worker processes
 @pytest.mark.parametrize("fault,status", [("kill", "oom"), ("oom", "oom"), ("raise", "error")])
 def test_a_failing_case_becomes_a_row_and_the_sweep_goes_on(fault, status, tmp_path):
-    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--seq", "256", "--impl", "eager",
-                   "--impl", "sdpa", env={"SPARSEBENCH_TEST_FAULT": f"eager:{fault}"})
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--seq", "256", "--impl", f"{FAULTS}:eager_{fault}",
+                   "--impl", "sdpa")
     by = {(r.impl, r.pattern, r.seq_len): r for r in frame.itertuples()}
     for n in (128, 256):
-        assert by[("eager", "local", n)].status == status
+        assert by[("faulty_eager", "local", n)].status == status
         assert by[("sdpa", "local", n)].status == "ok"  # ran after the failure, in a new worker
         assert by[("sdpa", "dense", n)].status == "ok"
 
@@ -117,10 +118,10 @@ def test_a_failing_case_becomes_a_row_and_the_sweep_goes_on(fault, status, tmp_p
 def test_timeout_becomes_a_row(tmp_path):
     # The hang is injected (an hour's sleep), so the limit can be generous: it must also cover the worker's
     # start-up (interpreter, torch import, ceilings) on a busy machine, where the other cases must pass.
-    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--impl", "eager", "--impl", "sdpa",
-                   "--timeout", "30", env={"SPARSEBENCH_TEST_FAULT": "eager:hang"})
+    frame = run_ok(tmp_path, "--pattern", "local", "--seq", "128", "--impl", f"{FAULTS}:eager_hang", "--impl", "sdpa",
+                   "--timeout", "30")
     by = frame.set_index("impl")
-    assert by.loc["eager", "status"] == "timeout"
+    assert by.loc["faulty_eager", "status"] == "timeout"
     assert (frame[frame.impl == "sdpa"].status == "ok").all()
 
 
@@ -213,17 +214,29 @@ def test_command_line_overrides_the_config_file(tmp_path):
 def test_run_gate_exit_codes(tmp_path):
     """`run --gate BASELINE`: exit 1 when an implementation got slower, 0 when it did not.
 
-    The slowdown is injected (SPARSEBENCH_TEST_SLOWDOWN busy-waits in each timed call). The passing run is
+    The slowdown is injected (tests/fault_impls.py: structured, busy-waiting in each call). The passing run is
     3x faster than its baseline rather than an A/A pair: on a shared machine two equal runs can differ
     significantly (README, "Does it cry wolf?"), and this test is about the exit codes, not the noise."""
-    sweep = ["run", *FAST, "--pattern", "local:window=16", "--seq", "256", "--impl", "structured"]
+    sweep = ["run", *FAST, "--pattern", "local:window=16", "--seq", "256", "--impl"]
     base = tmp_path / "base"
-    assert invoke([*sweep, "--out-dir", str(base)]).exit_code == 0
-    slow = invoke([*sweep, "--out-dir", str(tmp_path / "slow"), "--gate", str(base / "results.csv")],
-                  env={"SPARSEBENCH_TEST_SLOWDOWN": "structured:3"})
+    assert invoke([*sweep, f"{FAULTS}:structured_x1", "--out-dir", str(base)]).exit_code == 0
+    slow = invoke([*sweep, f"{FAULTS}:structured_x3", "--out-dir", str(tmp_path / "slow"),
+                   "--gate", str(base / "results.csv")])
     assert slow.exit_code == 1, slow.output
-    assert "REGRESSION local(window=16)/structured/256/float32/fwd: latency/dense" in slow.output
-    fast = invoke([*sweep, "--out-dir", str(tmp_path / "fast"), "--gate", str(tmp_path / "slow" / "results.csv")])
+    assert "REGRESSION local(window=16)/faulty_structured/256/float32/fwd: latency/dense" in slow.output
+    fast = invoke([*sweep, f"{FAULTS}:structured_x1", "--out-dir", str(tmp_path / "fast"),
+                   "--gate", str(tmp_path / "slow" / "results.csv")])
     assert fast.exit_code == 0, fast.output
-    assert "gate PASS" in fast.output and "IMPROVEMENT local(window=16)/structured/256" in fast.output
+    assert "gate PASS" in fast.output and "IMPROVEMENT local(window=16)/faulty_structured/256" in fast.output
     assert read_results(tmp_path / "fast" / "results.csv").status.eq("ok").all()  # the run was written first
+
+
+def test_command_line_options_go_over_a_config_file_s_settings_typed():
+    from sparsebench.runner.config import SweepOptions
+
+    file = {"patterns": ["local"], "seq": [256], "timeout": 30.0, "input_seed": 3, "params": {"window": 16}}
+    config = SweepOptions(seq=[128], timeout=None, input_seed=0, params={"stride": 4}).over(file)
+    assert config.seq == [128] and config.patterns == ["local"]  # given: over the file; not given: the file's
+    assert config.timeout == 30.0 and config.input_seed == 0  # a seed of 0 is given
+    assert config.params == {"window": 16, "stride": 4}
+    assert SweepOptions(timeout=5.0).over({}).timeout == 5.0 and SweepOptions().over({}).timeout == 600.0

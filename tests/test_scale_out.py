@@ -28,8 +28,14 @@ SWEEP = ["--device", "cpu", "--pattern", "local", "--pattern", "strided", "--imp
          "--seq", "64", "--seq", "96", "--seq", "128", "--min-run-time", "0.02", "--heads", "2", "--head-dim", "16"]
 CONFIG = SweepConfig(patterns=["local", "strided"], impls=["eager", "sdpa"], seq=[64, 96, 128], devices=["cpu"],
                      heads=[2], head_dim=[16], min_run_time=0.02)
+FAULTS = ROOT / "tests" / "fault_impls.py"  # test-only implementations that fail or slow down on purpose
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
                "CUDA_VISIBLE_DEVICES", "SPARSEBENCH_FAKE_GPUS")
+
+
+def with_eager(variant: str) -> list[str]:
+    """SWEEP with eager replaced by its test-only variant `variant` (`x1`: as is; `hang`), named faulty_eager."""
+    return [f"{FAULTS}:eager_{variant}" if arg == "eager" else arg for arg in SWEEP]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -78,11 +84,11 @@ def test_shards_in_three_processes_merge_to_the_serial_run(tmp_path):
 
 def test_a_killed_shard_keeps_its_rows_and_merge_names_what_is_missing(tmp_path):
     out = tmp_path / "out"
-    first = CliRunner().invoke(app, ["run", *SWEEP, "--out-dir", str(out), "--shard", "1/2"], env=cli_env())
+    first = CliRunner().invoke(app, ["run", *with_eager("x1"), "--out-dir", str(out), "--shard", "1/2"],
+                               env=cli_env())
     assert first.exit_code == 0, first.output
     # Shard 2 hangs in its first eager case (injected) after its dense reference row is written; then it dies.
-    proc = sparsebench("run", *SWEEP, "--out-dir", str(out), "--shard", "2/2",
-                       env=env(SPARSEBENCH_TEST_FAULT="eager:hang"))
+    proc = sparsebench("run", *with_eager("hang"), "--out-dir", str(out), "--shard", "2/2", env=env())
     csv = out / "shard-2-of-2" / "results.csv"
     for _ in range(3000):
         if (csv.exists() and len(csv.read_text().splitlines()) >= 2) or proc.poll() is not None:
@@ -180,8 +186,8 @@ def test_jobs_runs_cpu_workers_in_parallel(tmp_path):
 
 def test_ctrl_c_stops_every_gpu_worker(tmp_path):
     """Ctrl-C in a --gpus run: exit 130, the finished rows kept, no row for an interrupted case, no worker left."""
-    proc = sparsebench("run", *SWEEP, "--out-dir", str(tmp_path), "--gpus", "all",
-                       env=env(SPARSEBENCH_FAKE_GPUS="0=A,1=B", SPARSEBENCH_TEST_FAULT="eager:hang"))
+    proc = sparsebench("run", *with_eager("hang"), "--out-dir", str(tmp_path), "--gpus", "all",
+                       env=env(SPARSEBENCH_FAKE_GPUS="0=A,1=B"))
     csv = tmp_path / "results.csv"
     for _ in range(3000):  # both workers hang in their first eager case, after their dense reference rows
         if (csv.exists() and len(csv.read_text().splitlines()) >= 3) or proc.poll() is not None:

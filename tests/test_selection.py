@@ -182,7 +182,8 @@ def dense_reference(q, k, v, mask):
 
 
 @pytest.mark.parametrize("name,params", SELECTIONS, ids=lambda x: str(x))
-@pytest.mark.parametrize("impl_name", RUNNERS)
+@pytest.mark.parametrize("impl_name", [pytest.param(name, marks=pytest.mark.slow) if name == "flex" else name
+                                       for name in RUNNERS])  # flex compiles once per selection
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
 def test_every_implementation_matches_the_selections_reference(name, params, impl_name, mode):
     n = 147  # not a multiple of any block

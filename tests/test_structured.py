@@ -237,6 +237,17 @@ def test_executed_pairs_follow_nnz(name):
     assert pairs <= IMPL.estimate_pairs(pattern, n) <= 3 * pattern.nnz(n)  # the preflight's estimate bounds it
 
 
+def test_every_builder_has_its_traits_and_sdpa_kernels_estimate_exactly_their_pairs():
+    """The estimates come from the traits written beside each builder; dense and causal compute exactly nnz."""
+    from sparsebench.impls.kernels import BUILDERS, TRAITS
+
+    assert set(TRAITS) == set(BUILDERS)
+    for name in ("dense", "causal"):
+        assert IMPL.estimate_pairs(get_pattern(name), 1000) == get_pattern(name).nnz(1000)
+    local = get_pattern("local")
+    assert IMPL.estimate_pairs(local, 4096) == TRAITS["local"].estimate_pairs(local, 4096)
+
+
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 

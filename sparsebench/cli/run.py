@@ -27,7 +27,8 @@ from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import is_dense_reference
 from sparsebench.results.labels import heads_text, mode_label, pattern_label
-from sparsebench.runner import Case, SweepConfig, load_config
+from sparsebench.runner import Case, load_config
+from sparsebench.runner.config import SweepOptions
 from sparsebench.runner.scale import ScalePlan
 from sparsebench.runner.scale import plan as plan_scale
 from sparsebench.services.run import RunReporter, run_sweep
@@ -85,21 +86,17 @@ def run_cmd(
 ) -> None:
     """Benchmark attention implementations over patterns and sequence lengths (dense SDPA always runs beside)."""
     with user_errors(), interrupt_on_stop_signals():
-        settings: dict[str, Any] = load_config(config) if config else {}
-        cli = {"patterns": pattern, "seq": seq, "impls": impl, "devices": device, "dtypes": dtype, "modes": mode,
-               "batch": [batch] if batch else None, "heads": [heads] if heads else None, "kv_heads": kv_heads,
-               "q_len": q_len,
-               "head_dim": [head_dim] if head_dim else None, "timeout": timeout, "min_run_time": min_run_time,
-               "inputs": inputs}
-        settings.update({k: v for k, v in cli.items() if v})
-        if input_seed is not None:
-            settings["input_seed"] = input_seed
-        params = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
-                                    random_blocks, mask_seed)
-        settings["params"] = {**settings.get("params", {}), **params}
+        options = SweepOptions(
+            patterns=pattern, seq=seq, impls=impl, devices=device, dtypes=dtype, modes=mode,
+            batch=[batch] if batch else None, heads=[heads] if heads else None, kv_heads=kv_heads, q_len=q_len,
+            head_dim=[head_dim] if head_dim else None, timeout=timeout, min_run_time=min_run_time, inputs=inputs,
+            input_seed=input_seed, params=opt.pattern_params(window, stride, dilation, length, summary,
+                                                             global_tokens, block, global_blocks, random_blocks,
+                                                             mask_seed))
+        file_settings = load_config(config) if config else {}
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
-        sweep_config = SweepConfig(**settings)  # every value checked: nothing is written before this
+        sweep_config = options.over(file_settings)  # every value checked: nothing is written before this
         plan = plan_scale(sweep_config, out_dir, shard, gpus, jobs, launcher, shards)
         if gate is not None and (plan.shard or plan.shards):
             raise SparsebenchError("--gate gates a whole sweep: gate the merged shards (sparsebench gate BASELINE "

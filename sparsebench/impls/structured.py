@@ -19,8 +19,7 @@ from __future__ import annotations
 import torch
 
 from sparsebench.impls.base import Impl, Prepared
-from sparsebench.impls.kernels import BUILDERS, TRAITS, Kernel, Traits, blocksparse, build_kernel
-from sparsebench.impls.kernels.band import band_block
+from sparsebench.impls.kernels import BUILDERS, TRAITS, Kernel, Traits, blocksparse, build_kernel, estimate_pairs
 from sparsebench.impls.kernels.core import private_ops
 from sparsebench.impls.sdpa import SdpaImpl
 from sparsebench.patterns import CausalOf, Pattern
@@ -54,33 +53,17 @@ class StructuredImpl(Impl):
         return None
 
     def estimate_pairs(self, pattern: Pattern, n: int) -> int:
-        """Kept pairs plus block padding (~1.5x nnz, plus up to one 64-key block per row); no kernel built. User
-        patterns: the generic kernel's plan."""
-        if pattern.name not in BUILDERS:
-            return blocksparse.plan_pairs(pattern, n, "cpu")
-        if TRAITS[pattern.name].sdpa:
-            return pattern.nnz(n)
-        return int(1.5 * pattern.nnz(n)) + 64 * n
+        """Kept pairs plus the kernel's padding (its builder's traits); user patterns: the generic kernel's plan."""
+        return estimate_pairs(pattern, n)
 
     def estimate_bytes(self, pattern: Pattern, batch: int, heads: int, n: int, head_dim: int,
                        dtype: torch.dtype, mode: str, device_type: str = "cpu") -> int:
-        """An O(nnz) upper bound. dense and causal are SDPA's. Padded/gathered copies of K and V (bigbird gathers
-        m key blocks per query block) and outputs; then either the float32 scores and probabilities that the
-        chunked matmul path keeps (~1.5x nnz pairs; inference keeps at most one chunk), or, on the fused
-        kernels, the per-block key windows that a backward (or bigbird's gather) materialises."""
+        """An O(nnz) upper bound from the builder's traits (kernels/core.py, `Traits.estimate_bytes`); dense and
+        causal are SDPA's; user patterns: the generic kernel's plan."""
         if pattern.name not in BUILDERS:  # user patterns: the generic kernel, from its plan
             return blocksparse.plan_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
         traits = TRAITS[pattern.name]
         if traits.sdpa:
             return SdpaImpl().estimate_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
-        elt = torch.finfo(dtype).bits // 8
-        pairs = 1.5 * pattern.nnz(n)
-        copies = (2 * traits.gathered(pattern) + 6) * n * head_dim * 4
-        if traits.keeps_scores(device_type, dtype, mode):
-            work = 4 * pairs if mode == "fwd" else 2 * (8 + elt) * pairs
-        else:
-            # query rows that share one key window: all of them for gathered columns, a block for the others
-            rows = n if traits.all_rows_share else getattr(pattern, "block", band_block(device_type))
-            work = pairs / rows * head_dim * elt * (2 if mode == "fwd" else 4)
-        return int(batch * heads * ((1 if mode == "fwd" else 3) * copies + work))
+        return traits.estimate_bytes(pattern, batch, heads, n, head_dim, dtype, mode, device_type)
 

@@ -7,3 +7,6 @@ from sparsebench.results.dirs import results_file as results_file
 from sparsebench.results.resultset import Meta as Meta
 from sparsebench.results.resultset import ResultSet as ResultSet
 from sparsebench.results.schema import *  # noqa: F403  (every public name of the schema, as before the move)
+from sparsebench.results.spec import Params as Params
+from sparsebench.results.spec import PatternSpec as PatternSpec
+from sparsebench.results.spec import canonical_params as canonical_params

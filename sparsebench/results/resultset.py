@@ -53,6 +53,11 @@ class Meta(Mapping[str, Any]):
         return str(self._data.get("git_sha") or "").removesuffix("+dirty")
 
     @property
+    def date(self) -> str:
+        """When the run started (ISO 8601, as written; '' when unknown)."""
+        return str(self._data.get("date") or "")
+
+    @property
     def config(self) -> dict[str, Any]:
         """The sweep's settings as run (a `SweepConfig` as a dict; {} for merges and old files)."""
         config = self._data.get("config")

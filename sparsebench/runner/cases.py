@@ -10,8 +10,17 @@ import torch
 
 from sparsebench.patterns import Pattern
 from sparsebench.resolve import get_pattern
-from sparsebench.results import DENSE_REFERENCE, KEY_COLUMNS, SHAPE_COLUMNS, case_key, format_params, parse_params
-from sparsebench.results.labels import mode_label, pattern_label
+from sparsebench.results import (
+    DENSE_REFERENCE,
+    KEY_COLUMNS,
+    SHAPE_COLUMNS,
+    Params,
+    PatternSpec,
+    canonical_params,
+    case_key,
+    format_params,
+)
+from sparsebench.results.labels import mode_label
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16", "float": "float32"}
@@ -20,10 +29,11 @@ MODES = ("fwd", "fwdbwd", "decode")
 
 @dataclass(frozen=True)
 class Case:
-    """Everything that identifies one measurement (the CSV's key columns)."""
+    """Everything that identifies one measurement (the CSV's key columns), typed: the CSV's text forms only in
+    `row()`. `params` may be given as pairs, a mapping or 'k=v;k=v' text; it is kept as canonical pairs."""
 
     pattern: str
-    params: str  # canonical 'k=v;k=v'
+    params: Params  # the pattern's parameters: sorted (name, int) pairs (the CSV cell 'k=v;k=v': row())
     impl: str
     device: str  # 'cpu', 'cuda' or 'cuda:N'
     dtype: str
@@ -35,16 +45,29 @@ class Case:
     q_len: int  # queries: n, or in decode the last q_len positions n - q_len ... n - 1
     head_dim: int
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", canonical_params(self.params))
+
     @classmethod
     def from_row(cls, row: Any) -> Case:
-        """The case a results row measured (its key columns: params in canonical form, integers as integers)."""
+        """The case a results row measured (its key columns: params parsed, integers as integers)."""
         ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
         values = {c: (int(row[c]) if c in ints else str(row[c])) for c in KEY_COLUMNS}
         params = row["params"] if isinstance(row["params"], str) else ""  # an empty cell may read as NaN
-        return cls(**{**values, "params": format_params(parse_params(params))})
+        return cls(**{**values, "params": params})
+
+    @classmethod
+    def of(cls, spec: PatternSpec, impl: str, *shape: Any) -> Case:
+        """The case of a pattern spec, an implementation and a shape (device ... head_dim, in field order)."""
+        return cls(spec.name, spec.params, impl, *shape)
+
+    @property
+    def spec(self) -> PatternSpec:
+        """The pattern this case measures, with its parameters."""
+        return PatternSpec(self.pattern, self.params)
 
     def build_pattern(self) -> Pattern:
-        return get_pattern(self.pattern, **parse_params(self.params))
+        return get_pattern(self.pattern, **dict(self.params))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -66,19 +89,20 @@ class Case:
     def reference(self) -> Case:
         """The dense reference case (dense SDPA) measured beside this one, on the same inputs."""
         pattern, impl = DENSE_REFERENCE
-        return dataclasses.replace(self, pattern=pattern, params="", impl=impl)
+        return dataclasses.replace(self, pattern=pattern, params=(), impl=impl)
 
     def label(self) -> str:
-        pattern, mode = pattern_label(self.pattern, self.params), mode_label(self.mode, self.q_len)
+        pattern, mode = self.spec.label(), mode_label(self.mode, self.q_len)
         gqa = f" kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
         return f"{pattern} {self.impl} n={self.seq_len}{gqa} {self.dtype} {mode} {self.device}"
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The case as JSON (what a worker is sent): params as an object, name -> value."""
+        return {**asdict(self), "params": dict(self.params)}
 
     def row(self) -> dict:
-        """The key columns as they go into the CSV."""
-        return {**self.to_dict(), "device": self.device_type}
+        """The key columns as they go into the CSV: params as 'k=v;k=v', the device's type."""
+        return {**asdict(self), "params": format_params(dict(self.params)), "device": self.device_type}
 
 
 @dataclass(frozen=True)

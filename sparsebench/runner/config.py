@@ -19,7 +19,8 @@ from sparsebench.patterns.decode import check_decode_rows
 from sparsebench.patterns.mask_mod import MaskModPattern
 from sparsebench.patterns.selection import is_selection
 from sparsebench.resolve import get_impl, get_pattern
-from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case, case_params
+from sparsebench.results import PatternSpec
+from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, MODES, Case
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,12 +100,51 @@ class SweepConfig:
         if not self.patterns:
             raise SparsebenchError("no pattern given")
         self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
+        specs = []
         for spec in self.patterns:
-            name, _ = parse_pattern_spec(spec, self.params)  # validates names and parameters
+            name, params = parse_pattern_spec(spec, self.params)  # validates names and parameters
             modes = getattr(SELECTIONS.get(name) or PATTERNS[name], "modes", None)  # a selection's modes
             if modes is not None and not set(self.modes) & modes:
                 raise SparsebenchError(f"pattern {name} runs in mode {' or '.join(sorted(modes))} only; the sweep's "
                                        f"modes are {', '.join(self.modes)}")
+            specs.append(PatternSpec(name, get_pattern(name, **params).params))  # defaults filled in
+        # The patterns parsed, once: what the cases carry. Not a field: meta.json records `patterns` as given.
+        self.pattern_specs: tuple[PatternSpec, ...] = tuple(specs)
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """What a command line gives over a config file's settings, typed: None (or empty) where not given, so the
+    file's value, else the default, stands. `params`: shared pattern parameters, merged over the file's."""
+
+    patterns: list[str] | None = None
+    seq: list[int] | None = None
+    impls: list[str] | None = None
+    devices: list[str] | None = None
+    dtypes: list[str] | None = None
+    modes: list[str] | None = None
+    batch: list[int] | None = None
+    heads: list[int] | None = None
+    kv_heads: list[int] | None = None
+    q_len: list[int] | None = None
+    head_dim: list[int] | None = None
+    timeout: float | None = None  # seconds per case
+    min_run_time: float | None = None
+    inputs: str | None = None
+    input_seed: int | None = None
+    params: dict[str, int] = field(default_factory=dict)
+
+    def over(self, settings: dict[str, Any]) -> SweepConfig:
+        """The sweep: a config file's settings (`load_config`; {} without one) with these options over them,
+        every value checked (SparsebenchError)."""
+        merged = dict(settings)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "params":
+                merged["params"] = {**merged.get("params", {}), **value}
+            elif value or (f.name == "input_seed" and value is not None):  # a seed of 0 is given
+                merged[f.name] = value
+        return SweepConfig(**merged)
 
 
 def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:
@@ -255,7 +295,6 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     user did not name explicitly are left out where unsupported rather than reported.
     """
     devices = resolve_devices(config.devices)
-    specs = [parse_pattern_spec(s, config.params) for s in config.patterns]
     impl_names = config.impls or [name for name, impl in IMPLS.items() if impl.in_default_sweep]
     run: list[Case] = []
     unsupported: list[tuple[Case, str]] = []
@@ -263,10 +302,9 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     decode_checked: set[tuple] = set()
     for device, dtype, mode, batch, heads, kv_heads, n, q_len, head_dim in _shapes(config, devices):
         group: list[Case] = []
-        for (name, params), impl in itertools.product(specs, impl_names):
-            pattern = get_pattern(name, **params)
-            case = Case(name, case_params(pattern), impl, device, dtype, mode, batch, heads, kv_heads, n, q_len,
-                        head_dim)
+        for spec, impl in itertools.product(config.pattern_specs, impl_names):
+            pattern = get_pattern(spec.name, **spec.kwargs)
+            case = Case.of(spec, impl, device, dtype, mode, batch, heads, kv_heads, n, q_len, head_dim)
             if case.key() in seen:
                 continue
             seen.add(case.key())

@@ -17,8 +17,6 @@ Every call is counted (`n_calls`).
 from __future__ import annotations
 
 import gc
-import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -58,34 +56,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _slowdown_factor(impl: str) -> float:
-    """Test-only hook: SPARSEBENCH_TEST_SLOWDOWN='impl:factor' makes that impl's calls `factor` x slower."""
-    spec = os.environ.get("SPARSEBENCH_TEST_SLOWDOWN", "")
-    name, _, factor = spec.partition(":")
-    return float(factor) if name == impl and factor else 1.0
-
-
-def _inject_fault(impl: str) -> None:
-    """Test-only hook: SPARSEBENCH_TEST_FAULT='impl:fault[,impl:fault...]' makes that impl's case fail so:
-    kill (SIGKILL, as the kernel's OOM killer does), raise, oom (CUDA's error), alloc (a real CPU allocation
-    failure) or hang."""
-    faults = dict(item.partition(":")[::2] for item in os.environ.get("SPARSEBENCH_TEST_FAULT", "").split(","))
-    fault = faults.get(impl)
-    if fault == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if fault == "raise":
-        raise RuntimeError("injected failure")
-    if fault == "oom":
-        raise torch.OutOfMemoryError("injected out of memory")
-    if fault == "alloc":
-        torch.empty(2**60, dtype=torch.uint8)  # beyond any address space: the CPU allocator's own error
-    if fault == "hang":
-        time.sleep(3600)
-
-
 def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measurement:
     """Measure one case (status ok or inaccurate); raises when the implementation fails."""
-    _inject_fault(case.impl)
     device = torch.device(case.device)
     impl = get_impl(case.impl)
     pattern = case.build_pattern()
@@ -115,9 +87,6 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
         return out
 
     call: Callable[[], torch.Tensor] = forward_backward if case.mode == "fwdbwd" else forward
-    factor = _slowdown_factor(case.impl)
-    if factor != 1.0:
-        call = _slowed(call, factor, device)
 
     # First call: compilation, autotuning, lazy init. Reported apart, never in the latency.
     t0 = time.perf_counter()
@@ -236,17 +205,3 @@ def _slow_case(call: Callable[[], torch.Tensor], device: torch.device, first_cal
     if ms < SLOW_CALL_S * 1e3:
         return None
     return peak_mib, [ms, *timing.time_cpu_calls(call, min(settings.min_samples, SLOW_SAMPLES) - 1)]
-
-
-def _slowed(call: Callable[[], torch.Tensor], factor: float, device: torch.device) -> Callable[[], torch.Tensor]:
-    def slowed() -> torch.Tensor:
-        t0 = time.perf_counter()
-        out = call()
-        _sync(device)
-        # busy-wait rather than sleep: sleep granularity would blur short calls
-        end = time.perf_counter() + (factor - 1.0) * (time.perf_counter() - t0)
-        while time.perf_counter() < end:
-            pass
-        return out
-
-    return slowed

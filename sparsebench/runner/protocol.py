@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-VERSION = 1
+VERSION = 2  # 2: a case's pattern parameters as a JSON object (name -> integer), no longer 'k=v;k=v' text
 KEY = "protocol"
 
 # event name -> the fields it must carry

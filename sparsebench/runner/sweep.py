@@ -16,6 +16,7 @@ from sparsebench import environment, plugins
 from sparsebench.errors import SparsebenchError
 from sparsebench.results import (
     RESULTS_NAME,
+    Meta,
     ResultWriter,
     case_key,
     check_header,
@@ -48,7 +49,7 @@ class Sweep:
     def from_meta(cls, meta: dict[str, Any]) -> Sweep:
         """The timing settings a results file was measured with (its meta.json's config), defaults elsewhere."""
         plugins.load_recorded(meta)  # user code the results were measured with: its cases must build again
-        saved = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        saved = (meta if isinstance(meta, Meta) else Meta(meta)).config
         names = ("timeout", "min_run_time", "min_samples", "warmup")
         return cls(SweepConfig(**{k: saved[k] for k in names if k in saved}))
 

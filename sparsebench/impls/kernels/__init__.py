@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from sparsebench.impls.kernels import band, columns, dense, global_tokens
+from sparsebench.impls.kernels import band, blocksparse, columns, dense, global_tokens
 from sparsebench.impls.kernels.band import dilated_kernel, local_kernel, sliding_window_kernel
 from sparsebench.impls.kernels.blocksparse import blocksparse_kernel
 from sparsebench.impls.kernels.columns import fixed_kernel, strided_kernel
@@ -45,6 +45,13 @@ TRAITS: dict[str, Traits] = {
 }
 
 
+def estimate_pairs(pattern: Pattern, n: int) -> int:
+    """(q, k) pairs the kernel for `pattern` computes, no kernel built: its builder's traits, or for a user
+    pattern the generic block-sparse kernel's plan."""
+    traits = TRAITS.get(pattern.name)
+    return blocksparse.plan_pairs(pattern, n, "cpu") if traits is None else traits.estimate_pairs(pattern, n)
+
+
 def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: torch.dtype,
                  q_len: int | None = None) -> Kernel:
     """The prepared kernel for `pattern` at length n (masks and indices built here, once): its specialised
@@ -57,4 +64,4 @@ def build_kernel(pattern: Pattern, n: int, device: torch.device | str, dtype: to
     return builder(pattern, n, torch.device(device), dtype)
 
 
-__all__ = ["BUILDERS", "TRAITS", "Kernel", "Traits", "build_kernel"]
+__all__ = ["BUILDERS", "TRAITS", "Kernel", "Traits", "build_kernel", "estimate_pairs"]

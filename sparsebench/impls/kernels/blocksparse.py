@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from enum import Enum
 from functools import lru_cache
-from typing import Literal
 
 import torch
 
@@ -38,11 +38,23 @@ SHARED_MIN_BLOCKS = 2  # query blocks with one key-block list that make a shared
 RUN_MIN_BLOCKS = 4  # consecutive query blocks with a causal or sliding key-block range that make one call
 
 
+class BucketKind(str, Enum):
+    """How a bucket's call finds its keys (see the module docstring). A str, so it reads and prints as its name."""
+
+    shared = "shared"
+    causal = "causal"
+    window = "window"
+    gathered = "gathered"
+
+    def __str__(self) -> str:
+        return self.value
+
+
 @dataclass
 class Bucket:
     """Query blocks computed by one attention call (the kinds are in the module docstring)."""
 
-    kind: Literal["shared", "causal", "window", "gathered"]
+    kind: BucketKind
     query_blocks: torch.Tensor  # (nq,) query block indices, ascending
     key_blocks: torch.Tensor  # (nq, m) each query block's key blocks, padding slots at block 0; causal: (nq, 0)
     masked: bool  # whether the call needs a mask: a partial block, a padding slot, or keys past n
@@ -53,13 +65,14 @@ class Bucket:
 
     def pairs(self, b: int) -> int:
         """(q, k) pairs its call computes per batch*head row, padding and (causal) dropped rows included."""
-        if self.kind == "causal":
+        if self.kind is BucketKind.causal:
             return self.span * b * (self.span * b + 1) // 2
         return self.key_blocks.numel() * b * b
 
     def copies(self, b: int) -> int:
         """Rows of K and V it copies per batch*head row (the gathers), both counted."""
-        return 2 * b * {"shared": self.key_blocks.shape[1], "gathered": self.key_blocks.numel()}.get(self.kind, 0)
+        return 2 * b * {BucketKind.shared: self.key_blocks.shape[1],
+                        BucketKind.gathered: self.key_blocks.numel()}.get(self.kind, 0)
 
 
 @dataclass(kw_only=True)
@@ -79,17 +92,17 @@ class BlockSparseKernel(Kernel):
         for bucket in self.buckets:
             nq = len(bucket.query_blocks)
             bias = None if bucket.bias is None else bucket.bias[None]
-            if bucket.kind == "causal":  # views of the blocks [first, last]; the rows before the run dropped
+            if bucket.kind is BucketKind.causal:  # views of the blocks [first, last]; the rows before the run dropped
                 first, end = bucket.first, bucket.first + bucket.span
                 qc, kc, vc = (x[:, first:end].reshape(rows, 1, -1, D) for x in (qp, kp, vp))
                 part = attend_out(qc, kc, vc, None, backend=backend, causal=True)[:, 0, (end - nq - first) * b:]
             else:
                 qb = qp.index_select(1, bucket.query_blocks)  # (rows, nq, b, D)
-                if bucket.kind == "shared":  # every query of the group against the same keys, gathered once
+                if bucket.kind is BucketKind.shared:  # every query of the group against the same keys, gathered once
                     qb = qb.reshape(rows, 1, nq * b, D)
                     kb, vb = (x.index_select(1, bucket.key_blocks[0]).view(rows, 1, -1, D) for x in (kp, vp))
                     bias = None if bias is None else bias.reshape(1, 1, nq * b, -1)
-                elif bucket.kind == "window":  # overlapping views of K and V: nothing gathered
+                elif bucket.kind is BucketKind.window:  # overlapping views of K and V: nothing gathered
                     kb, vb = (_block_windows(x, bucket.first, bucket.key_blocks.shape[1], nq) for x in (kp, vp))
                 else:  # (rows, nq, m*b, D): each query block's key blocks, gathered
                     kb, vb = (x.index_select(1, bucket.key_blocks.flatten()).view(rows, nq, -1, D)
@@ -115,7 +128,7 @@ def blocksparse_kernel(pattern: Pattern, n: int, device: torch.device, dtype: to
         buckets.append(dataclasses.replace(bucket, query_blocks=bucket.query_blocks.to(device),
                                            key_blocks=bucket.key_blocks.to(device), bias=bias))
     # a gathered bucket copies m (N, D) tensors' worth of keys per row; the other kinds copy at most one
-    largest = max([bk.key_blocks.shape[1] for bk in buckets if bk.kind == "gathered"] + [1])
+    largest = max([bk.key_blocks.shape[1] for bk in buckets if bk.kind is BucketKind.gathered] + [1])
     return BlockSparseKernel(n=n, executed_pairs=sum(bk.pairs(b) for bk in buckets), block=b, buckets=buckets,
                              largest_temp=largest)
 
@@ -136,15 +149,16 @@ def plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
     buckets = []
     for query_blocks in _shared_groups(needed):
         key_blocks = needed[query_blocks[0]].nonzero().flatten().expand(len(query_blocks), -1)
-        buckets.append(Bucket("shared", query_blocks, key_blocks, masked(query_blocks, key_blocks)))
+        buckets.append(Bucket(BucketKind.shared, query_blocks, key_blocks, masked(query_blocks, key_blocks)))
         left[query_blocks] = False
     for query_blocks, first in _causal_runs(starts, counts, full, diag_causal, left):
-        buckets.append(Bucket("causal", query_blocks, torch.empty(len(query_blocks), 0, dtype=torch.long), False,
-                              first=first, span=int(query_blocks[-1]) + 1 - first))
+        buckets.append(Bucket(BucketKind.causal, query_blocks, torch.empty(len(query_blocks), 0, dtype=torch.long),
+                              False, first=first, span=int(query_blocks[-1]) + 1 - first))
         left[query_blocks] = False
     for query_blocks, first, m in _window_runs(starts, counts, contiguous, left):
         key_blocks = first + torch.arange(len(query_blocks))[:, None] + torch.arange(m)[None, :]
-        buckets.append(Bucket("window", query_blocks, key_blocks, masked(query_blocks, key_blocks), first=first))
+        buckets.append(Bucket(BucketKind.window, query_blocks, key_blocks, masked(query_blocks, key_blocks),
+                              first=first))
         left[query_blocks] = False
     per_row = torch.where(left, counts, 0)
     sizes = torch.where(per_row > 0, 2 ** torch.ceil(torch.log2(per_row.clamp(min=1).double())).long(), 0)
@@ -155,7 +169,7 @@ def plan(pattern: Pattern, n: int, b: int) -> tuple[Bucket, ...]:
         key_blocks = order[:, :m_used]  # (nq, m_used): kept blocks first, then (masked) padding
         slot_ok = torch.arange(m_used)[None, :] < per_row[query_blocks][:, None]
         padded = not bool(slot_ok.all())
-        buckets.append(Bucket("gathered", query_blocks, key_blocks, padded or masked(query_blocks, key_blocks),
+        buckets.append(Bucket(BucketKind.gathered, query_blocks, key_blocks, padded or masked(query_blocks, key_blocks),
                               slot_ok=slot_ok))
     return tuple(buckets)
 
@@ -178,8 +192,9 @@ def plan_bytes(pattern: Pattern, batch: int, heads: int, n: int, head_dim: int, 
     elt = torch.finfo(dtype).bits // 8
 
     def temp(bk: Bucket, grad: bool) -> int:  # rows of D values per batch*head row
-        windows = 2 * bk.key_blocks.numel() * b if grad and bk.kind == "window" else 0
-        return 2 * len(bk.query_blocks) * b + bk.copies(b) + windows + (bk.span * b if bk.kind == "causal" else 0)
+        windows = 2 * bk.key_blocks.numel() * b if grad and bk.kind is BucketKind.window else 0
+        causal = bk.span * b if bk.kind is BucketKind.causal else 0
+        return 2 * len(bk.query_blocks) * b + bk.copies(b) + windows + causal
 
     padded = 4 * -(-n // b) * b
     if mode == "fwdbwd":
@@ -200,7 +215,8 @@ def plan_masked_share(pattern: Pattern, n: int, device_type: str) -> float:
     """The share of all n^2 pairs that the kernel computes in masked or gathered buckets, where it does what
     SDPA with a mask does plus the masks' and gathers' copies."""
     b = block_size(device_type)
-    return sum(bk.pairs(b) for bk in cached_plan(pattern, n, b) if bk.masked or bk.kind == "gathered") / (n * n)
+    masked = [bk for bk in cached_plan(pattern, n, b) if bk.masked or bk.kind is BucketKind.gathered]
+    return sum(bk.pairs(b) for bk in masked) / (n * n)
 
 
 def _shared_groups(needed: torch.Tensor) -> list[torch.Tensor]:

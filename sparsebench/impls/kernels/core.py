@@ -143,6 +143,8 @@ class Traits:
     all_rows_share: every query row attends to one gathered key set (columns), not a key window per block.
     gathered(pattern): key blocks gathered per query block (copies of K and V).
     sdpa: the kernel is one SDPA call (dense, causal): SDPA's estimates.
+    padding: pairs computed per kept pair (partial blocks, padding slots): at most 1.5 for the blocked kernels.
+    row_padding: keys computed per query row beyond that (up to one 64-key block).
     """
 
     private_ops: Callable[[str, str], bool] = _no
@@ -150,6 +152,33 @@ class Traits:
     all_rows_share: bool = False
     gathered: Callable[[Any], int] = lambda pattern: 1
     sdpa: bool = False
+    padding: float = 1.5
+    row_padding: int = 64
+
+    def estimate_pairs(self, pattern: Any, n: int) -> int:
+        """(q, k) pairs the kernel computes per batch and head at length n, from the exact nnz; no kernel built."""
+        return int(self.padding * pattern.nnz(n)) + self.row_padding * n
+
+    def estimate_bytes(self, pattern: Any, batch: int, heads: int, n: int, head_dim: int, dtype: torch.dtype,
+                       mode: str, device_type: str) -> int:
+        """An O(nnz) upper bound of one call's extra memory (not for `sdpa` kernels: SDPA's own estimate).
+
+        Padded/gathered copies of K and V (bigbird gathers m key blocks per query block) and six more (N, D)
+        float32 tensors (padded Q, outputs and the parts merged into them), three times over with autograd;
+        then either the float32 scores and probabilities that the chunked matmul path keeps (4 bytes per
+        padded pair in inference, which keeps at most one chunk; 2 x (8 + element size) with autograd), or,
+        on the fused kernels, the per-block key windows that a backward (or bigbird's gather) materialises.
+        """
+        elt = torch.finfo(dtype).bits // 8
+        pairs = self.padding * pattern.nnz(n)
+        copies = (2 * self.gathered(pattern) + 6) * n * head_dim * 4
+        if self.keeps_scores(device_type, dtype, mode):
+            work = 4 * pairs if mode == "fwd" else 2 * (8 + elt) * pairs
+        else:
+            # query rows that share one key window: all of them for gathered columns, a block for the others
+            rows = n if self.all_rows_share else getattr(pattern, "block", per_device(BLOCK, device_type))
+            work = pairs / rows * head_dim * elt * (2 if mode == "fwd" else 4)
+        return int(batch * heads * ((1 if mode == "fwd" else 3) * copies + work))
 
 
 # Positions per block, by device type: the band kernels' query blocks and the generic block-sparse kernel's

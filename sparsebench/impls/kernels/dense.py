@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from sparsebench.impls.kernels.core import Kernel, Traits
 
-SDPA = Traits(sdpa=True)  # one SDPA call: SDPA's own estimates
+SDPA = Traits(sdpa=True, padding=1.0, row_padding=0)  # one SDPA call on exactly the kept pairs: SDPA's estimates
 
 
 @dataclass(kw_only=True)
