@@ -121,7 +121,17 @@ def key_text(value: Any) -> str:
 
 def case_key(row: Any, columns: list[str] = KEY_COLUMNS) -> tuple[str, ...]:
     """The case key of a row (dict, Series or record) as canonical text: equal keys measure the same case."""
-    return tuple(key_text(row[c]) for c in columns)
+    return tuple(key_text(_key_cell(row, c)) for c in columns)
+
+
+def _key_cell(row: Any, column: str) -> Any:
+    """row[column]; a serving key column that a row does not have (written before them, or by hand) is empty."""
+    try:
+        return row[column]
+    except KeyError:
+        if column in SERVING_KEY_COLUMNS:
+            return None
+        raise
 
 
 def shape_key(row: Any) -> tuple[str, ...]:

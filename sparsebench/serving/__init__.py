@@ -9,7 +9,7 @@ from __future__ import annotations
 from sparsebench.patterns import Pattern
 from sparsebench.serving.base import ServingImpl, ServingPrepared
 from sparsebench.serving.batch import ServingBatch, make_batch
-from sparsebench.serving.decode import PagedGather, PaddedDecode
+from sparsebench.serving.decode import PaddedDecode, PagedGather
 from sparsebench.serving.lengths import PER_SEQUENCE, canonical, check_page_size, check_pattern, count, draw
 from sparsebench.serving.prefill import DocumentFlex, NestedSdpa, PackedBlockSparse, PaddedSdpa
 
