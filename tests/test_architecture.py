@@ -18,7 +18,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("resolve", {"resolve"}),  # names (user code included) to patterns and implementations
     ("results", {"results"}),  # the schema, its files and result sets
     ("logic", {"runner", "gate", "gate_report", "gate_quality", "machine", "export", "plots", "plots_quality",
-               "history", "merge"}),
+               "plots_serving", "history", "merge"}),
     ("services", {"services", "api", "train"}),  # workflows under the commands, and the library's entry points
     ("interface", {"cli", "__init__", "__main__"}),  # commands: options and printing
 ]
