@@ -68,8 +68,10 @@ def test_a_cross_sequence_leak_is_caught():
 
 
 @pytest.mark.parametrize("name", serving.PER_SEQUENCE)
-@pytest.mark.parametrize("impl", ["sdpa", "structured"])
-def test_paged_decode_equals_each_sequence_alone_and_ignores_page_order(name, impl):
+@pytest.mark.parametrize("impl, batched_pages", [("sdpa", 64), ("structured", 64), ("structured", 0)])
+def test_paged_decode_equals_each_sequence_alone_and_ignores_page_order(name, impl, batched_pages, monkeypatch):
+    """structured: one call over the batch's pages (few pages per sequence), or a call per sequence (0)."""
+    monkeypatch.setattr(serving.decode, "BATCHED_PAGES", batched_pages)
     pattern = pattern_of(name)
     batch = serving.make_batch(LENGTHS, 4, 2, 16, torch.float32, "cpu", page_size=16, seed=2)
     assert not torch.equal(batch.page_table[:, 0], torch.arange(len(LENGTHS)))  # shuffled
@@ -87,7 +89,12 @@ def test_paged_local_decode_reads_only_the_window_pages():
     dense = serving.DECODE["structured"].prepare(get_pattern("dense"), batch)
     padded = serving.DECODE["sdpa"].prepare(get_pattern("dense"), batch)
     assert local.kv_rows == 3 * 3 * 16  # keys n-33 .. n-1 lie in at most 3 pages of 16
-    assert dense.kv_rows == 3 * 63 * 16 and padded.kv_rows == 3 * 1000
+    assert dense.kv_rows == 3 * 63 * 16 and padded.kv_rows == 3 * 1000  # batched: padded to the most pages
+    serving.decode.BATCHED_PAGES, saved = 0, serving.decode.BATCHED_PAGES
+    try:
+        assert serving.DECODE["structured"].prepare(get_pattern("dense"), batch).kv_rows == (63 + 21 + 5) * 16
+    finally:
+        serving.decode.BATCHED_PAGES = saved
     assert padded.padding_waste == pytest.approx(1 - 1403 / 3000)
 
 

@@ -53,30 +53,54 @@ class PagedGather(ServingImpl):
     def prepare(self, pattern: Pattern, batch: ServingBatch) -> ServingPrepared:
         P, device = batch.page_size, batch.q.device
         shift = P.bit_length() - 1  # P is a power of two (lengths.check_page_size)
-        needed = []  # per sequence: (logical pages holding a kept key, the kept keys' mask over those pages)
-        for n in batch.lengths:
+        table = batch.page_table.cpu()
+        needed = []  # per sequence: (physical pages holding a kept key, the kept keys over those pages' slots)
+        for i, n in enumerate(batch.lengths):
             keep = kept_keys(pattern, n)
             full = torch.zeros(pages_for(n, P) << shift, dtype=torch.bool)
             full[:n] = keep
             pages = full.view(-1, P).any(dim=1).nonzero().flatten()
-            needed.append((pages, full.view(-1, P)[pages].flatten()))
+            needed.append((table[i, pages], full.view(-1, P)[pages].flatten()))
         m = max(len(pages) for pages, _ in needed)
-        physical = torch.zeros(len(needed), m, dtype=torch.int64)
-        keep = torch.zeros(len(needed), m * P, dtype=torch.bool)
-        for i, (pages, slots) in enumerate(needed):
-            physical[i, :len(pages)] = batch.page_table[i].cpu()[pages]
-            keep[i, :len(slots)] = slots
-        bias = bias_from_mask(keep.to(device), batch.q.dtype)[:, None, None, :]  # (B, 1, 1, m * P)
-        return ServingPrepared(state=(physical.flatten().to(device), bias, m), executed_pairs=len(needed) * m * P,
-                               kv_rows=len(needed) * m * P)
+        rows = sum(len(pages) for pages, _ in needed) * P
+        if m <= BATCHED_PAGES:  # one call over (B, KVH, m * P, D), padding slots masked
+            physical = torch.zeros(len(needed), m, dtype=torch.int64)
+            keep = torch.zeros(len(needed), m * P, dtype=torch.bool)
+            for i, (pages, slots) in enumerate(needed):
+                physical[i, :len(pages)] = pages
+                keep[i, :len(slots)] = slots
+            bias = bias_from_mask(keep.to(device), batch.q.dtype)[:, None, None, :]  # (B, 1, 1, m * P)
+            state = ("batched", physical.flatten().to(device), bias, m)
+            rows = len(needed) * m * P
+        else:  # a call per sequence over its own pages: no padding to the longest
+            state = ("each", [_one_sequence(pages, slots, device, batch.q.dtype) for pages, slots in needed])
+        return ServingPrepared(state=state, executed_pairs=rows, kv_rows=rows)
 
     def forward(self, batch: ServingBatch, prep: ServingPrepared) -> torch.Tensor:
-        pages, bias, m = prep.state
-        B = len(batch.lengths)
+        gqa = batch.q.shape[1] != batch.k.shape[1]
+        if prep.state[0] == "batched":
+            _, pages, bias, m = prep.state
+            k, v = (_gathered(x, pages, len(batch.lengths)) for x in (batch.k, batch.v))
+            return F.scaled_dot_product_attention(batch.q, k, v, attn_mask=bias, enable_gqa=gqa)
+        out = torch.empty_like(batch.q)
+        for i, (pages, kept, bias) in enumerate(prep.state[1]):
+            k, v = (_gathered(x, pages, 1)[:, :, :kept] for x in (batch.k, batch.v))
+            out[i:i + 1] = F.scaled_dot_product_attention(batch.q[i:i + 1], k, v, attn_mask=bias, enable_gqa=gqa)
+        return out
 
-        def gathered(cache: torch.Tensor) -> torch.Tensor:  # (KVH, pages, P, D) -> (B, KVH, m * P, D)
-            kvh, _, P, D = cache.shape
-            return cache.index_select(1, pages).view(kvh, B, m * P, D).transpose(0, 1)
 
-        k, v = gathered(batch.k), gathered(batch.v)
-        return F.scaled_dot_product_attention(batch.q, k, v, attn_mask=bias, enable_gqa=batch.q.shape[1] != k.shape[1])
+BATCHED_PAGES = 64  # at most this many pages per sequence: one call for the batch; more: a call per sequence
+
+
+def _gathered(cache: torch.Tensor, pages: torch.Tensor, batch: int) -> torch.Tensor:
+    """(KVH, pages, P, D) -> (batch, KVH, len(pages) / batch * P, D): the pages, in order, per sequence."""
+    kvh, _, P, D = cache.shape
+    return cache.index_select(1, pages).view(kvh, batch, -1, D).transpose(0, 1)
+
+
+def _one_sequence(pages: torch.Tensor, slots: torch.Tensor, device: torch.device, dtype: torch.dtype):
+    """(pages, kept, bias) of one sequence: its slots up to the last kept key, a mask only where the kept keys
+    are not all of them (dense and causal keep a prefix: no mask)."""
+    kept = int(slots.nonzero().max()) + 1
+    bias = None if bool(slots[:kept].all()) else bias_from_mask(slots[:kept].to(device), dtype).view(1, 1, 1, -1)
+    return pages.to(device), kept, bias

@@ -2,7 +2,8 @@
 
 - `sdpa`: the naive baseline, every sequence padded to the longest ((B, H, Lmax, D)), one SDPA call; its
   `padding_waste` is the share of padded token slots;
-- `nested`: SDPA on nested (jagged) tensors, no padding (torch supports it for dense attention only);
+- `nested`: SDPA on nested (jagged) tensors (torch supports it for dense attention only); on a CPU torch has no
+  fused kernel for it and its math fallback materialises every head's padded scores (the preflight counts them);
 - `flex`: flex_attention over the packed stream with a document mask (attention-gym's `generate_doc_mask_mod`);
 - `structured`: the generic block-sparse kernel (impls/kernels/blocksparse.py) over the stream with each
   sequence starting on a block boundary: blocks never straddle two sequences, so each sequence's blocks are
