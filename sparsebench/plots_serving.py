@@ -30,20 +30,27 @@ def spread(spec: str, seed: object) -> float:
     return max(lengths) * len(lengths) / sum(lengths)
 
 
+def family(spec: str) -> str:
+    """A spec without its count ('uniform:512-8192'), so that batches of one distribution make one line."""
+    return spec.rpartition(":")[0] if spec.startswith("uniform:") else "list"
+
+
 def serving_figure(rows: pd.DataFrame, colors: dict[str, str], title: str = "") -> Figure:
     """tokens_per_s against batch (left) and against the lengths' spread (right), a row per mode."""
     ok = _ok(rows).copy()
     ok["spread"] = [spread(s, seed) for s, seed in zip(ok["seq_lens"], ok["seq_lens_seed"])]
+    ok["lengths"] = [family(s) for s in ok["seq_lens"]]
     modes = [m for m in MODE_TITLES if (ok["mode"] == m).any()]
     fig = Figure(figsize=(11, 4.2 * len(modes)), layout="constrained")
     axes = fig.subplots(len(modes), 2, squeeze=False)
     markers = dict(zip(sorted(ok["pattern"].unique()), "osD^v<>ph*X"))
     for row, mode in enumerate(modes):
         at_mode = ok[ok["mode"] == mode]
-        for col, (x, label) in enumerate((("batch", "batch (sequences)"),
-                                          ("spread", "spread of lengths (longest / mean)"))):
+        # a line over batch per distribution of lengths; a line over the spread per batch size
+        for col, (x, label, line) in enumerate((("batch", "batch (sequences)", "lengths"),
+                                                ("spread", "spread of lengths (longest / mean)", "batch"))):
             ax = axes[row][col]
-            for (pattern, params, impl), group in at_mode.groupby(["pattern", "params", "impl"], sort=True):
+            for (pattern, params, impl, _), group in at_mode.groupby(["pattern", "params", "impl", line], sort=True):
                 points = group.groupby(x)["tokens_per_s"].median().sort_index()
                 name = f"{pattern}({params})" if params else pattern
                 ax.plot(points.index, points.values, marker=markers.get(pattern, "o"), color=colors.get(impl),
@@ -55,6 +62,8 @@ def serving_figure(rows: pd.DataFrame, colors: dict[str, str], title: str = "") 
             ax.set_ylabel("tokens / s")
             ax.set_title(MODE_TITLES[mode])
             ax.grid(True, alpha=0.3)
-        axes[row][1].legend(fontsize=7, loc="best")
+        handles, labels = axes[row][1].get_legend_handles_labels()
+        unique = dict(zip(labels, handles))  # one entry per pattern and implementation
+        axes[row][1].legend(unique.values(), unique.keys(), fontsize=7, loc="best")
     fig.suptitle(title or "Serving batches")
     return fig

@@ -173,3 +173,22 @@ def test_serving_sweep_rows_and_gate(tmp_path):
     assert float(sdpa_dense["padding_waste"].iloc[0]) == pytest.approx(1 - 207 / 300)
     gate = CliRunner().invoke(app, ["gate", str(out / "results.csv"), str(out / "results.csv")])
     assert gate.exit_code == 0, gate.output
+
+
+def test_serving_figure_lines_per_distribution_and_batch():
+    import pandas as pd
+
+    from sparsebench.plots_serving import family, has_serving, serving_figure, spread
+
+    rows = pd.DataFrame([
+        {"pattern": "causal", "params": "", "impl": impl, "mode": "fwd", "status": "ok", "batch": b,
+         "seq_lens": f"uniform:256-2048:{b}", "seq_lens_seed": 0, "tokens_per_s": tps}
+        for impl, b, tps in [("sdpa", 4, 10.0), ("sdpa", 16, 20.0), ("structured", 4, 30.0), ("structured", 16, 50.0)]
+    ] + [{"pattern": "dense", "params": "", "impl": "sdpa", "mode": "fwd", "status": "ok", "batch": 1,
+          "seq_lens": "", "seq_lens_seed": None, "tokens_per_s": None}])
+    assert has_serving(rows) and not has_serving(rows[rows["seq_lens"] == ""])
+    assert family("uniform:256-2048:16") == "uniform:256-2048" and family("5,6") == "list"
+    assert spread("100,300", 0) == pytest.approx(1.5)
+    fig = serving_figure(rows, {"sdpa": "C0", "structured": "C1"})
+    batch_axis = fig.axes[0]
+    assert len(batch_axis.lines) == 2 and sorted(batch_axis.lines[1].get_ydata()) == [30.0, 50.0]
