@@ -192,3 +192,13 @@ def test_serving_figure_lines_per_distribution_and_batch():
     fig = serving_figure(rows, {"sdpa": "C0", "structured": "C1"})
     batch_axis = fig.axes[0]
     assert len(batch_axis.lines) == 2 and sorted(batch_axis.lines[1].get_ydata()) == [30.0, 50.0]
+
+
+def test_a_serving_sweep_does_not_resume_a_file_without_the_serving_columns(tmp_path):
+    from sparsebench.results import COLUMNS
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.csv").write_text(",".join(COLUMNS[:COLUMNS.index("seq_lens")]) + "\n")
+    result = CliRunner().invoke(app, ["run", "-p", "causal", "--seq-lens", "64,80", "--resume", "-o", str(out)])
+    assert result.exit_code == 2 and "another --out-dir" in result.stderr, result.output
