@@ -25,6 +25,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
 from sparsebench.errors import SparsebenchError
 from sparsebench.measure.peaks import vendor_peak_tflops
 from sparsebench.plots_quality import has_quality, quality_figure
+from sparsebench.plots_serving import has_serving, serving_figure
 from sparsebench.results import (
     BEST_DENSE_REFERENCE,
     Meta,
@@ -650,6 +651,12 @@ def write_plots(runs: list[Run], out_dir: Path, fmt: str = "png", reference: str
             quality.savefig(path, format=fmt, dpi=150)
             files[fs.name].append(path.name)
             written.append(path)
+    rows = pd.concat([fs.rows for fs in sets], ignore_index=True)
+    if has_serving(rows):  # serving batches: tokens per second against batch and spread, across the sets
+        path = out_dir / f"serving.{fmt}"
+        serving_figure(rows, impl_colors(sorted(rows["impl"].unique()))).savefig(path, format=fmt, dpi=150)
+        files.setdefault(sets[0].name, []).append(path.name)
+        written.append(path)
     report = out_dir / "report.md"
     report.write_text(report_markdown(sets, files))
     return written + [report]

@@ -13,12 +13,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparsebench"
 # Lowest first. A module may import from its own layer or any layer below it, never from one above.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"_version", "errors", "environment"}),
-    ("domain", {"patterns", "measure", "impls"}),  # what a pattern is, how a call is measured, the kernels
+    ("domain", {"patterns", "measure", "impls", "serving"}),  # what a pattern is, how a call is measured, the kernels
     ("plugins", {"plugins"}),  # user code: registers into the domain's registries
     ("resolve", {"resolve"}),  # names (user code included) to patterns and implementations
     ("results", {"results"}),  # the schema, its files and result sets
     ("logic", {"runner", "gate", "gate_report", "gate_quality", "machine", "export", "plots", "plots_quality",
-               "history", "merge"}),
+               "plots_serving", "history", "merge"}),
     ("services", {"services", "api", "train"}),  # workflows under the commands, and the library's entry points
     ("interface", {"cli", "__init__", "__main__"}),  # commands: options and printing
 ]

@@ -53,6 +53,15 @@ def run_cmd(
     q_len: Annotated[list[int] | None, typer.Option("--q-len", min=1, help="decode: query rows per step (1; 16 for "
                                                        "speculative decoding). Repeatable.")] = None,
     head_dim: Annotated[int | None, typer.Option("--head-dim", min=1, help="Head dimension D (default 64).")] = None,
+    seq_lens: Annotated[list[str] | None, typer.Option("--seq-lens", help="A serving batch of sequences of these "
+                                                          "lengths: 512,4096,8192, or uniform:LO-HI[:COUNT] (COUNT "
+                                                          "from --batch when left out), packed for prefill (fwd) or "
+                                                          "decoded over a paged KV cache (--mode decode). "
+                                                          "Repeatable.")] = None,
+    seq_lens_seed: Annotated[int | None, typer.Option("--seq-lens-seed", min=0, help="Seed of uniform:... "
+                                                         "lengths (default 0).")] = None,
+    page_size: Annotated[int | None, typer.Option("--page-size", help="Decode over --seq-lens: tokens per KV-cache "
+                                                     "page, a power of two (default 16).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML sweep file (see configs/). "
                                                    "Options given on the command line override it.")] = None,
     out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Where results.csv and meta.json go.")]
@@ -90,7 +99,8 @@ def run_cmd(
             patterns=pattern, seq=seq, impls=impl, devices=device, dtypes=dtype, modes=mode,
             batch=[batch] if batch else None, heads=[heads] if heads else None, kv_heads=kv_heads, q_len=q_len,
             head_dim=[head_dim] if head_dim else None, timeout=timeout, min_run_time=min_run_time, inputs=inputs,
-            input_seed=input_seed, params=opt.pattern_params(window, stride, dilation, length, summary,
+            input_seed=input_seed, seq_lens=seq_lens, seq_lens_seed=seq_lens_seed,
+            page_size=page_size, params=opt.pattern_params(window, stride, dilation, length, summary,
                                                              global_tokens, block, global_blocks, random_blocks,
                                                              mask_seed))
         file_settings = load_config(config) if config else {}

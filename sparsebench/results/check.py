@@ -150,6 +150,12 @@ DOMAINS: dict[str, Domain] = {
     "err_vs_full": NON_NEGATIVE,
     "speedup_vs_full": POSITIVE,
     "inputs": TEXT,  # random, structured, or the file measured on
+    "seq_lens": Domain(lambda _column, text: None if re.fullmatch(r"uniform:\d+-\d+:\d+|\d+(,\d+)*", text) else
+                       f"{text!r} is not lengths (512,4096) or uniform:LO-HI:COUNT"),
+    "seq_lens_seed": integer(0),
+    "page_size": integer(1),
+    "total_tokens": integer(1),
+    "padding_waste": FRACTION,
 }
 
 

@@ -35,16 +35,29 @@ def heads_text(heads: Any, kv_heads: Any) -> str:
     return f"H={heads}" + (f" KV={kv_heads}" if kv_heads not in (None, heads) else "")
 
 
+def serving_text(row: Mapping[str, Any]) -> str:
+    """' seq_lens=uniform:512-4096:16 page=16' for a serving batch (a seed other than 0 named), else ''."""
+    def cell(column: str) -> str:
+        text = str(row.get(column, ""))
+        return "" if text in ("", "nan", "None") else text.removesuffix(".0")
+
+    if not cell("seq_lens"):
+        return ""
+    seed = f" seed={cell('seq_lens_seed')}" if cell("seq_lens_seed") not in ("", "0") else ""
+    page = f" page={cell('page_size')}" if cell("page_size") else ""
+    return f" seq_lens={cell('seq_lens')}{seed}{page}"
+
+
 def shape_text(row: Mapping[str, Any]) -> str:
-    """'B=1 H=8 KV=2 D=64' (KV only where it differs from H)."""
-    return f"B={row['batch']} {heads_text(row['heads'], row.get('kv_heads'))} D={row['head_dim']}"
+    """'B=1 H=8 KV=2 D=64' (KV only where it differs from H), and a serving batch's lengths and page size."""
+    return f"B={row['batch']} {heads_text(row['heads'], row.get('kv_heads'))} D={row['head_dim']}{serving_text(row)}"
 
 
 def row_label(row: Mapping[str, Any]) -> str:
     """'local(window=64) eager 8192 fwd': pattern(params) impl n mode, with GQA heads, dtype and device where
     they are not the defaults."""
-    parts = [pattern_label(row["pattern"], row.get("params")), str(row["impl"]), str(row["seq_len"]),
-             mode_label(row["mode"], row.get("q_len"))]
+    parts = [pattern_label(row["pattern"], row.get("params")), str(row["impl"]),
+             serving_text(row).strip() or str(row["seq_len"]), mode_label(row["mode"], row.get("q_len"))]
     if row.get("kv_heads") not in (None, row.get("heads")):
         parts.append(f"kv_heads={row['kv_heads']}")
     parts += [str(row[c]) for c, default in (("dtype", "float32"), ("device", "cpu")) if row.get(c) != default]

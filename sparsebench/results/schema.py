@@ -26,10 +26,17 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 
 # Columns that identify a case: two rows with equal keys measure the same thing.
-KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len",
-               "q_len", "head_dim"]
+_FIRST_KEY_COLUMNS = ["pattern", "params", "impl", "device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len",
+                      "q_len", "head_dim"]
+# Serving cases (sparsebench/serving): a batch of sequences of different lengths, packed for prefill or decoded
+# over a paged KV cache. seq_lens: the lengths as a list ('512,4096,8192') or 'uniform:LO-HI:COUNT' drawn from
+# seq_lens_seed; page_size: decode's KV-cache page in tokens. Empty in every other row and in files written before
+# them (so those keep their keys); batch is then the number of sequences and seq_len the longest.
+SERVING_KEY_COLUMNS = ["seq_lens", "seq_lens_seed", "page_size"]
+KEY_COLUMNS = [*_FIRST_KEY_COLUMNS, *SERVING_KEY_COLUMNS]
 # Columns that fix a case's shape: its dense reference is the row of the same run with the same shape.
-SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim"]
+SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim",
+                 *SERVING_KEY_COLUMNS]
 
 # Optional columns added after the first files of this schema version, in order: empty when read from those,
 # left out of the rows a resumed run appends to them. gpu_index, gpu_name: the GPU a row was measured on
@@ -42,11 +49,15 @@ SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_l
 # Selection and quality (measure/quality.py): select_ms, density_min/max (density varies by head and input),
 # recall and err_vs_full against full attention, speedup_vs_full (against causal SDPA for causal patterns), and
 # the inputs measured on (random, structured, or a file).
+# Serving (above): the key columns, total_tokens (the batch's tokens: the packed stream, or the cached context in
+# decode), padding_waste (padded baselines: the share of padded token slots that are padding); tokens_per_s is
+# total_tokens per second in prefill and batch / latency (new tokens per second) in decode.
 LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms",
-                 "select_ms", "density_min", "density_max", "recall", "err_vs_full", "speedup_vs_full", "inputs"]
+                 "select_ms", "density_min", "density_max", "recall", "err_vs_full", "speedup_vs_full", "inputs",
+                 *SERVING_KEY_COLUMNS, "total_tokens", "padding_waste"]
 COLUMNS = [
     "schema_version", "run_id",
-    *KEY_COLUMNS,
+    *_FIRST_KEY_COLUMNS,
     "device_name", "density", "block_density", "nnz",
     "flops_useful", "flops_executed",
     "latency_ms", "latency_iqr_ms", "latency_min_ms", "n_samples", "samples_ms",
@@ -110,7 +121,17 @@ def key_text(value: Any) -> str:
 
 def case_key(row: Any, columns: list[str] = KEY_COLUMNS) -> tuple[str, ...]:
     """The case key of a row (dict, Series or record) as canonical text: equal keys measure the same case."""
-    return tuple(key_text(row[c]) for c in columns)
+    return tuple(key_text(_key_cell(row, c)) for c in columns)
+
+
+def _key_cell(row: Any, column: str) -> Any:
+    """row[column]; a serving key column that a row does not have (written before them, or by hand) is empty."""
+    try:
+        return row[column]
+    except KeyError:
+        if column in SERVING_KEY_COLUMNS:
+            return None
+        raise
 
 
 def shape_key(row: Any) -> tuple[str, ...]:
@@ -282,7 +303,10 @@ def peak_fractions(row: dict[str, Any], ceilings: dict[str, float]) -> dict[str,
     vendor = vendor_peak_tflops(str(row.get("device_name") or ""), str(row.get("dtype")))
     if rate is not None and vendor:
         out["pct_of_vendor_peak"] = 100 * rate / vendor
-    if "gbps" in out and ceilings.get("copy_gbps"):
+    # Serving rows on a CPU: no % of bandwidth. Its peak bandwidth is not known (the copy ceiling measured there
+    # shares the cores and caches with the call); GPUs' is.
+    serving_on_cpu = bool(row.get("seq_lens")) and str(row.get("device")) == "cpu"
+    if "gbps" in out and ceilings.get("copy_gbps") and not serving_on_cpu:
         out["pct_of_bandwidth"] = 100 * out["gbps"] / ceilings["copy_gbps"]
     return out
 
@@ -414,7 +438,8 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
     check_csv(path, REQUIRED_COLUMNS, STATUSES, READABLE_VERSIONS, KEY_COLUMNS)
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
-                            dtype={"params": str, "error": str, "samples_ms": str, "corpus": str, "inputs": str})
+                            dtype={"params": str, "error": str, "samples_ms": str, "corpus": str, "inputs": str,
+                                   "seq_lens": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if frame.empty and not allow_empty:
@@ -450,7 +475,8 @@ def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame["q_len"] = frame["q_len"].fillna(frame["seq_len"])
     for column in COLUMNS:
         if column not in frame.columns:
-            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus", "inputs") else math.nan
+            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus", "inputs", "seq_lens") \
+                else math.nan
     frame["schema_version"] = SCHEMA_VERSION
     return frame
 

@@ -13,12 +13,14 @@ from sparsebench.resolve import get_pattern
 from sparsebench.results import (
     DENSE_REFERENCE,
     KEY_COLUMNS,
+    SERVING_KEY_COLUMNS,
     SHAPE_COLUMNS,
     Params,
     PatternSpec,
     canonical_params,
     case_key,
     format_params,
+    key_text,
 )
 from sparsebench.results.labels import mode_label
 
@@ -44,6 +46,12 @@ class Case:
     seq_len: int  # n: keys (and queries, except in decode)
     q_len: int  # queries: n, or in decode the last q_len positions n - q_len ... n - 1
     head_dim: int
+    # Serving cases (sparsebench/serving): batch sequences of these lengths (canonical spec, drawn with
+    # seq_lens_seed), packed for prefill, or in decode over a paged cache of page_size tokens (0: not paged).
+    # seq_len is then the longest length. Empty for every other case.
+    seq_lens: str = ""
+    seq_lens_seed: int = 0
+    page_size: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", canonical_params(self.params))
@@ -52,7 +60,10 @@ class Case:
     def from_row(cls, row: Any) -> Case:
         """The case a results row measured (its key columns: params parsed, integers as integers)."""
         ints = {f.name for f in dataclasses.fields(cls) if f.type == "int"}
-        values = {c: (int(row[c]) if c in ints else str(row[c])) for c in KEY_COLUMNS}
+        values = {c: (int(row[c]) if c in ints else str(row[c])) for c in KEY_COLUMNS if c not in SERVING_KEY_COLUMNS}
+        for c in SERVING_KEY_COLUMNS:  # empty (or absent, in older files) outside serving cases
+            text = key_text(row[c]) if c in row else ""
+            values[c] = (int(text) if text else 0) if c in ints else text
         params = row["params"] if isinstance(row["params"], str) else ""  # an empty cell may read as NaN
         return cls(**{**values, "params": params})
 
@@ -72,6 +83,11 @@ class Case:
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+    @property
+    def serving(self) -> bool:
+        """A serving case: a batch of sequences of their own lengths (packed prefill or paged decode)."""
+        return bool(self.seq_lens)
 
     @property
     def device_type(self) -> str:
@@ -94,6 +110,9 @@ class Case:
     def label(self) -> str:
         pattern, mode = self.spec.label(), mode_label(self.mode, self.q_len)
         gqa = f" kv_heads={self.kv_heads}" if self.kv_heads != self.heads else ""
+        if self.serving:
+            paged = f" page={self.page_size}" if self.page_size else ""
+            return f"{pattern} {self.impl} seq_lens={self.seq_lens}{paged}{gqa} {self.dtype} {mode} {self.device}"
         return f"{pattern} {self.impl} n={self.seq_len}{gqa} {self.dtype} {mode} {self.device}"
 
     def to_dict(self) -> dict:
@@ -101,8 +120,14 @@ class Case:
         return {**asdict(self), "params": dict(self.params)}
 
     def row(self) -> dict:
-        """The key columns as they go into the CSV: params as 'k=v;k=v', the device's type."""
-        return {**asdict(self), "params": format_params(dict(self.params)), "device": self.device_type}
+        """The key columns as they go into the CSV: params as 'k=v;k=v', the device's type (the serving columns
+        empty outside serving cases)."""
+        row = {**asdict(self), "params": format_params(dict(self.params)), "device": self.device_type}
+        if not self.serving:
+            row.update(seq_lens=None, seq_lens_seed=None)
+        if not self.page_size:
+            row["page_size"] = None
+        return row
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import sys
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from sparsebench import plugins
+from sparsebench import plugins, serving
 from sparsebench.errors import SparsebenchError
 from sparsebench.impls import IMPLS
 from sparsebench.impls.selection import for_pattern, full_reference
@@ -59,6 +60,11 @@ class SweepConfig:
     warmup: int = 2
     inputs: str = "random"  # random, structured, or a .pt/.safetensors file of q, k, v (runner/inputs.py)
     input_seed: int = 0
+    # Serving batches (sparsebench/serving): each entry a batch's lengths, '512,4096,8192' or 'uniform:LO-HI[:COUNT]'
+    # (COUNT from `batch` when left out), packed for prefill (fwd) or decoded over a paged cache (decode).
+    seq_lens: list[str] = field(default_factory=list)
+    seq_lens_seed: int = 0
+    page_size: int = 16  # decode over seq_lens: tokens per KV-cache page
 
     def __post_init__(self) -> None:
         from sparsebench.runner.inputs import check_inputs
@@ -89,7 +95,8 @@ class SweepConfig:
         for m in self.modes:
             if m not in MODES:
                 raise SparsebenchError(f"unknown mode {m!r}; choose from: {', '.join(MODES)}")
-        self.impls = [get_impl(i).name for i in self.impls]  # raises with the valid names; specs load plugins
+        # raises with the valid names; specs load plugins. `nested` runs serving batches only.
+        self.impls = [i if self.seq_lens and i in serving.NAMES else get_impl(i).name for i in self.impls]
         self.params = {RENAMED.get(key, key): value for key, value in self.params.items()}  # older configs
         for key, value in self.params.items():
             if key not in PARAM_NAMES:
@@ -110,6 +117,29 @@ class SweepConfig:
             specs.append(PatternSpec(name, get_pattern(name, **params).params))  # defaults filled in
         # The patterns parsed, once: what the cases carry. Not a field: meta.json records `patterns` as given.
         self.pattern_specs: tuple[PatternSpec, ...] = tuple(specs)
+        if self.seq_lens:
+            self._check_serving()
+
+    def _check_serving(self) -> None:
+        """--seq-lens: lengths, page size, patterns and modes that a serving batch can take (one line each)."""
+        self.seq_lens = [str(spec).strip().replace(" ", "") for spec in self.seq_lens]
+        for spec, batch in itertools.product(self.seq_lens, self.batch):
+            serving.canonical(spec, batch)
+        _check_number("seq_lens_seed", self.seq_lens_seed, 0, 2**63 - 1, "the seed of drawn lengths", integer=True)
+        if "fwdbwd" in self.modes:
+            raise SparsebenchError("--seq-lens measures inference: mode fwd (packed prefill) or decode (paged cache), "
+                                   "not fwdbwd")
+        if "decode" in self.modes:
+            serving.check_page_size(self.page_size)
+            if self.q_len != [1]:
+                raise SparsebenchError("decode over --seq-lens takes one new query per sequence: leave --q-len at 1")
+        if self.inputs != "random":
+            raise SparsebenchError("--seq-lens batches run on random inputs: leave out --inputs")
+        for spec in self.pattern_specs:
+            serving.check_pattern(spec.name)
+
+
+ZERO_GIVEN = ("input_seed", "seq_lens_seed", "page_size")  # options where 0 is a value given, not "not given"
 
 
 @dataclass(frozen=True)
@@ -132,6 +162,9 @@ class SweepOptions:
     min_run_time: float | None = None
     inputs: str | None = None
     input_seed: int | None = None
+    seq_lens: list[str] | None = None
+    seq_lens_seed: int | None = None
+    page_size: int | None = None
     params: dict[str, int] = field(default_factory=dict)
 
     def over(self, settings: dict[str, Any]) -> SweepConfig:
@@ -142,7 +175,7 @@ class SweepOptions:
             value = getattr(self, f.name)
             if f.name == "params":
                 merged["params"] = {**merged.get("params", {}), **value}
-            elif value or (f.name == "input_seed" and value is not None):  # a seed of 0 is given
+            elif value or (f.name in ZERO_GIVEN and value is not None):
                 merged[f.name] = value
         return SweepConfig(**merged)
 
@@ -295,6 +328,8 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
     user did not name explicitly are left out where unsupported rather than reported.
     """
     devices = resolve_devices(config.devices)
+    if config.seq_lens:
+        return _expand_serving(config, devices)
     impl_names = config.impls or [name for name, impl in IMPLS.items() if impl.in_default_sweep]
     run: list[Case] = []
     unsupported: list[tuple[Case, str]] = []
@@ -325,6 +360,44 @@ def expand(config: SweepConfig) -> tuple[list[Case], list[tuple[Case, str]]]:
             extra = [c for c in full_reference(group) if c.key() not in seen]  # causal SDPA for causal selections
             seen.update(c.key() for c in extra)
             run.extend([ref] + extra + [c for c in group if c.key() != ref.key()])
+    return run, unsupported
+
+
+def _expand_serving(config: SweepConfig, devices: list[str]) -> tuple[list[Case], list[tuple[Case, str]]]:
+    """`expand` for serving batches: a group per (device, dtype, mode, heads, kv_heads, lengths, head_dim), its
+    dense reference (padded dense SDPA) first. Lengths that cannot fit in memory are a usage error."""
+    from sparsebench.runner.preflight import check_serving_fits
+
+    impl_names = config.impls or list(serving.DEFAULT_SWEEP)
+    run: list[Case] = []
+    unsupported: list[tuple[Case, str]] = []
+    seen: set[tuple] = set()
+    for device, dtype, mode, batch, heads, head_dim, spec in itertools.product(
+            devices, config.dtypes, config.modes, config.batch, config.heads, config.head_dim, config.seq_lens):
+        for kv_heads in config.kv_heads or [heads]:
+            canonical = serving.canonical(spec, batch)
+            lengths = serving.draw(canonical, config.seq_lens_seed)
+            decode = mode == "decode"
+            shape = Case("dense", "", "sdpa", device, dtype, mode, len(lengths), heads, kv_heads, max(lengths),
+                         1 if decode else max(lengths), head_dim, canonical, config.seq_lens_seed,
+                         config.page_size if decode else 0)
+            if shape.key() in seen:
+                continue
+            check_serving_fits(shape, lengths)
+            group = [shape]
+            for spec, impl in itertools.product(config.pattern_specs, impl_names):
+                pattern = get_pattern(spec.name, **spec.kwargs)
+                case = dataclasses.replace(shape, pattern=spec.name, params=spec.params, impl=impl)
+                if case.key() in seen or case.key() == shape.key():
+                    continue
+                seen.add(case.key())
+                reason = serving.unsupported_reason(impl, pattern, mode, heads, kv_heads)
+                if reason is None:
+                    group.append(case)
+                elif config.impls:
+                    unsupported.append((case, reason))
+            seen.add(shape.key())
+            run.extend(group)
     return run, unsupported
 
 

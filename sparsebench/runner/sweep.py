@@ -131,6 +131,13 @@ class ResultsDir:
     def writer(self) -> ResultWriter:
         return ResultWriter(self.csv_path, append=self.resume)
 
+    def check_serving(self, serving: bool) -> None:
+        """A serving sweep cannot resume a file whose header predates the serving key columns: its rows would
+        lose their lengths."""
+        if serving and self.resume and _lines(self.csv_path) and "seq_lens" not in check_header(self.csv_path):
+            raise SparsebenchError(f"{self.csv_path} was written before the serving columns (seq_lens, ...): run "
+                                   "--seq-lens into another --out-dir")
+
     def start_meta(self, config: SweepConfig, config_file: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """This run's meta.json, written before the first case; a resumed run keeps the earlier runs' meta
         under `earlier_runs` and their ceilings. `extra`: more keys (the

@@ -31,6 +31,7 @@ from sparsebench.runner.gpus import gpu_columns  # noqa: E402
 from sparsebench.runner.inputs import make_inputs  # noqa: E402
 from sparsebench.runner.launcher import PARENT_PID_ENV  # noqa: E402
 from sparsebench.runner.measure_case import measure  # noqa: E402
+from sparsebench.runner.measure_serving import make_serving_inputs, measure_serving  # noqa: E402
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -90,11 +91,11 @@ def main() -> None:
         from sparsebench.measure.ceilings import measure_ceilings
 
         emit(event="ceilings", values=measure_ceilings(cases[0].device, cases[0].torch_dtype))
-    inputs = make_inputs(cases[0], settings)
+    inputs = (make_serving_inputs if cases[0].serving else make_inputs)(cases[0], settings)  # one shape per group
     for index, case in enumerate(cases):
         emit(event="start", index=index)
         try:
-            measured = measure(case, inputs, settings)
+            measured = (measure_serving if case.serving else measure)(case, inputs, settings)
         except Unsupported as exc:  # found only when it runs (e.g. a forced SDPA backend): torch's reason
             measured = Measurement("unsupported", _one_line(exc).removeprefix("Unsupported: "))
         except Exception as exc:  # one failed case is a status row, never the end of the sweep

@@ -78,6 +78,7 @@ def run_sweep(config: SweepConfig, out_dir: Path | None, reporter: RunReporter |
     out = ResultsDir(Path(out_dir), resume, overwrite)
     try:
         moved = out.open(wait, on_wait=lambda pid: reporter.waiting(pid, out.out_dir))
+        out.check_serving(bool(config.seq_lens))
         if moved:
             reporter.recovered(out.csv_path, moved)
         cases, unsupported = sweep.cases(out.done())
