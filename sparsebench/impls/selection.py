@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
+from sparsebench.impls.kernels import selected_blocks
 from sparsebench.impls.kernels.core import neg_value
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
@@ -128,6 +129,11 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     about D times more bytes than it computed and ran slower than SDPA with the mask)."""
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
+    if selection.indices is None and selected_blocks.supported(q) is None:
+        b = selection.block
+        layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
+        out, kept = selected_blocks.selected_block_attention(q, k, v, layout, b, selection.causal)
+        return out, mean_pairs(kept, q.shape[1]) * b * b
     return gathered_blocks(q, k, v, selection)
 
 
