@@ -4,9 +4,10 @@ The selection runs inside every measured call (its time is part of latency_ms, a
 gradient: gradients flow through attention, not through the selection (as MoBA and NSA train). Each
 implementation turns the Selection into what it runs:
 - eager, sdpa: a dense (B, Hs, L, N) boolean mask built from the selection (the baselines);
-- structured: a gathered block-sparse kernel driven by the per-call, per-head layout (`gathered_blocks`; token
-  selections on the union of their keys' blocks, each query masked to its own keys), decode selections on
-  their gathered pages (`gathered_pages`); work ~ kept blocks. (The generic kernel of
+- structured: a gathered block-sparse kernel driven by the per-call, per-head layout: block selections on the
+  CPU on the flash kernel in L2-sized chunks with a backward of its own (kernels/selected_blocks.py), elsewhere
+  and for token selections `gathered_blocks` (token selections on the union of their keys' blocks, each query
+  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks. (The generic kernel of
   kernels/blocksparse.py plans buckets once per pattern, shared by every head; a selection's layout
   differs per head and per call, so it has this kernel of its own, on the same fused SDPA calls.)
 - flex: a BlockMask built from the selection on every call (its build inside the latency), its mask_mod
