@@ -214,6 +214,40 @@ def test_every_implementation_matches_the_selections_reference(name, params, imp
             assert (a.double() - b).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("causal", [1, 0])
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 20])  # one query block per chunk, or many
+def test_selected_blocks_kernel_on_any_layout(causal, chunk_bytes, monkeypatch):
+    """The CPU kernel of block selections on per-head layouts with unused slots, dropped own blocks, a ragged last
+    block and GQA: output and dQ, dK, dV against float64 attention under the layout's dense mask."""
+    from sparsebench.impls.kernels import selected_blocks
+    from sparsebench.patterns.selection import Selection
+
+    monkeypatch.setattr(selected_blocks, "GATHER_BYTES", chunk_bytes)
+    n, b = 150, 16
+    nb = -(-n // b)
+    gen = torch.Generator().manual_seed(7)
+    layout = torch.rand(2, 4, nb, nb, generator=gen) < 0.3
+    i, j = torch.arange(nb)[:, None], torch.arange(nb)[None, :]
+    if causal:
+        layout &= j <= i
+    layout[..., 0, 0] = True  # the first query block keeps a block with keys at or before every query in it
+    layout[..., 1:, 0] |= ~layout[..., 1:, :].any(dim=-1)  # every query block keeps at least one block
+    assert not bool(layout.diagonal(dim1=-2, dim2=-1).all())  # some own blocks dropped
+    q = torch.randn(2, 4, n, 16, generator=gen).requires_grad_(True)
+    k, v = (torch.randn(2, 2, n, 16, generator=gen).requires_grad_(True) for _ in range(2))
+    out, kept = selected_blocks.selected_block_attention(q, k, v, layout, b, bool(causal))
+    assert torch.equal(kept, layout.sum(dim=(-1, -2)))
+    mask = Selection(n=n, block=b, layout=layout, causal=bool(causal)).dense_mask()
+    q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    ref = dense_reference(q64, k64, v64, mask)
+    assert (out.detach().double() - ref.detach()).abs().max() < 1e-5
+    grad = torch.randn(out.shape, generator=gen)
+    got = torch.autograd.grad(out, (q, k, v), grad)
+    want = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    for a, w in zip(got, want):
+        assert (a.double() - w).abs().max() < 1e-4
+
+
 def test_structured_executes_the_kept_blocks_only():
     q, k, v = int_inputs(B=1, H=2, KVH=2, n=256)
     pattern = get_pattern("topk_blocks", block=32, topk=2)

@@ -4,9 +4,10 @@ The selection runs inside every measured call (its time is part of latency_ms, a
 gradient: gradients flow through attention, not through the selection (as MoBA and NSA train). Each
 implementation turns the Selection into what it runs:
 - eager, sdpa: a dense (B, Hs, L, N) boolean mask built from the selection (the baselines);
-- structured: a gathered block-sparse kernel driven by the per-call, per-head layout (`gathered_blocks`; token
-  selections on the union of their keys' blocks, each query masked to its own keys), decode selections on
-  their gathered pages (`gathered_pages`); work ~ kept blocks. (The generic kernel of
+- structured: a gathered block-sparse kernel driven by the per-call, per-head layout: block selections on the
+  CPU on the flash kernel in L2-sized chunks with a backward of its own (kernels/selected_blocks.py), elsewhere
+  and for token selections `gathered_blocks` (token selections on the union of their keys' blocks, each query
+  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks. (The generic kernel of
   kernels/blocksparse.py plans buckets once per pattern, shared by every head; a selection's layout
   differs per head and per call, so it has this kernel of its own, on the same fused SDPA calls.)
 - flex: a BlockMask built from the selection on every call (its build inside the latency), its mask_mod
@@ -22,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
+from sparsebench.impls.kernels import selected_blocks
 from sparsebench.impls.kernels.core import neg_value
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
 
 GATHER_ELEMENTS = 1 << 23  # gathered K values per chunk of query blocks (32 MiB in float32)
+PAGE_GATHER_BYTES = 1 << 20  # gathered K bytes per group of heads in decode (as much again of V): L2-resident
 RUNNERS = ("eager", "sdpa", "structured", "flex")
 
 
@@ -128,34 +131,69 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     about D times more bytes than it computed and ran slower than SDPA with the mask)."""
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
+    if selection.indices is None and selected_blocks.supported(q) is None:
+        b = selection.block
+        layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
+        out, kept = selected_blocks.selected_block_attention(q, k, v, layout, b, selection.causal)
+        return out, mean_pairs(kept, q.shape[1]) * b * b
     return gathered_blocks(q, k, v, selection)
 
 
 def gathered_pages(q, k, v, selection: Selection, state: SelectState):
     """Decode over per-query kept pages (layout (B, H, L, pages), one layout row per query): each query's kept
-    pages of K and V gathered (m slots, unused ones masked), one fused SDPA call. Records the K/V rows read per
-    batch and key/value head (the union of the kept pages of its queries and heads, plus the page bounds: two
-    D-vectors per page, as much as one K and V row) in state.cache["kv_rows"]."""
+    pages of K and V gathered (m slots, unused ones and positions past n masked), one fused SDPA call. K and V
+    are read where they are when n fills the pages (a padded copy of the cache costs more than dense attention;
+    whole pages, as Quest's paged cache reads them: a gather by rows of D values ran at a third the speed). Records
+    the K/V rows read per batch and key/value head (the union of the kept pages of its queries and heads, plus
+    the page bounds: two D-vectors per page, as much as one K and V row) in state.cache["kv_rows"]."""
     B, H, L, D = q.shape
     KVH, n, b = k.shape[1], k.shape[2], selection.block
     layout = selection.layout.expand(B, H, L, selection.layout.shape[-1])
     pages = layout.shape[-1]
     counts = layout.sum(dim=-1)  # (B, H, L)
     m = int(counts.max())
-    slots = torch.sort(layout.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m]
+    # kept pages in ascending order: each goes to slot (kept pages before it); unused slots read page 0, masked
+    slot = torch.where(layout, layout.cumsum(dim=-1) - 1, m)
+    slots = torch.zeros(B, H, L, m + 1, dtype=torch.int64, device=q.device)
+    slots.scatter_(-1, slot, torch.arange(pages, device=q.device).expand_as(slot))
+    slots = slots[..., :m]
     slot_ok = torch.arange(m, device=q.device) < counts[..., None]
-    kp, vp = (F.pad(x, (0, 0, 0, pages * b - n)).view(B * KVH * pages, b, D) for x in (k, v))
-    base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * pages
-    flat = (base[:, :, None, None] + slots).reshape(-1)
-    kg, vg = (x.index_select(0, flat).view(B * H, L, m * b, D) for x in (kp, vp))
     key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
+    # (B * KVH * pages, b, D): a view of K and V when n fills the pages, else a padded copy (a ragged cache)
+    kp, vp = (x if n == pages * b else F.pad(x, (0, 0, 0, pages * b - n)) for x in (k, v))
+    kp, vp = kp.reshape(-1, b, D), vp.reshape(-1, b, D)
+    base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * pages
+    flat = (base[:, :, None, None] + slots).reshape(B * H, -1)
     position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
     keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
-    bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
-    out = F.scaled_dot_product_attention(q.reshape(B * H, L, 1, D), kg, vg, attn_mask=bias).view(B, H, L, D)
+    bias = None  # no mask when every slot is used and every kept key is at or before its query (quest's case)
+    if not bool(keep.all()):
+        bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
+    # a few heads at a time, so that the gathered pages are still in the core's cache when SDPA reads them, into
+    # workspace kept across the calls of the case (a fresh buffer of this size is page-faulted on every call)
+    group = max(1, PAGE_GATHER_BYTES // (L * m * b * D * q.element_size()))
+    work = state.cache.setdefault("page_workspace", {})
+    kbuf, vbuf = (workspace(work, name, (min(group, B * H) * L * m, b, D), x) for name, x in (("k", kp), ("v", vp)))
+    q3, out = q.reshape(B * H, L, 1, D), q.new_empty(B * H, L, 1, D)
+    for first in range(0, B * H, group):
+        last = min(B * H, first + group)
+        rows = flat[first:last].reshape(-1)
+        kg, vg = (torch.index_select(x, 0, rows, out=buf[:len(rows)]).view(last - first, L, m * b, D)
+                  for x, buf in ((kp, kbuf), (vp, vbuf)))
+        out[first:last] = F.scaled_dot_product_attention(q3[first:last], kg, vg,
+                                                         attn_mask=None if bias is None else bias[first:last])
+    out = out.view(B, H, L, D)
     per_kv_head = layout.reshape(B, KVH, -1, pages).any(dim=2).sum(dim=-1).double().mean()  # union of kept pages
     state.cache["kv_rows"] = min(n, round(float(per_kv_head) * b)) + pages
     return out, mean_pairs(counts.sum(dim=-1), H) * b
+
+
+def workspace(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A buffer of `shape` kept in `work` under `name` (made again when the shape, dtype or device changes)."""
+    buf = work.get(name)
+    if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+        buf = work[name] = like.new_empty(shape)
+    return buf
 
 
 def gathered_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Selection):

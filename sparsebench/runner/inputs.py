@@ -8,8 +8,12 @@ there; `structured` and captured activations are the inputs on which selection q
 - clusters: CLUSTERS unit directions; the sequence is cut into segments of SEGMENT_MIN..SEGMENT_MAX positions
   (uniform), each segment's keys point along one cluster (uniform): neighbouring keys are alike, so a block's
   mean key stands for its keys;
-- queries: each query points along a cluster, its own segment's with probability LOCAL_SHARE, else a uniform one
-  (long-range retrieval); q and k have norm sqrt(SCORE_SCALE * sqrt(D)) along their cluster, plus N(0, 1) noise
+- queries: each query points along a cluster, its own segment's with probability LOCAL_SHARE, else its query
+  span's retrieval cluster (long-range retrieval): per query head, the sequence is cut into query spans of
+  SEGMENT_MIN..SEGMENT_MAX positions (uniform), each with one retrieval cluster (uniform), because what a passage
+  looks for persists over it, as its topic does; neighbouring queries are alike, as in models (a retrieval
+  cluster drawn afresh for every query, the first version, made neighbouring queries unlike each other, which
+  real activations are not); q and k have norm sqrt(SCORE_SCALE * sqrt(D)) along their cluster, plus N(0, 1) noise
   per dimension, so a same-cluster pair scores about SCORE_SCALE after the 1/sqrt(D) scale;
 - heavy hitters: position 0 (an attention sink) and HEAVY_HITTERS - 1 uniform positions get HEAVY_SCALE times a
   shared unit direction u added to their key, and every query has u added: every query attends to them;
@@ -84,15 +88,7 @@ def structured_qkv(batch: int, heads: int, kv_heads: int, n: int, head_dim: int,
     centers = centers / centers.norm(dim=-1, keepdim=True)
     shared = torch.randn(batch, kv_heads, 1, head_dim, generator=gen)
     shared = shared / shared.norm(dim=-1, keepdim=True)
-    # segments of similar keys
-    key_cluster = torch.empty(batch, kv_heads, n, dtype=torch.int64)
-    for b in range(batch):
-        for h in range(kv_heads):
-            start = 0
-            while start < n:
-                length = int(torch.randint(SEGMENT_MIN, SEGMENT_MAX + 1, (1,), generator=gen))
-                key_cluster[b, h, start:start + length] = int(torch.randint(CLUSTERS, (1,), generator=gen))
-                start += length
+    key_cluster = spans(batch, kv_heads, n, gen)  # segments of similar keys
     pick = lambda idx: centers.gather(2, idx[..., None].expand(*idx.shape, head_dim))  # noqa: E731
     k = norm * pick(key_cluster) + torch.randn(batch, kv_heads, n, head_dim, generator=gen)
     heavy = torch.cat([torch.zeros(batch, kv_heads, 1, dtype=torch.int64),
@@ -103,12 +99,26 @@ def structured_qkv(batch: int, heads: int, kv_heads: int, n: int, head_dim: int,
     # queries: per query head, along their own segment's cluster or a random one
     local = torch.rand(batch, heads, n, generator=gen) < LOCAL_SHARE
     own = key_cluster.repeat_interleave(rep, dim=1)
-    query_cluster = torch.where(local, own, torch.randint(CLUSTERS, (batch, heads, n), generator=gen))
+    query_cluster = torch.where(local, own, spans(batch, heads, n, gen))
     centers_q = centers.repeat_interleave(rep, dim=1)
     q = norm * centers_q.gather(2, query_cluster[..., None].expand(batch, heads, n, head_dim))
     q = q + torch.randn(batch, heads, n, head_dim, generator=gen) + norm * shared.repeat_interleave(rep, dim=1)
     v = torch.randn(batch, kv_heads, n, head_dim, generator=gen)
     return rope(q), rope(k), v
+
+
+def spans(batch: int, heads: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, heads, n) int64: per batch and head, the positions cut into spans of SEGMENT_MIN..SEGMENT_MAX
+    (uniform), each span's positions given one cluster (uniform)."""
+    cluster = torch.empty(batch, heads, n, dtype=torch.int64)
+    for b in range(batch):
+        for h in range(heads):
+            start = 0
+            while start < n:
+                length = int(torch.randint(SEGMENT_MIN, SEGMENT_MAX + 1, (1,), generator=gen))
+                cluster[b, h, start:start + length] = int(torch.randint(CLUSTERS, (1,), generator=gen))
+                start += length
+    return cluster
 
 
 def load_qkv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

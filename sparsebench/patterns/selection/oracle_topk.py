@@ -42,12 +42,15 @@ class OracleTopk(TopkBlocks):
         keys = torch.arange(n, device=q.device)
         for start in range(0, L, step):
             rows = torch.arange(start, min(L, start + step), device=q.device)
-            scores = q.detach()[:, :, rows].float() @ kf.transpose(-1, -2) * D ** -0.5  # (B, H, r, n)
+            # causal: the band's keys end at its last row (half the work); the softmax is the same
+            upto = min(n, int(rows[-1]) + 1) if self.causal else n
+            upto_blocks = -(-upto // b)
+            scores = q.detach()[:, :, rows].float() @ kf[:, :, :upto].transpose(-1, -2) * D ** -0.5  # (B, H, r, upto)
             if self.causal:
-                scores = scores.masked_fill(keys[None, :] > rows[:, None], float("-inf"))
+                scores.masked_fill_(keys[None, :upto] > rows[:, None], float("-inf"))
             p = torch.softmax(scores, dim=-1)
-            per_key_block = torch.zeros(B, H, len(rows), nb * b, device=q.device)
-            per_key_block[..., :n] = p
-            per_key_block = per_key_block.view(B, H, len(rows), nb, b).sum(-1)  # (B, H, r, KB)
-            mass.index_add_(2, rows // b, per_key_block)
+            if upto < upto_blocks * b:  # a ragged last block: pad it to a whole block
+                p = torch.nn.functional.pad(p, (0, upto_blocks * b - upto))
+            per_key_block = p.view(B, H, len(rows), upto_blocks, b).sum(-1)  # (B, H, r, blocks up to upto)
+            mass[..., :upto_blocks].index_add_(2, rows // b, per_key_block)
         return mass

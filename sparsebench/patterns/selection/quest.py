@@ -10,7 +10,7 @@ import torch
 
 from sparsebench.errors import PatternError
 from sparsebench.patterns.base import positive
-from sparsebench.patterns.selection.base import Selection, SelectionPattern, expand_heads, keep_top
+from sparsebench.patterns.selection.base import Selection, SelectionPattern, expand_heads, keep_top_tokens
 
 
 @dataclass(frozen=True)
@@ -85,5 +85,6 @@ class Quest(SelectionPattern):
             pages = scores.shape[-1]
             j = torch.arange(pages, device=q.device)
             last = (n - 1) // self.page
-            layout = keep_top(scores, j != last, self.topk) | (j == last)  # (B, H, L, P)
+            # the sorting rule's set without a sort of every page (a decode step's largest cost after the reads)
+            layout = keep_top_tokens(scores, j != last, self.topk) | (j == last)  # (B, H, L, P)
         return Selection(n=n, block=self.page, layout=layout, causal=True, offset=n - L, q_block=1)

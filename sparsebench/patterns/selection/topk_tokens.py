@@ -61,13 +61,21 @@ class TopkTokens(SelectionPattern):
     def budget(self, n: int) -> int:
         return min(n, self.topk) * n
 
-    def index_scores(self, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """(B, len(rows), n) float32 indexer scores of the given query rows."""
+    def index_scores(self, q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, keys: int | None = None,
+                     ki: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, len(rows), keys) float32 indexer scores of the given query rows against the first `keys` keys
+        (all n by default); `ki`: the keys' projection (`index_keys`), when already made."""
         B, H = q.shape[:2]
         P = projection(q.shape[-1], self.index_dim, PROJECTION_SEED, q.device)
         qi = (q.detach()[:, :, rows].float() @ P).transpose(1, 2).reshape(B, len(rows), -1)  # (B, r, H * I)
-        ki = expand_heads(k.detach().float() @ P, H).transpose(1, 2).reshape(B, k.shape[2], -1)  # (B, n, H * I)
-        return qi @ ki.transpose(1, 2)  # the sum over heads of each head's I-dim dot product
+        ki = self.index_keys(k, H) if ki is None else ki
+        return qi @ ki[:, :keys].transpose(1, 2)  # the sum over heads of each head's I-dim dot product
+
+    def index_keys(self, k: torch.Tensor, heads: int | None = None) -> torch.Tensor:
+        """(B, n, H * index_dim) float32: every key's projection, repeated per query head."""
+        P = projection(k.shape[-1], self.index_dim, PROJECTION_SEED, k.device)
+        ki = expand_heads(k.detach().float() @ P, heads or k.shape[1])
+        return ki.transpose(1, 2).reshape(k.shape[0], k.shape[2], -1).contiguous()
 
     def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         B, H, L, _ = q.shape
@@ -77,13 +85,19 @@ class TopkTokens(SelectionPattern):
         keys = torch.arange(n, device=q.device)
         step = max(1, CHUNK_ENTRIES // max(1, B * n))
         with torch.no_grad():
+            ki = self.index_keys(k, H)
             for start in range(0, L, step):
                 rows = torch.arange(start, min(L, start + step), device=q.device)
-                keep = keep_top_tokens(self.index_scores(q, k, rows), keys[None, :] <= rows[:, None], self.topk)
+                upto = int(rows[-1]) + 1  # causal: no row of the chunk keeps a key past its last row
+                if upto <= self.topk:  # every row keeps all its keys
+                    keep = (keys[None, None, :upto] <= rows[None, :, None]).expand(B, -1, -1)
+                else:
+                    scores = self.index_scores(q, k, rows, upto, ki)
+                    keep = keep_top_tokens(scores, keys[None, :upto] <= rows[:, None], self.topk)
                 # kept keys in ascending order, then padding: each kept key goes to slot (kept keys before it)
                 slot = torch.where(keep, keep.cumsum(dim=-1) - 1, kept)  # not kept: a dropped extra slot
                 out = torch.full((B, len(rows), kept + 1), -1, dtype=torch.int64, device=q.device)
-                out.scatter_(-1, slot, keys.expand_as(slot))
+                out.scatter_(-1, slot, keys[:upto].expand_as(slot))
                 indices[:, 0, start: start + len(rows)] = out[..., :kept]
         nb = -(-n // LAYOUT_BLOCK)
         layout = torch.zeros(B, 1, -(-L // LAYOUT_BLOCK), nb + 1, dtype=torch.bool, device=q.device)

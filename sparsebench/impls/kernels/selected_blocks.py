@@ -1,0 +1,160 @@
+"""Block-sparse attention over a per-call, per-head block layout (selection patterns), on the CPU flash kernel.
+
+Each query block attends to its kept key blocks. The layout differs per head and per call, so nothing is planned
+ahead: each query block's kept blocks are gathered from K and V into `m` slots (its other kept blocks in
+ascending order, unused slots masked, then its own block last), a few query blocks at a time (`GATHER_BYTES` of
+K per chunk, so that the copies stay in the core's L2 cache while the kernel reads them), and attended by the
+CPU flash kernel with an additive mask: one (b, m * b) mask shared by every query block whose slots are all used
+and hold no position past n (the causal triangle on the own block's slot), a mask per query block otherwise (the
+first `topk` query blocks of a causal top-k layout, ragged lengths).
+
+The backward pass is an autograd Function of its own: it gathers the same blocks again and calls the flash
+kernel's backward per chunk with the saved output and logsumexp, scattering dK and dV back with index_add. No
+score matrix is kept, and no gathered copy of K or V outlives its chunk.
+
+Why not torch's SDPA on the gathered keys with one additive mask for every query block (the first version): the
+mask, the zero padding of q, k, v, the gathered chunks of 32 MiB and the concatenation of the outputs were all
+fresh large allocations, page-faulted on every call, which took more time than the attention itself. Why the
+own block is not a separate part merged through its logsumexp: the shared mask costs the flash kernel ~1%, the
+second call and the merge ~25% (CPU, fp32, block 64, 16 + 1 blocks).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sparsebench.impls.kernels import aten_ops
+from sparsebench.impls.kernels.core import neg_value
+
+GATHER_BYTES = 1 << 20  # gathered K bytes per chunk of query blocks (as much again of V): L2-resident
+
+
+def supported(q: torch.Tensor) -> str | None:
+    """None when this kernel runs q's device and dtype, else why not."""
+    if q.device.type != "cpu":
+        return "the flash kernel of selected blocks runs on the CPU"
+    return aten_ops.CPU_FLASH.problem() or aten_ops.CPU_FLASH_BACKWARD.problem()
+
+
+def selected_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, block: int,
+                             causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of q (B, H, n, D) over k, v (B, KVH, n, D) restricted to the kept blocks of `layout`
+    (B, H, QB, KB) bool, with k <= q inside kept blocks when `causal`. Scale 1/sqrt(D).
+    Returns (out (B, H, n, D), kept blocks per (B, H))."""
+    plan = _plan(q, k, layout, block, causal)
+    out = _SelectedBlocks.apply(q, k, v, plan)
+    return out, plan.kept
+
+
+class _Plan:
+    """The index work of one call (no gradient): slots, masks and chunks."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal: bool) -> _Plan:
+    B, H, L, D = q.shape
+    KVH, n = k.shape[1], k.shape[2]
+    qb_count, nb = layout.shape[2:]
+    dev = q.device
+    own = torch.arange(qb_count, device=dev)
+    others = layout & (torch.arange(nb, device=dev)[None, :] != own[:, None])
+    counts = others.sum(dim=-1)  # (B, H, QB)
+    m = (int(counts.max()) if counts.numel() else 0) + 1  # slots: the other kept blocks, then the own block
+    order = torch.sort(others.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m - 1]
+    other_ok = torch.arange(m - 1, device=dev) < counts[..., None]
+    own_ok = layout.diagonal(dim1=-2, dim2=-1)[..., None]  # (B, H, QB, 1): a user's layout may drop it
+    slots = torch.cat([torch.where(other_ok, order, own[:, None]), own[:, None].expand_as(own_ok)], dim=-1)
+    slot_ok = torch.cat([other_ok, own_ok], dim=-1)  # (B, H, QB, m); unused slots read the own block, masked
+    # row of (batch, key/value head, block) in the (B * KVH * nb, b, D) view of K and V, per query entry
+    kv_head = torch.arange(H, device=dev) // (H // KVH)
+    base = (torch.arange(B, device=dev)[:, None] * KVH + kv_head) * nb  # (B, H)
+    rows = (base[:, :, None, None] + slots).reshape(-1, m)  # (E, m), E = B * H * QB
+    key_ok = slot_ok.repeat_interleave(b, dim=-1)
+    if n % b:  # positions past n in the ragged last block
+        key_ok = key_ok & ((slots[..., None] * b + torch.arange(b, device=dev)) < n).reshape(key_ok.shape)
+    key_ok = key_ok.reshape(-1, m * b)
+    dirty = ~key_ok.all(dim=-1)  # (E,): query blocks that need a mask of their own
+    neg = neg_value(q.dtype)
+    shared = torch.zeros(b, m * b, dtype=q.dtype, device=dev)
+    if causal:  # k <= q inside the own block, the last slot
+        shared[:, (m - 1) * b:].masked_fill_(torch.ones(b, b, dtype=torch.bool, device=dev).triu(1), neg)
+    chunk = max(1, GATHER_BYTES // (m * b * D * q.element_size()))
+    chunks = []
+    for first in range(0, rows.shape[0], chunk):
+        last = min(rows.shape[0], first + chunk)
+        mask = shared
+        if bool(dirty[first:last].any()):
+            mask = shared.masked_fill(~key_ok[first:last, None, None, :], neg)  # (c, 1, b, m * b)
+        chunks.append((first, last, rows[first:last].reshape(-1), mask))
+    kept = counts + own_ok[..., 0]
+    return _Plan(b=b, m=m, qb=qb_count, nb=nb, chunks=chunks, kept=kept.sum(dim=-1))
+
+
+class _Gather:
+    """The kept blocks of K and V for a chunk of query blocks, gathered into two buffers reused by every chunk (a
+    fresh allocation per chunk cost a third of the copy's time)."""
+
+    def __init__(self, kp: torch.Tensor, vp: torch.Tensor, plan: _Plan) -> None:
+        self.kp, self.vp = kp, vp
+        rows = max((len(chunk[2]) for chunk in plan.chunks), default=0)
+        self.kbuf, self.vbuf = kp.new_empty(rows, *kp.shape[1:]), vp.new_empty(rows, *vp.shape[1:])
+
+    def __call__(self, rows: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(entries, 1, m * b, D) views of K and V's blocks at `rows`."""
+        r, D = len(rows), self.kp.shape[-1]
+        kg = torch.index_select(self.kp, 0, rows, out=self.kbuf[:r])
+        vg = torch.index_select(self.vp, 0, rows, out=self.vbuf[:r])
+        return kg.view(entries, 1, -1, D), vg.view(entries, 1, -1, D)
+
+
+def _blocks(x: torch.Tensor, blocks: int, b: int) -> torch.Tensor:
+    """(B, H, N, D) -> (B * H * blocks, b, D): a view when N fills the blocks, else a zero-padded copy."""
+    B, H, N, D = x.shape
+    if N != blocks * b:
+        x = F.pad(x, (0, 0, 0, blocks * b - N))
+    return x.reshape(B * H * blocks, b, D)
+
+
+class _SelectedBlocks(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, plan: _Plan):
+        B, H, L, D = q.shape
+        b = plan.b
+        qp = _blocks(q, plan.qb, b)[:, None]  # (E, 1, b, D)
+        kp, vp = _blocks(k, plan.nb, b), _blocks(v, plan.nb, b)
+        out = q.new_empty(qp.shape)
+        lse = torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
+        gather = _Gather(kp, vp, plan)
+        for first, last, rows, mask in plan.chunks:
+            kg, vg = gather(rows, last - first)
+            out[first:last], lse[first:last] = aten_ops.CPU_FLASH(qp[first:last], kg, vg, 0.0, False, attn_mask=mask)
+        ctx.plan = plan
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out.view(B, H, plan.qb * b, D)[:, :, :L]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        plan = ctx.plan
+        B, H, L, D = q.shape
+        KVH, n = k.shape[1], k.shape[2]
+        b = plan.b
+        qp = _blocks(q, plan.qb, b)[:, None]
+        kp, vp = _blocks(k, plan.nb, b), _blocks(v, plan.nb, b)
+        g = _blocks(grad_out.contiguous(), plan.qb, b)[:, None]
+        dq = torch.empty_like(qp)
+        dk, dv = torch.zeros_like(kp), torch.zeros_like(vp)
+        gather = _Gather(kp, vp, plan)
+        for first, last, rows, mask in plan.chunks:
+            kg, vg = gather(rows, last - first)
+            dq[first:last], dkg, dvg = aten_ops.CPU_FLASH_BACKWARD(
+                g[first:last], qp[first:last], kg, vg, out[first:last], lse[first:last], 0.0, False, attn_mask=mask)
+            dk.index_add_(0, rows, dkg.reshape(-1, b, D))
+            dv.index_add_(0, rows, dvg.reshape(-1, b, D))
+        dq = dq.view(B, H, plan.qb * b, D)[:, :, :L]
+        dk = dk.view(B, KVH, plan.nb * b, D)[:, :, :n]
+        dv = dv.view(B, KVH, plan.nb * b, D)[:, :, :n]
+        return dq, dk, dv, None
