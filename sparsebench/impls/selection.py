@@ -7,9 +7,10 @@ implementation turns the Selection into what it runs:
 - structured: a gathered block-sparse kernel driven by the per-call, per-head layout: block selections on the
   CPU on the flash kernel in L2-sized chunks with a backward of its own (kernels/selected_blocks.py), elsewhere
   and for token selections `gathered_blocks` (token selections on the union of their keys' blocks, each query
-  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks. (The generic kernel of
-  kernels/blocksparse.py plans buckets once per pattern, shared by every head; a selection's layout
-  differs per head and per call, so it has this kernel of its own, on the same fused SDPA calls.)
+  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks.
+  (The generic kernel of kernels/blocksparse.py plans buckets once per pattern, shared by every head; a
+  selection's layout differs per head and per call, so it has this kernel of its own, on the same fused SDPA
+  calls.)
 - flex: a BlockMask built from the selection on every call (its build inside the latency), its mask_mod
   reading the selection from buffers updated in place, so the compiled kernel is reused across calls.
 """
