@@ -107,6 +107,9 @@ def gate_cmd(
         rich_help_panel="A/B")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", min=1, help="A/B: seconds per case.",
                                                      show_default=False, rich_help_panel="A/B")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out-dir", "-o", help="A/B: keep every round's rows here, as they finish (base/results.csv, "
+        "head/results.csv; one run_id per round).", show_default=False, rich_help_panel="A/B")] = None,
 ) -> None:
     """Compare CURRENT against BASELINE case by case: exit 0 no regression, 1 regression, 2 bad input,
     3 not comparable (other device or schema; another machine with --strict-machine).
@@ -119,13 +122,13 @@ def gate_cmd(
         ab_gate_and_exit(base_ref=base_ref, head_ref=head_ref, repo=repo, base_impl=base_impl, sweep=sweep,
                          rounds=rounds, raw=raw, latency=latency, threshold=threshold, mem_tolerance=mem_tolerance,
                          alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, summary=summary,
-                         export_format=export_format, export_out=export_out, quiet=quiet,
+                         export_format=export_format, export_out=export_out, quiet=quiet, out_dir=out_dir,
                          refused={"BASELINE": baseline, "CURRENT": current, "--update-baseline": update_baseline,
                                   "--strict-machine": strict_machine, "--head-ref": head_ref if base_impl else None,
                                   "--repo": repo if base_impl else None})
     ab_only = {"--head-ref": head_ref, "--repo": repo, "--config": config, "--pattern": pattern, "--impl": impl,
                "--seq": seq, "--device": device, "--dtype": dtype, "--mode": mode, "--min-run-time": min_run_time,
-               "--timeout": timeout}
+               "--timeout": timeout, "--out-dir": out_dir}
     with user_errors():
         given = [name for name, value in ab_only.items() if value]
         if given:
@@ -143,7 +146,7 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
                      sweep: dict[str, Any], rounds: int, raw: bool, latency: bool, threshold: float | None,
                      mem_tolerance: float | None, alpha: float | None, thresholds_file: Path | None, confirm: int,
                      summary: Path | None, export_format: str | None, export_out: Path | None, quiet: bool,
-                     refused: dict[str, Any]) -> NoReturn:
+                     refused: dict[str, Any], out_dir: Path | None = None) -> NoReturn:
     """The same-job A/B gate: measure, print the report, write the summary and export, exit 0 or 1 (2: bad
     input). Worktrees are removed however it ends (Ctrl-C and SIGTERM included)."""
     from sparsebench.runner.checkout import check_plugins, checkouts
@@ -170,7 +173,7 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
         gate.Limits(latency=min_effect)  # checks it: a ratio > 1
         progress = _Progress(quiet)
         common = dict(normalise="raw" if raw else "dense", min_effect=min_effect,
-                      confirm_pairs=rounds if confirm else 0, reporter=progress)
+                      confirm_pairs=rounds if confirm else 0, reporter=progress, out_dir=out_dir)
         if base_impl is not None:
             if len(config.impls) != 1:
                 raise SparsebenchError("--base-impl A needs exactly one --impl B to compare it with")

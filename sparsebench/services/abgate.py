@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from sparsebench import environment, gate, paired
 from sparsebench.errors import SparsebenchError
 from sparsebench.resolve import get_impl
-from sparsebench.results import Measurement, make_row
+from sparsebench.results import RESULTS_NAME, Measurement, ResultWriter, make_row
 from sparsebench.runner.cases import Case
 from sparsebench.runner.config import SweepConfig
 from sparsebench.runner.launcher import THIS_PROCESS, WorkerSource
@@ -66,11 +68,12 @@ def impl_arms(config: SweepConfig, base_impl: str, head_impl: str,
 def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *, normalise: str = "dense",
            min_effect: float = paired.DEFAULT_MIN_EFFECT, confirm_pairs: int = 0,
            rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-           reporter: ABReporter | None = None) -> ABResult:
+           reporter: ABReporter | None = None, out_dir: Path | None = None) -> ABResult:
     """Measure `pairs` pairs of rounds (A B B A ...), judge them, and confirm the latency regressions on
     `confirm_pairs` fresh pairs of those cases alone. `rename`: maps a base row to the head case it is compared
     with (two implementations: the base impl's rows under the head impl's name); deterministic metrics are then
-    warnings, not regressions."""
+    warnings, not regressions. `out_dir`: every round's rows are written there as they finish, to
+    base/results.csv and head/results.csv (each round a run_id of its own, confirmation rounds included)."""
     if pairs < paired.MIN_PAIRS:
         raise SparsebenchError(f"--rounds must be at least {paired.MIN_PAIRS} (pairs of rounds), got {pairs}")
     reporter = reporter or ABReporter()
@@ -78,16 +81,19 @@ def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *, nor
     sweeps = {side: Sweep(arm.config) for side, arm in arms.items()}
     plans = {side: sweep.cases() for side, sweep in sweeps.items()}
     t0 = time.perf_counter()
-    rounds = _rounds(arms, sweeps, plans, pairs, reporter, rename)
-    report = paired.ab_report(rounds, thresholds, normalise=normalise, min_effect=min_effect,
-                              deterministic=rename is None)
-    flagged = {c.key for c in gate.latency_regressions(report)}
-    if flagged and confirm_pairs:
-        reporter.confirming(len(flagged), confirm_pairs)
-        only = {side: (_with_references(cases, flagged, rename if side == paired.BASE else None), [])
-                for side, (cases, _) in plans.items()}
-        again = _rounds(arms, sweeps, only, confirm_pairs, reporter, rename)
-        report = paired.confirm(report, again, thresholds.alpha, normalise, min_effect)
+    with ExitStack() as stack:
+        writers = {side: stack.enter_context(ResultWriter(Path(out_dir) / side / RESULTS_NAME)) for side in arms} \
+            if out_dir is not None else {}
+        rounds = _rounds(arms, sweeps, plans, pairs, reporter, rename, writers=writers)
+        report = paired.ab_report(rounds, thresholds, normalise=normalise, min_effect=min_effect,
+                                  deterministic=rename is None)
+        flagged = {c.key for c in gate.latency_regressions(report)}
+        if flagged and confirm_pairs:
+            reporter.confirming(len(flagged), confirm_pairs)
+            only = {side: (_with_references(cases, flagged, rename if side == paired.BASE else None), [])
+                    for side, (cases, _) in plans.items()}
+            again = _rounds(arms, sweeps, only, confirm_pairs, reporter, rename, full_first=False, writers=writers)
+            report = paired.confirm(report, again, thresholds.alpha, normalise, min_effect)
     return ABResult(report, rounds, time.perf_counter() - t0)
 
 
@@ -102,17 +108,32 @@ def _with_references(cases: list[Case], keys: set[tuple], rename: Callable | Non
 
 
 def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: int, reporter: ABReporter,
-            rename: Callable | None) -> Rounds:
+            rename: Callable | None, full_first: bool = True, writers: dict[str, ResultWriter] | None = None) -> Rounds:
+    """Measure the rounds of `schedule(pairs)`; each side's first round measures everything (accuracy, memory,
+    quality: the deterministic metrics the report compares), unless `full_first` is False, the others the
+    latency alone."""
     order = paired.schedule(pairs)
     rounds: Rounds = []
+    full = {paired.BASE, paired.HEAD} if full_first else set()
     for index, side in enumerate(order, 1):
         cases, unsupported = plans[side]
         run_id = new_run_id()
-        rows: list[dict[str, Any]] = [make_row(c.row(), Measurement("unsupported", why), run_id,
-                                               environment.device_name(c.device)) for c, why in unsupported]
+        rows: list[dict[str, Any]] = []
+        writer = (writers or {}).get(side)
+
+        def keep(_case: Case, row: dict[str, Any], rows: list[dict[str, Any]] = rows,
+                 writer: ResultWriter | None = writer) -> None:
+            rows.append(row)
+            if writer is not None:
+                writer.write(row)
+
+        for case, why in unsupported:
+            keep(case, make_row(case.row(), Measurement("unsupported", why), run_id,
+                                environment.device_name(case.device)))
         started = time.perf_counter()
-        sweeps[side].measure(cases, lambda _case, row, kept=rows: kept.append(row), run_id=run_id,
-                             ceilings=False, source=arms[side].source)
+        sweeps[side].measure(cases, keep, run_id=run_id, ceilings=False, source=arms[side].source,
+                             latency_only=side not in full)
+        full.discard(side)
         if rename is not None and side == paired.BASE:
             rows = [rename(row) for row in rows]
         failed = sum(r.get("status") not in ("ok", "unsupported") for r in rows)
