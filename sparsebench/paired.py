@@ -24,7 +24,7 @@ from scipy.stats import t as student_t
 
 from sparsebench import gate
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS, as_float, case_key, is_dense_reference
+from sparsebench.results import KEY_COLUMNS, as_float, case_key, complete_columns, is_dense_reference
 
 Key = tuple[str, ...]
 
@@ -134,7 +134,7 @@ def pair_values(rounds: Sequence[tuple[str, Rows]], normalise: str) -> dict[Key,
     by_side: dict[str, list[dict[Key, float]]] = {BASE: [], HEAD: []}
     for side, rows in rounds:
         values = {}
-        for row in rows:
+        for row in complete_columns(pd.DataFrame(rows)).to_dict("records") if rows else []:  # keys as the gate's
             ok = row.get("status") == "ok"
             values[case_key(row)] = normalised(as_float(row.get("latency_ms")), as_float(row.get("dense_latency_ms")),
                                                normalise) if ok else math.nan

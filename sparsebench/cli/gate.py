@@ -9,7 +9,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from sparsebench import export, gate, paired
+from sparsebench import export, gate, paired, plugins
 from sparsebench.cli.common import (
     EXIT_OK,
     EXIT_REGRESSION,
@@ -182,7 +182,8 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
             result = abgate.run_ab(base_arm, head_arm, rounds, thresholds, rename=rename, **common)
         else:
             with checkouts(repo or Path.cwd(), base_ref, head_ref) as (base, head):
-                check_plugins([*config.impls, *config.patterns], head, base)
+                used = plugins.LOADED.used(set(config.impls), {p.partition(":")[0] for p in config.patterns})
+                check_plugins([*used.specs["impls"].values(), *used.specs["patterns"].values()], head, base)
                 console.print(f"A/B gate: head {head.label} against base {base.label}, {rounds} rounds each",
                               markup=False)
                 base_arm = abgate.Arm(config, base.source, f"base {base.label}")
