@@ -167,6 +167,7 @@ def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *
     faster = holm([results[c.key].p_faster for c in gated])
     for case in report.cases:
         case.findings = [f for f in case.findings if f.metric != "latency"]
+        case.base_latency = case.cur_latency = case.ratio = case.p_value = math.nan  # `compare`'s: not paired
         if not deterministic:
             for f in case.findings:
                 if f.metric in ("flops_executed", "peak_mem_mib") and f.verdict == gate.REGRESSION:

@@ -115,6 +115,8 @@ def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: 
     order = paired.schedule(pairs)
     rounds: Rounds = []
     full = {paired.BASE, paired.HEAD} if full_first else set()
+    # one side's workers would measure everything in every round: then both sides do, to measure alike
+    latency_only = all(latency_only_workers(arm.source) for arm in arms.values())
     for index, side in enumerate(order, 1):
         cases, unsupported = plans[side]
         run_id = new_run_id()
@@ -132,7 +134,7 @@ def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: 
                                 environment.device_name(case.device)))
         started = time.perf_counter()
         sweeps[side].measure(cases, keep, run_id=run_id, ceilings=False, source=arms[side].source,
-                             latency_only=side not in full)
+                             latency_only=latency_only and side not in full)
         full.discard(side)
         if rename is not None and side == paired.BASE:
             rows = [rename(row) for row in rows]
@@ -140,6 +142,15 @@ def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: 
         reporter.round_done(index, len(order), side, time.perf_counter() - started, failed)
         rounds.append((side, rows))
     return rounds
+
+
+def latency_only_workers(source: WorkerSource) -> bool:
+    """True when the workers of `source` can measure latency alone (older trees' workers ignore the request and
+    measure everything: then neither side asks, so that both measure their rounds the same way)."""
+    try:
+        return "latency_only" in (Path(source.root) / "sparsebench" / "runner" / "worker.py").read_text()
+    except OSError:
+        return False
 
 
 def impl_renamer(base_impl_name: str, head_impl_name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
