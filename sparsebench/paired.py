@@ -33,7 +33,11 @@ BASE, HEAD = "base", "head"
 # beyond this factor: a change of a few percent that many rounds make significant is not worth a red build.
 DEFAULT_MIN_EFFECT = 1.05
 DEFAULT_ALPHA = 0.05
-DEFAULT_ROUNDS = 8  # pairs of rounds (each side measured this many times)
+# Pairs of rounds (each side measured this many times). With a per-pair sd of the log ratio of 0.1, 10 pairs
+# give a standard error of 0.032: a 1.15x change is 4.4 of them, past Holm's bar for 12 cases (t > 3.4 with 9
+# degrees of freedom). One round of configs/ci.toml takes 4-20 s on the loaded 2-core VM, the first of each side
+# (accuracy, memory) about 20 s: 10 pairs are about 5 minutes there.
+DEFAULT_ROUNDS = 10
 NORMALISATIONS = ("raw", "dense")
 MIN_PAIRS = 3  # fewer pairs than this: no interval, no verdict
 

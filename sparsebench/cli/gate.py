@@ -167,6 +167,10 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
                              (step_summary, "$GITHUB_STEP_SUMMARY")):
             if path is not None:
                 check_output_file(path, option)
+        if out_dir is not None:
+            held = [out_dir / side / "results.csv" for side in (paired.BASE, paired.HEAD)]
+            if any(path.exists() for path in held):
+                raise SparsebenchError(f"--out-dir {out_dir}: already holds an A/B gate's rows; choose another")
         config = _sweep_config(sweep)
         thresholds = gate.Thresholds.from_toml(thresholds_file, peak_mem=mem_tolerance, alpha=alpha)
         min_effect = threshold if threshold is not None else paired.DEFAULT_MIN_EFFECT
