@@ -148,3 +148,31 @@ def test_each_side_imports_its_own_plugin_code(user_repo, monkeypatch, tmp_path)
     assert (head[head["impl"] == "myattn"]["status"] == "ok").all()
     assert "status error -> ok" in result.stderr and "HEAD~1 (" in result.stderr
     assert len(_worktrees(user_repo)) == 1
+
+
+def test_two_implementations_are_paired_case_by_case():
+    """--base-impl: the base impl's rows are compared with the head impl's of the same pattern and shape."""
+    config = SweepConfig(patterns=["local:window=8"], impls=["sdpa"], seq=[64], devices=["cpu"])
+    base, head, rename = abgate.impl_arms(config, "eager", "structured")
+    assert (base.config.impls, head.config.impls, base.label, head.label) == (["eager"], ["structured"], "eager",
+                                                                              "structured")
+    assert rename({"impl": "eager", "pattern": "local"})["impl"] == "structured"
+    assert rename({"impl": "sdpa", "pattern": "dense"})["impl"] == "sdpa"  # the dense reference keeps its name
+    with pytest.raises(SparsebenchError, match="same implementation"):
+        abgate.impl_arms(config, "sdpa", "sdpa")
+
+
+@pytest.mark.slow
+def test_base_impl_gate_runs_both_implementations_in_rounds(tmp_path):
+    out = tmp_path / "ab"
+    result = CliRunner().invoke(app, ["gate", "--base-impl", "eager", "--impl", "structured", "--pattern",
+                                      "local:window=8", "--seq", "128", "--device", "cpu", "--rounds", "3",
+                                      "--min-run-time", "0.02", "--out-dir", str(out), "--summary",
+                                      str(tmp_path / "ab.md")])
+    assert result.exit_code in (0, 1), result.output
+    base = pd.read_csv(out / "base" / "results.csv")
+    head = pd.read_csv(out / "head" / "results.csv")
+    assert set(base["impl"]) == {"eager", "sdpa"} and set(head["impl"]) == {"structured", "sdpa"}
+    assert base["run_id"].nunique() >= 3 and head["run_id"].nunique() >= 3  # more: confirmation rounds
+    assert "local(window=8)/structured/128" in (tmp_path / "ab.md").read_text()
+    assert "`structured` against `eager`" in (tmp_path / "ab.md").read_text()
