@@ -162,7 +162,7 @@ def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *
     base, head = pd.DataFrame(first_rows(rounds, BASE)), pd.DataFrame(first_rows(rounds, HEAD))
     report = gate.compare(base, head, thresholds, raw=True, gate_latency=False)
     report.notes = [n for n in report.notes if "peak memory" in n]  # latency notes are the paired test's below
-    report.raw, report.normalise = normalise == "raw", "dense"
+    report.raw, report.normalise, report.baseline_hint = normalise == "raw", "dense", False
     values = pair_values(rounds, normalise)
     gated = [c for c in report.cases if not c.presence and c.key in values
              and (normalise == "raw" or not is_dense_reference(dict(zip(KEY_COLUMNS, c.key))))]
