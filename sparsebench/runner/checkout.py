@@ -105,7 +105,7 @@ def checkouts(repo: Path, base_ref: str, head_ref: str | None, cwd: Path | None 
         if "head" not in sides:
             dirty = bool(git(root, "status", "--porcelain", "--untracked-files=no"))
             commit = git(root, "rev-parse", "HEAD") + ("+dirty" if dirty else "")
-            sides["head"] = Side("head", WORKING_TREE, commit, root, source_of(root, cwd))
+            sides["head"] = Side("head", WORKING_TREE, commit, root, source_of(root, root / rel))
         yield sides["base"], sides["head"]
     finally:
         remove(root, added, tmp)
