@@ -144,7 +144,7 @@ def test_each_side_imports_its_own_plugin_code(user_repo, monkeypatch, tmp_path)
     base = pd.read_csv(out / "base" / "results.csv")
     head = pd.read_csv(out / "head" / "results.csv")
     mine = base[base["impl"] == "myattn"]
-    assert len(mine) == 6 and (mine["status"] == "error").all() and mine["error"].str.contains("the v1 code").all()
+    assert len(mine) == 3 and (mine["status"] == "error").all() and mine["error"].str.contains("the v1 code").all()
     assert (head[head["impl"] == "myattn"]["status"] == "ok").all()
     assert "status error -> ok" in result.stderr and "HEAD~1 (" in result.stderr
     assert len(_worktrees(user_repo)) == 1
