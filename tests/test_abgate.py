@@ -176,3 +176,14 @@ def test_base_impl_gate_runs_both_implementations_in_rounds(tmp_path):
     assert base["run_id"].nunique() >= 3 and head["run_id"].nunique() >= 3  # more: confirmation rounds
     assert "local(window=8)/structured/128" in (tmp_path / "ab.md").read_text()
     assert "`structured` against `eager`" in (tmp_path / "ab.md").read_text()
+
+
+def test_a_sparsebench_checkout_is_what_its_workers_import(tmp_path):
+    from sparsebench.runner.checkout import source_of
+
+    (tmp_path / "sparsebench" / "runner").mkdir(parents=True)
+    (tmp_path / "sparsebench" / "runner" / "worker.py").write_text("")
+    assert source_of(tmp_path, tmp_path / "sub") == abgate.WorkerSource(root=str(tmp_path), cwd=str(tmp_path / "sub"))
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    assert source_of(other, other).root == PACKAGE_ROOT
