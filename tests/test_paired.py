@@ -117,3 +117,15 @@ def test_confirm_clears_a_regression_that_fresh_rounds_do_not_show():
     again = paired.ab_report(_rounds(8, slow={STRUCTURED: 1.3}), gate.Thresholds())
     kept = paired.confirm(again, _rounds(8, slow={STRUCTURED: 1.3}, seed=6), 0.05, "dense", 1.05)
     assert [c.name for c in kept.regressions] == [STRUCTURED]
+
+
+def test_a_ten_percent_larger_allocation_fails_even_below_a_mebibyte():
+    """Memory is exact and measured in one job: no 1 MiB floor (the committed-baseline gate's) hides it."""
+    peak = {STRUCTURED: {"peak_mem_mib": 60.0 * 1.10}}
+    small = [(side, [{**r, "peak_mem_mib": r["peak_mem_mib"] / 100} for r in rows])
+             for side, rows in _rounds(4, change=peak)]  # 0.6 MiB -> 0.66 MiB
+    report = paired.ab_report(small, gate.Thresholds())
+    assert [(c.name, f.metric) for c in report.cases for f in c.findings if f.verdict == gate.REGRESSION] == \
+        [(STRUCTURED, "peak_mem_mib")]
+    floor = gate.Thresholds(gate.Limits(peak_mem_floor_mib=1.0))  # set by the user: kept
+    assert paired.ab_report(small, floor).regressions == []
