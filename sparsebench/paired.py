@@ -112,11 +112,14 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def verdict(result: PairedResult, p_slower_adj: float, p_faster_adj: float, alpha: float,
             min_effect: float) -> str:
-    """'regression', 'improvement', 'warning' (beyond the factor but not significant) or 'ok'."""
+    """'regression', 'improvement', 'warning' (beyond the factor and significant alone, but not once corrected
+    for the number of cases) or 'ok'."""
     if not result.tested:
         return "ok"
     if result.ratio > min_effect:
-        return "regression" if p_slower_adj < alpha else "warning"
+        if p_slower_adj < alpha:
+            return "regression"
+        return "warning" if result.p_slower < alpha else "ok"
     if result.ratio < 1 / min_effect and p_faster_adj < alpha:
         return "improvement"
     return "ok"
