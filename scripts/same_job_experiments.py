@@ -150,34 +150,33 @@ def same_job(args: argparse.Namespace) -> None:
     def in_budget() -> bool:
         return not args.budget_min or (time.perf_counter() - t0) / 60 < args.budget_min
 
+    commits = {change: make_change(repo, base, change, peaks) for change in changes}
     aa: list[dict] = []
-    for i in range(1, args.runs + 1):
-        if not in_budget():
-            break
-        git(repo, "checkout", "-q", "--detach", base)
-        busy = args.neighbour_every > 0 and i % args.neighbour_every == 0
-        if busy:
-            with Neighbour():
-                r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
-        else:
-            r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
-        r["neighbour"] = busy
-        aa.append(r)
-        print(f"A/A {i:2d}{' (neighbour)' if busy else ''}: exit {r['exit']} in {r['wall_s']:.0f} s, load "
-              f"{r['load']:.1f}, flagged {r['regressions']}", flush=True)
     ab: dict[str, list[dict]] = {}
-    for change in changes:
-        commit = make_change(repo, base, change, peaks)
-        metric = "latency" if change.startswith("slow:") else "peak_mem_mib"
-        for i in range(1, args.ab + 1):
-            if not in_budget():
-                break
+    # interleaved (A/A i, then run i of every change), so that a budget cut leaves every kind with runs
+    for i in range(1, max(args.runs, args.ab) + 1):
+        if i <= args.runs and in_budget():
+            git(repo, "checkout", "-q", "--detach", base)
+            busy = args.neighbour_every > 0 and i % args.neighbour_every == 0
+            if busy:
+                with Neighbour():
+                    r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
+            else:
+                r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
+            r["neighbour"] = busy
+            aa.append(r)
+            print(f"A/A {i:2d}{' (neighbour)' if busy else ''}: exit {r['exit']} in {r['wall_s']:.0f} s, load "
+                  f"{r['load']:.1f}, flagged {r['regressions']}", flush=True)
+        for change, commit in commits.items():
+            if i > args.ab or not in_budget():
+                continue
             git(repo, "checkout", "-q", "--detach", commit)
             r = gate_once(repo, args.config, out / f"ab-{change.replace(':', '-')}-{i:02d}", extra)
-            r["caught"] = sum("/structured/" in name for name, _ in r["regressions"])
+            word = "latency" if change.startswith("slow:") else "peak"  # the first word of the finding's message
+            r["caught"] = sum("/structured/" in name and what == word for name, what in r["regressions"])
             r["detected"] = r["exit"] == 1 and r["caught"] > 0
-            r["other"] = [name for name, _ in r["regressions"] if "/structured/" not in name]
-            r["metric"] = metric
+            r["other"] = [name for name, what in r["regressions"]
+                          if "/structured/" not in name or what not in (word, "confirmed")]
             ab.setdefault(change, []).append(r)
             print(f"A/B {change} {i:2d}: exit {r['exit']} in {r['wall_s']:.0f} s, caught {r['caught']} structured "
                   f"case(s), others {r['other']}", flush=True)
