@@ -35,8 +35,8 @@ DEFAULT_MIN_EFFECT = 1.05
 DEFAULT_ALPHA = 0.05
 # Pairs of rounds (each side measured this many times). With a per-pair sd of the log ratio of 0.1, 10 pairs
 # give a standard error of 0.032: a 1.15x change is 4.4 of them, past Holm's bar for 12 cases (t > 3.4 with 9
-# degrees of freedom). One round of configs/ci.toml takes 4-5 s on the 2-core VM at a load of 2 (13-20 s at a load
-# of 5), the first of each side (accuracy, memory) 20-40 s: 10 pairs took 6 min 41 s under that heavier load.
+# degrees of freedom). One round of configs/ci.toml takes 7-10 s on the 2-core VM at a load of 2 (13-20 s at a
+# load of 5), the first of each side (accuracy, memory) 13-40 s: 10 pairs took 3 min 11 s (6 min 41 s at 5).
 DEFAULT_ROUNDS = 10
 NORMALISATIONS = ("raw", "dense")
 # Peak memory is exact on both devices (CUDA's allocator peak, CPU's peak of live tensor bytes), and in one job
