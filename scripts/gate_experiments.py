@@ -13,6 +13,17 @@ of that impl; regressions of other impls are counted too.
         --aa 30 --ab 10 --slowdown structured:1.3 --slowdown structured:1.15 --out-dir /tmp/gate-exp
 
 Writes OUT_DIR/summary.md and summary.json; every run stays under OUT_DIR for inspection.
+
+--same-job: the same-job A/B gate instead (`sparsebench gate --base-ref HEAD~1`, as .ci/run and the README run it),
+in a scratch clone of this repository's HEAD (commit what you want measured first). A/A: --runs N gates of a
+commit against itself, every third with a CPU-bound neighbour. A/B: --ab M gates per real code change, each made
+as a throwaway commit on top of HEAD in the clone: `slow:F` makes the `structured` kernel's forward F times
+slower (a busy-wait for (F-1) times its own duration, written into sparsebench/impls/structured.py), `mem:F`
+makes it hold F-1 times its own CPU tensor peak more (an extra buffer alive during the call, sized from the
+peaks a first run measures). --budget-min stops starting runs after that many minutes; the summary covers the
+runs made (and the per-pair noise of raw and dense-normalised ratios, from every round's rows).
+
+    python3 scripts/gate_experiments.py --same-job --runs 30 --ab 10 --out-dir /tmp/gate-ab
 """
 
 from __future__ import annotations
@@ -150,7 +161,18 @@ def main() -> None:
     parser.add_argument("--gate-args", default="", help="extra `sparsebench gate` options (default: none)")
     parser.add_argument("--analyse-only", action="store_true", help="no new runs: the summary again from the runs "
                         "and exit codes recorded in OUT_DIR/summary.json")
+    parser.add_argument("--same-job", action="store_true", help="experiments of the same-job A/B gate (see above)")
+    parser.add_argument("--runs", type=int, default=30, help="--same-job: A/A runs")
+    parser.add_argument("--change", action="append", help="--same-job: slow:F or mem:F (repeatable; default "
+                        "slow:1.10 slow:1.15 slow:1.3 slow:2 mem:1.10)")
+    parser.add_argument("--budget-min", type=float, default=0.0, help="--same-job: start no run after this many "
+                        "minutes (0: no limit)")
     args = parser.parse_args()
+    if args.same_job:
+        from same_job_experiments import same_job
+
+        same_job(args)
+        return
     extra = args.gate_args.split()
     slowdowns = args.slowdown or ["structured:1.3", "structured:1.15"]
     out, base = args.out_dir, args.baseline

@@ -222,6 +222,7 @@ class GateReport:
     notes: list[str] = field(default_factory=list)
     gate_latency: bool = True
     normalise: str = "shape"
+    baseline_hint: bool = True  # improvements suggest --update-baseline (not in a same-job A/B gate: no file)
 
     @property
     def latency_kind(self) -> str:

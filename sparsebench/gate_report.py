@@ -70,7 +70,7 @@ def headline(report: gate.GateReport) -> str:
     verdict = "FAIL" if report.failed else "PASS"
     line = f"gate {verdict}: {len(report.cases)} cases ({text}); " \
            f"{report.latency_kind} latency"
-    if report.improvements:
+    if report.improvements and report.baseline_hint:
         line += "; improvements found: refresh the baseline with --update-baseline"
     return line
 

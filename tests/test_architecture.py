@@ -17,8 +17,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("plugins", {"plugins"}),  # user code: registers into the domain's registries
     ("resolve", {"resolve"}),  # names (user code included) to patterns and implementations
     ("results", {"results"}),  # the schema, its files and result sets
-    ("logic", {"runner", "gate", "gate_report", "gate_quality", "machine", "export", "plots", "plots_quality",
-               "plots_serving", "history", "merge"}),
+    ("logic", {"runner", "gate", "paired", "gate_report", "gate_quality", "machine", "export", "plots",
+               "plots_quality", "plots_serving", "history", "merge"}),
     ("services", {"services", "api", "train"}),  # workflows under the commands, and the library's entry points
     ("interface", {"cli", "__init__", "__main__"}),  # commands: options and printing
 ]

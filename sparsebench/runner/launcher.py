@@ -35,6 +35,19 @@ PARENT_PID_ENV = "SPARSEBENCH_PARENT_PID"  # the worker exits when this pid is n
 Ceilings = dict[str, dict[str, dict[str, float]]]  # device type -> dtype -> {metric: value}
 
 
+@dataclass(frozen=True)
+class WorkerSource:
+    """The code a worker imports: sparsebench from `root` (first on its PYTHONPATH), user modules and plugin
+    files from `cwd` (its working directory). The default: this process's sparsebench and directory. The
+    same-job A/B gate points each side's workers at that side's checkout."""
+
+    root: str = PACKAGE_ROOT
+    cwd: str | None = None
+
+
+THIS_PROCESS = WorkerSource()
+
+
 @dataclass
 class SweepStats:
     """What the harness itself cost: worker start-ups (process + imports) and wall time; the ceilings."""
@@ -53,16 +66,17 @@ class _Worker:
     """One worker process for a list of cases of the same group."""
 
     def __init__(self, cases: list[Case], settings: MeasureSettings, ceilings: bool,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, source: WorkerSource = THIS_PROCESS,
+                 latency_only: bool = False) -> None:
         env = {**os.environ, **(extra_env or {})}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [source.root, env.get("PYTHONPATH")]))
         env[PARENT_PID_ENV] = str(os.getpid())  # the worker exits when this process is gone
         self.stderr = tempfile.TemporaryFile(mode="w+")
         self.spawned = time.perf_counter()
         # A new session, so a timeout kills compile sub-processes too.
         self.proc = subprocess.Popen([sys.executable, "-m", "sparsebench.runner.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env,
-                                     start_new_session=True)
+                                     cwd=source.cwd, start_new_session=True)
         self.protocol_error: str | None = None
         try:
             self.events: queue.Queue = queue.Queue()
@@ -71,7 +85,8 @@ class _Worker:
 
             plugins = loaded.LOADED.used({c.impl for c in cases}, {c.pattern for c in cases})
             job = protocol.job(cases=[c.to_dict() for c in cases], settings=settings.to_dict(), ceilings=ceilings,
-                               plugins=plugins.specs)  # the user code these cases need, imported again there
+                               plugins=plugins.specs,  # the user code these cases need, imported again there
+                               **({"latency_only": True} if latency_only else {}))
             self.proc.stdin.write(job)
             self.proc.stdin.close()
         except BaseException:  # e.g. Ctrl-C or SIGTERM right after the start: no worker is left behind
@@ -132,13 +147,15 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
               on_start: Callable[[Case], None] | None = None, timeout_s: float = 600.0,
               run_id: str | None = None, device_names: dict[str, str] | None = None,
               ceilings: bool = True, stats: SweepStats | None = None, env: dict[str, str] | None = None,
-              free_memory: Callable[[str], int] = free_bytes) -> SweepStats:
+              free_memory: Callable[[str], int] = free_bytes, source: WorkerSource = THIS_PROCESS,
+              latency_only: bool = False) -> SweepStats:
     """Measure `cases` group by group (cases of a group share inputs and one worker process).
 
     `on_row(case, row)` gets every finished row (CSV columns) at once, so the caller can write it before the
     next case. A group's dense reference, when it is among the cases, runs first and gives the group's rows
     their speed-up. `ceilings`: measure the device's matmul and copy ceilings once per (device, dtype), unless
     `stats` (carried over from earlier calls) has them. `env`: set in every worker's environment (a GPU's pin).
+    `source`: the code the workers import (default: this process's). `latency_only`: see `measure_case.measure`.
     """
     run_id = run_id or uuid.uuid4().hex[:12]
     device_names = device_names or {}
@@ -176,14 +193,15 @@ def run_cases(cases: list[Case], settings: MeasureSettings, on_row: Callable[[Ca
             else:
                 runnable.append(case)
         want_ceilings = ceilings and bool(runnable) and not stats.has_ceilings(group[0])
-        _run_group(runnable, settings, timeout_s, finish, on_start, stats, want_ceilings, env)
+        _run_group(runnable, settings, timeout_s, finish, on_start, stats, want_ceilings, env, source, latency_only)
     stats.wall_s = time.perf_counter() - t_start
     return stats
 
 
 def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
                finish: Callable[[Case, Measurement], None], on_start: Callable[[Case], None] | None,
-               stats: SweepStats, ceilings: bool, env: dict[str, str] | None = None) -> None:
+               stats: SweepStats, ceilings: bool, env: dict[str, str] | None = None,
+               source: WorkerSource = THIS_PROCESS, latency_only: bool = False) -> None:
     """Measure `pending` in a worker; after a crash or timeout, the rest in a fresh one."""
     limits = {"start": START_TIMEOUT_S, "ceilings": CEILINGS_TIMEOUT_S, "cases": timeout_s}
     while pending:
@@ -192,7 +210,7 @@ def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
         done = 0
         worker: _Worker | None = None
         try:
-            worker = _Worker(pending, settings, ceilings, env)
+            worker = _Worker(pending, settings, ceilings, env, source, latency_only)
             while True:
                 try:
                     event = worker.next_event(timeout=limits[phase])

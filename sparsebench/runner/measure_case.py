@@ -17,6 +17,7 @@ Every call is counted (`n_calls`).
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable
 
@@ -56,8 +57,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measurement:
-    """Measure one case (status ok or inaccurate); raises when the implementation fails."""
+def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only: bool = False) -> Measurement:
+    """Measure one case (status ok or inaccurate); raises when the implementation fails. `latency_only`: the
+    latency alone, no accuracy, quality or memory (NaN there): the A/B gate's later rounds, whose first round
+    measured those (they are the same in every round) and which want short rounds."""
     device = torch.device(case.device)
     impl = get_impl(case.impl)
     pattern = case.build_pattern()
@@ -103,14 +106,17 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     first_call_s = time.perf_counter() - t0
 
     cache = getattr(prep.state, "cache", None)  # a selection's cache metadata (quest's page bounds)
-    quality_cols = quality.columns(out, q, k, v, pattern, cache=cache)  # recall, err_vs_full; a selection's density
-    quality_cols.pop("max_abs_err", None)  # measured below, with its relative error, like every pattern's
-    rule = quality.checked_rule(pattern, q, k, cache)
-    err, rel = accuracy.output_errors(out, q, k, v, rule)
+    if latency_only:
+        quality_cols, err, rel, problems = {}, math.nan, math.nan, []
+    else:
+        quality_cols = quality.columns(out, q, k, v, pattern, cache=cache)  # recall, err_vs_full; a selection's
+        quality_cols.pop("max_abs_err", None)  # measured below, with its relative error, like every pattern's
+        rule = quality.checked_rule(pattern, q, k, cache)
+        err, rel = accuracy.output_errors(out, q, k, v, rule)
+        problems = _accuracy_problems(rel, err, case.torch_dtype)
     del out
-    problems = _accuracy_problems(rel, err, case.torch_dtype)
     grad_err = None
-    if case.mode == "fwdbwd":
+    if case.mode == "fwdbwd" and not latency_only:
         calls += 1
         grad = gradients.check(lambda *x: impl.forward(*x, prep), q, k, v, rule)
         grad_err = grad.worst[1]
@@ -119,9 +125,11 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
     nvml_peak = nvml_context = rss_mib = float("nan")
     launch_ms = None
     slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
+    peak_mib = math.nan
     if slow is not None:
         rss_mib, samples = slow
-        peak_mib, _ = memory.tensor_peak_mib(call)
+        if not latency_only:
+            peak_mib, _ = memory.tensor_peak_mib(call)
     else:
         for _ in range(settings.warmup):
             call()
@@ -136,8 +144,9 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings) -> Measuremen
             nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
             samples, launch_ms = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
         else:
-            rss_mib = memory.call_peak_mib(call, device)
-            peak_mib, _ = memory.tensor_peak_mib(call)
+            if not latency_only:
+                rss_mib = memory.call_peak_mib(call, device)
+                peak_mib, _ = memory.tensor_peak_mib(call)
             samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
 
     stats = timing.summarize(samples)

@@ -29,7 +29,7 @@ from sparsebench.results import (
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.config import SweepConfig, expand
 from sparsebench.runner.gpus import Slot
-from sparsebench.runner.launcher import SweepStats, run_cases
+from sparsebench.runner.launcher import THIS_PROCESS, SweepStats, WorkerSource, run_cases
 from sparsebench.runner.lock import DirLock
 from sparsebench.runner.shard import Shard
 
@@ -73,8 +73,10 @@ class Sweep:
         return cases, [(c, r) for c, r in unsupported if c.key() not in done]
 
     def measure(self, cases: list[Case], on_row: OnRow, on_start: Callable[[Case], None] | None = None,
-                run_id: str | None = None, ceilings: bool = True) -> SweepStats:
-        """Measure `cases` (grouped by shape, each group's dense reference first) in worker processes."""
+                run_id: str | None = None, ceilings: bool = True,
+                source: WorkerSource = THIS_PROCESS, latency_only: bool = False) -> SweepStats:
+        """Measure `cases` (grouped by shape, each group's dense reference first) in worker processes (that
+        import `source`'s code; parallel slots: this process's; `latency_only`: see `measure_case.measure`)."""
         names = {d: environment.device_name(d) for d in {c.device for c in cases}}
         if self.slots:
             from sparsebench.runner.parallel import run_parallel
@@ -83,7 +85,8 @@ class Sweep:
                                 timeout_s=self.config.timeout, run_id=run_id or new_run_id(), device_names=names,
                                 ceilings=ceilings)
         return run_cases(cases, self.settings, on_row, on_start=on_start, timeout_s=self.config.timeout,
-                         run_id=run_id or new_run_id(), device_names=names, ceilings=ceilings)
+                         run_id=run_id or new_run_id(), device_names=names, ceilings=ceilings, source=source,
+                         latency_only=latency_only)
 
 
 def new_run_id() -> str:

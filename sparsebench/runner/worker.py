@@ -1,7 +1,7 @@
 """Worker process: measures the cases of one group on shared inputs, one JSON line per event on stdout.
 
 Protocol (protocol.py, every message stamped with its VERSION; stdin: one JSON object {"cases": [...],
-"settings": {...}}):
+"settings": {...}}, optionally "latency_only": true, which a worker of an older tree ignores: it measures all):
   {"event": "ready", "start_s": ...}              after imports
   {"event": "ceilings", "values": {...}}          when the job asks for the device's ceilings (before any case)
   {"event": "start", "index": i}                   before case i
@@ -95,7 +95,10 @@ def main() -> None:
     for index, case in enumerate(cases):
         emit(event="start", index=index)
         try:
-            measured = (measure_serving if case.serving else measure)(case, inputs, settings)
+            if case.serving:
+                measured = measure_serving(case, inputs, settings)
+            else:
+                measured = measure(case, inputs, settings, latency_only=bool(job.get("latency_only")))
         except Unsupported as exc:  # found only when it runs (e.g. a forced SDPA backend): torch's reason
             measured = Measurement("unsupported", _one_line(exc).removeprefix("Unsupported: "))
         except Exception as exc:  # one failed case is a status row, never the end of the sweep
