@@ -58,7 +58,6 @@ def quality_figure(rows: pd.DataFrame, colors: dict[str, str], title: str = "") 
             ax.set_ylabel(label)
             ax.set_title(f"n = {n}")
             ax.grid(True, alpha=0.3)
-        if col == len(seqs) - 1:
-            axes[0][col].legend(fontsize=7, loc="best")
+        axes[0][col].legend(fontsize=7, loc="best")  # each column's own patterns: lengths need not share them
     fig.suptitle(title or "Quality against speed")
     return fig
