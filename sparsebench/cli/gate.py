@@ -21,7 +21,9 @@ from sparsebench.cli.common import (
 from sparsebench.cli.output import emit, gate_and_exit, print_report
 from sparsebench.errors import SparsebenchError
 from sparsebench.gate_report import render_markdown
+from sparsebench.results import RESULTS_NAME
 from sparsebench.runner import SweepConfig, load_config
+from sparsebench.runner.config import SweepOptions
 from sparsebench.services import abgate
 
 
@@ -117,9 +119,10 @@ def gate_cmd(
     Same-job A/B (`--base-ref REF [--head-ref REF]`, or `--base-impl A --impl B`): base and head are measured here,
     in alternating rounds, and gated on their paired per-round ratios."""
     if base_ref is not None or base_impl is not None:
-        sweep = {"config": config, "patterns": pattern, "impls": impl, "seq": seq, "devices": device,
-                 "dtypes": dtype, "modes": mode, "min_run_time": min_run_time, "timeout": timeout}
-        ab_gate_and_exit(base_ref=base_ref, head_ref=head_ref, repo=repo, base_impl=base_impl, sweep=sweep,
+        sweep = SweepOptions(patterns=pattern, impls=impl, seq=seq, devices=device, dtypes=dtype, modes=mode,
+                             min_run_time=min_run_time, timeout=timeout)
+        ab_gate_and_exit(base_ref=base_ref, head_ref=head_ref, repo=repo, base_impl=base_impl, config_file=config,
+                         sweep=sweep,
                          rounds=rounds, raw=raw, latency=latency, threshold=threshold, mem_tolerance=mem_tolerance,
                          alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, summary=summary,
                          export_format=export_format, export_out=export_out, quiet=quiet, out_dir=out_dir,
@@ -143,10 +146,11 @@ def gate_cmd(
 
 
 def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path | None, base_impl: str | None,
-                     sweep: dict[str, Any], rounds: int, raw: bool, latency: bool, threshold: float | None,
-                     mem_tolerance: float | None, alpha: float | None, thresholds_file: Path | None, confirm: int,
-                     summary: Path | None, export_format: str | None, export_out: Path | None, quiet: bool,
-                     refused: dict[str, Any], out_dir: Path | None = None) -> NoReturn:
+                     config_file: Path | None, sweep: SweepOptions, rounds: int, raw: bool, latency: bool,
+                     threshold: float | None, mem_tolerance: float | None, alpha: float | None,
+                     thresholds_file: Path | None, confirm: int, summary: Path | None, export_format: str | None,
+                     export_out: Path | None, quiet: bool, refused: dict[str, Any],
+                     out_dir: Path | None = None) -> NoReturn:
     """The same-job A/B gate: measure, print the report, write the summary and export, exit 0 or 1 (2: bad
     input). Worktrees are removed however it ends (Ctrl-C and SIGTERM included)."""
     from sparsebench.runner.checkout import check_plugins, checkouts
@@ -168,10 +172,10 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
             if path is not None:
                 check_output_file(path, option)
         if out_dir is not None:
-            held = [out_dir / side / "results.csv" for side in (paired.BASE, paired.HEAD)]
+            held = [out_dir / side / RESULTS_NAME for side in (paired.BASE, paired.HEAD)]
             if any(path.exists() for path in held):
                 raise SparsebenchError(f"--out-dir {out_dir}: already holds an A/B gate's rows; choose another")
-        config = _sweep_config(sweep)
+        config = _sweep_config(config_file, sweep)
         thresholds = gate.Thresholds.from_toml(thresholds_file, peak_mem=mem_tolerance, alpha=alpha)
         min_effect = threshold if threshold is not None else paired.DEFAULT_MIN_EFFECT
         gate.Limits(latency=min_effect)  # checks it: a ratio > 1
@@ -215,15 +219,14 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
     raise typer.Exit(EXIT_REGRESSION if report.failed else EXIT_OK)
 
 
-def _sweep_config(sweep: dict[str, Any]) -> SweepConfig:
+def _sweep_config(config_file: Path | None, sweep: SweepOptions) -> SweepConfig:
     """The sweep of `run`'s options (a --config file, then the options given), with short rounds by default."""
-    settings: dict[str, Any] = load_config(sweep["config"]) if sweep["config"] else {}
-    settings.update({k: v for k, v in sweep.items() if k != "config" and v})
-    settings.setdefault("min_run_time", abgate.ROUND_MIN_RUN_TIME)
-    if sweep["min_run_time"] is None:
-        settings["min_run_time"] = min(settings["min_run_time"], abgate.ROUND_MIN_RUN_TIME)
+    settings: dict[str, Any] = load_config(config_file) if config_file else {}
+    if sweep.min_run_time is None:
+        settings["min_run_time"] = min(settings.get("min_run_time", abgate.ROUND_MIN_RUN_TIME),
+                                       abgate.ROUND_MIN_RUN_TIME)
         settings["min_samples"] = min(settings.get("min_samples", abgate.ROUND_MIN_SAMPLES), abgate.ROUND_MIN_SAMPLES)
-    return SweepConfig(**settings)
+    return sweep.over(settings)
 
 
 def _write(path: Path, text: str, append: bool) -> None:
