@@ -48,18 +48,6 @@ def env() -> dict[str, str]:
             if k not in ("GITHUB_STEP_SUMMARY", "PYTHONPATH")}
 
 
-class Neighbour:
-    """A CPU-bound process beside the benchmark (a busy loop), as a shared CI host has."""
-
-    def __enter__(self) -> Neighbour:
-        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.kill()
-        self.proc.wait()
-
-
 def scratch_clone(out: Path) -> tuple[Path, str]:
     """A clone of this repository's HEAD under OUT_DIR (what is measured: commit first), and its commit."""
     repo = out / "repo"
@@ -159,6 +147,8 @@ def same_job(args: argparse.Namespace) -> None:
             git(repo, "checkout", "-q", "--detach", base)
             busy = args.neighbour_every > 0 and i % args.neighbour_every == 0
             if busy:
+                from gate_experiments import Neighbour  # here: gate_experiments imports this module at its top
+
                 with Neighbour():
                     r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
             else:

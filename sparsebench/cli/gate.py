@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -13,12 +12,11 @@ from sparsebench import export, gate, paired, plugins
 from sparsebench.cli.common import (
     EXIT_OK,
     EXIT_REGRESSION,
-    check_output_file,
     console,
     interrupt_on_stop_signals,
     user_errors,
 )
-from sparsebench.cli.output import emit, gate_and_exit, print_report
+from sparsebench.cli.output import check_report_outputs, emit, gate_and_exit, print_report, write_summary
 from sparsebench.errors import SparsebenchError
 from sparsebench.gate_report import render_markdown
 from sparsebench.results import RESULTS_NAME
@@ -162,15 +160,7 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
         if given:
             raise SparsebenchError(f"{', '.join(given)}: not with {'--base-ref' if base_ref else '--base-impl'} "
                                    "(the same-job A/B gate measures both sides itself)")
-        if export_format is not None:
-            export.check_format(export_format)
-        elif export_out is not None:
-            raise SparsebenchError("--export-out needs --export FORMAT")
-        step_summary = Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None
-        for path, option in ((summary, "--summary"), (export_out, "--export-out"),
-                             (step_summary, "$GITHUB_STEP_SUMMARY")):
-            if path is not None:
-                check_output_file(path, option)
+        step_summary = check_report_outputs(summary, export_format, export_out)
         if out_dir is not None:
             held = [out_dir / side / RESULTS_NAME for side in (paired.BASE, paired.HEAD)]
             if any(path.exists() for path in held):
@@ -208,9 +198,9 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
         print_report(report)
         markdown = render_markdown(report, base_arm.label, head_arm.label)
         if summary is not None:
-            _write(summary, markdown, append=False)
+            write_summary(summary, markdown, append=False)
         if step_summary is not None:
-            _write(step_summary, markdown, append=True)
+            write_summary(step_summary, markdown, append=True)
         if export_format is not None:
             import pandas as pd
 
@@ -227,14 +217,6 @@ def _sweep_config(config_file: Path | None, sweep: SweepOptions) -> SweepConfig:
                                        abgate.ROUND_MIN_RUN_TIME)
         settings["min_samples"] = min(settings.get("min_samples", abgate.ROUND_MIN_SAMPLES), abgate.ROUND_MIN_SAMPLES)
     return sweep.over(settings)
-
-
-def _write(path: Path, text: str, append: bool) -> None:
-    try:
-        with open(path, "a" if append else "w") as fh:
-            fh.write(text)
-    except OSError as exc:
-        raise SparsebenchError(f"{path}: cannot write the summary ({exc.strerror})") from None
 
 
 class _Progress(abgate.ABReporter):

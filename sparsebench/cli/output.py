@@ -46,15 +46,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
     and exit 0 (no regression), 1 (regression), 2 (bad input) or 3 (not comparable)."""
     # SIGTERM and SIGHUP stop --confirm's re-runs as Ctrl-C does: workers killed, the temporary folder removed
     with user_errors(), interrupt_on_stop_signals(), tempfile.TemporaryDirectory(prefix="sparsebench-gate-") as tmp:
-        if export_format is not None:
-            export.check_format(export_format)
-        elif export_out is not None:
-            raise SparsebenchError("--export-out needs --export FORMAT")
-        step_summary = Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None
-        for path, option in ((summary, "--summary"), (export_out, "--export-out"),
-                             (step_summary, "$GITHUB_STEP_SUMMARY")):  # found out before the comparison, not after
-            if path is not None:
-                check_output_file(path, option)
+        check_report_outputs(summary, export_format, export_out)  # found out before the comparison, not after
         shown = (baseline, current)  # as given, for the report
         if update_baseline and baseline.is_dir() and has_shards(baseline):
             raise SparsebenchError(f"--update-baseline writes one results.csv: {baseline} is a directory of shards")
@@ -92,9 +84,9 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
         print_report(report)
         markdown = render_markdown(report, *shown)
         if summary is not None:
-            _write(summary, markdown, append=False)
+            write_summary(summary, markdown, append=False)
         if os.environ.get("GITHUB_STEP_SUMMARY"):
-            _write(Path(os.environ["GITHUB_STEP_SUMMARY"]), markdown, append=True)
+            write_summary(Path(os.environ["GITHUB_STEP_SUMMARY"]), markdown, append=True)
         if export_format is not None:
             emit(export.render(export_format, current_set.frame, current, report, baseline, current_set.meta),
                  export_out)
@@ -141,7 +133,8 @@ def _update(baseline: Path, current: Path, how: str) -> None:
     console.print(f"baseline {how}: {baseline} (from {current})", markup=False)
 
 
-def _write(path: Path, text: str, append: bool) -> None:
+def write_summary(path: Path, text: str, append: bool) -> None:
+    """Write (or append) a markdown summary; a failure is one line (SparsebenchError)."""
     try:
         with open(path, "a" if append else "w") as fh:
             fh.write(text)
@@ -171,3 +164,18 @@ def emit(text: str, out: Path | None) -> None:
         out.write_text(text)
     except OSError as exc:
         raise SparsebenchError(f"{out}: cannot write the export ({exc.strerror or exc})") from None
+
+
+def check_report_outputs(summary: Path | None, export_format: str | None, export_out: Path | None) -> Path | None:
+    """A gate's report options: a known export format, and every output file writable (SparsebenchError).
+    Returns $GITHUB_STEP_SUMMARY's file, where the markdown report is also appended (None outside Actions)."""
+    if export_format is not None:
+        export.check_format(export_format)
+    elif export_out is not None:
+        raise SparsebenchError("--export-out needs --export FORMAT")
+    step_summary = Path(os.environ["GITHUB_STEP_SUMMARY"]) if os.environ.get("GITHUB_STEP_SUMMARY") else None
+    for path, option in ((summary, "--summary"), (export_out, "--export-out"),
+                         (step_summary, "$GITHUB_STEP_SUMMARY")):
+        if path is not None:
+            check_output_file(path, option)
+    return step_summary
