@@ -67,3 +67,27 @@ def test_a_pattern_spec_round_trips_through_the_csv_text_and_the_worker_json() -
     assert Case("local", "window=8", "eager", "cpu", "float32", "fwd", 1, 2, 2, 64, 64, 16).params == (("window", 8),)
     dense = case.reference()
     assert dense.params == () and Case.from_row({**dense.row(), "params": float("nan")}) == dense  # an empty cell
+
+
+def test_a_measurement_is_frozen_and_round_trips_through_its_json() -> None:
+    from sparsebench.results import Measurement
+
+    m = Measurement("ok", latency_ms=1.5, samples=[1.0, 2.0], launch_overhead_ms=-0.01, extra={"recall": 0.9})
+    assert Measurement.from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    with pytest.raises(AttributeError):
+        m.status = "error"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"status": "fine"}, "unknown status"),
+    ({"status": "ok", "latency_ms": -1.0}, "latency_ms"),
+    ({"status": "ok", "peak_mem_mib": "12"}, "peak_mem_mib"),
+    ({"status": "ok", "nnz": True}, "nnz"),
+    ({"status": "ok", "samples": [1.0, float("inf")]}, "samples"),
+    ({"status": "ok", "latency": 1.0}, "not measurement fields: latency"),
+])
+def test_a_message_that_is_not_a_measurement_is_refused_where_it_is_read(data, words) -> None:
+    from sparsebench.results import Measurement
+
+    with pytest.raises(ValueError, match=words):
+        Measurement.from_dict(data)

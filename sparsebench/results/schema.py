@@ -9,7 +9,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -228,9 +228,12 @@ def with_dense_reference(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class Measurement:
-    """What was measured for one case, named as the CSV names it (the raw samples as a list).
+    """What was measured for one case, named as the CSV names it (the raw samples as a tuple). Frozen, and
+    checked when made (ValueError): a known status, numbers that are numbers and never negative (NaN: not
+    measured), samples finite. So a worker's message that is not a measurement is found where it
+    is read, not as a wrong cell in a CSV.
 
     A case that did not run has only `status` and `error`. `extra` holds columns of other row kinds (the
     `train` command's val_ppl, train_s, ...); `make_row` checks that they are schema columns.
@@ -246,7 +249,7 @@ class Measurement:
     latency_ms: float | None = None
     latency_iqr_ms: float | None = None
     latency_min_ms: float | None = None
-    samples: list[float] = field(default_factory=list)
+    samples: tuple[float, ...] = ()
     tflops_useful: float | None = None
     bytes_moved: float | None = None  # decode: K and V bytes read
     peak_mem_mib: float | None = None
@@ -264,12 +267,35 @@ class Measurement:
     launch_overhead_ms: float | None = None  # CUDA calls timed with CUDA graphs only
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+        if not isinstance(self.error, str):
+            raise ValueError(f"error must be text, got {self.error!r}")
+        object.__setattr__(self, "samples", tuple(self.samples))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("status", "error", "samples", "extra") or value is None:
+                continue
+            signed = f.name == "launch_overhead_ms"  # eager minus graphed latency: a graph can be the slower
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (value < 0 and not signed):
+                raise ValueError(f"{f.name} must be a number{'' if signed else ' of at least 0'} or None, got "
+                                 f"{value!r}")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x < math.inf
+                   for x in self.samples):
+            raise ValueError("samples must be finite numbers of at least 0")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN as None): what a worker sends."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        return {k: (None if isinstance(v, float) and math.isnan(v) else list(v) if k == "samples" else v)
+                for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Measurement:
+        """A measurement from its JSON (ValueError on unknown fields or values that are not a measurement)."""
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"not measurement fields: {', '.join(sorted(unknown))}")
         return cls(**data)
 
 

@@ -242,7 +242,11 @@ def _run_group(pending: list[Case], settings: MeasureSettings, timeout_s: float,
                     if on_start:
                         on_start(pending[running])
                 elif event["event"] == "result":
-                    finish(pending[event["index"]], Measurement.from_dict(event["measurement"]))
+                    try:
+                        measured = Measurement.from_dict(event["measurement"])
+                    except (TypeError, ValueError) as exc:
+                        measured = Measurement("error", f"the worker sent an invalid measurement: {exc}")
+                    finish(pending[event["index"]], measured)
                     running, done = None, event["index"] + 1
                     if done == len(pending):
                         break
