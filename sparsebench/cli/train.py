@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import time
-import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
-import psutil
-import torch
 import typer
 from rich.markup import escape
 
-from sparsebench.api import resolve_impl
 from sparsebench.cli import options as opt
 from sparsebench.cli.common import console, fail, state, user_errors
 from sparsebench.cli.progress import Reporter
-from sparsebench.environment import collect, device_name
 from sparsebench.errors import WriteFailed
-from sparsebench.resolve import get_impl, get_pattern
-from sparsebench.results import RESULTS_NAME, ResultWriter, check_writable, write_meta
-from sparsebench.runner.config import parse_pattern_spec
+from sparsebench.results import check_writable
+from sparsebench.services import train as training
 from sparsebench.train import data, report
-from sparsebench.train.loop import PRESETS, Job, TrainConfig, VariantFailed, preset, train_isolated, train_pattern
-from sparsebench.train.report import VariantRun
+from sparsebench.train.loop import PRESETS, preset
 
 DEFAULTS = ["dense", "local", "strided"]
 
@@ -65,11 +57,11 @@ def train_cmd(
         for flag, value in (("--steps", steps), ("--seq", seq), ("--batch", batch), ("--corpus-bytes", corpus_bytes)):
             if value is not None and value < 1:
                 fail(f"{flag} must be >= 1, got {value}")
-        dev = _device(device)
+        dev = training.training_device(device)
         cfg = preset(preset_name, steps=steps, seq_len=seq, batch=batch, corpus_bytes=corpus_bytes, seed=seed)
         shared = opt.pattern_params(window, stride, dilation, length, summary, global_tokens, block, global_blocks,
                                     random_blocks, mask_seed)
-        runs = [_variant(spec, shared, impl, cfg, dev) for spec in dict.fromkeys(pattern or DEFAULTS)]
+        runs = [training.plan_variant(spec, shared, impl, cfg, dev) for spec in dict.fromkeys(pattern or DEFAULTS)]
         source = data.file_corpus(corpus, cfg.corpus_bytes) if corpus else data.stdlib_corpus(cfg.corpus_bytes)
         source.check(cfg.model.seq_len)
         check_writable(out_dir)  # before training, not after it: a read-only --out-dir would lose the results
@@ -82,13 +74,18 @@ def train_cmd(
                           f"{dev}; corpus {escape(str(dataset))}, 90% train / 10% validation")
             console.print(f"[yellow]note:[/] {report.CAUSAL_NOTE}", highlight=False)
         started = time.time()
-        _train_all(runs, cfg, source, dev, out_dir, quiet)
+        header = f"sparsebench train: {len(runs)} variant(s) of {cfg.steps} steps, results in {out_dir}/"
+        with Reporter(len(runs), header, quiet) as progress:
+            details = training.train_all(runs, cfg, source, dev, progress)
+        if state["debug"]:
+            for detail in details.values():
+                console.print(detail, markup=False, highlight=False)
 
         heading = f"sparsebench train --preset {preset_name}: {cfg.steps} steps x {cfg.batch} x {m.seq_len} bytes"
-        setup = f"{m.n_layers} layers, d_model {m.d_model}, {dev} ({_device_name(dev)})"
+        setup = f"{m.n_layers} layers, d_model {m.d_model}, {dev} ({training.describe_device(dev)})"
         try:
-            _write_outputs(out_dir, runs, cfg, source, dev, dataset, (heading, setup), preset_name,
-                           time.time() - started)
+            training.write_outputs(out_dir, runs, cfg, source, dev, dataset, (heading, setup), preset_name,
+                                   time.time() - started)
         except OSError as exc:  # e.g. the disk filled up during training
             raise WriteFailed(f"cannot write the results to {out_dir}: {exc.strerror or exc}") from None
         console.print(report.rich_table(runs, dataset, f"{heading}, {setup}"))
@@ -100,90 +97,5 @@ def train_cmd(
         raise typer.Exit(1)
 
 
-def _variant(spec: str, shared: dict[str, int], impl: str, cfg: TrainConfig, dev: torch.device) -> VariantRun:
-    """Check one --pattern, pick its implementation and check that it fits in memory, before any training."""
-    m = cfg.model
-    name, params = parse_pattern_spec(spec, shared)
-    named = get_pattern(name, **params)
-    named.validate(m.seq_len)
-    trained = train_pattern(name, **params)
-    run = VariantRun(name, named.params, trained, resolve_impl(trained, impl, dev, torch.float32, "fwdbwd"))
-    # Rough: the implementation's own estimate per layer, plus a float (n, n) mask, kept for the backward pass.
-    need = m.n_layers * (get_impl(run.impl).estimate_bytes(trained, cfg.batch, m.n_heads, m.seq_len, m.head_dim,
-                                                           torch.float32, "fwdbwd") + 4 * m.seq_len**2)
-    free = torch.cuda.mem_get_info(dev)[0] if dev.type == "cuda" else psutil.virtual_memory().available
-    if need > free:
-        fail(f"{run.label} at --seq {m.seq_len}, --batch {cfg.batch} needs about {need / 2**30:.1f} GiB for "
-             f"attention alone but {free / 2**30:.1f} GiB is free; lower --seq or --batch")
-    return run
-
-
-def _train_all(runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device, out_dir: Path,
-               quiet: bool) -> None:
-    """Each variant in its own worker process, reported as it finishes; failures become error rows."""
-    header = f"sparsebench train: {len(runs)} variant(s) of {cfg.steps} steps, results in {out_dir}/"
-    with Reporter(len(runs), header, quiet) as progress:
-        for run in runs:
-            name = f"{run.label} [{run.impl}]"
-            progress.begin(name, steps=cfg.steps)
-            losses = {"step": "-", "eval": "-"}
-
-            def on_event(kind: str, step: int, loss: float, losses: dict[str, str] = losses) -> None:
-                losses[kind] = f"{loss:.3f}"
-                progress.step(step, f"loss {losses['step']}  val {losses['eval']}")
-
-            try:
-                run.result = train_isolated(Job(cfg, run.pattern, run.impl, source.train, source.val, str(dev)),
-                                            on_event)
-            except VariantFailed as exc:
-                run.error = str(exc)
-                progress.done(f"{name}: error: {exc}", failed=True)
-                if exc.detail and state["debug"]:
-                    console.print(exc.detail, markup=False, highlight=False)
-                continue
-            r = run.result
-            progress.done(f"{name}: val ppl {r['val_ppl']:.2f}, median step {report.median_ms(run):.0f} ms, "
-                          f"{r['train_s']:.0f} s ok")
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
-        fail(f"unknown device {name!r}; choose from: cpu, cuda, cuda:N, auto")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        fail("--device cuda but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def _device_name(dev: torch.device) -> str:
-    name = device_name(str(dev))
-    threads = torch.get_num_threads()
-    return name if dev.type == "cuda" else f"{name}, {threads} thread{'s' if threads > 1 else ''}"
-
-
 def _size(n_bytes: int) -> str:
     return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 100_000 else f"{n_bytes / 1e3:.1f} kB"
-
-
-def _write_outputs(out_dir: Path, runs: list[VariantRun], cfg: TrainConfig, source: data.Corpus, dev: torch.device,
-                   dataset: str, title: tuple[str, str], preset_name: str, wall_s: float) -> None:
-    run_id = f"train-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = report.result_rows(runs, cfg, run_id=run_id, device=dev.type, device_name=_device_name(dev),
-                              corpus=source.name, corpus_bytes=source.n_bytes)
-    with ResultWriter(out_dir / RESULTS_NAME) as writer:
-        for row in rows:
-            writer.write(row)
-    write_meta(out_dir / "meta.json", collect({
-        "subcommand": "train", "run_id": run_id, "preset": preset_name, "wall_s": round(wall_s, 1),
-        "config": asdict(cfg),
-        "corpus": {"name": source.name, "bytes": source.n_bytes, "train_bytes": len(source.train),
-                   "val_bytes": len(source.val), "sha256": source.sha256},
-        "variants": [{"pattern": r.name, "trained": r.label, "impl": r.impl, "status": "ok" if r.ok else "error",
-                      "n_params": r.result["n_params"] if r.ok else None} for r in runs],
-        "notes": [report.CAUSAL_NOTE, report.TIME_NOTE],
-    }))
-    (out_dir / "table.md").write_text(report.markdown_table(runs, dataset, ", ".join(title)))
-    report.write_curves(out_dir / "curves.csv", runs)
-    report.loss_figure(out_dir / "loss_curve.png", runs, "\n".join(title))
