@@ -108,6 +108,21 @@ def test_flex_document_mask_equals_each_sequence_alone(name):
     assert worst_error(out, batch, pattern) < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dense", "local", "sliding_window"])
+def test_flex_paged_decode_equals_each_sequence_alone_and_ignores_page_order(name):
+    pattern = pattern_of(name)
+    batch = serving.make_batch(LENGTHS, 4, 2, 16, torch.float32, "cpu", page_size=16, seed=4)
+    runner = serving.DECODE["flex"]
+    prep = runner.prepare(pattern, batch)
+    out = runner.forward(batch, prep)
+    assert out.shape == (len(LENGTHS), 4, 1, 16)
+    assert worst_error(out, batch, pattern) < 1e-5
+    ordered = contiguous_pages(batch)
+    assert torch.allclose(runner.forward(ordered, runner.prepare(pattern, ordered)), out, atol=1e-6)
+    assert prep.kv_rows % 128 == 0 and prep.kv_rows >= 16  # whole BlockMask blocks of the physical cache
+
+
 def test_lengths_specs():
     assert serving.canonical(" 512, 4096,8192", 1) == "512,4096,8192"
     assert serving.canonical("uniform:512-8192", 16) == "uniform:512-8192:16"

@@ -9,13 +9,13 @@ from __future__ import annotations
 from sparsebench.patterns import Pattern
 from sparsebench.serving.base import ServingImpl, ServingPrepared
 from sparsebench.serving.batch import ServingBatch, make_batch
-from sparsebench.serving.decode import PaddedDecode, PagedGather
+from sparsebench.serving.decode import PaddedDecode, PagedFlex, PagedGather
 from sparsebench.serving.lengths import PER_SEQUENCE, canonical, check_page_size, check_pattern, count, draw
 from sparsebench.serving.prefill import DocumentFlex, NestedSdpa, PackedBlockSparse, PaddedSdpa
 
 PREFILL: dict[str, ServingImpl] = {impl.name: impl for impl in (PaddedSdpa(), NestedSdpa(), DocumentFlex(),
                                                                  PackedBlockSparse())}
-DECODE: dict[str, ServingImpl] = {impl.name: impl for impl in (PaddedDecode(), PagedGather())}
+DECODE: dict[str, ServingImpl] = {impl.name: impl for impl in (PaddedDecode(), PagedGather(), PagedFlex())}
 NAMES = tuple(dict.fromkeys([*PREFILL, *DECODE]))  # every serving implementation name
 DEFAULT_SWEEP = ("sdpa", "nested", "structured")  # flex compiles per shape (tens of seconds on a CPU): by name
 

@@ -4,7 +4,11 @@
   server without paging keeps it) and one SDPA call with a key mask: it reads every padded row;
 - `structured`: gathers, per sequence, only the pages that hold a key its query keeps under the pattern (the
   last pages for local and sliding_window, all of them for dense), through the page table, into
-  (B, KVH, m * P, D), and runs one SDPA call masked on the partial pages: it reads m pages per sequence.
+  (B, KVH, m * P, D), and runs one SDPA call masked on the partial pages: it reads m pages per sequence;
+- `flex`: FlexAttention over the physical cache as it lies, (1, KVH, pages * P, D), with the B queries as one
+  row each and a mask_mod that maps a physical key slot through the page table to its sequence and position
+  (attention-gym's paged attention does the same through a converted BlockMask): the BlockMask skips the key
+  blocks (of BLOCK_SIZE slots, several pages) that hold no kept key of any query.
 The query of sequence i is its position L_i - 1; the pattern's rule is applied at that position.
 """
 
@@ -87,6 +91,52 @@ class PagedGather(ServingImpl):
             k, v = (_gathered(x, pages, 1)[:, :, :kept] for x in (batch.k, batch.v))
             out[i:i + 1] = F.scaled_dot_product_attention(batch.q[i:i + 1], k, v, attn_mask=bias, enable_gqa=gqa)
         return out
+
+
+class PagedFlex(ServingImpl):
+    name = "flex"
+    modes = frozenset({"decode"})
+
+    def prepare(self, pattern: Pattern, batch: ServingBatch) -> ServingPrepared:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        from sparsebench.impls.flex import BLOCK_SIZE
+
+        P, device = batch.page_size, batch.q.device
+        kvh, pages, _, D = batch.k.shape
+        owner = torch.full((pages,), -1, dtype=torch.int64)  # physical page -> its sequence (-1: none)
+        logical = torch.zeros(pages, dtype=torch.int64)  # physical page -> its page number in that sequence
+        for i, n in enumerate(batch.lengths):
+            physical = batch.page_table[i, :pages_for(n, P)].cpu()
+            owner[physical] = i
+            logical[physical] = torch.arange(len(physical))
+        owner, logical = owner.to(device), logical.to(device)
+        lengths = torch.tensor(batch.lengths, device=device)
+        rule = pattern.mask_mod_for(max(batch.lengths), device)  # per-sequence rules do not depend on n
+        shift = P.bit_length() - 1
+
+        def paged_mask(b, h, q_idx, kv_idx):
+            page = kv_idx >> shift
+            position = (logical[page] << shift) + (kv_idx & (P - 1))
+            mine = owner[page] == q_idx
+            return mine & (position < lengths[q_idx]) & rule(b, h, lengths[q_idx] - 1, position)
+
+        B, slots = len(batch.lengths), pages * P
+        block_mask = create_block_mask(paged_mask, None, None, B, slots, device=device)
+        blocks = int(block_mask.kv_num_blocks.sum())
+        if block_mask.full_kv_num_blocks is not None:
+            blocks += int(block_mask.full_kv_num_blocks.sum())
+        rows = blocks * BLOCK_SIZE  # key rows read per key/value head: every query shares one query block
+        k, v = (x.reshape(1, kvh, slots, D) for x in (batch.k, batch.v))  # a view: the cache as it lies
+        return ServingPrepared(state=(block_mask, k, v), executed_pairs=rows * B, kv_rows=rows)
+
+    def forward(self, batch: ServingBatch, prep: ServingPrepared) -> torch.Tensor:
+        from sparsebench.impls.flex import compiled_flex
+
+        block_mask, k, v = prep.state
+        q = batch.q.transpose(0, 2)  # (B, H, 1, D) -> (1, H, B, D): a query row per sequence
+        out = compiled_flex()(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1])
+        return out.transpose(0, 2)
 
 
 BATCHED_PAGES = 64  # at most this many pages per sequence: one call for the batch; more: a call per sequence
