@@ -20,6 +20,7 @@ import gc
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -122,34 +123,8 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only:
         grad_err = grad.worst[1]
         problems += _gradient_problems(grad, case.torch_dtype)
 
-    nvml_peak = nvml_context = rss_mib = float("nan")
-    launch_ms = None
-    slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
-    peak_mib = math.nan
-    if slow is not None:
-        rss_mib, samples = slow
-        if not latency_only:
-            peak_mib, _ = memory.tensor_peak_mib(call)
-    else:
-        for _ in range(settings.warmup):
-            call()
-        _sync(device)
-        if device.type == "cuda":
-            # Hand the allocator's cached blocks (earlier cases, mask building) back to the driver, so NVML's
-            # used memory is the context, the inputs and what this call takes, not the cache.
-            gc.collect()
-            torch.cuda.empty_cache()
-            with memory.NvmlSampler(device.index or 0) as nvml:
-                peak_mib = memory.call_peak_mib(call, device)
-            nvml_peak, nvml_context = nvml.peak_mib, nvml.context_mib
-            samples, launch_ms = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
-        else:
-            if not latency_only:
-                rss_mib = memory.call_peak_mib(call, device)
-                peak_mib, _ = memory.tensor_peak_mib(call)
-            samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
-
-    stats = timing.summarize(samples)
+    timed = memory_and_timing(call, device, first_call_s, settings, latency_only)
+    stats = timing.summarize(timed.samples)
     if "nnz" in quality_cols:  # a selection's: what the measured inputs kept
         nnz = quality_cols.pop("nnz")
     else:
@@ -169,12 +144,12 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only:
         flops_useful=useful,
         flops_executed=flops.attention_flops(prep.executed_pairs, case.batch, case.heads, case.head_dim, case.mode),
         **stats,
-        samples=samples,
+        samples=timed.samples,
         tflops_useful=flops.tflops(useful, stats["latency_ms"]),
         bytes_moved=bytes_moved,
-        peak_mem_mib=peak_mib,
-        nvml_peak_mib=nvml_peak,
-        nvml_context_mib=nvml_context,
+        peak_mem_mib=timed.peak_mib,
+        nvml_peak_mib=timed.nvml_peak_mib,
+        nvml_context_mib=timed.nvml_context_mib,
         setup_ms=setup_ms + prep.extra.get("metadata_ms", 0.0),  # + cache metadata built on the first call
         first_call_s=first_call_s,
         max_abs_err=err,
@@ -182,10 +157,51 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only:
         n_calls=calls,
         rel_err=rel,
         grad_err=grad_err,
-        rss_peak_mib=rss_mib,
-        launch_overhead_ms=launch_ms,
+        rss_peak_mib=timed.rss_mib,
+        launch_overhead_ms=timed.launch_ms,
         extra={**quality_cols, "inputs": settings.inputs},
     )
+
+
+@dataclass(frozen=True)
+class Timed:
+    """A case's latency samples and memory peaks (NaN where not measured)."""
+
+    samples: list[float]
+    peak_mib: float = math.nan  # the allocator's (CUDA) or the live tensors' (CPU) peak
+    rss_mib: float = math.nan  # CPU: the RSS high-water mark
+    nvml_peak_mib: float = math.nan
+    nvml_context_mib: float = math.nan
+    launch_ms: float | None = None  # CUDA calls timed with CUDA graphs
+
+
+def memory_and_timing(call: Callable[[], torch.Tensor], device: torch.device, first_call_s: float,
+                      settings: MeasureSettings, latency_only: bool = False) -> Timed:
+    """After the first call: the memory peaks (not with `latency_only`), then the timed calls. A slow CPU case
+    times a few calls only (`_slow_case`)."""
+    slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
+    if slow is not None:
+        rss_mib, samples = slow
+        peak_mib = math.nan if latency_only else memory.tensor_peak_mib(call)[0]
+        return Timed(samples, peak_mib, rss_mib)
+    for _ in range(settings.warmup):
+        call()
+    _sync(device)
+    if device.type == "cuda":
+        # Hand the allocator's cached blocks (earlier cases, mask building) back to the driver, so NVML's
+        # used memory is the context, the inputs and what this call takes, not the cache.
+        gc.collect()
+        torch.cuda.empty_cache()
+        with memory.NvmlSampler(device.index or 0) as nvml:
+            peak_mib = memory.call_peak_mib(call, device)
+        samples, launch_ms = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
+        return Timed(samples, peak_mib, nvml_peak_mib=nvml.peak_mib, nvml_context_mib=nvml.context_mib,
+                     launch_ms=launch_ms)
+    if latency_only:
+        return Timed(timing.time_cpu(call, settings.min_run_time, settings.min_samples))
+    rss_mib = memory.call_peak_mib(call, device)
+    peak_mib, _ = memory.tensor_peak_mib(call)
+    return Timed(timing.time_cpu(call, settings.min_run_time, settings.min_samples), peak_mib, rss_mib)
 
 
 def _accuracy_problems(rel: float, err: float, dtype: torch.dtype) -> list[str]:

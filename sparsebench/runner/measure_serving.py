@@ -8,11 +8,11 @@ import time
 import torch
 
 from sparsebench import serving
-from sparsebench.measure import accuracy, flops, memory, timing
+from sparsebench.measure import accuracy, flops, timing
 from sparsebench.patterns.decode import decode_nnz
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
-from sparsebench.runner.measure_case import _accuracy_problems, _slow_case, _sync
+from sparsebench.runner.measure_case import _accuracy_problems, _sync, memory_and_timing
 from sparsebench.serving import ServingBatch
 
 
@@ -72,24 +72,8 @@ def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) 
     del out
     problems = _accuracy_problems(rel, err, case.torch_dtype)
 
-    rss_mib = float("nan")
-    slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
-    if slow is not None:
-        rss_mib, samples = slow
-        peak_mib, _ = memory.tensor_peak_mib(call)
-    else:
-        for _ in range(settings.warmup):
-            call()
-        _sync(device)
-        if device.type == "cuda":
-            peak_mib = memory.call_peak_mib(call, device)
-            samples, _ = timing.time_cuda_small(call, settings.min_run_time, settings.min_samples)
-        else:
-            rss_mib = memory.call_peak_mib(call, device)
-            peak_mib, _ = memory.tensor_peak_mib(call)
-            samples = timing.time_cpu(call, settings.min_run_time, settings.min_samples)
-
-    stats = timing.summarize(samples)
+    timed = memory_and_timing(call, device, first_call_s, settings)
+    stats = timing.summarize(timed.samples)
     decode = case.mode == "decode"
     nnz = useful_pairs(pattern, batch.lengths, decode)
     total = sum(batch.lengths)
@@ -107,17 +91,20 @@ def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) 
         flops_useful=useful,
         flops_executed=flops.attention_flops(prep.executed_pairs, 1, case.heads, case.head_dim, case.mode),
         **stats,
-        samples=samples,
+        samples=timed.samples,
         tflops_useful=flops.tflops(useful, stats["latency_ms"]),
         bytes_moved=bytes_moved,
-        peak_mem_mib=peak_mib,
+        peak_mem_mib=timed.peak_mib,
+        nvml_peak_mib=timed.nvml_peak_mib,
+        nvml_context_mib=timed.nvml_context_mib,
         setup_ms=setup_ms,
         first_call_s=first_call_s,
         max_abs_err=err,
         tolerance=accuracy.TOLERANCE[case.torch_dtype],
         n_calls=calls,
         rel_err=rel,
-        rss_peak_mib=rss_mib,
+        rss_peak_mib=timed.rss_mib,
+        launch_overhead_ms=timed.launch_ms,
         extra={"inputs": settings.inputs, "total_tokens": total, "padding_waste": prep.padding_waste,
                "tokens_per_s": (len(batch.lengths) if decode else total) / seconds},
     )
