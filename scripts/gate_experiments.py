@@ -21,7 +21,9 @@ as a throwaway commit on top of HEAD in the clone: `slow:F` makes the `structure
 slower (a busy-wait for (F-1) times its own duration, written into sparsebench/impls/structured.py), `mem:F`
 makes it hold F-1 times its own CPU tensor peak more (an extra buffer alive during the call, sized from the
 peaks a first run measures). --budget-min stops starting runs after that many minutes; the summary covers the
-runs made (and the per-pair noise of raw and dense-normalised ratios, from every round's rows).
+runs made (and the per-pair noise of raw and dense-normalised ratios, from every round's rows). The summary is
+rewritten after every run; --resume continues an experiment from it (the same OUT_DIR), making only the runs it
+lacks, each recorded with the commit it measured.
 
     python3 scripts/gate_experiments.py --same-job --runs 30 --ab 10 --out-dir /tmp/gate-ab
 """
@@ -167,6 +169,8 @@ def main() -> None:
                         "slow:1.10 slow:1.15 slow:1.3 slow:2 mem:1.10)")
     parser.add_argument("--budget-min", type=float, default=0.0, help="--same-job: start no run after this many "
                         "minutes (0: no limit)")
+    parser.add_argument("--resume", action="store_true", help="--same-job: keep the runs recorded in "
+                        "OUT_DIR/summary.json and make only the missing ones (an experiment spread over sessions)")
     args = parser.parse_args()
     if args.same_job:
         from same_job_experiments import same_job

@@ -139,11 +139,14 @@ def same_job(args: argparse.Namespace) -> None:
         return not args.budget_min or (time.perf_counter() - t0) / 60 < args.budget_min
 
     commits = {change: make_change(repo, base, change, peaks) for change in changes}
-    aa: list[dict] = []
-    ab: dict[str, list[dict]] = {}
+    aa, ab = recorded(out) if args.resume else ([], {})
+    done = {r["dir"] for r in aa + [r for runs in ab.values() for r in runs]}
+    if args.resume:
+        started = json.loads((out / "summary.json").read_text()).get("started", started)
+        print(f"resuming: {len(aa)} A/A and {sum(map(len, ab.values()))} A/B runs recorded in {out}", flush=True)
     # interleaved (A/A i, then run i of every change), so that a budget cut leaves every kind with runs
     for i in range(1, max(args.runs, args.ab) + 1):
-        if i <= args.runs and in_budget():
+        if i <= args.runs and in_budget() and str(out / f"aa{i:02d}") not in done:
             git(repo, "checkout", "-q", "--detach", base)
             busy = args.neighbour_every > 0 and i % args.neighbour_every == 0
             if busy:
@@ -153,12 +156,13 @@ def same_job(args: argparse.Namespace) -> None:
                     r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
             else:
                 r = gate_once(repo, args.config, out / f"aa{i:02d}", extra)
-            r["neighbour"] = busy
+            r["neighbour"], r["commit"] = busy, base
             aa.append(r)
+            write(out, started, args.config, aa, ab, extra, echo=False)  # nothing measured is lost on Ctrl-C
             print(f"A/A {i:2d}{' (neighbour)' if busy else ''}: exit {r['exit']} in {r['wall_s']:.0f} s, load "
                   f"{r['load']:.1f}, flagged {r['regressions']}", flush=True)
         for change, commit in commits.items():
-            if i > args.ab or not in_budget():
+            if i > args.ab or not in_budget() or str(out / f"ab-{change.replace(':', '-')}-{i:02d}") in done:
                 continue
             git(repo, "checkout", "-q", "--detach", commit)
             r = gate_once(repo, args.config, out / f"ab-{change.replace(':', '-')}-{i:02d}", extra)
@@ -167,16 +171,27 @@ def same_job(args: argparse.Namespace) -> None:
             r["detected"] = r["exit"] == 1 and r["caught"] > 0
             r["other"] = [name for name, what in r["regressions"]
                           if "/structured/" not in name or what not in (word, "confirmed")]
+            r["commit"] = base
             ab.setdefault(change, []).append(r)
+            write(out, started, args.config, aa, ab, extra, echo=False)
             print(f"A/B {change} {i:2d}: exit {r['exit']} in {r['wall_s']:.0f} s, caught {r['caught']} structured "
                   f"case(s), others {r['other']}", flush=True)
     git(repo, "checkout", "-q", "--detach", base)
     write(out, started, args.config, aa, ab, extra)
 
 
+def recorded(out: Path) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The A/A and A/B runs recorded in OUT_DIR/summary.json by an earlier, stopped or budget-cut, experiment."""
+    try:
+        data = json.loads((out / "summary.json").read_text())
+        return list(data["aa"]), {change: list(runs) for change, runs in data["ab"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--resume: no readable experiment in {out}/summary.json ({exc})") from None
+
+
 def write(out: Path, started: str, config: str, aa: list[dict], ab: dict[str, list[dict]],
-          extra: list[str]) -> None:
-    """OUT_DIR/summary.md and summary.json."""
+          extra: list[str], echo: bool = True) -> None:
+    """OUT_DIR/summary.md and summary.json (printed too when `echo`; not after each run)."""
     def alarms(runs: list[dict]) -> str:
         return f"{sum(r['exit'] != 0 for r in runs)}/{len(runs)}"
 
@@ -209,8 +224,12 @@ def write(out: Path, started: str, config: str, aa: list[dict], ab: dict[str, li
         means = {n: statistics.mean([statistics.mean(s[n]) for s in noise.values() if s.get(n)])
                  for n in ("raw", "dense")}
         lines.append(f"| mean | {means['raw']:.3f} | {means['dense']:.3f} |")
+    commits = sorted({str(r.get("commit", "?"))[:10] for r in aa + [r for runs in ab.values() for r in runs]})
+    if len(commits) > 1:  # a resumed experiment: runs of different code, each listed in summary.json
+        lines += ["", f"Runs of {len(commits)} commits: {', '.join(commits)} (each run's commit in summary.json)."]
     text = "\n".join(lines) + "\n"
-    print(text)
+    if echo:
+        print(text)
     (out / "summary.md").write_text(text)
     (out / "summary.json").write_text(json.dumps({"started": started, "aa": aa, "ab": ab}, indent=1,
                                                  default=str) + "\n")
