@@ -45,19 +45,23 @@ def int_inputs(B=2, H=4, KVH=2, n=200, D=8, seed=0, low=-2, high=3):
     return q, k, v
 
 
-def brute_topk_blocks(q, k, block, topk, causal):
-    """topk_blocks' written rule, with Python loops and sorted() (ties to the lower j)."""
+def brute_topk_blocks(q, k, block, topk, causal, shared=0):
+    """topk_blocks' written rule, with Python loops and sorted() (ties to the lower j); shared: the score of a
+    head is the sum over the query heads of its key/value head."""
     B, H, n, D = q.shape
     rep = H // k.shape[1]
     nb = -(-n // block)
     layout = torch.zeros(B, H, nb, nb, dtype=torch.bool)
     for b in range(B):
         for h in range(H):
-            qm = [q[b, h, i * block:(i + 1) * block].double().mean(0) for i in range(nb)]
+            heads = range(h // rep * rep, (h // rep + 1) * rep) if shared else [h]
+            qm = [[q[b, g, i * block:(i + 1) * block].double().mean(0) for i in range(nb)] for g in heads]
             km = [k[b, h // rep, j * block:(j + 1) * block].double().mean(0) for j in range(nb)]
+
             for i in range(nb):
                 cands = [j for j in range(nb) if (j < i if causal else j != i)]
-                ranked = sorted(cands, key=lambda j: (-float(qm[i] @ km[j]), j))
+                score = {j: sum(float(means[i] @ km[j]) for means in qm) for j in cands}
+                ranked = sorted(cands, key=lambda j: (-score[j], j))
                 for j in ranked[:topk] + [i]:
                     layout[b, h, i, j] = True
     return layout
@@ -84,6 +88,17 @@ def test_topk_blocks_follows_its_rule(causal, n, block, topk):
     assert torch.equal(sel.dense_mask(), mask)
     assert torch.equal(sel.pair_counts(), mask.sum(dim=(-1, -2)))
     assert torch.equal(pattern.select(q, k).layout, sel.layout)  # deterministic
+
+
+@pytest.mark.parametrize("n,block,topk", [(200, 16, 3), (77, 8, 20)])
+def test_shared_topk_blocks_selects_once_per_key_value_head(n, block, topk):
+    q, k, _ = int_inputs(n=n, H=4, KVH=2)
+    sel = get_pattern("topk_blocks", block=block, topk=topk, shared=1).select(q, k)
+    assert torch.equal(sel.layout, brute_topk_blocks(q, k, block, topk, 1, shared=1))
+    assert torch.equal(sel.layout[:, 0], sel.layout[:, 1]) and torch.equal(sel.layout[:, 2], sel.layout[:, 3])
+    # the parameter added later is written only when set: earlier results keep their case key
+    assert "shared" not in get_pattern("topk_blocks").params
+    assert get_pattern("topk_blocks", shared=1).params["shared"] == 1
 
 
 def test_keep_top_breaks_ties_to_the_lower_index():

@@ -6,7 +6,9 @@ from sparsebench.errors import SparsebenchError
 from sparsebench.impls.base import Impl, Prepared
 from sparsebench.impls.blocksparse import BlockSparseImpl
 from sparsebench.impls.eager import EagerImpl
+from sparsebench.impls.flashinfer_bsr import FlashInferImpl
 from sparsebench.impls.flex import FlexImpl
+from sparsebench.impls.nsa import NsaImpl
 from sparsebench.impls.sdpa import BACKENDS, SdpaImpl
 from sparsebench.impls.seed import SeedImpl
 from sparsebench.impls.structured import StructuredImpl
@@ -18,6 +20,9 @@ IMPLS: dict[str, Impl] = {
     "flex": FlexImpl(),
     "structured": StructuredImpl(),
     "blocksparse": BlockSparseImpl(),
+    # optional third-party kernels of selection patterns (CUDA; `unsupported` rows, with the reason, without them)
+    "nsa": NsaImpl(),
+    "flashinfer": FlashInferImpl(),
     # SDPA's backends, each forced: the dense baselines a kernel is compared against (run when named)
     **{f"sdpa[{backend}]": SdpaImpl(backend) for backend in BACKENDS},
 }

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
 from sparsebench.impls.kernels import selected_blocks
 from sparsebench.impls.kernels.core import neg_value
+from sparsebench.impls.selection_kernels import SelectionKernel
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
 
@@ -54,6 +55,8 @@ class SelectionImpl(Impl):
         self.in_default_sweep = base.in_default_sweep
 
     def unsupported_reason(self, pattern: Pattern, device: str, dtype: torch.dtype, mode: str) -> str | None:
+        if isinstance(self.base, SelectionKernel):  # an optional third-party kernel: its own limits
+            return self.base.unsupported_reason(pattern, device, dtype, mode)
         if self.name not in RUNNERS:
             return f"{self.name} does not run selection patterns (those that do: {', '.join(RUNNERS)})"
         if mode not in pattern.modes:
@@ -72,8 +75,11 @@ class SelectionImpl(Impl):
     def forward(self, q, k, v, prep: Prepared[SelectState]) -> torch.Tensor:
         selection = prep.pattern.select(q, k, prep.state.cache)
         prep.state.last = selection
-        run = {"eager": eager, "sdpa": sdpa, "structured": structured, "flex": flex}[self.name]
-        out, pairs = run(q, k, v, selection, prep.state)
+        if isinstance(self.base, SelectionKernel):
+            out, pairs = self.base.run_selection(q, k, v, selection, prep.state.cache)
+        else:
+            run = {"eager": eager, "sdpa": sdpa, "structured": structured, "flex": flex}[self.name]
+            out, pairs = run(q, k, v, selection, prep.state)
         prep.executed_pairs = pairs
         if "metadata_ms" in prep.state.cache:  # cache metadata built on the first call: setup, not latency
             prep.extra["metadata_ms"] = prep.state.cache["metadata_ms"]

@@ -47,9 +47,13 @@ class Pattern:
         if not isinstance(n, int) or n <= 0:
             raise PatternError(f"sequence length must be a positive integer, got {n!r}")
 
+    # Parameters added after results were published, with the value that reproduces the earlier rule: written
+    # (in `params`, so in the CSV and the gate's case key) only when they differ, so earlier rows keep their key.
+    later_params: ClassVar[dict[str, int]] = {}
+
     @property
     def params(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if self.later_params.get(k, v + 1) != v}
 
     def label(self) -> str:
         """Short human label, e.g. 'local(window=64)'."""

@@ -28,6 +28,9 @@ class TopkBlocks(SelectionPattern):
     blocks j != i, and with causal=1 only j < i. Query block i keeps its own block i and the min(topk, number of
     candidates) candidates of highest score, ties to the lower j. Inside kept blocks every pair is kept, except
     that with causal=1 only k <= q (which matters in the own, diagonal block only).
+    shared=1 (GQA, as NSA selects): the query heads that read one key/value head share one selection, scored by
+    the sum of their scores s[i, j] (NSA's importance summed over the heads of a group, Yuan et al. 2025, eq. 10);
+    with shared=0 (default) each query head selects for itself.
     `topk` <= 0 is refused; a length where topk reaches every other block (topk >= ceil(n / block) - 1) is
     refused for that length (the selection would keep everything: that is dense or causal attention).
     """
@@ -37,9 +40,13 @@ class TopkBlocks(SelectionPattern):
     block: int = 64
     topk: int = 16
     causal: int = 1
+    shared: int = 0
+    later_params: ClassVar[dict[str, int]] = {"shared": 0}
 
     def check_params(self) -> None:
         blocks_param(self, 0)
+        if self.shared not in (0, 1):
+            raise PatternError(f"{self.name}: shared must be 0 or 1, got {self.shared}")
 
     def validate(self, n: int) -> None:
         super().validate(n)
@@ -56,7 +63,12 @@ class TopkBlocks(SelectionPattern):
 
     def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
         with torch.no_grad():
-            return select_blocks(self.block_scores(q, k), k.shape[2], self.block, self.topk, bool(self.causal))
+            scores = self.block_scores(q, k)
+            if self.shared:  # one score per key/value head: the sum over its query heads, repeated per head
+                B, H, QB, KB = scores.shape
+                group = H // k.shape[1]
+                scores = scores.view(B, -1, group, QB, KB).sum(dim=2).repeat_interleave(group, dim=1)
+            return select_blocks(scores, k.shape[2], self.block, self.topk, bool(self.causal))
 
 
 def select_blocks(scores: torch.Tensor, n: int, block: int, topk: int, causal: bool) -> Selection:
