@@ -143,6 +143,9 @@ def test_unsupported_rows_say_why(monkeypatch):
     assert "causal" in for_pattern(get_impl("nsa"), not_causal).unsupported_reason(not_causal, "cuda",
                                                                                   torch.float16, "fwd")
     assert nsa.unsupported_reason(selection, "cuda", torch.float16, "fwdbwd") is None
+    assert "not decode" in nsa.unsupported_reason(selection, "cuda", torch.float16, "decode")
+    quest = get_pattern("quest")
+    assert nsa.unsupported_reason(quest, "cuda", torch.float16, "decode") is None
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # not installed
     assert "pip install flash-linear-attention" in nsa.unsupported_reason(selection, "cuda", torch.float16, "fwd")
     assert "pip install flashinfer-python" in flashinfer.unsupported_reason(selection, "cuda", torch.float16, "fwd")

@@ -34,6 +34,8 @@ class SelectionKernel(Impl):
     def unsupported_reason(self, pattern: Pattern, device: str, dtype: torch.dtype, mode: str) -> str | None:
         if not isinstance(pattern, SelectionPattern):
             return f"{self.name} runs selection patterns (its kernel takes a kept set computed from q and k)"
+        if mode not in pattern.modes:
+            return f"{pattern.name} runs in {' and '.join(sorted(pattern.modes))}, not {mode}"
         reason = super().unsupported_reason(pattern, device, dtype, mode)
         if reason is None and not self.available():
             return f"{self.package} is not installed ({self.install})"
