@@ -193,10 +193,12 @@ def _check_given(settings: dict[str, Any]) -> None:
             raise SparsebenchError("--seq-lens gives every sequence's length: leave out --seq (seq)")
         batches = settings.get("batch") or []
         for spec, batch in itertools.product(settings["seq_lens"], batches if isinstance(batches, list) else []):
+            text = str(spec).strip().replace(" ", "")
             try:
-                own = serving.own_count(serving.canonical(spec, 1))
+                serving.canonical(text, 1)
             except SparsebenchError:
                 continue  # a malformed spec: SweepConfig says what is wrong with it
+            own = serving.own_count(text)
             if own is not None and batch != own:
                 raise SparsebenchError(f"--seq-lens {spec} holds {own} sequences: --batch {batch} would be ignored "
                                        "(leave it out, or write uniform:LO-HI without a count)")

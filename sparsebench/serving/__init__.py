@@ -16,6 +16,7 @@ from sparsebench.serving.lengths import (
     PAGED_SELECTIONS,
     PER_SEQUENCE,
     canonical,
+    check_page_match,
     check_page_size,
     check_pattern,
     count,
@@ -55,5 +56,5 @@ def unsupported_reason(name: str, pattern: Pattern, mode: str, heads: int, kv_he
 
 
 __all__ = ["DECODE", "DECODE_SELECTION", "DEFAULT_SWEEP", "NAMES", "PAGED_SELECTIONS", "PER_SEQUENCE", "PREFILL",
-           "ServingBatch", "ServingImpl", "ServingPrepared", "canonical", "check_page_size", "check_pattern", "count",
-           "draw", "get_serving_impl", "make_batch", "own_count", "unsupported_reason"]
+           "ServingBatch", "ServingImpl", "ServingPrepared", "canonical", "check_page_match", "check_page_size",
+           "check_pattern", "count", "draw", "get_serving_impl", "make_batch", "own_count", "unsupported_reason"]
