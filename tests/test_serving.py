@@ -299,3 +299,21 @@ def SweepOptionsCheck(seq_lens: list[str], batch: list[int]) -> bool:
 
     SweepOptions(patterns=["causal"], seq_lens=seq_lens, batch=batch).over({})
     return True
+
+
+@pytest.mark.slow
+def test_paged_quest_sweep_rows(tmp_path):
+    """quest in worker processes: each sequence checked against its own selection (ok rows), the kept pairs of
+    its selection as nnz, the page bounds' build in setup."""
+    out = tmp_path / "out"
+    args = ["run", "-p", "quest:topk=2", "--seq-lens", "37,100,70,200", "--mode", "decode", "--impl", "sdpa",
+            "--impl", "structured", "--min-run-time", "0.05", "-o", str(out), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = read_results(out / "results.csv")
+    assert set(frame["status"]) == {"ok"} and len(frame) == 3  # the dense reference, quest on sdpa and structured
+    quest = frame[frame["pattern"] == "quest"]
+    assert (quest["nnz"] == 37 + (32 + 4) + (32 + 6) + (32 + 8)).all()
+    assert (quest["setup_ms"] > 0).all() and (quest["bytes_moved"] > 0).all()
+    paged = quest[quest["impl"] == "structured"]["bytes_moved"].iloc[0]
+    assert paged < quest[quest["impl"] == "sdpa"]["bytes_moved"].iloc[0]
