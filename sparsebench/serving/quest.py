@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.kernels.core import bias_from_mask
-from sparsebench.patterns import Pattern
+from sparsebench.patterns import Pattern, get_pattern
 from sparsebench.serving.base import ServingImpl, ServingPrepared
 from sparsebench.serving.batch import ServingBatch, pages_for
+from sparsebench.serving.decode import PaddedDecode
 
 
 @dataclass
@@ -84,9 +85,7 @@ class PaddedQuest(ServingImpl):
     modes = frozenset({"decode"})
 
     def prepare(self, pattern: Pattern, batch: ServingBatch) -> ServingPrepared:
-        from sparsebench.serving.decode import PaddedDecode
-
-        dense = PaddedDecode().prepare(get_dense(), batch)
+        dense = PaddedDecode().prepare(get_pattern("dense"), batch)  # the padded cache, built as dense builds it
         cache = page_bounds(pattern, batch)
         cache.padded = dense.state[:2]
         return ServingPrepared(state=(pattern, cache), executed_pairs=dense.executed_pairs, kv_rows=dense.kv_rows,
@@ -134,9 +133,3 @@ class PagedQuest(ServingImpl):
         union = layout.view(B, kvh, H // kvh, -1).any(dim=2).sum(dim=-1).double().mean(dim=1)
         _record(prep, layout, cache, P, round(float(union.sum()) * P))
         return out
-
-
-def get_dense() -> Pattern:
-    from sparsebench.patterns import get_pattern
-
-    return get_pattern("dense")
