@@ -26,7 +26,8 @@ out=${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}
 budget=${2:-380}
 reserve=30
 # step caps in seconds, in the order the steps run (the order of importance); they sum to budget - reserve
-CAPS=(imports:15 info:10 targets:95 cudnn-test:25 tests:40 profile:25 gqa:30 decode:30 aa-base:10 aa:70)
+CAPS=(imports:15 info:10 targets:95 cudnn-test:25 tests:40 profile:20 gqa:25 decode:30 serving-prefill:15
+      serving-decode:15 aa-base:10 aa:50)
 AA_RUNS=${GPU_CHECK_AA_RUNS:-10}
 
 out=$(mkdir -p "$out" && cd "$out" && pwd)
@@ -58,7 +59,7 @@ rows() {  # result rows in the sweep so far (csv-aware: a quoted field may hold 
 }
 
 # record NAME RC SECONDS LIMIT ROWS NOTE: one line of the compact block
-record() { printf '%-11s %4s %5s %5s %5s  %s\n' "$@" >> "$out/steps.txt"; }
+record() { printf '%-15s %4s %5s %5s %5s  %s\n' "$@" >> "$out/steps.txt"; }
 
 # step NAME CMD...: CMD under a timeout of min(cap, what is left minus the reserve); NAME's cap from CAPS
 # (`patterns`: whatever is left). Output redirections apply to the whole step.
@@ -129,7 +130,7 @@ finish() {
   files=$(cd "$out" && find . -type f | sed 's|^\./||' | sort | tr '\n' ' ')
   {
     echo "== gpu_check: budget $budget s = caps $(caps_total) s + reserve $reserve s; ran $SECONDS s =="
-    printf '%-11s %4s %5s %5s %5s  %s\n' step rc s limit rows note
+    printf '%-15s %4s %5s %5s %5s  %s\n' step rc s limit rows note
     cat "$out/steps.txt"
     echo "files ($(wc -w <<< "$files")): $files"
   } > "$block"
@@ -211,7 +212,18 @@ step decode "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --seq 131072 --mod
   --min-run-time 0.1 \
   --impl sdpa --impl structured --pattern dense --pattern causal --pattern local --pattern strided \
   --pattern sliding_window:window=1024 >> "$work/run.log" 2>&1
-# 6. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,
+# 6. serving batches, the GPU targets of the serving shapes (padded SDPA, on whichever backend SDPA picks: cuDNN or
+#    flash where no mask is needed, against structured and flex): packed prefill of 16 lengths uniform in
+#    512-8192, causal inside each; one decode step of 32 sequences uniform in 1024-32768 over a shuffled paged
+#    cache (pages of 16), local and quest (flex has no quest kernel: an unsupported row). Their own lengths and
+#    page size are key columns, so the rows share the sweep's file (and come back in it) without colliding.
+serving=(--out-dir "$sweep_dir" --resume --device cuda --dtype bfloat16 --heads 8 --head-dim 64 --min-run-time 0.1
+         --impl sdpa --impl structured --impl flex)
+step serving-prefill "${sb[@]}" run "${serving[@]}" --seq-lens uniform:512-8192:16 --mode fwd --pattern causal \
+  >> "$work/run.log" 2>&1
+step serving-decode "${sb[@]}" run "${serving[@]}" --seq-lens uniform:1024-32768:32 --mode decode --pattern local \
+  --pattern quest:topk=64 >> "$work/run.log" 2>&1
+# 7. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,
 #    each gated against a fresh baseline run with the gate's defaults; every run's results stay in logs.tgz
 step aa-base "${sb[@]}" run --config configs/gpu-aa.toml --out-dir "$work/aa/base" --overwrite \
   >> "$work/run.log" 2>&1
@@ -221,7 +233,7 @@ step aa "${py[@]}" scripts/gate_experiments.py --config configs/gpu-aa.toml --ba
 #     steps above so that the caps plus the reserve still sum to BUDGET_S:
 #     - selection patterns: topk_blocks against causal cuDNN at 32768 (>= 50% of ideal);
 #     - microsecond cases timed with CUDA graphs against CUDA events.
-# 7. the patterns not measured on a GPU yet, on the time the steps above left unused
+# 8. the patterns not measured on a GPU yet, on the time the steps above left unused
 step patterns "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --mode fwd --impl sdpa --impl structured \
   --impl flex --pattern dilated --pattern fixed --pattern longformer --pattern bigbird >> "$work/run.log" 2>&1
 

@@ -28,7 +28,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLAY = ROOT / "docs" / "results" / "h200" / "results.csv"
-HEADER = ROOT / "docs" / "results" / "cpu-decode" / "results.csv"  # the current schema's columns (version 2)
+HEADER = ROOT / "docs" / "results" / "cpu-serving" / "decode" / "results.csv"  # the current schema's columns
 
 
 def options(argv: list[str]) -> dict[str, list[str]]:
@@ -71,9 +71,12 @@ def fake_run(argv: list[str]) -> int:
     csv_path = out / "results.csv"
     append = "resume" in opts and csv_path.exists()
     rows = []
-    for seq in pick("seq", "seq", [4096]):
+    # --seq-lens: a serving batch, one shape per spec (its longest length as seq_len, one query row in decode)
+    shapes = [(spec, serving_shape(spec)) for spec in opts.get("seq-lens", [])] or \
+        [("", (1, int(seq))) for seq in pick("seq", "seq", [4096])]
+    for spec, (batch, seq) in shapes:
         for mode in modes:
-            for q_len in (pick("q-len", "q_len", [1]) if mode == "decode" else [""]):
+            for q_len in ((pick("q-len", "q_len", [1]) if not spec else [1]) if mode == "decode" else [""]):
                 for pattern in patterns:
                     if pattern == "dense":
                         run_impls = ["sdpa"] + [i for i in impls if i != "sdpa" and dense_asked]
@@ -88,6 +91,9 @@ def fake_run(argv: list[str]) -> int:
                         params = pattern.partition(":")[2] or (template["params"] if like else "")
                         row.update(schema_version="2", run_id=run_id, pattern=name, params=params, impl=impl,
                                    seq_len=str(seq), mode=mode, q_len=str(q_len or seq), status="ok")
+                        if spec:
+                            row.update(batch=str(batch), seq_lens=spec, seq_lens_seed="0",
+                                       page_size="16" if mode == "decode" else "")
                         for flag, column in (("heads", "heads"), ("head-dim", "head_dim")):
                             if flag in opts:
                                 row[column] = opts[flag][0]
@@ -103,6 +109,15 @@ def fake_run(argv: list[str]) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"fake run: {len(rows)} rows into {csv_path}")
     return 0
+
+
+def serving_shape(spec: str) -> tuple[int, int]:
+    """(sequences, longest length) of a --seq-lens spec as the check writes them (uniform:LO-HI:COUNT or a list)."""
+    if spec.startswith("uniform:"):
+        span, _, count = spec.removeprefix("uniform:").partition(":")
+        return int(count), int(span.split("-")[1])
+    lengths = [int(n) for n in spec.split(",")]
+    return len(lengths), max(lengths)
 
 
 def fake_gate_experiments(argv: list[str]) -> int:

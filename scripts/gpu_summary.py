@@ -83,6 +83,8 @@ def main() -> None:
         frame = latest(every_row)
     except SparsebenchError as exc:
         parser.exit(2, f"error: {exc}\n")
+    serving = _is_serving(frame)
+    serving_rows, frame, every_row = frame[serving], frame[~serving], every_row[~_is_serving(every_row)]
     console = Console(width=160)
     device = ", ".join(sorted(set(frame.device_name.dropna().astype(str)))) or "?"
     console.print(f"[bold]{args.results}[/]: {len(frame)} rows on {device}; statuses "
@@ -101,6 +103,7 @@ def main() -> None:
         table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
     console.print(table)
     _workloads(console, frame)
+    _serving(console, serving_rows)
 
     console.print("[bold]targets[/] (best sparse implementation against its SDPA reference, same run)")
     for c in target_checks(every_row, args.seq):
@@ -135,6 +138,30 @@ def _workloads(console: Console, frame: pd.DataFrame) -> None:
         table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
     order = ["mode", "kv_heads", "seq_len", "q_len", "pattern", "impl"]
     for row in rows.sort_values(order).to_dict("records"):
+        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
+    console.print(table)
+
+
+def _is_serving(frame: pd.DataFrame) -> pd.Series:
+    """Serving-batch rows (packed prefill, paged decode): they have their own table, not the n = seq tables."""
+    if "seq_lens" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame["seq_lens"].fillna("").astype(str) != ""
+
+
+def _serving(console: Console, rows: pd.DataFrame) -> None:
+    """Serving batches: tokens per second against padded SDPA (`x dense`: the padded dense reference's latency
+    over the row's), padding waste, and in decode the K/V bytes read and GB/s."""
+    if rows.empty:
+        return
+    table = Table(title="serving batches")
+    columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "seq_lens": "lengths", "latency_ms": "ms",
+               "tokens_per_s": "tokens/s", "speedup_vs_dense": "x dense", "padding_waste": "padding",
+               "bytes_moved": "K/V bytes", "gbps": "GB/s", "pct_of_bandwidth": "% copy", "status": "status"}
+    for column, header in columns.items():
+        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "seq_lens", "status")
+                         else "right")
+    for row in rows.sort_values(["mode", "seq_lens", "pattern", "impl"]).to_dict("records"):
         table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
     console.print(table)
 

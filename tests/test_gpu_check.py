@@ -3,6 +3,7 @@ order of the steps, the compact block at the end of the output and the files tha
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
@@ -14,14 +15,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ["imports", "info", "targets", "cudnn-test", "tests", "profile", "gqa", "decode", "aa-base", "aa", "patterns"]
+STEPS = ["imports", "info", "targets", "cudnn-test", "tests", "profile", "gqa", "decode", "serving-prefill",
+         "serving-decode", "aa-base", "aa", "patterns"]
 BACK = {"steps.txt", "summary.txt", "profile.txt", "aa.md", "sweep/results.csv", "sweep/meta.json", "logs.tgz"}
 MAX_FILES = 8  # what the device tool brings back, at most two folders down
 
 
 def script_caps() -> tuple[dict[str, int], int, int]:
     text = SCRIPT.read_text()
-    caps = dict((name, int(s)) for name, s in re.findall(r"([\w-]+):(\d+)", re.search(r"CAPS=\((.*)\)", text)[1]))
+    table = re.search(r"CAPS=\((.*?)\)", text, re.S)[1]
+    caps = dict((name, int(s)) for name, s in re.findall(r"([\w-]+):(\d+)", table))
     budget = int(re.search(r"budget=\$\{2:-(\d+)\}", text)[1])
     reserve = int(re.search(r"^reserve=(\d+)", text, re.M)[1])
     return caps, budget, reserve
@@ -81,6 +84,11 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
         if name in caps:
             assert limit == str(caps[name])  # nothing overran: every capped step got its whole cap
     assert int(rows["targets"][3]) > 0 and int(rows["decode"][3]) > 0  # rows written into the sweep
+    # the serving batches' rows land in the same sweep file, told apart by their lengths and page size
+    serving = [r for r in csv.DictReader(open(out / "sweep" / "results.csv", newline="")) if r["seq_lens"]]
+    assert {(r["mode"], r["seq_lens"], r["batch"], r["page_size"]) for r in serving} == {
+        ("fwd", "uniform:512-8192:16", "16", ""), ("decode", "uniform:1024-32768:32", "32", "16")}
+    assert {r["pattern"] for r in serving} == {"dense", "causal", "local", "quest"}
     assert lines[-1].startswith("files (7): ")
     assert (out / "steps.txt").read_text().splitlines() == lines
     # the cuDNN path's test runs first, the rest after without it
@@ -128,16 +136,18 @@ def test_the_sweep_steps_use_only_options_that_run_has():
     from sparsebench.cli import app
     from sparsebench.impls import IMPLS
     from sparsebench.patterns import PATTERNS
+    from sparsebench.patterns.selection import SELECTIONS
 
     help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
     commands = re.findall(r'"\$\{sb\[@\]\}" run (.*?)(?:>>|$)', SCRIPT.read_text().replace("\\\n", " "), re.M)
-    assert len(commands) == 5  # targets, gqa, decode, aa-base, patterns
+    assert len(commands) == 7  # targets, gqa, decode, serving-prefill, serving-decode, aa-base, patterns
     sweep = re.search(r"^sweep=\((.*)\)", SCRIPT.read_text(), re.M)[1]
+    serving = re.search(r"^serving=\((.*?)\)$", SCRIPT.read_text(), re.M | re.S)[1]
     for command in commands:
-        command = command.replace('"${sweep[@]}"', sweep)
+        command = command.replace('"${sweep[@]}"', sweep).replace('"${serving[@]}"', serving)
         for option in re.findall(r"(--[a-z-]+)", command):
             assert re.search(rf"{option}\b", help_text), option
         for impl in re.findall(r"--impl '?([\w\[\]]+)", command):
             assert impl in IMPLS
         for pattern in re.findall(r"--pattern ([\w]+)", command):
-            assert pattern in PATTERNS
+            assert pattern in PATTERNS or pattern in SELECTIONS

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sparsebench import serving
 from sparsebench.cli import app
 from sparsebench.errors import SparsebenchError
-from sparsebench.measure import accuracy
+from sparsebench.measure import accuracy, quality
 from sparsebench.patterns import get_pattern
 from sparsebench.results import case_key, read_results
 from sparsebench.runner.cases import Case
@@ -217,3 +217,103 @@ def test_a_serving_sweep_does_not_resume_a_file_without_the_serving_columns(tmp_
     (out / "results.csv").write_text(",".join(COLUMNS[:COLUMNS.index("seq_lens")]) + "\n")
     result = CliRunner().invoke(app, ["run", "-p", "causal", "--seq-lens", "64,80", "--resume", "-o", str(out)])
     assert result.exit_code == 2 and "another --out-dir" in result.stderr, result.output
+
+
+QUEST_LENGTHS = [37, 100, 5, 70, 33, 200]  # 3, 7, 1, 5, 3 and 13 pages of 16: none full but one; some with <= topk
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "structured"])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_paged_quest_equals_each_sequence_alone_and_ignores_page_order(impl, kv_heads):
+    """Each sequence's output against the float64 computation of quest's own selection on that sequence alone;
+    a contiguous page table gives exactly the same output; what was kept is counted (nnz) per sequence."""
+    pattern = get_pattern("quest", page=16, topk=2)
+    batch = serving.make_batch(QUEST_LENGTHS, 4, kv_heads, 16, torch.float32, "cpu", page_size=16, seed=5)
+    assert not torch.equal(batch.page_table[:, 0], torch.arange(len(QUEST_LENGTHS)))  # shuffled
+    runner = serving.get_serving_impl(impl, "decode", pattern)
+    prep = runner.prepare(pattern, batch)
+    out = runner.forward(batch, prep)
+    assert out.shape == (len(QUEST_LENGTHS), 4, 1, 16)
+    worst, dense = 0.0, 0.0
+    for i in range(len(QUEST_LENGTHS)):
+        q, k, v = batch.sequence(i)
+        worst = max(worst, accuracy.output_errors(out[i:i + 1], q, k, v, quality.checked_rule(pattern, q, k))[1])
+        dense = max(dense, accuracy.output_errors(out[i:i + 1], q, k, v, get_pattern("dense"))[1])
+    assert worst < 1e-5
+    assert dense > 1e-2  # the check can fail: the sequences longer than 3 pages drop keys that dense keeps
+    # topk=2 + the last page: all of a sequence of <= 3 pages, else 2 whole pages and the last one as far as n
+    assert prep.extra["nnz"] == 37 + (32 + 4) + 5 + (32 + 6) + 33 + (32 + 8)
+    ordered = contiguous_pages(batch)
+    assert torch.equal(runner.forward(ordered, runner.prepare(pattern, ordered)), out)
+
+
+def test_paged_quest_reads_only_its_kept_pages():
+    pattern = get_pattern("quest", page=16, topk=4)
+    batch = serving.make_batch([1000, 333, 70], 2, 2, 16, torch.float32, "cpu", page_size=16)
+    paged = serving.DECODE_SELECTION["structured"]
+    prep = paged.prepare(pattern, batch)
+    paged.forward(batch, prep)
+    bounds = 63 + 21 + 5  # the page bounds of each sequence, read as one K and V row per page
+    assert 3 * 5 * 16 + bounds <= prep.kv_rows <= 3 * 2 * 5 * 16 + bounds  # 5 pages per query head, 2 heads
+    padded = serving.DECODE_SELECTION["sdpa"].prepare(pattern, batch)
+    serving.DECODE_SELECTION["sdpa"].forward(batch, padded)
+    assert padded.kv_rows == 3 * 1000 + bounds
+
+
+def test_quest_on_serving_batches_runs_in_decode_on_sdpa_and_structured():
+    quest = get_pattern("quest", page=16, topk=2)
+    assert serving.unsupported_reason("structured", quest, "decode", 4, 2) is None
+    assert "decode only" in serving.unsupported_reason("structured", quest, "fwd", 4, 4)
+    assert "sdpa, structured" in serving.unsupported_reason("flex", quest, "decode", 4, 4)
+    run, unsupported = expand(SweepConfig(patterns=["quest:topk=2"], seq_lens=["100,300"], modes=["decode", "fwd"],
+                                          impls=["sdpa", "structured"]))
+    assert {(c.pattern, c.mode) for c in run} == {("dense", "decode"), ("quest", "decode"), ("dense", "fwd")}
+    assert {c.mode for c, _ in unsupported} == {"fwd"}
+
+
+@pytest.mark.parametrize("args, words", [
+    (["-p", "quest:page=32", "--mode", "decode"], "--page-size 16"),
+    (["-p", "quest", "--mode", "decode", "--page-size", "32"], "quest:page=32"),
+    (["-p", "causal", "--seq", "4096"], "leave out --seq"),
+    (["-p", "causal", "--batch", "4"], "holds 2 sequences"),
+    (["-p", "causal", "--page-size", "32"], "no pages"),
+    (["-p", "causal", "--inputs", "structured"], "random inputs"),
+])
+def test_serving_options_that_would_be_ignored_are_refused(tmp_path, args, words):
+    result = CliRunner().invoke(app, ["run", "--seq-lens", "64,80", *args, "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and words in result.stderr, result.stderr
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_serving_options_alone_are_refused_without_seq_lens(tmp_path):
+    for option in (["--page-size", "16"], ["--seq-lens-seed", "3"]):
+        result = CliRunner().invoke(app, ["run", "-p", "causal", "-n", "256", *option, "-o", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "--seq-lens batches only" in result.stderr, result.output
+    # a count from --batch where the spec has none, and a --batch equal to the spec's own count, are fine
+    assert SweepOptionsCheck(["uniform:100-300"], [8]) and SweepOptionsCheck(["100,300"], [2])
+
+
+def SweepOptionsCheck(seq_lens: list[str], batch: list[int]) -> bool:
+    from sparsebench.runner.config import SweepOptions
+
+    SweepOptions(patterns=["causal"], seq_lens=seq_lens, batch=batch).over({})
+    return True
+
+
+@pytest.mark.slow
+def test_paged_quest_sweep_rows(tmp_path):
+    """quest in worker processes: each sequence checked against its own selection (ok rows), the kept pairs of
+    its selection as nnz, the page bounds' build in setup."""
+    out = tmp_path / "out"
+    args = ["run", "-p", "quest:topk=2", "--seq-lens", "37,100,70,200", "--mode", "decode", "--impl", "sdpa",
+            "--impl", "structured", "--min-run-time", "0.05", "-o", str(out), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    frame = read_results(out / "results.csv")
+    assert set(frame["status"]) == {"ok"} and len(frame) == 3  # the dense reference, quest on sdpa and structured
+    quest = frame[frame["pattern"] == "quest"]
+    assert (quest["nnz"] == 37 + (32 + 4) + (32 + 6) + (32 + 8)).all()
+    assert (quest["setup_ms"] > 0).all() and (quest["bytes_moved"] > 0).all()
+    paged = quest[quest["impl"] == "structured"]["bytes_moved"].iloc[0]
+    assert paged < quest[quest["impl"] == "sdpa"]["bytes_moved"].iloc[0]

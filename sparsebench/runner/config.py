@@ -33,6 +33,7 @@ else:  # pragma: no cover
 MAX_SIZE = 2**31 - 1
 MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: longer waits overflow the platform's timers
 MAX_REPEATS = 1_000_000
+DEFAULT_SEQ = [8192]  # SweepConfig.seq's default (a serving sweep refuses any other: its lengths are seq_lens)
 
 PARAM_NAMES = sorted({name for p in [*PATTERNS, *SELECTIONS] for name in pattern_params(p)})
 RENAMED = {old: new for cls in PATTERNS.values() for old, new in cls.renamed.items()}  # e.g. seed -> mask_seed
@@ -43,7 +44,7 @@ class SweepConfig:
     """What to run. Lists are swept as a cross product; `impls` empty means every supporting impl."""
 
     patterns: list[str] = field(default_factory=lambda: ["strided"])  # 'name' or 'name:k=v,k=v'
-    seq: list[int] = field(default_factory=lambda: [8192])
+    seq: list[int] = field(default_factory=lambda: list(DEFAULT_SEQ))
     impls: list[str] = field(default_factory=list)
     devices: list[str] = field(default_factory=lambda: ["auto"])
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
@@ -129,6 +130,8 @@ class SweepConfig:
         if "fwdbwd" in self.modes:
             raise SparsebenchError("--seq-lens measures inference: mode fwd (packed prefill) or decode (paged cache), "
                                    "not fwdbwd")
+        if self.seq != DEFAULT_SEQ:
+            raise SparsebenchError("--seq-lens gives every sequence's length: leave out --seq (seq)")
         if "decode" in self.modes:
             serving.check_page_size(self.page_size)
             if self.q_len != [1]:
@@ -137,6 +140,8 @@ class SweepConfig:
             raise SparsebenchError("--seq-lens batches run on random inputs: leave out --inputs")
         for spec in self.pattern_specs:
             serving.check_pattern(spec.name)
+            if spec.name in serving.PAGED_SELECTIONS and "decode" in self.modes:
+                serving.check_page_match(spec.name, spec.kwargs["page"], self.page_size)
 
 
 ZERO_GIVEN = ("input_seed", "seq_lens_seed", "page_size")  # options where 0 is a value given, not "not given"
@@ -177,7 +182,34 @@ class SweepOptions:
                 merged["params"] = {**merged.get("params", {}), **value}
             elif value or (f.name in ZERO_GIVEN and value is not None):
                 merged[f.name] = value
+        _check_given(merged)
         return SweepConfig(**merged)
+
+
+def _check_given(settings: dict[str, Any]) -> None:
+    """Options given (on the command line or in the file) that the sweep would ignore: one line each."""
+    if settings.get("seq_lens"):
+        if "seq" in settings:
+            raise SparsebenchError("--seq-lens gives every sequence's length: leave out --seq (seq)")
+        batches = settings.get("batch") or []
+        for spec, batch in itertools.product(settings["seq_lens"], batches if isinstance(batches, list) else []):
+            text = str(spec).strip().replace(" ", "")
+            try:
+                serving.canonical(text, 1)
+            except SparsebenchError:
+                continue  # a malformed spec: SweepConfig says what is wrong with it
+            own = serving.own_count(text)
+            if own is not None and batch != own:
+                raise SparsebenchError(f"--seq-lens {spec} holds {own} sequences: --batch {batch} would be ignored "
+                                       "(leave it out, or write uniform:LO-HI without a count)")
+        if "page_size" in settings and "decode" not in settings.get("modes", ["fwd"]):
+            raise SparsebenchError("--page-size is the paged cache of --mode decode: packed prefill (fwd) has no "
+                                   "pages; leave it out or add --mode decode")
+    else:
+        for name in ("seq_lens_seed", "page_size"):
+            if name in settings:
+                raise SparsebenchError(f"--{name.replace('_', '-')} applies to --seq-lens batches only: leave it "
+                                       "out or give --seq-lens")
 
 
 def _check_number(name: str, value: Any, low: float, high: float, unit: str, integer: bool = False) -> None:

@@ -8,7 +8,7 @@ import time
 import torch
 
 from sparsebench import serving
-from sparsebench.measure import accuracy, flops, timing
+from sparsebench.measure import accuracy, flops, quality, timing
 from sparsebench.patterns.decode import decode_nnz
 from sparsebench.results import Measurement
 from sparsebench.runner.cases import Case, MeasureSettings
@@ -26,7 +26,8 @@ def make_serving_inputs(case: Case, settings: MeasureSettings | None = None) -> 
 
 def sequence_errors(out: torch.Tensor, batch: ServingBatch, pattern) -> tuple[float, float]:
     """(max_abs_err, rel_err), the worst over the sequences, each against its own unpacked float64 reference
-    (sampled rows, the pattern at the sequence's own length)."""
+    (sampled rows, the pattern at the sequence's own length; a selection pattern's kept set is its selection on
+    the sequence alone)."""
     worst = (0.0, 0.0)
     for i, n in enumerate(batch.lengths):
         q, k, v = batch.sequence(i)
@@ -35,7 +36,7 @@ def sequence_errors(out: torch.Tensor, batch: ServingBatch, pattern) -> tuple[fl
         else:
             start = batch.offsets[i]
             mine = out[:, :, start:start + n]
-        err, rel = accuracy.output_errors(mine, q, k, v, pattern)
+        err, rel = accuracy.output_errors(mine, q, k, v, quality.checked_rule(pattern, q, k))
         worst = (max(worst[0], err), rel if not rel <= worst[1] else worst[1])  # NaN wins
     return worst
 
@@ -48,8 +49,8 @@ def useful_pairs(pattern, lengths: list[int], decode: bool) -> int:
 def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) -> Measurement:
     """Measure one serving case (status ok or inaccurate); raises when the implementation fails."""
     device = torch.device(case.device)
-    impl = serving.get_serving_impl(case.impl, case.mode)
     pattern = case.build_pattern()
+    impl = serving.get_serving_impl(case.impl, case.mode, pattern)
 
     _sync(device)
     t0 = time.perf_counter()
@@ -75,7 +76,8 @@ def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) 
     timed = memory_and_timing(call, device, first_call_s, settings)
     stats = timing.summarize(timed.samples)
     decode = case.mode == "decode"
-    nnz = useful_pairs(pattern, batch.lengths, decode)
+    # a selection's: what its last call kept on these inputs
+    nnz = prep.extra["nnz"] if "nnz" in prep.extra else useful_pairs(pattern, batch.lengths, decode)
     total = sum(batch.lengths)
     # heads: every query head does its own work; batch 1: the pairs are already summed over the sequences
     useful = flops.attention_flops(nnz, 1, case.heads, case.head_dim, case.mode)

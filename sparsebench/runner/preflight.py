@@ -76,6 +76,11 @@ def _serving_estimate(case: Case) -> tuple[int, float]:
     if case.mode == "decode":
         extra = 2 * case.kv_heads * padded * case.head_dim * elt + padded
         pairs = padded
+        if case.pattern == "quest":  # its float32 page bounds, a mask per query head, the kept pages gathered
+            pages = -(-max(lengths) // case.page_size)
+            gathered = min(padded, len(lengths) * (case.build_pattern().topk + 1) * case.page_size)
+            extra += (2 * case.kv_heads * len(lengths) * pages * case.head_dim * 4 + case.heads * padded
+                      + 2 * case.heads * gathered * case.head_dim * elt)
     else:
         extra = (2 * case.heads + 2 * case.kv_heads) * padded * case.head_dim * elt
         if case.impl == "sdpa" and case.pattern not in ("dense", "causal"):

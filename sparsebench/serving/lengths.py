@@ -17,6 +17,8 @@ _UNIFORM = re.compile(r"uniform:(\d+)-(\d+)(?::(\d+))?")
 # Patterns whose rule does not depend on the sequence length n, so that it applies inside each sequence of a
 # batch with the sequence's own positions (bigbird draws its random blocks per n; selections choose from q and k).
 PER_SEQUENCE = ("dense", "causal", "local", "sliding_window", "strided", "dilated", "fixed", "longformer")
+# Selection patterns that run on a decode step's paged cache (serving/quest.py), each sequence at its own length.
+PAGED_SELECTIONS = ("quest",)
 
 
 def canonical(spec: str, batch: int) -> str:
@@ -62,6 +64,14 @@ def draw(spec: str, seed: int) -> list[int]:
     return torch.randint(low, high + 1, (count,), generator=gen).tolist()
 
 
+def own_count(spec: str) -> int | None:
+    """How many sequences a spec holds by itself (a list, or uniform:LO-HI:COUNT); None when --batch gives it."""
+    match = _UNIFORM.fullmatch(spec)
+    if match:
+        return int(match[3]) if match[3] else None
+    return len(spec.split(","))
+
+
 def count(spec: str) -> int:
     """How many sequences a canonical spec holds (the batch)."""
     match = _UNIFORM.fullmatch(spec)
@@ -77,7 +87,16 @@ def check_page_size(page_size: int) -> None:
 
 
 def check_pattern(name: str) -> None:
-    """Only a rule that does not depend on n applies inside each sequence of a batch."""
-    if name not in PER_SEQUENCE:
+    """Only a rule that does not depend on n applies inside each sequence of a batch (and quest, in decode, on the
+    paged cache)."""
+    if name not in PER_SEQUENCE and name not in PAGED_SELECTIONS:
         raise SparsebenchError(f"pattern {name} cannot apply per sequence with --seq-lens (its rule depends on the "
-                               f"whole length or on q and k); patterns that can: {', '.join(PER_SEQUENCE)}")
+                               f"whole length or on q and k); patterns that can: {', '.join(PER_SEQUENCE)}, and "
+                               f"in decode {', '.join(PAGED_SELECTIONS)}")
+
+
+def check_page_match(name: str, page: int, page_size: int) -> None:
+    """quest scores the cache's own pages: its page must be the cache's page size."""
+    if page != page_size:
+        raise SparsebenchError(f"{name}:page={page} on a paged cache of --page-size {page_size}: {name} selects the "
+                               f"cache's pages, so give {name}:page={page_size} or --page-size {page}")

@@ -79,12 +79,22 @@ class Quest(SelectionPattern):
         n = k.shape[2]
         with torch.no_grad():
             low, high = (expand_heads(x, H) for x in self.bounds(k, cache))  # (B, H, P, D)
-            qf = q.detach().float()
-            # max(q_d min_d, q_d max_d) = max(q_d, 0) max_d + min(q_d, 0) min_d
-            scores = qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
-            pages = scores.shape[-1]
-            j = torch.arange(pages, device=q.device)
-            last = (n - 1) // self.page
-            # the sorting rule's set without a sort of every page (a decode step's largest cost after the reads)
-            layout = keep_top_tokens(scores, j != last, self.topk) | (j == last)  # (B, H, L, P)
+            layout = self.keep_pages(self.page_scores(q, low, high), (n - 1) // self.page)  # (B, H, L, P)
         return Selection(n=n, block=self.page, layout=layout, causal=True, offset=n - L, q_block=1)
+
+    def page_scores(self, q: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """(..., L, pages) float32: each page's upper bound of q . k for q (..., L, D) and its page bounds
+        (..., pages, D) (as `page_bounds` gives them, on q's heads)."""
+        qf = q.detach().float()
+        # max(q_d min_d, q_d max_d) = max(q_d, 0) max_d + min(q_d, 0) min_d
+        return qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
+
+    def keep_pages(self, scores: torch.Tensor, last: int | torch.Tensor,
+                   pages: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Bool of scores' shape: the page `last` (holding position n - 1) and the min(topk, others) other pages
+        of highest score among the first `pages` (default: all), ties to the lower page. `last` and `pages` may
+        be tensors that broadcast against scores[..., :1] (a batch of sequences of their own lengths)."""
+        j = torch.arange(scores.shape[-1], device=scores.device)
+        candidates = j != last if pages is None else (j != last) & (j < pages)
+        # the sorting rule's set without a sort of every page (a decode step's largest cost after the reads)
+        return keep_top_tokens(scores, candidates, self.topk) | (j == last)
