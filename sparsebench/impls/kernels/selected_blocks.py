@@ -62,35 +62,54 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
     own = torch.arange(qb_count, device=dev)
     others = layout & (torch.arange(nb, device=dev)[None, :] != own[:, None])
     counts = others.sum(dim=-1)  # (B, H, QB)
+    own_ok = layout.diagonal(dim1=-2, dim2=-1)  # (B, H, QB): a user's layout may drop it
+    kept = counts + own_ok
     m = (int(counts.max()) if counts.numel() else 0) + 1  # slots: the other kept blocks, then the own block
     order = torch.sort(others.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m - 1]
-    other_ok = torch.arange(m - 1, device=dev) < counts[..., None]
-    own_ok = layout.diagonal(dim1=-2, dim2=-1)[..., None]  # (B, H, QB, 1): a user's layout may drop it
-    slots = torch.cat([torch.where(other_ok, order, own[:, None]), own[:, None].expand_as(own_ok)], dim=-1)
-    slot_ok = torch.cat([other_ok, own_ok], dim=-1)  # (B, H, QB, m); unused slots read the own block, masked
     # row of (batch, key/value head, block) in the (B * KVH * nb, b, D) view of K and V, per query entry
     kv_head = torch.arange(H, device=dev) // (H // KVH)
-    base = (torch.arange(B, device=dev)[:, None] * KVH + kv_head) * nb  # (B, H)
-    rows = (base[:, :, None, None] + slots).reshape(-1, m)  # (E, m), E = B * H * QB
-    key_ok = slot_ok.repeat_interleave(b, dim=-1)
-    if n % b:  # positions past n in the ragged last block
-        key_ok = key_ok & ((slots[..., None] * b + torch.arange(b, device=dev)) < n).reshape(key_ok.shape)
-    key_ok = key_ok.reshape(-1, m * b)
-    dirty = ~key_ok.all(dim=-1)  # (E,): query blocks that need a mask of their own
+    base = ((torch.arange(B, device=dev)[:, None] * KVH + kv_head) * nb)[:, :, None]  # (B, H, 1)
+    order = (base[..., None] + order).reshape(-1, m - 1)  # (E, m - 1), E = B * H * QB
+    own_rows = (base + own).reshape(-1, 1)
+    counts, own_ok = counts.reshape(-1), own_ok.reshape(-1)
+    # Clean entries keep their own block and no block past n: they run on exactly their kept blocks, grouped by
+    # count, with one mask per group (the causal triangle on the own block, the last slot). The others (ragged
+    # last block, dropped own block) run on m slots with a mask each, unused slots reading the own block.
+    clean = own_ok
+    if n % b:
+        clean = clean & ~layout[..., nb - 1].reshape(-1)
     neg = neg_value(q.dtype)
-    shared = torch.zeros(b, m * b, dtype=q.dtype, device=dev)
-    if causal:  # k <= q inside the own block, the last slot
-        shared[:, (m - 1) * b:].masked_fill_(torch.ones(b, b, dtype=torch.bool, device=dev).triu(1), neg)
-    chunk = max(1, GATHER_BYTES // (m * b * D * q.element_size()))
+    triangle = torch.ones(b, b, dtype=torch.bool, device=dev).triu(1)
     chunks = []
-    for first in range(0, rows.shape[0], chunk):
-        last = min(rows.shape[0], first + chunk)
-        mask = shared
-        if bool(dirty[first:last].any()):
-            mask = shared.masked_fill(~key_ok[first:last, None, None, :], neg)  # (c, 1, b, m * b)
-        chunks.append((first, last, rows[first:last].reshape(-1), mask))
-    kept = counts + own_ok[..., 0]
-    return _Plan(b=b, m=m, qb=qb_count, nb=nb, chunks=chunks, kept=kept.sum(dim=-1))
+
+    def add(entries: torch.Tensor, rows: torch.Tensor, mask_of) -> None:
+        slots = rows.shape[1]
+        chunk = max(1, GATHER_BYTES // (slots * b * D * q.element_size()))
+        for first in range(0, len(entries), chunk):
+            part = slice(first, first + chunk)
+            chunks.append((entries[part], rows[part].reshape(-1), mask_of(part, slots)))
+
+    for c in torch.unique(counts[clean]).tolist():
+        entries = torch.nonzero(clean & (counts == c))[:, 0]
+        mask = None
+        if causal:
+            mask = torch.zeros(b, (c + 1) * b, dtype=q.dtype, device=dev)
+            mask[:, c * b:].masked_fill_(triangle, neg)
+        add(entries, torch.cat([order[entries, :c], own_rows[entries]], dim=1), lambda part, slots, mask=mask: mask)
+    entries = torch.nonzero(~clean)[:, 0]
+    if len(entries):
+        other_ok = torch.arange(m - 1, device=dev) < counts[entries, None]
+        rows = torch.cat([torch.where(other_ok, order[entries], own_rows[entries]), own_rows[entries]], dim=1)
+        key_ok = torch.cat([other_ok, own_ok[entries, None]], dim=1).repeat_interleave(b, dim=-1)
+        if n % b:  # positions past n in the ragged last block
+            block_of = rows - base.expand(B, H, qb_count).reshape(-1)[entries, None]
+            key_ok &= ((block_of * b)[..., None]
+                       + torch.arange(b, device=dev) < n).reshape(key_ok.shape)
+        shared = torch.zeros(b, m * b, dtype=q.dtype, device=dev)
+        if causal:
+            shared[:, (m - 1) * b:].masked_fill_(triangle, neg)
+        add(entries, rows, lambda part, slots: shared.masked_fill(~key_ok[part, None, None, :], neg))
+    return _Plan(b=b, qb=qb_count, nb=nb, chunks=chunks, kept=kept.sum(dim=-1))
 
 
 class _Gather:
@@ -99,7 +118,7 @@ class _Gather:
 
     def __init__(self, kp: torch.Tensor, vp: torch.Tensor, plan: _Plan) -> None:
         self.kp, self.vp = kp, vp
-        rows = max((len(chunk[2]) for chunk in plan.chunks), default=0)
+        rows = max((len(chunk[1]) for chunk in plan.chunks), default=0)
         self.kbuf, self.vbuf = kp.new_empty(rows, *kp.shape[1:]), vp.new_empty(rows, *vp.shape[1:])
 
     def __call__(self, rows: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,9 +147,11 @@ class _SelectedBlocks(torch.autograd.Function):
         out = q.new_empty(qp.shape)
         lse = torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
         gather = _Gather(kp, vp, plan)
-        for first, last, rows, mask in plan.chunks:
-            kg, vg = gather(rows, last - first)
-            out[first:last], lse[first:last] = aten_ops.CPU_FLASH(qp[first:last], kg, vg, 0.0, False, attn_mask=mask)
+        for entries, rows, mask in plan.chunks:
+            kg, vg = gather(rows, len(entries))
+            o, lse_part = aten_ops.CPU_FLASH(qp[entries], kg, vg, 0.0, False, attn_mask=mask)
+            out.index_copy_(0, entries, o)
+            lse.index_copy_(0, entries, lse_part)
         ctx.plan = plan
         ctx.save_for_backward(q, k, v, out, lse)
         return out.view(B, H, plan.qb * b, D)[:, :, :L]
@@ -148,10 +169,11 @@ class _SelectedBlocks(torch.autograd.Function):
         dq = torch.empty_like(qp)
         dk, dv = torch.zeros_like(kp), torch.zeros_like(vp)
         gather = _Gather(kp, vp, plan)
-        for first, last, rows, mask in plan.chunks:
-            kg, vg = gather(rows, last - first)
-            dq[first:last], dkg, dvg = aten_ops.CPU_FLASH_BACKWARD(
-                g[first:last], qp[first:last], kg, vg, out[first:last], lse[first:last], 0.0, False, attn_mask=mask)
+        for entries, rows, mask in plan.chunks:
+            kg, vg = gather(rows, len(entries))
+            dq_part, dkg, dvg = aten_ops.CPU_FLASH_BACKWARD(
+                g[entries], qp[entries], kg, vg, out[entries], lse[entries], 0.0, False, attn_mask=mask)
+            dq.index_copy_(0, entries, dq_part)
             dk.index_add_(0, rows, dkg.reshape(-1, b, D))
             dv.index_add_(0, rows, dvg.reshape(-1, b, D))
         dq = dq.view(B, H, plan.qb * b, D)[:, :, :L]
