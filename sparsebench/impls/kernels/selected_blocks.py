@@ -87,7 +87,7 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
         chunk = max(1, GATHER_BYTES // (slots * b * D * q.element_size()))
         for first in range(0, len(entries), chunk):
             part = slice(first, first + chunk)
-            chunks.append((entries[part], rows[part].reshape(-1), mask_of(part, slots)))
+            chunks.append((_as_slice(entries[part]), rows[part].reshape(-1), mask_of(part, slots)))
 
     for c in torch.unique(counts[clean]).tolist():
         entries = torch.nonzero(clean & (counts == c))[:, 0]
@@ -110,6 +110,23 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
             shared[:, (m - 1) * b:].masked_fill_(triangle, neg)
         add(entries, rows, lambda part, slots: shared.masked_fill(~key_ok[part, None, None, :], neg))
     return _Plan(b=b, qb=qb_count, nb=nb, chunks=chunks, kept=kept.sum(dim=-1))
+
+
+def _as_slice(entries: torch.Tensor) -> slice | torch.Tensor:
+    """A run of consecutive entries as a slice (views of q, copies into the output, no indexing), else as is."""
+    first, last = int(entries[0]), int(entries[-1])
+    return slice(first, last + 1) if last - first == len(entries) - 1 else entries
+
+
+def _take(x: torch.Tensor, entries: slice | torch.Tensor) -> torch.Tensor:
+    return x[entries] if isinstance(entries, slice) else x.index_select(0, entries)
+
+
+def _put(x: torch.Tensor, entries: slice | torch.Tensor, values: torch.Tensor) -> None:
+    if isinstance(entries, slice):
+        x[entries] = values
+    else:
+        x.index_copy_(0, entries, values)
 
 
 class _Gather:
@@ -148,10 +165,11 @@ class _SelectedBlocks(torch.autograd.Function):
         lse = torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
         gather = _Gather(kp, vp, plan)
         for entries, rows, mask in plan.chunks:
-            kg, vg = gather(rows, len(entries))
-            o, lse_part = aten_ops.CPU_FLASH(qp[entries], kg, vg, 0.0, False, attn_mask=mask)
-            out.index_copy_(0, entries, o)
-            lse.index_copy_(0, entries, lse_part)
+            qc = _take(qp, entries)
+            kg, vg = gather(rows, len(qc))
+            o, lse_part = aten_ops.CPU_FLASH(qc, kg, vg, 0.0, False, attn_mask=mask)
+            _put(out, entries, o)
+            _put(lse, entries, lse_part)
         ctx.plan = plan
         ctx.save_for_backward(q, k, v, out, lse)
         return out.view(B, H, plan.qb * b, D)[:, :, :L]
@@ -170,10 +188,11 @@ class _SelectedBlocks(torch.autograd.Function):
         dk, dv = torch.zeros_like(kp), torch.zeros_like(vp)
         gather = _Gather(kp, vp, plan)
         for entries, rows, mask in plan.chunks:
-            kg, vg = gather(rows, len(entries))
+            qc = _take(qp, entries)
+            kg, vg = gather(rows, len(qc))
             dq_part, dkg, dvg = aten_ops.CPU_FLASH_BACKWARD(
-                g[entries], qp[entries], kg, vg, out[entries], lse[entries], 0.0, False, attn_mask=mask)
-            dq.index_copy_(0, entries, dq_part)
+                _take(g, entries), qc, kg, vg, _take(out, entries), _take(lse, entries), 0.0, False, attn_mask=mask)
+            _put(dq, entries, dq_part)
             dk.index_add_(0, rows, dkg.reshape(-1, b, D))
             dv.index_add_(0, rows, dvg.reshape(-1, b, D))
         dq = dq.view(B, H, plan.qb * b, D)[:, :, :L]
