@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from sparsebench.impls.kernels import aten_ops
 from sparsebench.impls.kernels.core import neg_value
 
-GATHER_BYTES = 1 << 20  # gathered K bytes per chunk of query blocks (as much again of V): L2-resident
+GATHER_BYTES = 1 << 21  # gathered K bytes per chunk of query blocks (as much again of V): L2-resident
 
 
 def supported(q: torch.Tensor) -> str | None:
