@@ -223,6 +223,7 @@ def test_selected_blocks_kernel_on_any_layout(causal, chunk_bytes, monkeypatch):
     from sparsebench.patterns.selection import Selection
 
     monkeypatch.setattr(selected_blocks, "GATHER_BYTES", chunk_bytes)
+    monkeypatch.setattr(selected_blocks, "BACKWARD_GATHER_BYTES", chunk_bytes)
     n, b = 150, 16
     nb = -(-n // b)
     gen = torch.Generator().manual_seed(7)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from sparsebench.impls.kernels import aten_ops
 from sparsebench.impls.kernels.core import neg_value
 
-GATHER_BYTES = 1 << 21  # gathered K bytes per chunk of query blocks (as much again of V): L2-resident
+GATHER_BYTES = 1 << 21  # gathered K bytes per chunk of query blocks in the forward (as much again of V)
+BACKWARD_GATHER_BYTES = 1 << 20  # the same in the backward, which also holds a chunk's dK and dV
 
 
 def supported(q: torch.Tensor) -> str | None:
@@ -48,10 +49,19 @@ def selected_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 
 class _Plan:
-    """The index work of one call (no gradient): slots, masks and chunks."""
+    """The index work of one call (no gradient): groups of query entries with their K/V block rows and masks."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
+
+    def chunks(self, budget: int):
+        """(entries, flat K/V block rows, mask) per chunk of query entries whose gathered K takes `budget` bytes."""
+        for entries, rows, mask_of in self.groups:
+            slots = rows.shape[1]
+            chunk = max(1, budget // (slots * self.block_bytes))
+            for first in range(0, len(entries), chunk):
+                part = slice(first, first + chunk)
+                yield _as_slice(entries[part]), rows[part].reshape(-1), mask_of(part)
 
 
 def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal: bool) -> _Plan:
@@ -80,22 +90,15 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
         clean = clean & ~layout[..., nb - 1].reshape(-1)
     neg = neg_value(q.dtype)
     triangle = torch.ones(b, b, dtype=torch.bool, device=dev).triu(1)
-    chunks = []
-
-    def add(entries: torch.Tensor, rows: torch.Tensor, mask_of) -> None:
-        slots = rows.shape[1]
-        chunk = max(1, GATHER_BYTES // (slots * b * D * q.element_size()))
-        for first in range(0, len(entries), chunk):
-            part = slice(first, first + chunk)
-            chunks.append((_as_slice(entries[part]), rows[part].reshape(-1), mask_of(part, slots)))
-
+    groups = []
     for c in torch.unique(counts[clean]).tolist():
         entries = torch.nonzero(clean & (counts == c))[:, 0]
         mask = None
         if causal:
             mask = torch.zeros(b, (c + 1) * b, dtype=q.dtype, device=dev)
             mask[:, c * b:].masked_fill_(triangle, neg)
-        add(entries, torch.cat([order[entries, :c], own_rows[entries]], dim=1), lambda part, slots, mask=mask: mask)
+        rows = torch.cat([order[entries, :c], own_rows[entries]], dim=1)
+        groups.append((entries, rows, lambda part, mask=mask: mask))
     entries = torch.nonzero(~clean)[:, 0]
     if len(entries):
         other_ok = torch.arange(m - 1, device=dev) < counts[entries, None]
@@ -108,8 +111,8 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
         shared = torch.zeros(b, m * b, dtype=q.dtype, device=dev)
         if causal:
             shared[:, (m - 1) * b:].masked_fill_(triangle, neg)
-        add(entries, rows, lambda part, slots: shared.masked_fill(~key_ok[part, None, None, :], neg))
-    return _Plan(b=b, qb=qb_count, nb=nb, chunks=chunks, kept=kept.sum(dim=-1))
+        groups.append((entries, rows, lambda part: shared.masked_fill(~key_ok[part, None, None, :], neg)))
+    return _Plan(b=b, qb=qb_count, nb=nb, groups=groups, block_bytes=b * D * q.element_size(), kept=kept.sum(dim=-1))
 
 
 def _as_slice(entries: torch.Tensor) -> slice | torch.Tensor:
@@ -133,9 +136,10 @@ class _Gather:
     """The kept blocks of K and V for a chunk of query blocks, gathered into two buffers reused by every chunk (a
     fresh allocation per chunk cost a third of the copy's time)."""
 
-    def __init__(self, kp: torch.Tensor, vp: torch.Tensor, plan: _Plan) -> None:
+    def __init__(self, kp: torch.Tensor, vp: torch.Tensor, plan: _Plan, budget: int) -> None:
         self.kp, self.vp = kp, vp
-        rows = max((len(chunk[1]) for chunk in plan.chunks), default=0)
+        rows = max((min(len(r), max(1, budget // (r.shape[1] * plan.block_bytes))) * r.shape[1]
+                    for _, r, _ in plan.groups), default=0)
         self.kbuf, self.vbuf = kp.new_empty(rows, *kp.shape[1:]), vp.new_empty(rows, *vp.shape[1:])
 
     def __call__(self, rows: torch.Tensor, entries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,8 +167,8 @@ class _SelectedBlocks(torch.autograd.Function):
         kp, vp = _blocks(k, plan.nb, b), _blocks(v, plan.nb, b)
         out = q.new_empty(qp.shape)
         lse = torch.empty(qp.shape[:3], dtype=torch.float32, device=q.device)
-        gather = _Gather(kp, vp, plan)
-        for entries, rows, mask in plan.chunks:
+        gather = _Gather(kp, vp, plan, GATHER_BYTES)
+        for entries, rows, mask in plan.chunks(GATHER_BYTES):
             qc = _take(qp, entries)
             kg, vg = gather(rows, len(qc))
             o, lse_part = aten_ops.CPU_FLASH(qc, kg, vg, 0.0, False, attn_mask=mask)
@@ -186,8 +190,8 @@ class _SelectedBlocks(torch.autograd.Function):
         g = _blocks(grad_out.contiguous(), plan.qb, b)[:, None]
         dq = torch.empty_like(qp)
         dk, dv = torch.zeros_like(kp), torch.zeros_like(vp)
-        gather = _Gather(kp, vp, plan)
-        for entries, rows, mask in plan.chunks:
+        gather = _Gather(kp, vp, plan, BACKWARD_GATHER_BYTES)
+        for entries, rows, mask in plan.chunks(BACKWARD_GATHER_BYTES):
             qc = _take(qp, entries)
             kg, vg = gather(rows, len(qc))
             dq_part, dkg, dvg = aten_ops.CPU_FLASH_BACKWARD(
