@@ -1,12 +1,12 @@
 """Block-sparse attention over a per-call, per-head block layout (selection patterns), on the CPU flash kernel.
 
 Each query block attends to its kept key blocks. The layout differs per head and per call, so nothing is planned
-ahead: each query block's kept blocks are gathered from K and V into `m` slots (its other kept blocks in
-ascending order, unused slots masked, then its own block last), a few query blocks at a time (`GATHER_BYTES` of
-K per chunk, so that the copies stay in the core's L2 cache while the kernel reads them), and attended by the
-CPU flash kernel with an additive mask: one (b, m * b) mask shared by every query block whose slots are all used
-and hold no position past n (the causal triangle on the own block's slot), a mask per query block otherwise (the
-first `topk` query blocks of a causal top-k layout, ragged lengths).
+ahead. Query blocks are grouped by how many blocks they keep: a group's query blocks run on exactly their kept
+blocks (the others in ascending order, then the own block last), gathered from K and V a few query blocks at a
+time (`GATHER_BYTES` of K per chunk), and attended by the CPU flash kernel with one (b, slots * b) additive mask
+per group (the causal triangle on the own block's slot; none without causal). Query blocks that keep a block with
+positions past n (ragged lengths) or drop their own block (a user's layout) run on `m` slots, unused ones
+masked, with a mask each. Executed work is the kept blocks (plus the masked slots of those few).
 
 The backward pass is an autograd Function of its own: it gathers the same blocks again and calls the flash
 kernel's backward per chunk with the saved output and logsumexp, scattering dK and dV back with index_add. No
@@ -17,6 +17,28 @@ mask, the zero padding of q, k, v, the gathered chunks of 32 MiB and the concate
 fresh large allocations, page-faulted on every call, which took more time than the attention itself. Why the
 own block is not a separate part merged through its logsumexp: the shared mask costs the flash kernel ~1%, the
 second call and the merge ~25% (CPU, fp32, block 64, 16 + 1 blocks).
+
+What the grouping replaced, and what else was measured (CPU, fp32, B=1, H=8, D=64, topk_blocks 64/16 on
+--inputs structured, n=8192, one thread, interleaved on a loaded machine; CPU-time medians):
+- Every query block on the same `m` slots with a mask per query block where some were unused: a causal top-k
+  layout's first `topk` query blocks ran masked empty slots (1.067x the kept blocks at 8192, 1.032x at 16384) and
+  each such chunk built a mask of its own (masked_fill over (c, 1, b, m * b): most of the planning time, which was
+  52 ms of a 470 ms call). Grouped by count with consecutive query blocks as slices (no index copies of q and the
+  output): planning ~9 ms, the forward 0.86x and forward+backward 0.89x the time (with the chunk sizes below).
+- Chunk size: 2 MiB of gathered K (7 query blocks of 17 slots) ran the forward ~0.9x the time of 1 MiB, 4 MiB no
+  better than 2; the backward, which also holds the chunk's dK and dV, ran ~0.93x the time at 1 MiB than at 2.
+- Several query blocks stacked along the query axis on the union of their kept blocks, to give the flash kernel
+  longer rows (it runs 64-row queries at ~60-70% of its long-row throughput: torch splits queries into rows of
+  32 below 192 query rows, 64 below 768, 256 above): on structured inputs the union of 2, 3 or 4 consecutive
+  query blocks is 1.26x, 1.48x or 1.66x their kept pairs at n=8192 (1.32x, 1.59x, 1.84x at 16384), and 2 blocks
+  (128 rows) stay in 32-row splits; 3-4 blocks would gain at most ~1.3x in throughput for 1.5-1.7x the work.
+  Not done.
+- A causal flag on the own block instead of the additive mask: the CPU kernel's causal mask is top-left aligned
+  (query row i sees keys 0..i of its call), which would hide every slot but the first; the mask costs ~1%.
+- Gathering: memory-bound, ~15% of the forward. Contiguous runs of kept blocks cannot be views, as the kernel
+  needs each query block's keys at one stride (only a causal layout's first `topk` query blocks, ~7% of the
+  gathered blocks at 8192, keep one run); reusing a gathered block across query blocks would need their kept
+  sets at one common offset in one buffer. Not done.
 """
 
 from __future__ import annotations
@@ -42,10 +64,11 @@ def selected_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
                              causal: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of q (B, H, n, D) over k, v (B, KVH, n, D) restricted to the kept blocks of `layout`
     (B, H, QB, KB) bool, with k <= q inside kept blocks when `causal`. Scale 1/sqrt(D).
-    Returns (out (B, H, n, D), kept blocks per (B, H))."""
+    Returns (out (B, H, n, D), executed blocks per (B, H): the kept blocks, plus the masked slots of query blocks
+    that run on `m` slots)."""
     plan = _plan(q, k, layout, block, causal)
     out = _SelectedBlocks.apply(q, k, v, plan)
-    return out, plan.kept
+    return out, plan.executed
 
 
 class _Plan:
@@ -73,7 +96,6 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
     others = layout & (torch.arange(nb, device=dev)[None, :] != own[:, None])
     counts = others.sum(dim=-1)  # (B, H, QB)
     own_ok = layout.diagonal(dim1=-2, dim2=-1)  # (B, H, QB): a user's layout may drop it
-    kept = counts + own_ok
     m = (int(counts.max()) if counts.numel() else 0) + 1  # slots: the other kept blocks, then the own block
     order = torch.sort(others.to(torch.int8), dim=-1, descending=True, stable=True).indices[..., :m - 1]
     # row of (batch, key/value head, block) in the (B * KVH * nb, b, D) view of K and V, per query entry
@@ -112,7 +134,8 @@ def _plan(q: torch.Tensor, k: torch.Tensor, layout: torch.Tensor, b: int, causal
         if causal:
             shared[:, (m - 1) * b:].masked_fill_(triangle, neg)
         groups.append((entries, rows, lambda part: shared.masked_fill(~key_ok[part, None, None, :], neg)))
-    return _Plan(b=b, qb=qb_count, nb=nb, groups=groups, block_bytes=b * D * q.element_size(), kept=kept.sum(dim=-1))
+    executed = torch.where(clean, counts + 1, m).view(B, H, qb_count).sum(dim=-1)
+    return _Plan(b=b, qb=qb_count, nb=nb, groups=groups, block_bytes=b * D * q.element_size(), executed=executed)
 
 
 def _as_slice(entries: torch.Tensor) -> slice | torch.Tensor:
