@@ -19,20 +19,25 @@ own block is not a separate part merged through its logsumexp: the shared mask c
 second call and the merge ~25% (CPU, fp32, block 64, 16 + 1 blocks).
 
 What the grouping replaced, and what else was measured (CPU, fp32, B=1, H=8, D=64, topk_blocks 64/16 on
---inputs structured, n=8192, one thread, interleaved on a loaded machine; CPU-time medians):
+--inputs structured, one thread, interleaved on a loaded machine, CPU-time medians; scripts/selected_blocks_ab.py):
 - Every query block on the same `m` slots with a mask per query block where some were unused: a causal top-k
-  layout's first `topk` query blocks ran masked empty slots (1.067x the kept blocks at 8192, 1.032x at 16384) and
-  each such chunk built a mask of its own (masked_fill over (c, 1, b, m * b): most of the planning time, which was
-  52 ms of a 470 ms call). Grouped by count with consecutive query blocks as slices (no index copies of q and the
-  output): planning ~9 ms, the forward 0.86x and forward+backward 0.89x the time (with the chunk sizes below).
+  layout's first `topk` query blocks ran masked empty slots (1.067x the kept blocks at n=8192, 1.032x at 16384)
+  and each such chunk built a mask of its own (masked_fill over (c, 1, b, m * b): most of the planning time,
+  which was 52 ms of a 470 ms call at 8192). Grouped by count, consecutive query blocks as slices (no index
+  copies of q and the output), the kept blocks ordered from nonzero instead of a sort of every layout row:
+  planning ~3 ms at 8192, ~6 ms at 16384; with the chunk sizes below the forward takes 0.81-0.86x the time at
+  8192 and 0.90-0.92x at 16384, forward+backward 0.89-0.91x at 8192 and no measurable change at 16384.
 - Chunk size: 2 MiB of gathered K (7 query blocks of 17 slots) ran the forward ~0.9x the time of 1 MiB, 4 MiB no
-  better than 2; the backward, which also holds the chunk's dK and dV, ran ~0.93x the time at 1 MiB than at 2.
+  better than 2; the backward, which also holds the chunk's dK and dV, ran ~0.93x the time at 1 MiB than at 2 MiB
+  and 1.2x at one query block per chunk (whose K, V, dK and dV would fit L2): the kernel's calls cost more than
+  the cache saves. The forward kernel costs the same per query block at 1 to 14 query blocks per call
+  (~230 us for 64 x 1088 pairs).
 - Several query blocks stacked along the query axis on the union of their kept blocks, to give the flash kernel
-  longer rows (it runs 64-row queries at ~60-70% of its long-row throughput: torch splits queries into rows of
-  32 below 192 query rows, 64 below 768, 256 above): on structured inputs the union of 2, 3 or 4 consecutive
-  query blocks is 1.26x, 1.48x or 1.66x their kept pairs at n=8192 (1.32x, 1.59x, 1.84x at 16384), and 2 blocks
-  (128 rows) stay in 32-row splits; 3-4 blocks would gain at most ~1.3x in throughput for 1.5-1.7x the work.
-  Not done.
+  longer rows (it runs 64-row queries at ~60-75% of its throughput on 1024-row queries: torch splits queries
+  into rows of 32 below 192 query rows, 64 below 768, 256 above): on structured inputs the union of 2, 3 or 4
+  consecutive query blocks is 1.26x, 1.48x or 1.66x their kept pairs at n=8192 (1.32x, 1.59x, 1.84x at 16384),
+  and 2 blocks (128 rows) stay in 32-row splits; 3-4 blocks would gain at most ~1.3x in throughput for 1.5-1.7x
+  the work. Not done.
 - A causal flag on the own block instead of the additive mask: the CPU kernel's causal mask is top-left aligned
   (query row i sees keys 0..i of its call), which would hide every slot but the first; the mask costs ~1%.
 - Gathering: memory-bound, ~15% of the forward. Contiguous runs of kept blocks cannot be views, as the kernel
