@@ -42,7 +42,7 @@ What the grouping replaced, and what else was measured (CPU, fp32, B=1, H=8, D=6
   (query row i sees keys 0..i of its call), which would hide every slot but the first; the mask costs ~1%.
 - The backward with bmm (recomputed probabilities from the saved logsumexp, dV, dP, dS, dQ and dK as five batched
   matmuls into buffers reused by every chunk, none of the flash backward's zero-filled outputs): the same time
-  within the noise at n=2048 and 8192 (0.84 s against 0.89 s). Not done.
+  within the noise at n=2048 and 8192 (flash 0.84 s, bmm 0.89 s at 8192). Not done.
 - Gathering: memory-bound, ~15% of the forward. Contiguous runs of kept blocks cannot be views, as the kernel
   needs each query block's keys at one stride (only a causal layout's first `topk` query blocks, ~7% of the
   gathered blocks at 8192, keep one run); reusing a gathered block across query blocks would need their kept
