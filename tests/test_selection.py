@@ -238,6 +238,7 @@ def test_selected_blocks_kernel_on_any_layout(causal, chunk_bytes, monkeypatch):
     from sparsebench.patterns.selection import Selection
 
     monkeypatch.setattr(selected_blocks, "GATHER_BYTES", chunk_bytes)
+    monkeypatch.setattr(selected_blocks, "BACKWARD_GATHER_BYTES", chunk_bytes)
     n, b = 150, 16
     nb = -(-n // b)
     gen = torch.Generator().manual_seed(7)
@@ -250,8 +251,13 @@ def test_selected_blocks_kernel_on_any_layout(causal, chunk_bytes, monkeypatch):
     assert not bool(layout.diagonal(dim1=-2, dim2=-1).all())  # some own blocks dropped
     q = torch.randn(2, 4, n, 16, generator=gen).requires_grad_(True)
     k, v = (torch.randn(2, 2, n, 16, generator=gen).requires_grad_(True) for _ in range(2))
-    out, kept = selected_blocks.selected_block_attention(q, k, v, layout, b, bool(causal))
-    assert torch.equal(kept, layout.sum(dim=(-1, -2)))
+    out, executed = selected_blocks.selected_block_attention(q, k, v, layout, b, bool(causal))
+    # query blocks that drop their own block or keep the ragged last one run on m slots, the others on their kept
+    own = layout.diagonal(dim1=-2, dim2=-1)
+    others = layout.sum(dim=-1) - own.long()
+    clean = own & ~layout[..., -1]
+    want = torch.where(clean, others + 1, int(others.max()) + 1).sum(dim=-1)
+    assert torch.equal(executed, want) and bool((executed >= layout.sum(dim=(-1, -2))).all())
     mask = Selection(n=n, block=b, layout=layout, causal=bool(causal)).dense_mask()
     q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
     ref = dense_reference(q64, k64, v64, mask)

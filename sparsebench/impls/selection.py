@@ -141,8 +141,8 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     if selection.indices is None and selected_blocks.supported(q) is None:
         b = selection.block
         layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
-        out, kept = selected_blocks.selected_block_attention(q, k, v, layout, b, selection.causal)
-        return out, mean_pairs(kept, q.shape[1]) * b * b
+        out, executed = selected_blocks.selected_block_attention(q, k, v, layout, b, selection.causal)
+        return out, mean_pairs(executed, q.shape[1]) * b * b
     return gathered_blocks(q, k, v, selection)
 
 

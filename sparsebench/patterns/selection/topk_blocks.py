@@ -14,7 +14,7 @@ from sparsebench.patterns.selection.base import (
     block_means,
     blocks_param,
     expand_heads,
-    keep_top,
+    keep_top_tokens,
 )
 
 
@@ -76,7 +76,8 @@ def select_blocks(scores: torch.Tensor, n: int, block: int, topk: int, causal: b
     qb, kb = scores.shape[-2:]
     i, j = torch.arange(qb, device=scores.device)[:, None], torch.arange(kb, device=scores.device)[None, :]
     candidates = (j < i) if causal else (j != i)
-    layout = keep_top(scores, candidates, topk) | (j == i)
+    # keep_top's set without a stable sort of every row (the sort took half the selection's time at n=16384)
+    layout = keep_top_tokens(scores, candidates, topk) | (j == i)
     return Selection(n=n, block=block, layout=layout, causal=causal)
 
 
