@@ -17,7 +17,7 @@ from sparsebench.impls import get_impl
 from sparsebench.impls.selection import RUNNERS, for_pattern
 from sparsebench.measure import quality
 from sparsebench.patterns import PATTERNS, get_pattern
-from sparsebench.patterns.selection.base import keep_top, keep_top_tokens
+from sparsebench.patterns.selection.base import keep_top, keep_top_tokens, top_token_indices
 from sparsebench.patterns.selection.topk_tokens import projection
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.inputs import check_inputs, load_qkv, make_inputs, structured_qkv
@@ -101,6 +101,18 @@ def test_keep_top_tokens_equals_the_sorting_rule():
     cands = torch.rand(50, 120, generator=gen) < 0.6
     for topk in (1, 7, 40, 200):
         assert torch.equal(keep_top_tokens(scores, cands, topk), keep_top(scores, cands, topk))
+
+
+def test_top_token_indices_equals_the_sorting_rule():
+    gen = torch.Generator().manual_seed(3)
+    for values, topk in ((4, 7), (4, 40), (1000, 40), (3, 64)):
+        scores = torch.randint(0, values, (50, 300), generator=gen).float()  # ties, and sorted runs below
+        scores[:, :20] = torch.arange(20.0).flip(0)
+        cands = torch.rand(50, 300, generator=gen) < 0.5
+        cands[:, :topk] = True  # every row has at least topk candidates
+        got = top_token_indices(scores.masked_fill(~cands, float("-inf")), topk)
+        expected = keep_top(scores, cands, topk).nonzero()[:, 1].view(50, topk)
+        assert torch.equal(got, expected), (values, topk)
 
 
 def test_topk_tokens_follows_its_rule():

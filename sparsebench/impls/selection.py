@@ -6,8 +6,9 @@ implementation turns the Selection into what it runs:
 - eager, sdpa: a dense (B, Hs, L, N) boolean mask built from the selection (the baselines);
 - structured: a gathered block-sparse kernel driven by the per-call, per-head layout: block selections on the
   CPU on the flash kernel in L2-sized chunks with a backward of its own (kernels/selected_blocks.py), elsewhere
-  and for token selections `gathered_blocks` (token selections on the union of their keys' blocks, each query
-  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks.
+  `gathered_blocks`; token selections by row chunks against their causal keys with a mask made from the
+  indices, the chunk's kept key blocks gathered where they are few (kernels/selected_tokens.py); decode
+  selections on their gathered pages (`gathered_pages`); work ~ kept blocks (token selections: visited keys).
   (The generic kernel of kernels/blocksparse.py plans buckets once per pattern, shared by every head; a
   selection's layout differs per head and per call, so it has this kernel of its own, on the same fused SDPA
   calls.)
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
-from sparsebench.impls.kernels import selected_blocks
+from sparsebench.impls.kernels import selected_blocks, selected_tokens
 from sparsebench.impls.kernels.core import neg_value
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
@@ -125,13 +126,14 @@ def sdpa(q, k, v, selection: Selection, state: SelectState):
 
 # --- structured: gathered key blocks or gathered keys -------------------------------------------------------------
 def structured(q, k, v, selection: Selection, state: SelectState):
-    """Block selections: the gathered blocks of their layout. Token selections: the gathered blocks of the union
-    layout (the key blocks that any query of a block keeps), each query masked to its own keys; on inputs where
-    neighbouring queries keep neighbouring keys, as in models, that is far fewer blocks than a dense mask's,
-    and one gather per block instead of one per query (a per-query gather of K and V, tried first, moved
-    about D times more bytes than it computed and ran slower than SDPA with the mask)."""
+    """Block selections: the gathered blocks of their layout. Token selections: row chunks against their causal
+    keys (or their kept key blocks, where few), each query masked to its own keys (kernels/selected_tokens.py:
+    the union-of-blocks path this replaced, and a per-query gather, both cost more; the measurements are there)."""
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
+    if selection.indices is not None:
+        out, pairs = selected_tokens.token_attention(q, k, v, selection.indices, selection.block)
+        return out, pairs
     if selection.indices is None and selected_blocks.supported(q) is None:
         b = selection.block
         layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
