@@ -132,7 +132,8 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
     if selection.indices is not None:
-        out, pairs = selected_tokens.token_attention(q, k, v, selection.indices, selection.block)
+        out, pairs = selected_tokens.token_attention(q, k, v, selection.indices, selection.layout,
+                                                     selection.block)
         return out, pairs
     if selection.indices is None and selected_blocks.supported(q) is None:
         b = selection.block

@@ -33,15 +33,15 @@ GATHER_SHARE = 0.75  # gather the chunk's kept key blocks when they are at most 
 
 
 def token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor,
-                    block: int) -> tuple[torch.Tensor, int]:
+                    layout: torch.Tensor, block: int) -> tuple[torch.Tensor, int]:
     """out (B, H, L, D) of each query row over its kept keys (`indices` (B, 1, L, K) int64 positions, -1 =
-    padding; query row i at position i, keys k <= i only), and the executed (q, k) pairs per batch and head
-    (rows x visited keys, summed over the chunks)."""
+    padding, each row's first entry a kept key; query row i at position i, keys k <= i only; `layout`
+    (B, 1, QB, KB) bool: the key blocks of `block` positions that each block of query rows keeps), and the
+    executed (q, k) pairs per batch and head (rows x visited keys, summed over the chunks)."""
     B, H, L, D = q.shape
     n = k.shape[2]
     k, v = repeat_kv(q, k, v)
     neg = neg_value(q.dtype)
-    nb = -(-n // block)
     idx = indices[:, 0]  # (B, L, K)
     rows_per = max(block, (MASK_ENTRIES // max(1, n)) // block * block)
     outs, pairs = [], 0
@@ -49,20 +49,17 @@ def token_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: 
         end = min(L, start + rows_per)
         upto = min(n, end)  # causal: the chunk's rows keep keys before its last row only
         chunk = idx[:, start:end]  # (B, r, K)
-        valid = chunk >= 0
-        blocks = torch.zeros(B, nb + 1, dtype=torch.bool, device=q.device)
-        blocks.scatter_(1, torch.where(valid, chunk // block, nb).view(B, -1), True)
-        used = blocks[:, :nb].any(dim=0).nonzero().flatten()  # key blocks any batch's rows keep
+        used = layout[:, 0, start // block: -(-end // block)].any(dim=1).any(dim=0).nonzero().flatten()
         if len(used) * block <= GATHER_SHARE * upto:  # gather the kept blocks; positions map to slots
             pos = (used[:, None] * block + torch.arange(block, device=q.device)).flatten()
             pos = pos[pos < n]
             where = torch.full((n + 1,), -1, dtype=torch.int64, device=q.device)
             where[pos] = torch.arange(len(pos), device=q.device)
             kc, vc = k.index_select(2, pos), v.index_select(2, pos)
-            slots = where[torch.where(valid, chunk, n)]
+            slots = where[chunk]  # padding (-1) reads where[n] = -1
         else:
             kc, vc = k[:, :, :upto], v[:, :, :upto]
-            slots = torch.where(valid, chunk, -1)
+            slots = chunk
         width = kc.shape[2]
         bias = torch.full((B, end - start, width), neg, dtype=q.dtype, device=q.device)
         # padding writes the row's first kept key again (every row keeps at least one key, listed first)
