@@ -156,23 +156,27 @@ def gathered_pages(q, k, v, selection: Selection, state: SelectState):
     pages = layout.shape[-1]
     counts = layout.sum(dim=-1)  # (B, H, L)
     m = int(counts.max())
-    # kept pages in ascending order: each goes to slot (kept pages before it); unused slots read page 0, masked
-    slot = torch.where(layout, layout.cumsum(dim=-1) - 1, m)
-    slots = torch.zeros(B, H, L, m + 1, dtype=torch.int64, device=q.device)
-    slots.scatter_(-1, slot, torch.arange(pages, device=q.device).expand_as(slot))
-    slots = slots[..., :m]
-    slot_ok = torch.arange(m, device=q.device) < counts[..., None]
-    key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
+    uniform = bool((counts == m).all())  # every query keeps m pages (quest: topk + 1)
+    if uniform:  # kept pages in ascending order, straight from the mask
+        slots = layout.nonzero()[:, -1].view(B, H, L, m)
+    else:  # each kept page goes to slot (kept pages before it); unused slots read page 0, masked
+        slot = torch.where(layout, layout.cumsum(dim=-1) - 1, m)
+        slots = torch.zeros(B, H, L, m + 1, dtype=torch.int64, device=q.device)
+        slots.scatter_(-1, slot, torch.arange(pages, device=q.device).expand_as(slot))
+        slots = slots[..., :m]
     # (B * KVH * pages, b, D): a view of K and V when n fills the pages, else a padded copy (a ragged cache)
     kp, vp = (x if n == pages * b else F.pad(x, (0, 0, 0, pages * b - n)) for x in (k, v))
     kp, vp = kp.reshape(-1, b, D), vp.reshape(-1, b, D)
     base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * pages
     flat = (base[:, :, None, None] + slots).reshape(B * H, -1)
-    position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
-    keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
     bias = None  # no mask when every slot is used and every kept key is at or before its query (quest's case)
-    if not bool(keep.all()):
-        bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
+    if not (uniform and L == 1 and n == pages * b):  # one query at n - 1 with whole pages: every key is before it
+        slot_ok = torch.arange(m, device=q.device) < counts[..., None]
+        key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
+        position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
+        keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
+        if not bool(keep.all()):
+            bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
     # a few heads at a time, so that the gathered pages are still in the core's cache when SDPA reads them, into
     # workspace kept across the calls of the case (a fresh buffer of this size is page-faulted on every call)
     group = max(1, PAGE_GATHER_BYTES // (L * m * b * D * q.element_size()))

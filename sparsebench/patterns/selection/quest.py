@@ -10,7 +10,7 @@ import torch
 
 from sparsebench.errors import PatternError
 from sparsebench.patterns.base import positive
-from sparsebench.patterns.selection.base import Selection, SelectionPattern, expand_heads, keep_top_tokens
+from sparsebench.patterns.selection.base import Selection, SelectionPattern, top_token_indices
 
 
 @dataclass(frozen=True)
@@ -62,29 +62,39 @@ class Quest(SelectionPattern):
         high = padded.view(B, KVH, pages, self.page, D).amax(dim=3)
         return low, high
 
-    def bounds(self, k: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The page bounds of k, from `cache` while k is the same tensor, unchanged (its build time goes to
-        cache["metadata_ms"])."""
+    def bounds(self, k: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """(B, KVH, pages, 2 D) float32: each page's [max | min] bounds side by side (`page_bounds`), so that a
+        decode step reads them in one pass, a page's 2 D values contiguous; from `cache` while k is the same
+        tensor, unchanged (its build time goes to cache["metadata_ms"])."""
         key = (k.data_ptr(), k._version, tuple(k.shape), self.page)
         if cache is not None and cache.get("quest_key") == key:
             return cache["quest_bounds"]
         t0 = time.perf_counter()
-        bounds = self.page_bounds(k)
+        low, high = self.page_bounds(k)
+        bounds = torch.cat([high, low], dim=-1)
         if cache is not None:
             cache.update(quest_key=key, quest_bounds=bounds, metadata_ms=(time.perf_counter() - t0) * 1e3)
         return bounds
 
     def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
-        B, H, L, _ = q.shape
-        n = k.shape[2]
+        """One matmul per key/value head scores every page (the bounds read once: [max(q, 0) | min(q, 0)] .
+        [max | min] = sum_d max(q_d min_d, q_d max_d)); the page lists come from `top_token_indices` (an
+        unsorted top-k; ties fixed exactly). Measured against the former select at n = 65536 (two matmuls over
+        separate min and max tensors, expanded per query head, and a boolean top-k mask): see the README of
+        the selection results."""
+        B, H, L, D = q.shape
+        KVH, n = k.shape[1], k.shape[2]
         with torch.no_grad():
-            low, high = (expand_heads(x, H) for x in self.bounds(k, cache))  # (B, H, P, D)
+            bounds = self.bounds(k, cache)  # (B, KVH, P, 2D)
             qf = q.detach().float()
-            # max(q_d min_d, q_d max_d) = max(q_d, 0) max_d + min(q_d, 0) min_d
-            scores = qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
+            qq = torch.cat([qf.clamp(min=0), qf.clamp(max=0)], dim=-1).view(B, KVH, -1, 2 * D)  # heads of a KV head
+            scores = (qq @ bounds.transpose(-1, -2)).view(B * H * L, -1)  # (rows, P)
             pages = scores.shape[-1]
-            j = torch.arange(pages, device=q.device)
             last = (n - 1) // self.page
-            # the sorting rule's set without a sort of every page (a decode step's largest cost after the reads)
-            layout = keep_top_tokens(scores, j != last, self.topk) | (j == last)  # (B, H, L, P)
-        return Selection(n=n, block=self.page, layout=layout, causal=True, offset=n - L, q_block=1)
+            scores[:, last] = float("-inf")  # kept anyway; not a candidate for the top-k
+            top = top_token_indices(scores, self.topk)  # (rows, topk) ascending, all below `last`
+            layout = torch.zeros(B * H * L, pages, dtype=torch.bool, device=q.device)
+            layout.scatter_(-1, top, True)
+            layout[:, last] = True
+        return Selection(n=n, block=self.page, layout=layout.view(B, H, L, pages), causal=True, offset=n - L,
+                         q_block=1)
