@@ -110,7 +110,7 @@ def test_top_token_indices_equals_the_sorting_rule():
         scores[:, :20] = torch.arange(20.0).flip(0)
         cands = torch.rand(50, 300, generator=gen) < 0.5
         cands[:, :topk] = True  # every row has at least topk candidates
-        got = top_token_indices(scores.masked_fill(~cands, float("-inf")), topk)
+        got = top_token_indices(scores.masked_fill(~cands, float("-inf")), topk).sort(dim=-1).values
         expected = keep_top(scores, cands, topk).nonzero()[:, 1].view(50, topk)
         assert torch.equal(got, expected), (values, topk)
 
@@ -126,7 +126,7 @@ def test_topk_tokens_follows_its_rule():
             scores = [sum(float((q[b, h, t].double() @ P) @ (k[b, h // 2, s].double() @ P)) for h in range(H))
                       for s in range(t + 1)]
             ranked = sorted(range(t + 1), key=lambda s: (-round(scores[s], 6), s))[:10]
-            got = [s for s in sel.indices[b, 0, t].tolist() if s >= 0]
+            got = sorted(s for s in sel.indices[b, 0, t].tolist() if s >= 0)
             assert got == sorted(ranked), (b, t)
     mask = sel.dense_mask()
     assert mask.shape == (B, 1, n, n) and not bool(mask.triu(1).any())
@@ -224,6 +224,46 @@ def test_every_implementation_matches_the_selections_reference(name, params, imp
         want = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
         for a, b in zip(got, want):
             assert (a.double() - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])  # keys always a view of K and V, or the kept key blocks gathered
+def test_token_kernel_in_row_chunks(share, monkeypatch):
+    """The token selections' kernel in several row chunks (a ragged last one), with GQA, keys kept far from
+    their queries (the kept blocks gathered) or near them: output and dQ, dK, dV against float64 attention
+    under the selection's dense mask; executed pairs = rows x visited keys."""
+    from sparsebench.impls.kernels import selected_tokens
+
+    monkeypatch.setattr(selected_tokens, "MASK_ENTRIES", 16 * 300)  # 16-row chunks at n = 300
+    monkeypatch.setattr(selected_tokens, "GATHER_SHARE", share)
+    n, block = 300, 16
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 4, n, 8, generator=gen).requires_grad_(True)
+    k, v = (torch.randn(2, 2, n, 8, generator=gen).requires_grad_(True) for _ in range(2))
+    # row i keeps key 0 (a sink) and every 5th key of its own block and the one before, up to itself
+    rows = [sorted({0} | {j for j in range(i // block * block - block, i // block * block + block, 5) if 0 <= j <= i})
+            for i in range(n)]
+    idx = torch.tensor([r + [-1] * (8 - len(r)) for r in rows])[None, None].expand(2, 1, n, 8).contiguous()
+    mask = torch.zeros(2, 1, n, n + 1, dtype=torch.bool).scatter_(-1, torch.where(idx < 0, n, idx), True)[..., :n]
+    nb = -(-n // block)
+    padded = torch.zeros(2, 1, nb * block, nb * block, dtype=torch.bool)
+    padded[..., :n, :n] = mask
+    layout = padded.view(2, 1, nb, block, nb, block).any(dim=5).any(dim=3)
+    out, pairs = selected_tokens.token_attention(q, k, v, idx, layout, block)
+    q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    ref = dense_reference(q64, k64, v64, mask)
+    assert (out.detach().double() - ref.detach()).abs().max() < 1e-5
+    grad = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), want):
+        assert (a.double() - b).abs().max() < 1e-4
+    causal_keys = sum((min(n, s + 16) - s) * min(n, s + 16) for s in range(0, n, 16))  # rows x keys to its end
+    if share == 0.0:
+        assert pairs == causal_keys
+    else:  # each chunk's kept blocks (key 0's, its own and the one before): rows x their keys
+        gathered = sum((min(n, s + 16) - s) * sum(min(block, n - b * block)
+                                                  for b in {j // block for r in rows[s: s + 16] for j in r})
+                       for s in range(0, n, 16))
+        assert pairs == gathered < causal_keys / 3
 
 
 @pytest.mark.parametrize("causal", [1, 0])

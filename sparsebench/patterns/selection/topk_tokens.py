@@ -19,6 +19,7 @@ from sparsebench.patterns.selection.base import (
 )
 
 LAYOUT_BLOCK = 128  # the block size of a token selection's layout (the blocks a block-sparse kernel visits)
+BLOCK_SHIFT = LAYOUT_BLOCK.bit_length() - 1  # a power of two: key // LAYOUT_BLOCK = key >> BLOCK_SHIFT
 PROJECTION_SEED = 0  # the indexer's projection is fixed: the same P for every run
 
 
@@ -84,12 +85,16 @@ class TopkTokens(SelectionPattern):
         B, H, L, _ = q.shape
         n = k.shape[2]
         kept = min(self.topk, n)
+        nb = -(-n // LAYOUT_BLOCK)
         indices = torch.full((B, 1, L, kept), -1, dtype=torch.int64, device=q.device)
+        # each row's key blocks (then the union per block of rows: the layout), filled chunk by chunk
+        row_blocks = torch.zeros(B, -(-L // LAYOUT_BLOCK) * LAYOUT_BLOCK, nb, dtype=torch.bool, device=q.device)
         keys = torch.arange(n, device=q.device)
         every = min(L, kept)  # rows t < kept have at most `kept` causal keys: they keep them all
         if every:
             rows = torch.arange(every, device=q.device)
             indices[:, 0, :every] = torch.where(keys[None, :kept] <= rows[:, None], keys[None, :kept], -1)
+            row_blocks[:, :every] = (keys[None, ::LAYOUT_BLOCK] <= rows[:, None])[:, :nb]
         step = max(1, CHUNK_ENTRIES // max(1, B * n))
         with torch.no_grad():
             ki = self.index_keys(k, H) if every < L else None
@@ -99,12 +104,8 @@ class TopkTokens(SelectionPattern):
                 scores = self.index_scores(q, k, rows, upto, ki)  # (B, r, upto)
                 scores[:, :, start:].masked_fill_(torch.ones(len(rows), len(rows), dtype=torch.bool,
                                                              device=q.device).triu(1), float("-inf"))
-                top = top_token_indices(scores.view(B * len(rows), upto), kept)
-                indices[:, 0, start: start + len(rows)] = top.view(B, len(rows), kept)
-        nb = -(-n // LAYOUT_BLOCK)
-        qb = -(-L // LAYOUT_BLOCK)
-        # the layout: each query block's union of its rows' key blocks (padding to a dropped extra column)
-        row_blocks = torch.zeros(B, qb * LAYOUT_BLOCK, nb + 1, dtype=torch.bool, device=q.device)
-        row_blocks[:, :L].scatter_(-1, torch.where(indices[:, 0] < 0, nb, indices[:, 0] // LAYOUT_BLOCK), True)
-        layout = row_blocks.view(B, 1, qb, LAYOUT_BLOCK, nb + 1).any(dim=3)
-        return Selection(n=n, block=LAYOUT_BLOCK, layout=layout[..., :nb], causal=True, indices=indices)
+                top = top_token_indices(scores.view(B * len(rows), upto), kept).view(B, len(rows), kept)
+                indices[:, 0, start: start + len(rows)] = top
+                row_blocks[:, start: start + len(rows)].scatter_(-1, top >> BLOCK_SHIFT, True)  # // is slow
+        layout = row_blocks.view(B, 1, -1, LAYOUT_BLOCK, nb).any(dim=3)
+        return Selection(n=n, block=LAYOUT_BLOCK, layout=layout, causal=True, indices=indices)
