@@ -29,6 +29,7 @@ from sparsebench.impls.kernels import selected_blocks, selected_tokens
 from sparsebench.impls.kernels.core import neg_value
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
+from sparsebench.patterns.selection.topk_tokens import TopkTokens
 
 GATHER_ELEMENTS = 1 << 23  # gathered K values per chunk of query blocks (32 MiB in float32)
 PAGE_GATHER_BYTES = 1 << 20  # gathered K bytes per group of heads in decode (as much again of V): L2-resident
@@ -83,6 +84,8 @@ class SelectionImpl(Impl):
         return out
 
     def estimate_pairs(self, pattern, n):
+        if self.name == "structured" and isinstance(pattern, TopkTokens):  # row chunks against their causal keys
+            return n * (n + 1) // 2
         return n * n if self.name in ("eager", "sdpa") else pattern.nnz(n)
 
     def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
@@ -92,6 +95,8 @@ class SelectionImpl(Impl):
             return batch * heads * n * n * (1 + 2 * elt * (2 if mode == "fwdbwd" else 1)) + io
         if self.name in ("sdpa", "flex"):
             return batch * heads * n * n + io
+        if isinstance(pattern, TopkTokens):  # one row chunk's mask, or every chunk's kept for the backward
+            return io + batch * elt * (n * (n + 1) // 2 if mode == "fwdbwd" else selected_tokens.MASK_ENTRIES)
         return io + 4 * GATHER_ELEMENTS * elt * (2 if mode == "fwdbwd" else 1)
 
 
