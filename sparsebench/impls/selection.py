@@ -154,7 +154,10 @@ def gathered_pages(q, k, v, selection: Selection, state: SelectState):
     are read where they are when n fills the pages (a padded copy of the cache costs more than dense attention;
     whole pages, as Quest's paged cache reads them: a gather by rows of D values ran at a third the speed). Records
     the K/V rows read per batch and key/value head (the union of the kept pages of its queries and heads, plus
-    the page bounds: two D-vectors per page, as much as one K and V row) in state.cache["kv_rows"]."""
+    the page bounds: two D-vectors per page, as much as one K and V row) in state.cache["kv_rows"].
+    Tried and dropped (n = 65536, page 16, topk 256): the weighted sum of V's kept rows by F.embedding_bag
+    (per_sample_weights = the softmax over scores from the gathered K), which copies no V: no faster than the
+    gather of V into an L2-resident buffer; all heads gathered at once (16 MiB): 3x slower."""
     B, H, L, D = q.shape
     KVH, n, b = k.shape[1], k.shape[2], selection.block
     layout = selection.layout.expand(B, H, L, selection.layout.shape[-1])
