@@ -149,9 +149,9 @@ def top_token_indices(scores: torch.Tensor, topk: int) -> torch.Tensor:
     row's topk-th and (topk + 1)-th highest; where they differ, the kept set is the top-(topk + 1) less its
     least; where they are equal, topk's choice among the ties is arbitrary and the row takes `keep_top_tokens`'
     exact rule (rare on real-valued scores).
-    Tried and dropped (n = 16384, rows of up to 16384 keys, 1 thread, a loaded machine): a threshold from a strided sample, then
-    the keys above it compacted (nonzero) for an exact top-k on about 1.25 topk keys a row: nonzero over the
-    (R, m) mask cost more (about 10 ns an entry) than the full top-k it saved (about 6 ns); sorting each row's
+    Tried and dropped (n = 16384, rows of up to 16384 keys, 1 thread, a loaded machine): a threshold from a
+    strided sample, then the keys above it compacted (nonzero) for an exact top-k on about 1.25 topk keys a
+    row: nonzero over the (R, m) mask cost more (about 10 ns an entry) than the full top-k it saved (about 6 ns); sorting each row's
     indices (110 ns an index, as much as the top-k) and counting each row's keys at or above the threshold to
     find ties (a boolean reduction over (R, m), about half the top-k's time): the (topk + 1)-th value finds
     them instead."""
