@@ -151,10 +151,10 @@ def top_token_indices(scores: torch.Tensor, topk: int) -> torch.Tensor:
     exact rule (rare on real-valued scores).
     Tried and dropped (n = 16384, rows of up to 16384 keys, 1 thread, a loaded machine): a threshold from a
     strided sample, then the keys above it compacted (nonzero) for an exact top-k on about 1.25 topk keys a
-    row: nonzero over the (R, m) mask cost more (about 10 ns an entry) than the full top-k it saved (about 6 ns); sorting each row's
-    indices (110 ns an index, as much as the top-k) and counting each row's keys at or above the threshold to
-    find ties (a boolean reduction over (R, m), about half the top-k's time): the (topk + 1)-th value finds
-    them instead."""
+    row: nonzero over the (R, m) mask cost more (about 10 ns an entry) than the full top-k it saved (about
+    6 ns); sorting each row's indices (110 ns an index, as much as the top-k) and counting each row's keys at
+    or above the threshold to find ties (a boolean reduction over (R, m), about half the top-k's time): the
+    (topk + 1)-th value finds them instead."""
     R, m = scores.shape
     if m == topk:
         return torch.arange(m, device=scores.device).expand(R, m).clone()
