@@ -578,6 +578,28 @@ def test_quest_decode_matches_its_reference(impl_name):
     assert cols["max_abs_err"] < 1e-5 and 0 < cols["density"] < 1 and 0 < cols["recall"] <= 1
 
 
+@pytest.mark.parametrize("n,q_len,in_place", [(320, 1, True), (333, 1, False), (320, 3, False)])
+def test_quest_pages_in_place_or_gathered(n, q_len, in_place, monkeypatch):
+    """One query over whole pages reads the kept K and V rows in place (sparse_pages); a ragged last page or
+    several queries (keys after some of them in the last page) take the masked gather: both against float64
+    attention under the selection's dense mask, with GQA."""
+    from sparsebench.impls import selection as selection_impls
+
+    taken = []
+    for name in ("sparse_pages", "gathered_page_attention"):
+        fn = getattr(selection_impls, name)
+        monkeypatch.setattr(selection_impls, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, q_len, 16, generator=gen)
+    k, v = torch.randn(2, 2, n, 16, generator=gen), torch.randn(2, 2, n, 16, generator=gen)
+    pattern = get_pattern("quest", page=16, topk=5)
+    sel = pattern.select(q, k)
+    out, pairs = selection_impls.structured(q, k, v, sel, selection_impls.SelectState())
+    assert (out.double() - dense_reference(q, k, v, sel.dense_mask())).abs().max() < 1e-5
+    assert taken == ["sparse_pages" if in_place else "gathered_page_attention"]
+    assert pairs == float(sel.pair_counts().double().mean()) or not in_place  # in place: every kept key counted
+
+
 def test_quest_outside_decode_is_refused_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["run", "-p", "quest", "-n", "4096", "-o", str(tmp_path)])
     assert result.exit_code == 2 and "decode only" in result.stderr
