@@ -3,6 +3,7 @@ affects both sides alike (a check while developing; the committed figures come f
 
     python scripts/selection_speed.py blocks 8192 fwd   # topk_blocks (64, 16) structured vs causal SDPA
     python scripts/selection_speed.py quest 65536       # quest (16, 256) structured decode vs dense SDPA decode
+    python scripts/selection_speed.py tokens 16384      # topk_tokens (2048) structured vs SDPA with its mask
 
 One thread, CPU, fp32, B=1, H=8, D=64, --inputs structured (seed 0); the best of a few interleaved calls.
 """
@@ -65,9 +66,22 @@ def quest(n: int, reps: int) -> None:
           f"{ms['dense'] / ms['quest']:.2f}x")
 
 
+def tokens(n: int, reps: int) -> None:
+    q, k, v = structured_qkv(1, 8, 8, n, 64, 0)
+    pattern = get_pattern("topk_tokens", topk=2048)
+    state = selection.SelectState()
+    ms = best_ms({"causal": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+                  "select": lambda: pattern.select(q, k),
+                  "masked": lambda: selection.sdpa(q, k, v, pattern.select(q, k), state),
+                  "structured": lambda: selection.structured(q, k, v, pattern.select(q, k), state)}, reps)
+    print(f"n={n} fwd: select {ms['select']:.0f} ms; SDPA with the selection's mask {ms['masked']:.0f} ms, "
+          f"topk_tokens structured {ms['structured']:.0f} ms (both with the selection): "
+          f"{ms['masked'] / ms['structured']:.2f}x; causal SDPA {ms['causal']:.0f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("target", choices=["blocks", "quest"])
+    parser.add_argument("target", choices=["blocks", "quest", "tokens"])
     parser.add_argument("n", type=int)
     parser.add_argument("mode", nargs="?", default="fwd", choices=["fwd", "fwdbwd"])
     parser.add_argument("--reps", type=int, default=3)
@@ -75,6 +89,8 @@ def main() -> None:
     torch.set_num_threads(1)  # as the timed calls run
     if args.target == "blocks":
         blocks(args.n, args.mode, args.reps)
+    elif args.target == "tokens":
+        tokens(args.n, args.reps)
     else:
         quest(args.n, max(args.reps, 10))
 

@@ -17,7 +17,7 @@ from sparsebench.impls import get_impl
 from sparsebench.impls.selection import RUNNERS, for_pattern
 from sparsebench.measure import quality
 from sparsebench.patterns import PATTERNS, get_pattern
-from sparsebench.patterns.selection.base import keep_top, keep_top_tokens
+from sparsebench.patterns.selection.base import keep_top, keep_top_tokens, top_token_indices
 from sparsebench.patterns.selection.topk_tokens import projection
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.inputs import check_inputs, load_qkv, make_inputs, structured_qkv
@@ -118,6 +118,18 @@ def test_keep_top_tokens_equals_the_sorting_rule():
         assert torch.equal(keep_top_tokens(scores, cands, topk), keep_top(scores, cands, topk))
 
 
+def test_top_token_indices_equals_the_sorting_rule():
+    gen = torch.Generator().manual_seed(3)
+    for values, topk in ((4, 7), (4, 40), (1000, 40), (3, 64)):
+        scores = torch.randint(0, values, (50, 300), generator=gen).float()  # ties, and sorted runs below
+        scores[:, :20] = torch.arange(20.0).flip(0)
+        cands = torch.rand(50, 300, generator=gen) < 0.5
+        cands[:, :topk] = True  # every row has at least topk candidates
+        got = top_token_indices(scores.masked_fill(~cands, float("-inf")), topk).sort(dim=-1).values
+        expected = keep_top(scores, cands, topk).nonzero()[:, 1].view(50, topk)
+        assert torch.equal(got, expected), (values, topk)
+
+
 def test_topk_tokens_follows_its_rule():
     q, k, _ = int_inputs(B=2, H=4, KVH=2, n=90, D=8)
     pattern = get_pattern("topk_tokens", topk=10, index_dim=4)
@@ -129,7 +141,7 @@ def test_topk_tokens_follows_its_rule():
             scores = [sum(float((q[b, h, t].double() @ P) @ (k[b, h // 2, s].double() @ P)) for h in range(H))
                       for s in range(t + 1)]
             ranked = sorted(range(t + 1), key=lambda s: (-round(scores[s], 6), s))[:10]
-            got = [s for s in sel.indices[b, 0, t].tolist() if s >= 0]
+            got = sorted(s for s in sel.indices[b, 0, t].tolist() if s >= 0)
             assert got == sorted(ranked), (b, t)
     mask = sel.dense_mask()
     assert mask.shape == (B, 1, n, n) and not bool(mask.triu(1).any())
@@ -227,6 +239,46 @@ def test_every_implementation_matches_the_selections_reference(name, params, imp
         want = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
         for a, b in zip(got, want):
             assert (a.double() - b).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])  # keys always a view of K and V, or the kept key blocks gathered
+def test_token_kernel_in_row_chunks(share, monkeypatch):
+    """The token selections' kernel in several row chunks (a ragged last one), with GQA, keys kept far from
+    their queries (the kept blocks gathered) or near them: output and dQ, dK, dV against float64 attention
+    under the selection's dense mask; executed pairs = rows x visited keys."""
+    from sparsebench.impls.kernels import selected_tokens
+
+    monkeypatch.setattr(selected_tokens, "MASK_ENTRIES", 16 * 300)  # 16-row chunks at n = 300
+    monkeypatch.setattr(selected_tokens, "GATHER_SHARE", share)
+    n, block = 300, 16
+    gen = torch.Generator().manual_seed(9)
+    q = torch.randn(2, 4, n, 8, generator=gen).requires_grad_(True)
+    k, v = (torch.randn(2, 2, n, 8, generator=gen).requires_grad_(True) for _ in range(2))
+    # row i keeps key 0 (a sink) and every 5th key of its own block and the one before, up to itself
+    rows = [sorted({0} | {j for j in range(i // block * block - block, i // block * block + block, 5) if 0 <= j <= i})
+            for i in range(n)]
+    idx = torch.tensor([r + [-1] * (8 - len(r)) for r in rows])[None, None].expand(2, 1, n, 8).contiguous()
+    mask = torch.zeros(2, 1, n, n + 1, dtype=torch.bool).scatter_(-1, torch.where(idx < 0, n, idx), True)[..., :n]
+    nb = -(-n // block)
+    padded = torch.zeros(2, 1, nb * block, nb * block, dtype=torch.bool)
+    padded[..., :n, :n] = mask
+    layout = padded.view(2, 1, nb, block, nb, block).any(dim=5).any(dim=3)
+    out, pairs = selected_tokens.token_attention(q, k, v, idx, layout, block)
+    q64, k64, v64 = (x.detach().double().requires_grad_(True) for x in (q, k, v))
+    ref = dense_reference(q64, k64, v64, mask)
+    assert (out.detach().double() - ref.detach()).abs().max() < 1e-5
+    grad = torch.randn(out.shape, generator=gen)
+    want = torch.autograd.grad(ref, (q64, k64, v64), grad.double())
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), want):
+        assert (a.double() - b).abs().max() < 1e-4
+    causal_keys = sum((min(n, s + 16) - s) * min(n, s + 16) for s in range(0, n, 16))  # rows x keys to its end
+    if share == 0.0:
+        assert pairs == causal_keys
+    else:  # each chunk's kept blocks (key 0's, its own and the one before): rows x their keys
+        gathered = sum((min(n, s + 16) - s) * sum(min(block, n - b * block)
+                                                  for b in {j // block for r in rows[s: s + 16] for j in r})
+                       for s in range(0, n, 16))
+        assert pairs == gathered < causal_keys / 3
 
 
 @pytest.mark.parametrize("causal", [1, 0])
@@ -545,6 +597,28 @@ def test_quest_decode_matches_its_reference(impl_name):
         assert prep.kv_rows < n  # the kept pages and the bounds, not the whole cache
     cols = quality.columns(out, q, k, v, pattern, cache=prep.state.cache)
     assert cols["max_abs_err"] < 1e-5 and 0 < cols["density"] < 1 and 0 < cols["recall"] <= 1
+
+
+@pytest.mark.parametrize("n,q_len,in_place", [(320, 1, True), (333, 1, False), (320, 3, False)])
+def test_quest_pages_in_place_or_gathered(n, q_len, in_place, monkeypatch):
+    """One query over whole pages reads the kept K and V rows in place (sparse_pages); a ragged last page or
+    several queries (keys after some of them in the last page) take the masked gather: both against float64
+    attention under the selection's dense mask, with GQA."""
+    from sparsebench.impls import selection as selection_impls
+
+    taken = []
+    for name in ("sparse_pages", "gathered_page_attention"):
+        fn = getattr(selection_impls, name)
+        monkeypatch.setattr(selection_impls, name, lambda *a, fn=fn, name=name: taken.append(name) or fn(*a))
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 4, q_len, 16, generator=gen)
+    k, v = torch.randn(2, 2, n, 16, generator=gen), torch.randn(2, 2, n, 16, generator=gen)
+    pattern = get_pattern("quest", page=16, topk=5)
+    sel = pattern.select(q, k)
+    out, pairs = selection_impls.structured(q, k, v, sel, selection_impls.SelectState())
+    assert (out.double() - dense_reference(q, k, v, sel.dense_mask())).abs().max() < 1e-5
+    assert taken == ["sparse_pages" if in_place else "gathered_page_attention"]
+    assert pairs == float(sel.pair_counts().double().mean()) or not in_place  # in place: every kept key counted
 
 
 def test_quest_outside_decode_is_refused_in_one_line(tmp_path):

@@ -6,8 +6,9 @@ implementation turns the Selection into what it runs:
 - eager, sdpa: a dense (B, Hs, L, N) boolean mask built from the selection (the baselines);
 - structured: a gathered block-sparse kernel driven by the per-call, per-head layout: block selections on the
   CPU on the flash kernel in L2-sized chunks with a backward of its own (kernels/selected_blocks.py), elsewhere
-  and for token selections `gathered_blocks` (token selections on the union of their keys' blocks, each query
-  masked to its own keys), decode selections on their gathered pages (`gathered_pages`); work ~ kept blocks.
+  `gathered_blocks`; token selections by row chunks against their causal keys with a mask made from the
+  indices, the chunk's kept key blocks gathered where they are few (kernels/selected_tokens.py); decode
+  selections on their gathered pages (`gathered_pages`); work ~ kept blocks (token selections: visited keys).
   (The generic kernel of kernels/blocksparse.py plans buckets once per pattern, shared by every head; a
   selection's layout differs per head and per call, so it has this kernel of its own, on the same fused SDPA
   calls.)
@@ -17,6 +18,7 @@ implementation turns the Selection into what it runs:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -24,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from sparsebench.impls.base import Impl, Prepared, default_scale, repeat_kv
-from sparsebench.impls.kernels import selected_blocks
+from sparsebench.impls.kernels import selected_blocks, selected_tokens
 from sparsebench.impls.kernels.core import neg_value
 from sparsebench.impls.selection_kernels import SelectionKernel
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
+from sparsebench.patterns.selection.topk_tokens import TopkTokens
 
 GATHER_ELEMENTS = 1 << 23  # gathered K values per chunk of query blocks (32 MiB in float32)
 PAGE_GATHER_BYTES = 1 << 20  # gathered K bytes per group of heads in decode (as much again of V): L2-resident
@@ -88,6 +91,8 @@ class SelectionImpl(Impl):
         return out
 
     def estimate_pairs(self, pattern, n):
+        if self.name == "structured" and isinstance(pattern, TopkTokens):  # row chunks against their causal keys
+            return n * (n + 1) // 2
         return n * n if self.name in ("eager", "sdpa") else pattern.nnz(n)
 
     def estimate_bytes(self, pattern, batch, heads, n, head_dim, dtype, mode, device_type="cpu"):
@@ -97,6 +102,8 @@ class SelectionImpl(Impl):
             return batch * heads * n * n * (1 + 2 * elt * (2 if mode == "fwdbwd" else 1)) + io
         if self.name in ("sdpa", "flex"):
             return batch * heads * n * n + io
+        if isinstance(pattern, TopkTokens):  # one row chunk's mask, or every chunk's kept for the backward
+            return io + batch * elt * (n * (n + 1) // 2 if mode == "fwdbwd" else selected_tokens.MASK_ENTRIES)
         return io + 4 * GATHER_ELEMENTS * elt * (2 if mode == "fwdbwd" else 1)
 
 
@@ -131,13 +138,15 @@ def sdpa(q, k, v, selection: Selection, state: SelectState):
 
 # --- structured: gathered key blocks or gathered keys -------------------------------------------------------------
 def structured(q, k, v, selection: Selection, state: SelectState):
-    """Block selections: the gathered blocks of their layout. Token selections: the gathered blocks of the union
-    layout (the key blocks that any query of a block keeps), each query masked to its own keys; on inputs where
-    neighbouring queries keep neighbouring keys, as in models, that is far fewer blocks than a dense mask's,
-    and one gather per block instead of one per query (a per-query gather of K and V, tried first, moved
-    about D times more bytes than it computed and ran slower than SDPA with the mask)."""
+    """Block selections: the gathered blocks of their layout. Token selections: row chunks against their causal
+    keys (or their kept key blocks, where few), each query masked to its own keys (kernels/selected_tokens.py:
+    the union-of-blocks path this replaced, and a per-query gather, both cost more; the measurements are there)."""
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
+    if selection.indices is not None:
+        out, pairs = selected_tokens.token_attention(q, k, v, selection.indices, selection.layout,
+                                                     selection.block)
+        return out, pairs
     if selection.indices is None and selected_blocks.supported(q) is None:
         b = selection.block
         layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
@@ -147,37 +156,85 @@ def structured(q, k, v, selection: Selection, state: SelectState):
 
 
 def gathered_pages(q, k, v, selection: Selection, state: SelectState):
-    """Decode over per-query kept pages (layout (B, H, L, pages), one layout row per query): each query's kept
-    pages of K and V gathered (m slots, unused ones and positions past n masked), one fused SDPA call. K and V
-    are read where they are when n fills the pages (a padded copy of the cache costs more than dense attention;
+    """Decode over per-query kept pages (layout (B, H, L, pages), one layout row per query), m slots a query.
+    Where no kept key needs a mask (every slot used, every key at or before its query: quest's case) on the CPU,
+    `sparse_pages` reads the kept K and V rows in place; otherwise each query's kept pages of K and V are
+    gathered (unused slots and positions past n masked) for fused SDPA calls (`gathered_page_attention`). K and
+    V are read where they are when n fills the pages (a padded copy of the cache costs more than dense attention;
     whole pages, as Quest's paged cache reads them: a gather by rows of D values ran at a third the speed). Records
     the K/V rows read per batch and key/value head (the union of the kept pages of its queries and heads, plus
-    the page bounds: two D-vectors per page, as much as one K and V row) in state.cache["kv_rows"]."""
+    the page bounds: two D-vectors per page, as much as one K and V row) in state.cache["kv_rows"].
+    Tried and dropped (n = 65536, page 16, topk 256): F.embedding_bag for V alone, K still gathered for SDPA: no
+    faster than the gather of V into an L2-resident buffer; all heads gathered at once (16 MiB): 3x slower."""
     B, H, L, D = q.shape
     KVH, n, b = k.shape[1], k.shape[2], selection.block
     layout = selection.layout.expand(B, H, L, selection.layout.shape[-1])
     pages = layout.shape[-1]
     counts = layout.sum(dim=-1)  # (B, H, L)
     m = int(counts.max())
-    # kept pages in ascending order: each goes to slot (kept pages before it); unused slots read page 0, masked
-    slot = torch.where(layout, layout.cumsum(dim=-1) - 1, m)
-    slots = torch.zeros(B, H, L, m + 1, dtype=torch.int64, device=q.device)
-    slots.scatter_(-1, slot, torch.arange(pages, device=q.device).expand_as(slot))
-    slots = slots[..., :m]
-    slot_ok = torch.arange(m, device=q.device) < counts[..., None]
-    key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
-    # (B * KVH * pages, b, D): a view of K and V when n fills the pages, else a padded copy (a ragged cache)
-    kp, vp = (x if n == pages * b else F.pad(x, (0, 0, 0, pages * b - n)) for x in (k, v))
-    kp, vp = kp.reshape(-1, b, D), vp.reshape(-1, b, D)
-    base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH)) * pages
-    flat = (base[:, :, None, None] + slots).reshape(B * H, -1)
-    position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
-    keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
+    uniform = bool((counts == m).all())  # every query keeps m pages (quest: topk + 1)
+    if uniform:  # kept pages in ascending order, straight from the mask
+        slots = layout.nonzero()[:, -1].view(B, H, L, m)
+    else:  # each kept page goes to slot (kept pages before it); unused slots read page 0, masked
+        slot = torch.where(layout, layout.cumsum(dim=-1) - 1, m)
+        slots = torch.zeros(B, H, L, m + 1, dtype=torch.int64, device=q.device)
+        slots.scatter_(-1, slot, torch.arange(pages, device=q.device).expand_as(slot))
+        slots = slots[..., :m]
     bias = None  # no mask when every slot is used and every kept key is at or before its query (quest's case)
-    if not bool(keep.all()):
-        bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
-    # a few heads at a time, so that the gathered pages are still in the core's cache when SDPA reads them, into
-    # workspace kept across the calls of the case (a fresh buffer of this size is page-faulted on every call)
+    if not (uniform and L == 1 and n == pages * b):  # one query at n - 1 with whole pages: every key is before it
+        slot_ok = torch.arange(m, device=q.device) < counts[..., None]
+        key_pos = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(B, H, L, m * b)
+        position = torch.arange(selection.offset, n, device=q.device)[None, None, :, None]
+        keep = slot_ok.repeat_interleave(b, dim=-1) & (key_pos <= position)
+        if not bool(keep.all()):
+            bias = torch.where(keep, 0.0, neg_value(q.dtype)).to(q.dtype).view(B * H, L, 1, m * b)
+    if bias is None and q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64):
+        out = sparse_pages(q, k, v, slots, b)
+    else:
+        # (B * KVH * pages, b, D): a view of K and V when n fills the pages, else a padded copy (a ragged cache)
+        kp, vp = (x if n == pages * b else F.pad(x, (0, 0, 0, pages * b - n)) for x in (k, v))
+        kp, vp = kp.reshape(-1, b, D), vp.reshape(-1, b, D)
+        base = (torch.arange(B, device=q.device)[:, None] * KVH + torch.arange(H, device=q.device) // (H // KVH))
+        flat = (base[:, :, None, None] * pages + slots).reshape(B * H, -1)
+        out = gathered_page_attention(q, kp, vp, flat, bias, m * b, state)
+    per_kv_head = layout.reshape(B, KVH, -1, pages).any(dim=2).sum(dim=-1).double().mean()  # union of kept pages
+    state.cache["kv_rows"] = min(n, round(float(per_kv_head) * b)) + pages
+    return out, mean_pairs(counts.sum(dim=-1), H) * b
+
+
+def sparse_pages(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, b: int) -> torch.Tensor:
+    """Decode attention over kept pages without copying them, where no key needs a mask: the scores of the kept
+    keys by torch.sparse.sampled_addmm (q . k at the positions of a CSR pattern, K read in place), a softmax over
+    them, and the weighted sum of their V rows by F.embedding_bag (per_sample_weights, V read in place).
+    Interleaved at n = 65536 (page 16, 257 pages a head, 8 heads, 1 thread, a loaded machine) against the gather
+    of the kept K and V pages into L2-sized buffers then SDPA: about 2x faster (1.2 ms against 2.5 ms), the same
+    output to 3e-7. CPU, float32 and float64 (what both ops run)."""
+    B, H, L, D = q.shape
+    KVH, n = k.shape[1], k.shape[2]
+    rep = H // KVH
+    batch, rows, kept = B * KVH, rep * L, slots.shape[-1] * b  # per key/value head: its heads' query rows
+    keys = (slots[..., None] * b + torch.arange(b, device=q.device)).reshape(batch, rows * kept)
+    crow = (torch.arange(rows + 1, device=q.device) * kept).expand(batch, rows + 1)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the two ops used here are tested
+        warnings.simplefilter("ignore")
+        pattern = torch.sparse_csr_tensor(crow, keys, q.new_zeros(batch, rows * kept), size=(batch, rows, n),
+                                          check_invariants=False)
+        scores = torch.sparse.sampled_addmm(pattern, q.reshape(batch, rows, D), k.reshape(batch, n, D).transpose(1, 2),
+                                            beta=0.0).values().view(batch * rows, kept)
+    weights = torch.softmax(scores * default_scale(D), dim=-1)
+    flat = (keys.view(batch, rows, kept) + (torch.arange(batch, device=q.device) * n)[:, None, None]).view(-1, kept)
+    out = F.embedding_bag(flat, v.reshape(batch * n, D), per_sample_weights=weights, mode="sum")
+    return out.view(B, H, L, D)
+
+
+def gathered_page_attention(q, kp, vp, flat, bias, keys: int, state: SelectState) -> torch.Tensor:
+    """SDPA over each query's kept pages of K and V (kp, vp: (B * KVH * pages, b, D); flat: (B * H, L * m) rows
+    of them), gathered a few heads at a time: so that the gathered pages are still in the core's cache when SDPA
+    reads them, into workspace kept across the calls of the case (a fresh buffer of this size is page-faulted on
+    every call)."""
+    B, H, L, D = q.shape
+    b = kp.shape[1]
+    m = keys // b
     group = max(1, PAGE_GATHER_BYTES // (L * m * b * D * q.element_size()))
     work = state.cache.setdefault("page_workspace", {})
     kbuf, vbuf = (workspace(work, name, (min(group, B * H) * L * m, b, D), x) for name, x in (("k", kp), ("v", vp)))
@@ -189,10 +246,7 @@ def gathered_pages(q, k, v, selection: Selection, state: SelectState):
                   for x, buf in ((kp, kbuf), (vp, vbuf)))
         out[first:last] = F.scaled_dot_product_attention(q3[first:last], kg, vg,
                                                          attn_mask=None if bias is None else bias[first:last])
-    out = out.view(B, H, L, D)
-    per_kv_head = layout.reshape(B, KVH, -1, pages).any(dim=2).sum(dim=-1).double().mean()  # union of kept pages
-    state.cache["kv_rows"] = min(n, round(float(per_kv_head) * b)) + pages
-    return out, mean_pairs(counts.sum(dim=-1), H) * b
+    return out.view(B, H, L, D)
 
 
 def workspace(work: dict, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:

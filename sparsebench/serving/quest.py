@@ -28,11 +28,11 @@ from sparsebench.serving.decode import PaddedDecode
 
 @dataclass
 class QuestCache:
-    """The per-case state: each sequence's page bounds (1, KVH, its pages, D) float32 in logical page order, its
-    page count and last page (B, 1, 1, 1), its length (B,), and the padded dense cache of the baseline."""
+    """The per-case state: each sequence's page bounds (1, KVH, its pages, 2 D) float32 in logical page order
+    (quest's `joined` [max | min]), its page count and last page (B, 1, 1, 1), its length (B,), and the padded
+    dense cache of the baseline."""
 
-    low: list[torch.Tensor]
-    high: list[torch.Tensor]
+    bounds: list[torch.Tensor]
     pages: torch.Tensor
     last: torch.Tensor
     lengths: torch.Tensor
@@ -44,27 +44,25 @@ def page_bounds(pattern: Pattern, batch: ServingBatch) -> QuestCache:
     device, P = batch.q.device, batch.page_size
     counts = [pages_for(n, P) for n in batch.lengths]
     kvh, D = batch.k.shape[0], batch.k.shape[-1]
-    low, high = [], []
+    bounds = []
     for i, (n, c) in enumerate(zip(batch.lengths, counts)):
         keys = batch.k[:, batch.page_table[i, :c]].view(1, kvh, c * P, D)[:, :, :n]  # its keys, in order (no V)
-        bounds = pattern.page_bounds(keys)
-        low.append(bounds[0])
-        high.append(bounds[1])
+        bounds.append(pattern.joined(*pattern.page_bounds(keys)))
     pages = torch.tensor(counts, device=device).view(-1, 1, 1, 1)
     lengths = torch.tensor(batch.lengths, device=device)
-    return QuestCache(low, high, pages, (lengths.view(-1, 1, 1, 1) - 1) // P, lengths)
+    return QuestCache(bounds, pages, (lengths.view(-1, 1, 1, 1) - 1) // P, lengths)
 
 
 def select(pattern: Pattern, q: torch.Tensor, cache: QuestCache) -> torch.Tensor:
     """(B, H, most pages) bool: the pages each sequence's query keeps, per query head."""
     B, H, _, D = q.shape
-    kvh, most = cache.low[0].shape[1], int(cache.pages.max())
+    kvh, most = cache.bounds[0].shape[1], int(cache.pages.max())
     # the query heads of a key/value head score its bounds as a group (no copy of the bounds per query head); a
     # call per sequence reads only its own pages' bounds (padding them to the most pages read 2.4x as many here)
     grouped = q.view(B, kvh, H // kvh, D)
     scores = torch.full((B, kvh, H // kvh, most), float("-inf"), device=q.device)  # past a sequence's pages: none
-    for i, (low, high) in enumerate(zip(cache.low, cache.high)):
-        scores[i:i + 1, :, :, :low.shape[2]] = pattern.page_scores(grouped[i:i + 1], low, high)
+    for i, bounds in enumerate(cache.bounds):
+        scores[i:i + 1, :, :, :bounds.shape[2]] = pattern.page_scores(grouped[i:i + 1], bounds)
     return pattern.keep_pages(scores, cache.last, cache.pages).view(B, H, -1)
 
 

@@ -4,7 +4,8 @@ A `SelectionPattern` has the static Pattern's parameters and validation, and one
 returns a `Selection`, the kept set of this call:
 - a block layout (B, Hs, QB, KB) bool: key blocks of `block` positions that each query block keeps, with the
   causal rule (k <= q) applied inside the kept blocks when `causal`; Hs is 1 (one layout for every head) or H;
-- for token selection, also `indices` (B, Hs, L, K) int64: the key positions each query keeps (-1: padding);
+- for token selection, also `indices` (B, Hs, L, K) int64: the key positions each query keeps (-1: padding,
+  after the kept positions; the kept ones in no particular order);
   `layout` is then the union of those keys' blocks (what a block-sparse kernel visits).
 The static views (mask_mod, row masks, nnz) do not exist without the inputs: `nnz(n)` is the *budget* (the
 most pairs a selection can keep, for the preflight's estimates); a row's `nnz` and `density` come from the
@@ -33,7 +34,7 @@ class Selection:
     block: int
     layout: torch.Tensor  # (B, Hs, QB, KB) bool: key blocks kept per query block
     causal: bool  # inside kept blocks, only keys k <= q
-    indices: torch.Tensor | None = None  # (B, Hs, L, K) int64 key positions, -1 = padding (token selection)
+    indices: torch.Tensor | None = None  # (B, Hs, L, K) int64 key positions, -1 = padding last (token selection)
     offset: int = 0  # position of query row 0
     q_block: int = 0  # query rows per layout row; 0: `block` (square blocks)
 
@@ -118,18 +119,58 @@ def keep_top(scores: torch.Tensor, candidates: torch.Tensor, topk: int) -> torch
 
 
 def keep_top_tokens(scores: torch.Tensor, candidates: torch.Tensor, topk: int) -> torch.Tensor:
-    """As `keep_top`, without sorting every row: torch.topk finds the k-th score t, then every candidate above t
-    and, of those equal to t, the lowest indices fill the rest (the same set, exactly)."""
+    """As `keep_top`, without sorting every row: an unsorted torch.topk finds the count-th highest candidate
+    score t (the least of the top values; a sorted topk spent half its time ordering them), then every
+    candidate at or above t, and of the candidates equal to t beyond what a row needs, the highest indices are
+    dropped (the same set, exactly; the tie fix-up runs on the rows with ties only)."""
     candidates = candidates.expand_as(scores)
     masked = scores.masked_fill(~candidates, float("-inf"))
     count = candidates.sum(dim=-1, keepdim=True).clamp(max=topk)
     k = min(topk, scores.shape[-1])
-    values = torch.topk(masked, k, dim=-1, sorted=True).values
-    t = values.gather(-1, (count - 1).clamp(min=0))  # the count-th highest candidate score
-    above = (masked > t) & candidates
-    equal = (masked == t) & candidates
-    need = count - above.sum(dim=-1, keepdim=True)
-    return above | (equal & (equal.cumsum(dim=-1) <= need))
+    t = torch.topk(masked, k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    t = torch.where(count < k, float("-inf"), t)  # fewer candidates than topk: every candidate
+    keep = (masked >= t) & candidates
+    return drop_extra_ties(keep, masked, t, keep.sum(dim=-1, keepdim=True) - count)
+
+
+def drop_extra_ties(keep: torch.Tensor, scores: torch.Tensor, t: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    """keep, less the `extra` (per row) highest-index kept entries whose score equals the row's threshold t."""
+    ties = (extra > 0).squeeze(-1)
+    if bool(ties.any()):
+        rows_keep = keep[ties]
+        equal = (scores[ties] == t[ties]) & rows_keep
+        drop = equal & (equal.flip(-1).cumsum(dim=-1).flip(-1) <= extra[ties])
+        keep[ties] = rows_keep & ~drop
+    return keep
+
+
+def top_token_indices(scores: torch.Tensor, topk: int) -> torch.Tensor:
+    """(R, topk) int64: the positions of the topk highest of each row of `scores` (R, m) float32, ties to the
+    lower index, in no particular order (deterministic: torch.topk's, ascending on rows with ties), where every
+    row has at least topk finite entries and a -inf entry is not a candidate (finite scores only). The same set
+    as `keep_top_tokens`, straight from one unsorted torch.topk of topk + 1: its two least values are the
+    row's topk-th and (topk + 1)-th highest; where they differ, the kept set is the top-(topk + 1) less its
+    least; where they are equal, topk's choice among the ties is arbitrary and the row takes `keep_top_tokens`'
+    exact rule (rare on real-valued scores).
+    Tried and dropped (n = 16384, rows of up to 16384 keys, 1 thread, a loaded machine): a threshold from a
+    strided sample, then the keys above it compacted (nonzero) for an exact top-k on about 1.25 topk keys a
+    row: nonzero over the (R, m) mask cost more (about 10 ns an entry) than the full top-k it saved (about
+    6 ns); sorting each row's indices (110 ns an index, as much as the top-k) and counting each row's keys at
+    or above the threshold to find ties (a boolean reduction over (R, m), about half the top-k's time): the
+    (topk + 1)-th value finds them instead."""
+    R, m = scores.shape
+    if m == topk:
+        return torch.arange(m, device=scores.device).expand(R, m).clone()
+    values, idx = torch.topk(scores, topk + 1, dim=-1, sorted=False)
+    least, at = values.min(dim=-1, keepdim=True)  # the (topk + 1)-th highest and where it is
+    t = values.scatter(-1, at, float("inf")).amin(dim=-1, keepdim=True)  # the topk-th highest
+    out = idx.scatter(-1, at, idx[:, -1:])[:, :topk]  # the least moved out: the last entry takes its place
+    ties = (t == least).flatten().nonzero().flatten()
+    if len(ties):
+        rows = scores[ties]
+        keep = keep_top_tokens(rows, rows > float("-inf"), topk)
+        out[ties] = keep.nonzero()[:, 1].view(len(ties), topk)
+    return out
 
 
 def expand_heads(k: torch.Tensor, heads: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from sparsebench.errors import PatternError
 from sparsebench.patterns.base import positive
-from sparsebench.patterns.selection.base import Selection, SelectionPattern, expand_heads, keep_top_tokens
+from sparsebench.patterns.selection.base import Selection, SelectionPattern, keep_top_tokens, top_token_indices
 
 
 @dataclass(frozen=True)
@@ -62,39 +62,59 @@ class Quest(SelectionPattern):
         high = padded.view(B, KVH, pages, self.page, D).amax(dim=3)
         return low, high
 
-    def bounds(self, k: torch.Tensor, cache: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The page bounds of k, from `cache` while k is the same tensor, unchanged (its build time goes to
-        cache["metadata_ms"])."""
+    def bounds(self, k: torch.Tensor, cache: dict | None) -> torch.Tensor:
+        """(B, KVH, pages, 2 D) float32: each page's [max | min] bounds side by side (`page_bounds`), so that a
+        decode step reads them in one pass, a page's 2 D values contiguous; from `cache` while k is the same
+        tensor, unchanged (its build time goes to cache["metadata_ms"])."""
         key = (k.data_ptr(), k._version, tuple(k.shape), self.page)
         if cache is not None and cache.get("quest_key") == key:
             return cache["quest_bounds"]
         t0 = time.perf_counter()
-        bounds = self.page_bounds(k)
+        bounds = self.joined(*self.page_bounds(k))
         if cache is not None:
             cache.update(quest_key=key, quest_bounds=bounds, metadata_ms=(time.perf_counter() - t0) * 1e3)
         return bounds
 
     def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
-        B, H, L, _ = q.shape
-        n = k.shape[2]
+        """One matmul per key/value head scores every page (the bounds read once: [max(q, 0) | min(q, 0)] .
+        [max | min] = sum_d max(q_d min_d, q_d max_d)); the page lists come from `top_token_indices` (an
+        unsorted top-k; ties fixed exactly). Against the former select (two matmuls over separate min and max
+        tensors, copied per query head under GQA, and a boolean top-k mask), interleaved at n = 65536 on a loaded
+        machine: 1.2-1.35x faster, the whole decode step 1.3x (the same pages, the same output). The bounds are
+        still read whole (1/8 of K): the rule needs every page's score."""
+        B, H, L, D = q.shape
+        KVH, n = k.shape[1], k.shape[2]
         with torch.no_grad():
-            low, high = (expand_heads(x, H) for x in self.bounds(k, cache))  # (B, H, P, D)
-            layout = self.keep_pages(self.page_scores(q, low, high), (n - 1) // self.page)  # (B, H, L, P)
-        return Selection(n=n, block=self.page, layout=layout, causal=True, offset=n - L, q_block=1)
+            scores = self.page_scores(q.reshape(B, KVH, -1, D), self.bounds(k, cache)).view(B * H * L, -1)
+            pages = scores.shape[-1]
+            last = (n - 1) // self.page
+            scores[:, last] = float("-inf")  # kept anyway; not a candidate for the top-k
+            top = top_token_indices(scores, self.topk)  # (rows, topk) ascending, all below `last`
+            layout = torch.zeros(B * H * L, pages, dtype=torch.bool, device=q.device)
+            layout.scatter_(-1, top, True)
+            layout[:, last] = True
+        return Selection(n=n, block=self.page, layout=layout.view(B, H, L, pages), causal=True, offset=n - L,
+                         q_block=1)
 
-    def page_scores(self, q: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """(..., L, pages) float32: each page's upper bound of q . k for q (..., L, D) and its page bounds
-        (..., pages, D) (as `page_bounds` gives them, on q's heads)."""
+    @staticmethod
+    def joined(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """(..., pages, 2 D): the bounds as `bounds` keeps them, [max | min] side by side."""
+        return torch.cat([high, low], dim=-1)
+
+    @staticmethod
+    def page_scores(q: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+        """(..., R, pages) float32: each page's upper bound of q . k for the query rows q (..., R, D) (the query
+        heads of one key/value head side by side) against `joined` bounds (..., pages, 2 D):
+        [max(q, 0) | min(q, 0)] . [max | min] = sum_d max(q_d min_d, q_d max_d), one matmul."""
         qf = q.detach().float()
-        # max(q_d min_d, q_d max_d) = max(q_d, 0) max_d + min(q_d, 0) min_d
-        return qf.clamp(min=0) @ high.transpose(-1, -2) + qf.clamp(max=0) @ low.transpose(-1, -2)
+        return torch.cat([qf.clamp(min=0), qf.clamp(max=0)], dim=-1) @ bounds.transpose(-1, -2)
 
     def keep_pages(self, scores: torch.Tensor, last: int | torch.Tensor,
                    pages: int | torch.Tensor | None = None) -> torch.Tensor:
         """Bool of scores' shape: the page `last` (holding position n - 1) and the min(topk, others) other pages
         of highest score among the first `pages` (default: all), ties to the lower page. `last` and `pages` may
-        be tensors that broadcast against scores[..., :1] (a batch of sequences of their own lengths)."""
+        be tensors that broadcast against scores[..., :1] (a batch of sequences of their own lengths, as a
+        serving batch has; `select` takes the faster unsorted top-k of one length)."""
         j = torch.arange(scores.shape[-1], device=scores.device)
         candidates = j != last if pages is None else (j != last) & (j < pages)
-        # the sorting rule's set without a sort of every page (a decode step's largest cost after the reads)
         return keep_top_tokens(scores, candidates, self.topk) | (j == last)

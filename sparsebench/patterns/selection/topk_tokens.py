@@ -15,10 +15,16 @@ from sparsebench.patterns.selection.base import (
     Selection,
     SelectionPattern,
     expand_heads,
-    keep_top_tokens,
+    top_token_indices,
 )
 
-LAYOUT_BLOCK = 128  # the block size of a token selection's layout (the blocks a block-sparse kernel visits)
+# The block size of a token selection's layout (the blocks a block-sparse kernel or flex visits). Measured on
+# --inputs structured at n = 8192 (topk 2048): the key blocks that 16 to 128 neighbouring queries keep cover
+# 100-102% of their causal keys at blocks of 16, 64 or 128 alike (84-98% with single keys): no block size
+# shrinks the union there, so the layout keeps flex's 128; the token kernel visits keys, not these blocks,
+# except to gather a chunk's kept blocks where they are few (kernels/selected_tokens.py).
+LAYOUT_BLOCK = 128
+BLOCK_SHIFT = LAYOUT_BLOCK.bit_length() - 1  # a power of two: key // LAYOUT_BLOCK = key >> BLOCK_SHIFT
 PROJECTION_SEED = 0  # the indexer's projection is fixed: the same P for every run
 
 
@@ -78,30 +84,33 @@ class TopkTokens(SelectionPattern):
         return ki.transpose(1, 2).reshape(k.shape[0], k.shape[2], -1).contiguous()
 
     def select(self, q: torch.Tensor, k: torch.Tensor, cache: dict | None = None) -> Selection:
+        """Query rows t < topk keep every key s <= t (no score needed); the others, in chunks of rows, score
+        their causal keys (the keys past a row, inside the chunk's last square, set to -inf) and keep their
+        top `topk` by `top_token_indices` (a sampled threshold, then the exact rule on the keys above it)."""
         B, H, L, _ = q.shape
         n = k.shape[2]
         kept = min(self.topk, n)
-        indices = torch.full((B, 1, L, kept), -1, dtype=torch.int64, device=q.device)
+        nb = -(-n // LAYOUT_BLOCK)
+        indices = torch.empty(B, 1, L, kept, dtype=torch.int64, device=q.device)  # every row written below
+        # each row's key blocks (then the union per block of rows: the layout), filled chunk by chunk
+        row_blocks = torch.zeros(B, -(-L // LAYOUT_BLOCK) * LAYOUT_BLOCK, nb, dtype=torch.bool, device=q.device)
         keys = torch.arange(n, device=q.device)
+        every = min(L, kept)  # rows t < kept have at most `kept` causal keys: they keep them all
+        if every:
+            rows = torch.arange(every, device=q.device)
+            indices[:, 0, :every] = torch.where(keys[None, :kept] <= rows[:, None], keys[None, :kept], -1)
+            row_blocks[:, :every] = (keys[None, ::LAYOUT_BLOCK] <= rows[:, None])[:, :nb]
         step = max(1, CHUNK_ENTRIES // max(1, B * n))
         with torch.no_grad():
-            ki = self.index_keys(k, H)
-            for start in range(0, L, step):
+            ki = self.index_keys(k, H) if every < L else None
+            for start in range(every, L, step):
                 rows = torch.arange(start, min(L, start + step), device=q.device)
                 upto = int(rows[-1]) + 1  # causal: no row of the chunk keeps a key past its last row
-                if upto <= self.topk:  # every row keeps all its keys
-                    keep = (keys[None, None, :upto] <= rows[None, :, None]).expand(B, -1, -1)
-                else:
-                    scores = self.index_scores(q, k, rows, upto, ki)
-                    keep = keep_top_tokens(scores, keys[None, :upto] <= rows[:, None], self.topk)
-                # kept keys in ascending order, then padding: each kept key goes to slot (kept keys before it)
-                slot = torch.where(keep, keep.cumsum(dim=-1) - 1, kept)  # not kept: a dropped extra slot
-                out = torch.full((B, len(rows), kept + 1), -1, dtype=torch.int64, device=q.device)
-                out.scatter_(-1, slot, keys[:upto].expand_as(slot))
-                indices[:, 0, start: start + len(rows)] = out[..., :kept]
-        nb = -(-n // LAYOUT_BLOCK)
-        layout = torch.zeros(B, 1, -(-L // LAYOUT_BLOCK), nb + 1, dtype=torch.bool, device=q.device)
-        blocks = torch.where(indices < 0, nb, indices // LAYOUT_BLOCK)  # padding to a dropped extra column
-        query_blocks = (torch.arange(L, device=q.device) // LAYOUT_BLOCK)[None, None, :, None].expand_as(blocks)
-        layout[torch.arange(B)[:, None, None, None], 0, query_blocks, blocks] = True
-        return Selection(n=n, block=LAYOUT_BLOCK, layout=layout[..., :nb], causal=True, indices=indices)
+                scores = self.index_scores(q, k, rows, upto, ki)  # (B, r, upto)
+                scores[:, :, start:].masked_fill_(torch.ones(len(rows), len(rows), dtype=torch.bool,
+                                                             device=q.device).triu(1), float("-inf"))
+                top = top_token_indices(scores.view(B * len(rows), upto), kept).view(B, len(rows), kept)
+                indices[:, 0, start: start + len(rows)] = top
+                row_blocks[:, start: start + len(rows)].scatter_(-1, top >> BLOCK_SHIFT, True)  # // is slow
+        layout = row_blocks.view(B, 1, -1, LAYOUT_BLOCK, nb).any(dim=3)
+        return Selection(n=n, block=LAYOUT_BLOCK, layout=layout, causal=True, indices=indices)
