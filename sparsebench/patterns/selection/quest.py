@@ -88,6 +88,10 @@ class Quest(SelectionPattern):
             scores = self.page_scores(q.reshape(B, KVH, -1, D), self.bounds(k, cache)).view(B * H * L, -1)
             pages = scores.shape[-1]
             last = (n - 1) // self.page
+            if pages - 1 <= self.topk:  # every page (validate refuses such n; a serving batch's short sequence)
+                return Selection(n=n, block=self.page, layout=torch.ones(B, H, L, pages, dtype=torch.bool,
+                                                                         device=q.device),
+                                 causal=True, offset=n - L, q_block=1)
             scores[:, last] = float("-inf")  # kept anyway; not a candidate for the top-k
             top = top_token_indices(scores, self.topk)  # (rows, topk) ascending, all below `last`
             layout = torch.zeros(B * H * L, pages, dtype=torch.bool, device=q.device)
