@@ -50,7 +50,8 @@ class FlashInferImpl(SelectionKernel):
         wrapper = cache["flashinfer"]
         out = torch.empty_like(q)
         for i in range(B):
-            wrapper.plan(layout[i], sizes[:QB].expand(KVH, QB), sizes.expand(KVH, KB), H, KVH, D,
+            wrapper.plan(layout[i].contiguous(), sizes[:QB].expand(KVH, QB).contiguous(),
+                         sizes.expand(KVH, KB).contiguous(), H, KVH, D,
                          causal=selection.causal, q_data_type=q.dtype, kv_data_type=k.dtype)
             out[i] = wrapper.run(q[i], k[i], v[i])
         pairs = (layout.sum(dim=-1) * b).sum(dim=-1).double().mean() * b  # whole kept blocks

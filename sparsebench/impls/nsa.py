@@ -45,8 +45,9 @@ class NsaImpl(SelectionKernel):
         if b < 16 or b & (b - 1):
             raise SparsebenchError(f"NSA's kernel takes blocks of a power of two >= 16 positions; got {b}")
         indices, counts = token_blocks(group_layout(selection, H, KVH, "NSA's kernel"), L, selection.rows_per_block)
-        out = parallel_nsa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_indices=indices,
-                           block_counts=counts, block_size=b, scale=D ** -0.5)
+        # sequence-major copies: the kernel's layout (a model using it keeps q, k, v so; here the copies are timed)
+        q_, k_, v_ = (x.transpose(1, 2).contiguous() for x in (q, k, v))
+        out = parallel_nsa(q_, k_, v_, block_indices=indices, block_counts=counts, block_size=b, scale=D ** -0.5)
         pairs = counts.sum(dim=1).double().mean() * b  # per token, its kept blocks, whole
         return out.transpose(1, 2), int(round(float(pairs)))
 
