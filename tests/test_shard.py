@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from sparsebench.cli import app
 from sparsebench.errors import SparsebenchError
 from sparsebench.runner import Sweep, SweepConfig, load_config
-from sparsebench.runner.config import expand
+from sparsebench.runner.config import SweepOptions, expand
 from sparsebench.runner.distributed import from_env
 from sparsebench.runner.gpus import Gpu, cpu_slots, gpu_columns, gpu_slots, local_rank_gpu, node_gpus, parse_gpus
 from sparsebench.runner.scale import plan
@@ -207,6 +207,12 @@ def test_the_array_config_reads_back_as_the_same_sweep(tmp_path):
     path = tmp_path / "sweep.toml"
     path.write_text(config_toml(config))
     assert SweepConfig(**load_config(path)) == config
+    # as each task's `run --config` reads it, serving sweeps too (whose readers refuse settings a sweep ignores)
+    for sweep in (config, SweepConfig(patterns=["causal"], seq_lens=["100,300"], batch=[2], devices=["cpu"]),
+                  SweepConfig(patterns=["local"], seq_lens=["uniform:64-256"], seq_lens_seed=3, batch=[4],
+                              modes=["decode"], page_size=8, devices=["cpu"])):
+        path.write_text(config_toml(sweep))
+        assert SweepOptions().over(load_config(path)) == sweep
     assert parse_params(["account=abc", "mail-type=END"]) == {"account": "abc", "mail_type": "END"}
     with pytest.raises(SparsebenchError, match="KEY=VALUE"):
         parse_params(["account"])

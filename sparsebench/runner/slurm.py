@@ -22,9 +22,14 @@ CLUSTERS = {"slurm": "slurm", "submitit-local": "local"}  # --launcher -> submit
 
 
 def config_toml(config: SweepConfig) -> str:
-    """The sweep as a TOML file that `run --config` reads back to the same SweepConfig."""
+    """The sweep as a TOML file that `run --config` reads back to the same SweepConfig: the settings that differ
+    from the defaults (the reader refuses some settings a sweep would ignore, e.g. --seq beside --seq-lens, or
+    --seq-lens-seed without them, so only what the sweep was given is written)."""
     lines, tables = [], []
+    defaults = dataclasses.asdict(SweepConfig())
     for name, value in dataclasses.asdict(config).items():
+        if value == defaults.get(name):
+            continue
         if isinstance(value, dict):
             tables.append(f"[{name}]")
             tables += [f"{k} = {_toml(v)}" for k, v in value.items()]
