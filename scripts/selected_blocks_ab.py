@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from selection_speed import blocks_case  # the same case as `selection_speed.py blocks` (this script's folder)
 
 from sparsebench.impls.kernels import selected_blocks
-from sparsebench.patterns import get_pattern
-from sparsebench.runner.inputs import structured_qkv
 
 KERNEL = "sparsebench/impls/kernels/selected_blocks.py"
 
@@ -51,16 +50,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the timed calls run
-    q, k, v = structured_qkv(1, 8, 8, args.n, 64, 0)
-    grad = args.mode == "fwdbwd"
-    g = torch.randn_like(q)
-    for x in (q, k, v):
-        x.requires_grad_(grad)
-    pattern = get_pattern("topk_blocks", block=64, topk=16)
-
-    def run(out):
-        if grad:
-            torch.autograd.grad(out, (q, k, v), g)
+    q, k, v, pattern, run = blocks_case(args.n, args.mode)
 
     def kernel(module):
         def call():

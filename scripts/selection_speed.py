@@ -34,18 +34,24 @@ def best_ms(fns: dict, reps: int) -> dict[str, float]:
     return {name: min(values) * 1e3 for name, values in times.items()}
 
 
-def blocks(n: int, mode: str, reps: int) -> None:
+def blocks_case(n: int, mode: str):
+    """q, k, v (structured, seed 0; requiring grad in fwdbwd), topk_blocks (64, 16), and `run(out)`: the
+    backward of out in fwdbwd, nothing in fwd."""
     q, k, v = structured_qkv(1, 8, 8, n, 64, 0)
     grad = mode == "fwdbwd"
     g = torch.randn_like(q)
     for x in (q, k, v):
         x.requires_grad_(grad)
-    pattern = get_pattern("topk_blocks", block=64, topk=16)
 
     def run(out):
         if grad:
             torch.autograd.grad(out, (q, k, v), g)
 
+    return q, k, v, get_pattern("topk_blocks", block=64, topk=16), run
+
+
+def blocks(n: int, mode: str, reps: int) -> None:
+    q, k, v, pattern, run = blocks_case(n, mode)
     ms = best_ms({"causal": lambda: run(F.scaled_dot_product_attention(q, k, v, is_causal=True)),
                   "topk_blocks": lambda: run(selection.structured(q, k, v, pattern.select(q, k),
                                                                    selection.SelectState())[0])}, reps)
