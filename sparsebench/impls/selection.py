@@ -144,10 +144,8 @@ def structured(q, k, v, selection: Selection, state: SelectState):
     if selection.offset or selection.rows_per_block != selection.block:
         return gathered_pages(q, k, v, selection, state)
     if selection.indices is not None:
-        out, pairs = selected_tokens.token_attention(q, k, v, selection.indices, selection.layout,
-                                                     selection.block)
-        return out, pairs
-    if selection.indices is None and selected_blocks.supported(q) is None:
+        return selected_tokens.token_attention(q, k, v, selection.indices, selection.layout, selection.block)
+    if selected_blocks.supported(q) is None:
         b = selection.block
         layout = selection.layout.expand(q.shape[0], q.shape[1], *selection.layout.shape[2:])
         out, executed = selected_blocks.selected_block_attention(q, k, v, layout, b, selection.causal)
