@@ -1,4 +1,5 @@
-"""Shard results into one result set: one results.csv and one meta.json, as if from one machine.
+"""Shard results into one result set: one results.csv and one meta.json, as if from one machine; or repeated
+runs of one sweep into the typical run of each case (`median_runs`, a gate baseline).
 
 Inputs are results.csv files or directories: a directory's `shard-K-of-N/` subdirectories when it has any (what
 `run --shard`, torchrun/srun ranks and Slurm arrays write), else its own results.csv. Each shard's meta.json lists
@@ -28,6 +29,7 @@ from sparsebench.results import (
     Meta,
     ResultSet,
     case_key,
+    is_dense_reference,
     key_text,
     merge_ceilings,
     read_meta,
@@ -200,6 +202,74 @@ def merge(parts: list[Part]) -> Merged:
             merged.unfinished.append(part.name)
     merged.meta = _meta(parts, merged)
     return merged
+
+
+MIN_REPEATS = 3
+# Recorded per run; repeats of one sweep must share them (a median across machines or installs is no one's run).
+SAME_MACHINE_META = ("hostname", "cpu", "cpu_count", "torch", "cuda", "sparsebench_version", "git_sha")
+
+
+def median_runs(parts: list[Part]) -> Merged:
+    """Repeated runs of one sweep as one result set: for each case, the row of the run whose latency over its own
+    run's dense reference (a dense reference: its latency) is the median of the case's ok rows, the lower middle of
+    an even count. A case ok in fewer than half of the runs keeps its first failed row.
+
+    Why: one run's ratios move with the minute it ran in (a dense reference measured while the machine was busy
+    makes every case of its shape look faster), and a gate baseline of one such run turns that minute into a false
+    alarm on every later run. The median run of each case is typical, and stays one real measurement: its own
+    samples and its own dense reference (`dense_latency_ms`), as the gate normalises them."""
+    if len(parts) < MIN_REPEATS:
+        raise SparsebenchError(f"--median needs at least {MIN_REPEATS} runs of one sweep (got {len(parts)})")
+    shards = [part.name for part in parts if part.shard]
+    if shards:
+        raise SparsebenchError(f"{shards[0]}: --median takes whole runs, not shards (merge each run's shards first)")
+    check_one_sweep(parts)
+    for key in SAME_MACHINE_META:
+        values = {_text(part.meta.get(key)) for part in parts}
+        if len(values) > 1:
+            raise SparsebenchError(f"the runs differ in {key} ({', '.join(sorted(values))}): --median takes repeated "
+                                   "runs on one machine with one install")
+    per_run = []
+    for part in parts:
+        rows: dict[Key, dict[str, Any]] = {}
+        for row in part.frame.to_dict("records"):
+            if rows.setdefault(case_key(row), row) is not row:
+                raise SparsebenchError(f"{part.name}: the case {case_label(case_key(row))} appears twice; "
+                                       "--median takes runs of one sweep")
+        per_run.append(rows)
+    keys = list(dict.fromkeys(key for rows in per_run for key in rows))
+    for part, rows in zip(parts, per_run):
+        absent = [key for key in keys if key not in rows]
+        if absent:
+            raise SparsebenchError(f"{part.name} lacks {len(absent)} case(s) the other runs have, e.g. "
+                                   f"{case_label(absent[0])}; --median takes complete runs of one sweep")
+    chosen = [_median_row([rows[key] for rows in per_run]) for key in keys]
+    frame = _concat([pd.DataFrame(chosen)])
+    if frame.empty:
+        raise SparsebenchError(f"no result rows in {' or '.join(part.name for part in parts)}; nothing to merge")
+    meta = dict(parts[0].meta)
+    meta["date"] = min(str(part.meta.get("date") or "") for part in parts) or meta.get("date")
+    meta["merged"] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": [str(part.path) for part in parts],
+        "median_of": len(parts),
+        "dates": [part.meta.get("date") for part in parts],
+    }
+    return Merged(frame, meta)
+
+
+def _median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row of the median run among the ok ones (see median_runs)."""
+    ok = [row for row in rows if row["status"] == "ok"]
+    if len(ok) * 2 < len(rows):
+        return next(row for row in rows if row["status"] != "ok")
+
+    def relative(row: dict[str, Any]) -> float:
+        latency = float(row["latency_ms"])
+        return latency if is_dense_reference(row) else latency / float(row["dense_latency_ms"])
+
+    ranked = sorted(ok, key=lambda row: (math.isnan(relative(row)), relative(row)))
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def check_one_sweep(parts: list[Part]) -> None:

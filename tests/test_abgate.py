@@ -187,3 +187,16 @@ def test_a_sparsebench_checkout_is_what_its_workers_import(tmp_path):
     other = tmp_path / "elsewhere"
     other.mkdir()
     assert source_of(other, other).root == PACKAGE_ROOT
+
+
+@pytest.mark.parametrize("protocol_py, speaks", [("VERSION = 1\n", "protocol 1"), (None, "a protocol older")])
+def test_a_tree_whose_workers_speak_another_protocol_is_refused_before_any_round(tmp_path, protocol_py, speaks):
+    (tmp_path / "sparsebench" / "runner").mkdir(parents=True)
+    if protocol_py is not None:
+        (tmp_path / "sparsebench" / "runner" / "protocol.py").write_text(protocol_py)
+    config = SweepConfig(patterns=["local"], impls=["sdpa"], seq=[128], devices=["cpu"])
+    old = abgate.Arm(config, abgate.WorkerSource(root=str(tmp_path)), "base abc123")
+    this = abgate.Arm(config, abgate.THIS_PROCESS, "head")
+    abgate.check_protocol(this)
+    with pytest.raises(SparsebenchError, match=f"base abc123: its sparsebench workers speak {speaks}"):
+        abgate.run_ab(old, this, 3, gate.Thresholds())

@@ -232,3 +232,67 @@ def test_merge_of_inputs_without_rows_writes_nothing(tmp_path):
     result = invoke("merge", str(empty), "--out", str(tmp_path / "all"))
     assert result.exit_code == 2 and not (tmp_path / "all").exists(), result.output
     assert result.stderr.strip() == "error: no result rows in shard 1/1; nothing to merge"
+
+
+def write_run(root: Path, dense_ms: float, local_ms: float, failed: bool = False, host: str = "node1") -> Path:
+    """One whole run of the group at n=1024 (dense, local/flex, local/structured), as `run` leaves it."""
+    root.mkdir(parents=True)
+    write_meta(root / "meta.json", {"hostname": host, "torch": "2.13.0", "date": "2026-01-01T00:00:00+00:00",
+                                    "config": {"seq": [1024]}, "harness": {"wall_s": 1.0}})
+    with ResultWriter(root / "results.csv") as writer:
+        reference = None
+        for c in group(1024):
+            ms = dense_ms if c.pattern == "dense" else local_ms
+            status = "error" if failed and c.impl == "flex" else "ok"
+            row = make_row(c.row(), Measurement(status, latency_ms=ms if status == "ok" else None,
+                                                samples=[s * ms for s in SAMPLES] if status == "ok" else [],
+                                                peak_mem_mib=10.0, flops_useful=1e9, flops_executed=1e9,
+                                                density=0.1), "run", "H100", reference)
+            reference = reference or row
+            writer.write(row)
+    return root
+
+
+def test_merge_median_keeps_the_median_run_of_each_case(tmp_path):
+    # dense/local latencies per run: the run with a slow dense reference (8 ms) makes local look 4x faster
+    runs = [write_run(tmp_path / f"r{i}", dense, local) for i, (dense, local) in
+            enumerate([(4.0, 1.0), (8.0, 1.0), (4.0, 1.2), (4.4, 1.0), (3.8, 0.9)])]
+    result = invoke("merge", "--median", *map(str, runs), "--out", str(tmp_path / "base"))
+    assert result.exit_code == 0, result.output
+    assert "the median run of each case over 5 runs" in result.output
+    rows = {(r["pattern"], r["impl"]): r for r in read_results(tmp_path / "base" / "results.csv").to_dict("records")}
+    assert rows[("dense", "sdpa")]["latency_ms"] == 4.0  # 3.8, 4.0, 4.0, 4.4, 8.0
+    # local over its own run's dense: 0.25, 0.125, 0.3, 0.227, 0.237 -> the median is run 4 (0.237)
+    local = rows[("local", "structured")]
+    assert (local["latency_ms"], local["dense_latency_ms"]) == (0.9, 3.8)
+    meta = json.loads((tmp_path / "base" / "meta.json").read_text())
+    assert meta["merged"]["median_of"] == 5 and len(meta["merged"]["inputs"]) == 5
+    # the one-run baseline with the slow dense reference flags a typical run; the median baseline does not
+    typical = write_run(tmp_path / "now", 4.0, 1.0)
+    assert invoke("gate", str(runs[1]), str(typical), "--confirm", "0").exit_code == 1
+    assert invoke("gate", str(tmp_path / "base"), str(typical), "--confirm", "0").exit_code == 0
+
+
+def test_merge_median_refuses_what_is_not_repeated_runs_of_one_sweep(tmp_path):
+    a, b = write_run(tmp_path / "a", 4.0, 1.0), write_run(tmp_path / "b", 4.0, 1.0)
+    result = invoke("merge", "--median", str(a), str(b), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "at least 3 runs" in result.stderr
+    other = write_run(tmp_path / "c", 4.0, 1.0, host="node2")
+    result = invoke("merge", "--median", str(a), str(b), str(other), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "differ in hostname" in result.stderr
+    shards = write_shard(tmp_path / "s", 1, 2, group(1024))
+    result = invoke("merge", "--median", str(a), str(b), str(shards), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "not shards" in result.stderr
+    short = write_run(tmp_path / "d", 4.0, 1.0)
+    frame = read_results(short / "results.csv")
+    frame.iloc[:2].to_csv(short / "results.csv", index=False)
+    result = invoke("merge", "--median", str(a), str(b), str(short), "--out", str(tmp_path / "m"))
+    assert result.exit_code == 2 and "lacks 1 case(s)" in result.stderr
+
+
+def test_merge_median_keeps_a_failure_of_most_runs(tmp_path):
+    runs = [write_run(tmp_path / "a", 4.0, 1.0, failed=True), write_run(tmp_path / "b", 4.0, 1.0, failed=True),
+            write_run(tmp_path / "c", 4.0, 1.0)]
+    merged = merge.median_runs(merge.load(merge.find_results(runs)))
+    statuses = dict(zip(merged.frame["impl"], merged.frame["status"]))
+    assert statuses == {"sdpa": "ok", "flex": "error", "structured": "ok"}

@@ -5,6 +5,7 @@ paired per-round ratios (`paired`), the flagged cases measured again on fresh ro
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -16,6 +17,7 @@ from sparsebench import environment, gate, paired
 from sparsebench.errors import SparsebenchError
 from sparsebench.resolve import get_impl
 from sparsebench.results import RESULTS_NAME, Measurement, ResultWriter, make_row
+from sparsebench.runner import protocol
 from sparsebench.runner.cases import Case
 from sparsebench.runner.config import SweepConfig
 from sparsebench.runner.launcher import THIS_PROCESS, WorkerSource
@@ -78,6 +80,8 @@ def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *, nor
         raise SparsebenchError(f"--rounds must be at least {paired.MIN_PAIRS} (pairs of rounds), got {pairs}")
     reporter = reporter or ABReporter()
     arms = {paired.BASE: base, paired.HEAD: head}
+    for arm in arms.values():
+        check_protocol(arm)
     sweeps = {side: Sweep(arm.config) for side, arm in arms.items()}
     plans = {side: sweep.cases() for side, sweep in sweeps.items()}
     t0 = time.perf_counter()
@@ -142,6 +146,28 @@ def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: 
         reporter.round_done(index, len(order), side, time.perf_counter() - started, failed)
         rounds.append((side, rows))
     return rounds
+
+
+def worker_protocol(source: WorkerSource) -> int | None:
+    """The worker protocol version of the sparsebench in `source.root` (None: a tree older than the versioned
+    protocol)."""
+    try:
+        text = (Path(source.root) / "sparsebench" / "runner" / "protocol.py").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VERSION = (\d+)", text, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def check_protocol(arm: Arm) -> None:
+    """SparsebenchError unless the workers of `arm`'s tree speak this sweep's protocol: otherwise every one of its
+    cases would fail to start, and a side that never ran would be judged as if it had."""
+    found = worker_protocol(arm.source)
+    if found != protocol.VERSION:
+        speaks = f"protocol {found}" if found is not None else "a protocol older than the versioned one"
+        raise SparsebenchError(f"{arm.label}: its sparsebench workers speak {speaks}, this gate's sweep speaks "
+                               f"protocol {protocol.VERSION}; run the gate from a checkout whose workers speak the "
+                               "same protocol")
 
 
 def latency_only_workers(source: WorkerSource) -> bool:
