@@ -21,7 +21,7 @@ as a throwaway commit on top of HEAD in the clone: `slow:F` makes the `structure
 slower (a busy-wait for (F-1) times its own duration, written into sparsebench/impls/structured.py), `mem:F`
 makes it hold F-1 times its own CPU tensor peak more (an extra buffer alive during the call, sized from the
 peaks a first run measures). --budget-min stops starting runs after that many minutes; the summary covers the
-runs made (and the per-pair noise of raw and dense-normalised ratios, from every round's rows). The summary is
+runs made (and the per-pair noise of each normalisation, from every round's rows). The summary is
 rewritten after every run; --resume continues an experiment from it (the same OUT_DIR), making only the runs it
 lacks, each recorded with the commit it measured.
 

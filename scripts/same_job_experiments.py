@@ -105,24 +105,41 @@ def gate_once(repo: Path, config: str, run_dir: Path, extra: list[str]) -> dict:
             "regressions": regressions, "load": os.getloadavg()[0]}
 
 
-def pair_noise(run_dir: Path) -> dict[str, dict[str, float]]:
-    """Per case: the sd of the per-pair log ratio head/base, raw and dense-normalised (main rounds only)."""
+def stored_rounds(run_dir: Path) -> list[tuple[str, list[dict]]]:
+    """The main rounds of a run (every case measured; the confirmation rounds, which hold fewer, left out), from
+    the rows it kept, in the order they were measured per side."""
     from sparsebench import paired
 
     rounds: list[tuple[str, list[dict]]] = []
     for side in (paired.BASE, paired.HEAD):
         frame = pd.read_csv(run_dir / "rows" / side / "results.csv")
         for run_id in dict.fromkeys(frame["run_id"]):
-            rows = frame[frame["run_id"] == run_id].to_dict("records")
-            rounds.append((side, rows))
-    pairs = min(sum(s == paired.BASE for s, _ in rounds), sum(s == paired.HEAD for s, _ in rounds))
+            rounds.append((side, frame[frame["run_id"] == run_id].to_dict("records")))
+    full = max(len(rows) for _, rows in rounds)
+    return [(side, rows) for side, rows in rounds if len(rows) == full]
+
+
+def pair_noise(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per case: the sd of the per-pair log ratio head/base under each normalisation (main rounds only)."""
+    from sparsebench import paired
+
     out: dict[str, dict[str, float]] = {}
     for normalise in paired.NORMALISATIONS:
-        for key, (base, head) in paired.pair_values(rounds, normalise).items():
-            d = paired.log_ratios(base[:pairs], head[:pairs])
-            if len(d) >= 3 and not (normalise == "dense" and key[0] == "dense"):
+        for key, (base, head) in paired.pair_values(stored_rounds(run_dir), normalise).items():
+            d = paired.log_ratios(base, head)
+            if len(d) >= 3 and not (normalise != "raw" and key[0] == "dense"):
                 out.setdefault("/".join(key[:3]) + f"/{key[9]}", {})[normalise] = statistics.stdev(d)
     return out
+
+
+def screened(run_dir: Path) -> dict[str, int]:
+    """Per normalisation: the latency regressions the gate's defaults find in the main rounds of a stored run,
+    before any confirmation (a run made under one normalisation, judged again under the others)."""
+    from sparsebench import gate, paired
+
+    rounds = stored_rounds(run_dir)
+    return {n: len(gate.latency_regressions(paired.ab_report(rounds, gate.Thresholds(), normalise=n)))
+            for n in paired.NORMALISATIONS}
 
 
 def same_job(args: argparse.Namespace) -> None:
@@ -214,16 +231,31 @@ def write(out: Path, started: str, config: str, aa: list[dict], ab: dict[str, li
                     noise.setdefault(case, {}).setdefault(normalise, []).append(sd)
         except (OSError, KeyError, ValueError):
             continue
+    names = ("raw", "dense", "sdpa")
     if noise:
         lines += ["", "Per-pair noise over the A/A runs: the sd of log(head/base) of one pair of rounds, mean over "
-                  "runs (lower is better; it decides raw against dense-normalised ratios):", "",
-                  "| case | raw | dense-normalised |", "|---|---|---|"]
+                  "runs (lower is better; it decides the normalisation):", "",
+                  "| case | raw | dense-normalised | SDPA-normalised |", "|---|---|---|---|"]
         for case, sds in sorted(noise.items()):
-            cells = [f"{statistics.mean(sds[n]):.3f}" if sds.get(n) else "-" for n in ("raw", "dense")]
+            cells = [f"{statistics.mean(sds[n]):.3f}" if sds.get(n) else "-" for n in names]
             lines.append(f"| `{case}` | {' | '.join(cells)} |")
-        means = {n: statistics.mean([statistics.mean(s[n]) for s in noise.values() if s.get(n)])
-                 for n in ("raw", "dense")}
-        lines.append(f"| mean | {means['raw']:.3f} | {means['dense']:.3f} |")
+        means = [statistics.mean([statistics.mean(s[n]) for s in noise.values() if s.get(n)]) for n in names]
+        lines.append("| mean | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    kinds = {"A/A": aa, **{f"A/B {change}": runs for change, runs in ab.items()}}
+    table = ["", "Every run's main rounds judged again under each normalisation, before any confirmation: runs with "
+             "a latency regression (the confirmation on fresh rounds can only clear one):", "",
+             "| runs | raw | dense-normalised | SDPA-normalised |", "|---|---|---|---|"]
+    for kind, runs in kinds.items():
+        counts = []
+        for r in runs:
+            try:
+                counts.append(screened(Path(r["dir"])))
+            except (OSError, KeyError, ValueError):
+                continue
+        if counts:
+            table.append(f"| {kind} | " + " | ".join(f"{sum(c[n] > 0 for c in counts)}/{len(counts)}" for n in names)
+                         + " |")
+    lines += table if len(table) > 5 else []
     commits = sorted({str(r.get("commit", "?"))[:10] for r in aa + [r for runs in ab.values() for r in runs]})
     if len(commits) > 1:  # a resumed experiment: runs of different code, each listed in summary.json
         lines += ["", f"Runs of {len(commits)} commits: {', '.join(commits)} (each run's commit in summary.json)."]

@@ -45,8 +45,9 @@ def _details(case: gate.CaseResult, raw: bool, short: bool) -> str:
 
 def rich_table(report: gate.GateReport) -> Table:
     """Every case: baseline and current latency, ratio, p-value, verdict and why, coloured by verdict."""
-    what = "latency (ms)" if report.raw else "latency / dense" + (" / shape shift" if report.normalise == "shape"
-                                                                   else "")
+    what = "latency (ms)" if report.raw else {"shape": "latency / dense / shape shift",
+                                               "sdpa": "latency / SDPA of the round"}.get(report.normalise,
+                                                                                        "latency / dense")
     table = Table(title=f"sparsebench gate: {what}", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("case", overflow="fold", ratio=3)
     for column in ("base", "current", "ratio", "p", "verdict"):

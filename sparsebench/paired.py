@@ -8,8 +8,15 @@ geometric mean of the pair ratios, a Student t confidence interval on the mean l
 p-value, Holm-corrected across the cases of the gate (a family of tests: without a correction, one of 14 cases
 would cross p < 0.05 by chance in half of all A/A runs).
 
-Latency per round is either the raw median, or the median divided by the dense-SDPA median of the same round,
-side and shape (`normalise="dense"`): the dense reference runs in the same worker just before the cases.
+Latency per round is the raw median, or the median divided by a reference measured in the same worker (the same
+round, side and shape, seconds apart): `normalise="dense"`, the dense-SDPA median; `normalise="sdpa"` (the
+default), the geometric mean of every SDPA case of the worker, the dense reference and the masked-SDPA cases (a
+masked-SDPA case leaves itself out). A round-to-round shift of the host is shared by every case of a worker; the
+more SDPA cases measure it, the less of their own noise the reference adds. On the 2-core VM, over the 20 stored
+A/A runs of configs/ci.toml (10 pairs each, 3 SDPA cases and the dense reference per worker), the median sd of a
+case's pair log ratio was 0.20 dense-normalised, 0.16 raw and 0.14 SDPA-normalised (docs/gate/same-job.md). Like
+the dense reference, the SDPA cases are assumed unchanged by the change under test: a change that slows torch's
+SDPA path (or every implementation alike) moves the reference with it; gate `--raw` for such a change.
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from scipy.stats import t as student_t
 
 from sparsebench import gate
 from sparsebench.errors import SparsebenchError
-from sparsebench.results import KEY_COLUMNS, as_float, case_key, complete_columns, is_dense_reference
+from sparsebench.results import KEY_COLUMNS, SHAPE_COLUMNS, as_float, case_key, complete_columns, is_dense_reference
+from sparsebench.results.schema import DENSE_REFERENCE
 
 Key = tuple[str, ...]
 
@@ -38,7 +46,8 @@ DEFAULT_ALPHA = 0.05
 # degrees of freedom). One round of configs/ci.toml takes 7-10 s on the 2-core VM at a load of 2 (13-20 s at a
 # load of 5), the first of each side (accuracy, memory) 13-40 s: 10 pairs took 3 min 11 s (6 min 41 s at 5).
 DEFAULT_ROUNDS = 10
-NORMALISATIONS = ("raw", "dense")
+NORMALISATIONS = ("raw", "dense", "sdpa")
+DEFAULT_NORMALISE = "sdpa"
 # Peak memory is exact on both devices (CUDA's allocator peak, CPU's peak of live tensor bytes), and in one job
 # both sides are measured by the same machine and torch: no floor under the relative tolerance. The committed-
 # baseline gate's 1 MiB floor would hide a 10% larger allocation of every configs/ci.toml case (2-7 MiB peaks).
@@ -144,16 +153,36 @@ def pair_values(rounds: Sequence[tuple[str, Rows]], normalise: str) -> dict[Key,
         raise SparsebenchError(f"unknown normalisation {normalise!r}; choose from: {', '.join(NORMALISATIONS)}")
     by_side: dict[str, list[dict[Key, float]]] = {BASE: [], HEAD: []}
     for side, rows in rounds:
-        values = {}
-        for row in complete_columns(pd.DataFrame(rows)).to_dict("records") if rows else []:  # keys as the gate's
-            ok = row.get("status") == "ok"
-            values[case_key(row)] = normalised(as_float(row.get("latency_ms")), as_float(row.get("dense_latency_ms")),
-                                               normalise) if ok else math.nan
-        by_side[side].append(values)
+        by_side[side].append(round_values(rows, normalise))
     pairs = min(len(by_side[BASE]), len(by_side[HEAD]))
     keys = {k for values in by_side[BASE][:pairs] + by_side[HEAD][:pairs] for k in values}
     return {k: ([r.get(k, math.nan) for r in by_side[BASE][:pairs]],
                 [r.get(k, math.nan) for r in by_side[HEAD][:pairs]]) for k in keys}
+
+
+def round_values(rows: Rows, normalise: str) -> dict[Key, float]:
+    """Case key -> its value in one round (NaN where not ok or without a reference), normalised as NORMALISATIONS
+    say: `sdpa` divides by the geometric mean of the round's other ok SDPA rows of the same shape."""
+    records = complete_columns(pd.DataFrame(rows)).to_dict("records") if rows else []  # keys as the gate's
+    latency = {case_key(r): as_float(r.get("latency_ms")) if r.get("status") == "ok" else math.nan for r in records}
+    if normalise != "sdpa":
+        return {case_key(r): normalised(latency[case_key(r)], as_float(r.get("dense_latency_ms")), normalise)
+                for r in records}
+    sdpa: dict[tuple, list[tuple[Key, float]]] = {}
+    for r in records:
+        if r["impl"] == DENSE_REFERENCE[1] and latency[case_key(r)] > 0:
+            sdpa.setdefault(_shape(r), []).append((case_key(r), math.log(latency[case_key(r)])))
+    values = {}
+    for r in records:
+        logs = [v for k, v in sdpa.get(_shape(r), []) if k != case_key(r)]
+        values[case_key(r)] = latency[case_key(r)] / math.exp(sum(logs) / len(logs)) if logs else math.nan
+    return values
+
+
+def _shape(row: dict[str, Any]) -> tuple:
+    """The row's shape, from its key (normalised text: an empty cell is '', never a NaN unequal to itself)."""
+    key = dict(zip(KEY_COLUMNS, case_key(row)))
+    return tuple(key[c] for c in SHAPE_COLUMNS)
 
 
 def first_rows(rounds: Sequence[tuple[str, Rows]], side: str) -> Rows:
@@ -168,7 +197,7 @@ def with_memory_floor(thresholds: gate.Thresholds) -> gate.Thresholds:
     return replace(thresholds, default=replace(thresholds.default, peak_mem_floor_mib=MEM_FLOOR_MIB))
 
 
-def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *, normalise: str = "dense",
+def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *, normalise: str = DEFAULT_NORMALISE,
               min_effect: float = DEFAULT_MIN_EFFECT, deterministic: bool = True) -> gate.GateReport:
     """The gate report of head against base from alternating rounds: flops, density, memory, status and quality
     compared as `gate.compare` does (first round of each side), latency from the paired ratios of every pair
@@ -176,7 +205,7 @@ def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *
     base, head = pd.DataFrame(first_rows(rounds, BASE)), pd.DataFrame(first_rows(rounds, HEAD))
     report = gate.compare(base, head, with_memory_floor(thresholds), raw=True, gate_latency=False)
     report.notes = [n for n in report.notes if "peak memory" in n]  # latency notes are the paired test's below
-    report.raw, report.normalise, report.baseline_hint = normalise == "raw", "dense", False
+    report.raw, report.normalise, report.baseline_hint = normalise == "raw", normalise, False
     values = pair_values(rounds, normalise)
     gated = [c for c in report.cases if not c.presence and c.key in values
              and (normalise == "raw" or not is_dense_reference(dict(zip(KEY_COLUMNS, c.key))))]
@@ -202,7 +231,7 @@ def ab_report(rounds: Sequence[tuple[str, Rows]], thresholds: gate.Thresholds, *
                                                                          min_effect)))
     untested = [c for c in gated if not results[c.key].tested]
     report.notes.append(f"latency: paired ratios head/base over {max((r.pairs for r in results.values()), default=0)}"
-                        f" pairs of rounds ({'raw' if normalise == 'raw' else 'dense-normalised'}), a regression "
+                        f" pairs of rounds ({report.latency_kind}), a regression "
                         f"beyond {min_effect:g}x with Holm-corrected p < {thresholds.alpha:g} over {len(gated)} "
                         "case(s)")
     if untested:

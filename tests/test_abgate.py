@@ -200,3 +200,17 @@ def test_a_tree_whose_workers_speak_another_protocol_is_refused_before_any_round
     abgate.check_protocol(this)
     with pytest.raises(SparsebenchError, match=f"base abc123: its sparsebench workers speak {speaks}"):
         abgate.run_ab(old, this, 3, gate.Thresholds())
+
+
+def test_confirmation_rounds_hold_the_flagged_cases_and_their_reference():
+    """Dense-normalised: a flagged case and its shape's dense reference; SDPA-normalised: every SDPA case of its
+    shape too (the other shape is not measured again)."""
+    config = SweepConfig(patterns=["local:window=8", "strided:stride=4"], impls=["sdpa", "structured"],
+                         seq=[64, 128], devices=["cpu"])
+    cases, _ = Sweep(config).cases()
+    flagged = next(c for c in cases if c.impl == "structured" and c.seq_len == 64 and c.pattern == "local")
+    dense = abgate._with_references(cases, {flagged.key()}, None)
+    assert [(c.pattern, c.impl) for c in dense] == [("dense", "sdpa"), ("local", "structured")]
+    sdpa = abgate._with_references(cases, {flagged.key()}, None, sdpa=True)
+    assert {(c.pattern, c.impl, c.seq_len) for c in sdpa} == {("dense", "sdpa", 64), ("local", "sdpa", 64),
+                                                              ("strided", "sdpa", 64), ("local", "structured", 64)}

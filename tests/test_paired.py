@@ -129,3 +129,51 @@ def test_a_ten_percent_larger_allocation_fails_even_below_a_mebibyte():
         [(STRUCTURED, "peak_mem_mib")]
     floor = gate.Thresholds(gate.Limits(peak_mem_floor_mib=1.0))  # set by the user: kept
     assert paired.ab_report(small, floor).regressions == []
+
+
+def _row(pattern: str, impl: str, ms: float, seq_len: int = 1024, status: str = "ok") -> dict:
+    return {"pattern": pattern, "params": "", "impl": impl, "device": "cpu", "dtype": "float32", "mode": "fwd",
+            "batch": 1, "heads": 8, "seq_len": seq_len, "head_dim": 64, "latency_ms": ms, "status": status,
+            "dense_latency_ms": 8.0}
+
+
+def test_sdpa_normalisation_divides_by_the_other_sdpa_cases_of_the_same_shape():
+    rows = [_row("dense", "sdpa", 8.0), _row("local", "sdpa", 2.0), _row("local", "structured", 1.0),
+            _row("strided", "sdpa", 4.0, status="error"), _row("dense", "sdpa", 100.0, seq_len=2048),
+            _row("local", "structured", 10.0, seq_len=2048)]
+    values = {key[0] + "/" + key[2] + "/" + key[9]: v for key, v in paired.round_values(rows, "sdpa").items()}
+    assert values["local/structured/1024"] == pytest.approx(1.0 / 4.0)  # geometric mean of 8 and 2
+    assert values["local/sdpa/1024"] == pytest.approx(2.0 / 8.0)  # leaves itself out
+    assert math.isnan(values["strided/sdpa/1024"])  # not ok: no value, and not in the reference
+    assert values["local/structured/2048"] == pytest.approx(0.1)  # its own shape's SDPA only
+    assert paired.round_values(rows, "dense")  # the other normalisations still read dense_latency_ms
+
+
+def _noisy_reference_rounds(pairs: int, slow: float, seed: int) -> list[tuple[str, list[dict]]]:
+    """Rounds of one shape: dense and three masked-SDPA cases and a structured one, each round's host speed shared
+    by all its cases; each SDPA case with 10% noise of its own, the structured case with 4%."""
+    rng = random.Random(seed)
+    rounds = []
+    for side in paired.schedule(pairs):
+        host = rng.uniform(0.7, 1.6)
+        cases = [("dense", "sdpa", 8.0), ("local", "sdpa", 6.0), ("strided", "sdpa", 7.0),
+                 ("sliding_window", "sdpa", 7.5), ("local", "structured", 2.0 * (slow if side == paired.HEAD else 1))]
+        rows = [_row(p, i, ms * host * rng.lognormvariate(0, 0.1 if i == "sdpa" else 0.04)) for p, i, ms in cases]
+        dense = rows[0]["latency_ms"]
+        rounds.append((side, [{**r, "dense_latency_ms": dense} for r in rows]))
+    return rounds
+
+
+def test_more_sdpa_cases_in_the_reference_make_a_smaller_slowdown_visible():
+    """The dense reference alone adds its own noise to every ratio; the geometric mean of four SDPA cases adds half
+    of it: over 20 seeded gates a 1.15x slower structured case is found more often SDPA-normalised, and an
+    unchanged one never."""
+    name = "local/structured/1024/float32/fwd"
+
+    def found(normalise: str, slow: float = 1.15) -> int:
+        return sum(name in [c.name for c in paired.ab_report(_noisy_reference_rounds(10, slow, seed),
+                                                               gate.Thresholds(), normalise=normalise).regressions]
+                   for seed in range(20))
+
+    assert found("sdpa") >= found("dense") + 5
+    assert found("sdpa", slow=1.0) == 0

@@ -170,7 +170,10 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
         min_effect = threshold if threshold is not None else paired.DEFAULT_MIN_EFFECT
         gate.Limits(latency=min_effect)  # checks it: a ratio > 1
         progress = _Progress(quiet)
-        common = dict(normalise="raw" if raw else "dense", min_effect=min_effect,
+        # two implementations: their workers hold one implementation and the dense reference, whose SDPA rounds
+        # are the dense reference alone (and a compared `sdpa` must not be its own reference)
+        normalise = "raw" if raw else "dense" if base_impl is not None else paired.DEFAULT_NORMALISE
+        common = dict(normalise=normalise, min_effect=min_effect,
                       confirm_pairs=rounds if confirm else 0, reporter=progress, out_dir=out_dir)
         if base_impl is not None:
             if len(config.impls) != 1:

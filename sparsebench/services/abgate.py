@@ -17,6 +17,7 @@ from sparsebench import environment, gate, paired
 from sparsebench.errors import SparsebenchError
 from sparsebench.resolve import get_impl
 from sparsebench.results import RESULTS_NAME, Measurement, ResultWriter, make_row
+from sparsebench.results.schema import DENSE_REFERENCE
 from sparsebench.runner import protocol
 from sparsebench.runner.cases import Case
 from sparsebench.runner.config import SweepConfig
@@ -67,7 +68,8 @@ def impl_arms(config: SweepConfig, base_impl: str, head_impl: str,
             Arm(replace(config, impls=[head_impl]), source, names[1]), impl_renamer(*names))
 
 
-def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *, normalise: str = "dense",
+def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *,
+           normalise: str = paired.DEFAULT_NORMALISE,
            min_effect: float = paired.DEFAULT_MIN_EFFECT, confirm_pairs: int = 0,
            rename: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
            reporter: ABReporter | None = None, out_dir: Path | None = None) -> ABResult:
@@ -94,21 +96,26 @@ def run_ab(base: Arm, head: Arm, pairs: int, thresholds: gate.Thresholds, *, nor
         flagged = {c.key for c in gate.latency_regressions(report)}
         if flagged and confirm_pairs:
             reporter.confirming(len(flagged), confirm_pairs)
-            only = {side: (_with_references(cases, flagged, rename if side == paired.BASE else None), [])
+            only = {side: (_with_references(cases, flagged, rename if side == paired.BASE else None,
+                                            sdpa=normalise == "sdpa"), [])
                     for side, (cases, _) in plans.items()}
             again = _rounds(arms, sweeps, only, confirm_pairs, reporter, rename, full_first=False, writers=writers)
             report = paired.confirm(report, again, thresholds.alpha, normalise, min_effect)
     return ABResult(report, rounds, time.perf_counter() - t0)
 
 
-def _with_references(cases: list[Case], keys: set[tuple], rename: Callable | None) -> list[Case]:
-    """The cases whose (renamed) key is in `keys`, with the dense references of their groups, in sweep order."""
+def _with_references(cases: list[Case], keys: set[tuple], rename: Callable | None, sdpa: bool = False) -> list[Case]:
+    """The cases whose (renamed) key is in `keys`, with the dense references of their groups (`sdpa`: every SDPA
+    case of their groups, the reference of `paired`'s SDPA normalisation), in sweep order."""
     def key(case: Case) -> tuple:
         return Case.from_row(rename(case.row())).key() if rename else case.key()
 
     chosen = [c for c in cases if key(c) in keys]
     groups = {c.group() for c in chosen}
-    return [c for c in cases if c in chosen or (c == c.reference() and c.group() in groups)]
+    def reference(case: Case) -> bool:
+        return case.impl == DENSE_REFERENCE[1] if sdpa else case == case.reference()
+
+    return [c for c in cases if c in chosen or (reference(c) and c.group() in groups)]
 
 
 def _rounds(arms: dict[str, Arm], sweeps: dict[str, Sweep], plans: dict, pairs: int, reporter: ABReporter,
