@@ -123,9 +123,10 @@ def pair_noise(run_dir: Path) -> dict[str, dict[str, float]]:
     """Per case: the sd of the per-pair log ratio head/base under each normalisation (main rounds only)."""
     from sparsebench import paired
 
+    rounds = stored_rounds(run_dir)
     out: dict[str, dict[str, float]] = {}
     for normalise in paired.NORMALISATIONS:
-        for key, (base, head) in paired.pair_values(stored_rounds(run_dir), normalise).items():
+        for key, (base, head) in paired.pair_values(rounds, normalise).items():
             d = paired.log_ratios(base, head)
             if len(d) >= 3 and not (normalise != "raw" and key[0] == "dense"):
                 out.setdefault("/".join(key[:3]) + f"/{key[9]}", {})[normalise] = statistics.stdev(d)

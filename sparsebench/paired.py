@@ -13,8 +13,8 @@ round, side and shape, seconds apart): `normalise="dense"`, the dense-SDPA media
 default), the geometric mean of every SDPA case of the worker, the dense reference and the masked-SDPA cases (a
 masked-SDPA case leaves itself out). A round-to-round shift of the host is shared by every case of a worker; the
 more SDPA cases measure it, the less of their own noise the reference adds. On the 2-core VM, over the 20 stored
-A/A runs of configs/ci.toml (10 pairs each, 3 SDPA cases and the dense reference per worker), the median sd of a
-case's pair log ratio was 0.20 dense-normalised, 0.16 raw and 0.14 SDPA-normalised (docs/gate/same-job.md). Like
+A/A runs of configs/ci.toml (10 pairs each, 3 SDPA cases and the dense reference per worker), the mean sd of a
+case's pair log ratio was 0.191 dense-normalised, 0.166 raw and 0.147 SDPA-normalised (docs/gate/same-job.md). Like
 the dense reference, the SDPA cases are assumed unchanged by the change under test: a change that slows torch's
 SDPA path (or every implementation alike) moves the reference with it; gate `--raw` for such a change.
 """
@@ -164,25 +164,25 @@ def round_values(rows: Rows, normalise: str) -> dict[Key, float]:
     """Case key -> its value in one round (NaN where not ok or without a reference), normalised as NORMALISATIONS
     say: `sdpa` divides by the geometric mean of the round's other ok SDPA rows of the same shape."""
     records = complete_columns(pd.DataFrame(rows)).to_dict("records") if rows else []  # keys as the gate's
-    latency = {case_key(r): as_float(r.get("latency_ms")) if r.get("status") == "ok" else math.nan for r in records}
+    keys = [case_key(r) for r in records]
+    latency = [as_float(r.get("latency_ms")) if r.get("status") == "ok" else math.nan for r in records]
     if normalise != "sdpa":
-        return {case_key(r): normalised(latency[case_key(r)], as_float(r.get("dense_latency_ms")), normalise)
-                for r in records}
+        return {key: normalised(ms, as_float(r.get("dense_latency_ms")), normalise)
+                for key, ms, r in zip(keys, latency, records)}
     sdpa: dict[tuple, list[tuple[Key, float]]] = {}
-    for r in records:
-        if r["impl"] == DENSE_REFERENCE[1] and latency[case_key(r)] > 0:
-            sdpa.setdefault(_shape(r), []).append((case_key(r), math.log(latency[case_key(r)])))
+    for key, ms in zip(keys, latency):
+        if key[KEY_COLUMNS.index("impl")] == DENSE_REFERENCE[1] and ms > 0:
+            sdpa.setdefault(_shape(key), []).append((key, math.log(ms)))
     values = {}
-    for r in records:
-        logs = [v for k, v in sdpa.get(_shape(r), []) if k != case_key(r)]
-        values[case_key(r)] = latency[case_key(r)] / math.exp(sum(logs) / len(logs)) if logs else math.nan
+    for key, ms in zip(keys, latency):
+        logs = [v for k, v in sdpa.get(_shape(key), []) if k != key]
+        values[key] = ms / math.exp(sum(logs) / len(logs)) if logs else math.nan
     return values
 
 
-def _shape(row: dict[str, Any]) -> tuple:
-    """The row's shape, from its key (normalised text: an empty cell is '', never a NaN unequal to itself)."""
-    key = dict(zip(KEY_COLUMNS, case_key(row)))
-    return tuple(key[c] for c in SHAPE_COLUMNS)
+def _shape(key: Key) -> tuple:
+    """A case's shape, from its key (normalised text: an empty cell is '', never a NaN unequal to itself)."""
+    return tuple(key[KEY_COLUMNS.index(c)] for c in SHAPE_COLUMNS)
 
 
 def first_rows(rounds: Sequence[tuple[str, Rows]], side: str) -> Rows:

@@ -112,6 +112,7 @@ def _with_references(cases: list[Case], keys: set[tuple], rename: Callable | Non
 
     chosen = [c for c in cases if key(c) in keys]
     groups = {c.group() for c in chosen}
+
     def reference(case: Case) -> bool:
         return case.impl == DENSE_REFERENCE[1] if sdpa else case == case.reference()
 
