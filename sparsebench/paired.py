@@ -46,6 +46,11 @@ DEFAULT_ALPHA = 0.05
 # degrees of freedom). One round of configs/ci.toml takes 7-10 s on the 2-core VM at a load of 2 (13-20 s at a
 # load of 5), the first of each side (accuracy, memory) 13-40 s: 10 pairs took 3 min 11 s (6 min 41 s at 5).
 DEFAULT_ROUNDS = 10
+# Fresh pairs that re-measure a flagged case. Confirming takes about as long per pair as the main rounds (a
+# flagged case comes with its shape's SDPA cases, most of a round): 10 pairs put a confirmed 1.15x gate of
+# configs/ci.toml at up to 415 s. Judged again on the first k of their 10 confirmation pairs, the 10 stored 1.15x
+# gates still fail 9 at k = 6, 7 at k = 5 (scripts/same_job_experiments.py, docs/gate/same-job.md).
+DEFAULT_CONFIRM_PAIRS = 6
 NORMALISATIONS = ("raw", "dense", "sdpa")
 DEFAULT_NORMALISE = "sdpa"
 # Peak memory is exact on both devices (CUDA's allocator peak, CPU's peak of live tensor bytes), and in one job

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from sparsebench import gate
+from sparsebench import gate, paired
 from sparsebench.cli import app
 from sparsebench.errors import SparsebenchError
 from sparsebench.runner import SweepConfig
@@ -214,3 +214,21 @@ def test_confirmation_rounds_hold_the_flagged_cases_and_their_reference():
     sdpa = abgate._with_references(cases, {flagged.key()}, None, sdpa=True)
     assert {(c.pattern, c.impl, c.seq_len) for c in sdpa} == {("dense", "sdpa", 64), ("local", "sdpa", 64),
                                                               ("strided", "sdpa", 64), ("local", "structured", 64)}
+
+
+@pytest.mark.parametrize("args, pairs", [([], paired.DEFAULT_CONFIRM_PAIRS), (["--confirm-rounds", "4"], 4),
+                                         (["--confirm", "0", "--confirm-rounds", "4"], 0)])
+def test_confirmation_pairs_come_from_confirm_rounds(monkeypatch, args, pairs):
+    """The flagged cases are re-measured on --confirm-rounds fresh pairs (default fewer than --rounds), none with
+    --confirm 0."""
+    seen = {}
+
+    def run_ab(base, head, rounds, thresholds, **options):
+        seen.update(options, rounds=rounds)
+        raise SparsebenchError("measured nothing")
+
+    monkeypatch.setattr(abgate, "run_ab", run_ab)
+    result = CliRunner().invoke(app, ["gate", "--base-impl", "eager", "--impl", "structured", "--pattern", "local",
+                                      "--seq", "64", "--device", "cpu", *args])
+    assert result.exit_code == 2 and "measured nothing" in result.stderr
+    assert seen["rounds"] == paired.DEFAULT_ROUNDS and seen["confirm_pairs"] == pairs

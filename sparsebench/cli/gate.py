@@ -83,8 +83,11 @@ def gate_cmd(
         "--base-impl", help="Same-job A/B of two implementations of this tree: this one (e.g. mymod:v1) against "
         "--impl.", show_default=False, rich_help_panel="A/B")] = None,
     rounds: Annotated[int, typer.Option(
-        "--rounds", min=paired.MIN_PAIRS, help="A/B: rounds of each side (A B B A ...); the flagged cases get as "
-        "many fresh ones to confirm (--confirm 0: none).", rich_help_panel="A/B")] = paired.DEFAULT_ROUNDS,
+        "--rounds", min=paired.MIN_PAIRS, help="A/B: rounds of each side (A B B A ...).",
+        rich_help_panel="A/B")] = paired.DEFAULT_ROUNDS,
+    confirm_rounds: Annotated[int, typer.Option(
+        "--confirm-rounds", min=paired.MIN_PAIRS, help="A/B: fresh rounds of each side that re-measure the flagged "
+        "cases (--confirm 0: none).", rich_help_panel="A/B")] = paired.DEFAULT_CONFIRM_PAIRS,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A/B: TOML sweep file (as `run`).",
                                                    show_default=False, rich_help_panel="A/B")] = None,
     pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p", help="A/B: pattern (as `run`). "
@@ -120,8 +123,8 @@ def gate_cmd(
         sweep = SweepOptions(patterns=pattern, impls=impl, seq=seq, devices=device, dtypes=dtype, modes=mode,
                              min_run_time=min_run_time, timeout=timeout)
         ab_gate_and_exit(base_ref=base_ref, head_ref=head_ref, repo=repo, base_impl=base_impl, config_file=config,
-                         sweep=sweep,
-                         rounds=rounds, raw=raw, latency=latency, threshold=threshold, mem_tolerance=mem_tolerance,
+                         sweep=sweep, rounds=rounds, confirm_rounds=confirm_rounds, raw=raw, latency=latency,
+                         threshold=threshold, mem_tolerance=mem_tolerance,
                          alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, summary=summary,
                          export_format=export_format, export_out=export_out, quiet=quiet, out_dir=out_dir,
                          refused={"BASELINE": baseline, "CURRENT": current, "--update-baseline": update_baseline,
@@ -144,7 +147,8 @@ def gate_cmd(
 
 
 def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path | None, base_impl: str | None,
-                     config_file: Path | None, sweep: SweepOptions, rounds: int, raw: bool, latency: bool,
+                     config_file: Path | None, sweep: SweepOptions, rounds: int, confirm_rounds: int, raw: bool,
+                     latency: bool,
                      threshold: float | None, mem_tolerance: float | None, alpha: float | None,
                      thresholds_file: Path | None, confirm: int, summary: Path | None, export_format: str | None,
                      export_out: Path | None, quiet: bool, refused: dict[str, Any],
@@ -174,7 +178,7 @@ def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path |
         # are the dense reference alone (and a compared `sdpa` must not be its own reference)
         normalise = "raw" if raw else "dense" if base_impl is not None else paired.DEFAULT_NORMALISE
         common = dict(normalise=normalise, min_effect=min_effect,
-                      confirm_pairs=rounds if confirm else 0, reporter=progress, out_dir=out_dir)
+                      confirm_pairs=confirm_rounds if confirm else 0, reporter=progress, out_dir=out_dir)
         if base_impl is not None:
             if len(config.impls) != 1:
                 raise SparsebenchError("--base-impl A needs exactly one --impl B to compare it with")
