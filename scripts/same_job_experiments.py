@@ -106,17 +106,46 @@ def gate_once(repo: Path, config: str, run_dir: Path, extra: list[str]) -> dict:
 
 
 def stored_rounds(run_dir: Path) -> list[tuple[str, list[dict]]]:
-    """The main rounds of a run (every case measured; the confirmation rounds, which hold fewer, left out), from
-    the rows it kept, in the order they were measured per side."""
+    """The main rounds of a run, from the rows it kept, in the order they were measured."""
+    return split_rounds(run_dir)[0]
+
+
+def split_rounds(run_dir: Path) -> tuple[list[tuple[str, list[dict]]], list[tuple[str, list[dict]]]]:
+    """(main rounds, confirmation rounds) of a run, each in the order of the gate's schedule, from the rows it
+    kept (one run_id per round) and the pairs its log names ("N rounds each")."""
     from sparsebench import paired
 
-    rounds: list[tuple[str, list[dict]]] = []
+    found = re.search(r"(\d+) rounds each", (run_dir / "gate.log").read_text())
+    pairs = int(found.group(1)) if found else paired.DEFAULT_ROUNDS
+    per_side = {}
     for side in (paired.BASE, paired.HEAD):
-        frame = pd.read_csv(run_dir / "rows" / side / "results.csv")
-        for run_id in dict.fromkeys(frame["run_id"]):
-            rounds.append((side, frame[frame["run_id"] == run_id].to_dict("records")))
-    full = max(len(rows) for _, rows in rounds)
-    return [(side, rows) for side, rows in rounds if len(rows) == full]
+        frame = pd.read_csv(run_dir / "rows" / side / "results.csv", low_memory=False)
+        per_side[side] = [frame[frame["run_id"] == i].to_dict("records") for i in dict.fromkeys(frame["run_id"])]
+
+    def scheduled(first: int, count: int) -> list[tuple[str, list[dict]]]:
+        taken = {side: iter(rounds[first:first + count]) for side, rounds in per_side.items()}
+        return [(side, next(taken[side])) for side in paired.schedule(count)]
+
+    extra = min(len(rounds) for rounds in per_side.values()) - pairs
+    return scheduled(0, pairs), scheduled(pairs, extra) if extra > 0 else []
+
+
+def confirmed_with(run_dir: Path, pairs: int) -> bool | None:
+    """Whether a stored run fails (a latency regression confirmed) when its confirmation holds only the first
+    `pairs` of its fresh pairs: the gate's defaults on its main rounds, then `paired.confirm` on that prefix (the
+    schedule's first pairs are a shorter schedule). None: fewer pairs stored (nothing flagged: none stored)."""
+    from sparsebench import gate, paired
+
+    main, again = split_rounds(run_dir)
+    thresholds = gate.Thresholds()
+    report = paired.ab_report(main, thresholds)
+    if not gate.latency_regressions(report):
+        return False
+    if len(again) < 2 * pairs:
+        return None
+    report = paired.confirm(report, again[:2 * pairs], thresholds.alpha, paired.DEFAULT_NORMALISE,
+                            paired.DEFAULT_MIN_EFFECT)
+    return any(f.metric == "confirm" and f.verdict == gate.REGRESSION for c in report.cases for f in c.findings)
 
 
 def pair_noise(run_dir: Path) -> dict[str, dict[str, float]]:
@@ -198,6 +227,29 @@ def same_job(args: argparse.Namespace) -> None:
     write(out, started, args.config, aa, ab, extra)
 
 
+def confirmation_table(kinds: dict[str, list[dict]], prefixes: tuple[int, ...] = (10, 8, 6, 5)) -> list[str]:
+    """Markdown: per kind of run, the runs that fail when the confirmation holds only its first k pairs (a run
+    that flags nothing counts as passing at every k; one with fewer pairs stored is left out of that column)."""
+    from sparsebench import paired
+
+    lines = ["", "Every run judged again with its confirmation cut to its first k pairs (runs that fail / runs "
+             f"judged; the gate's default is k = {paired.DEFAULT_CONFIRM_PAIRS}):", "",
+             "| runs | " + " | ".join(f"k = {k}" for k in prefixes) + " |", "|---|" + "---|" * len(prefixes)]
+    for kind, runs in kinds.items():
+        cells = []
+        for k in prefixes:
+            verdicts = []
+            for r in runs:
+                try:
+                    verdicts.append(confirmed_with(Path(r["dir"]), k))
+                except (OSError, KeyError, ValueError):
+                    continue
+            judged = [v for v in verdicts if v is not None]
+            cells.append(f"{sum(judged)}/{len(judged)}" if judged else "-")
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 5 else []
+
+
 def recorded(out: Path) -> tuple[list[dict], dict[str, list[dict]]]:
     """The A/A and A/B runs recorded in OUT_DIR/summary.json by an earlier, stopped or budget-cut, experiment."""
     try:
@@ -257,6 +309,7 @@ def write(out: Path, started: str, config: str, aa: list[dict], ab: dict[str, li
             table.append(f"| {kind} | " + " | ".join(f"{sum(c[n] > 0 for c in counts)}/{len(counts)}" for n in names)
                          + " |")
     lines += table if len(table) > 5 else []
+    lines += confirmation_table(kinds)
     commits = sorted({str(r.get("commit", "?"))[:10] for r in aa + [r for runs in ab.values() for r in runs]})
     if len(commits) > 1:  # a resumed experiment: runs of different code, each listed in summary.json
         lines += ["", f"Runs of {len(commits)} commits: {', '.join(commits)} (each run's commit in summary.json)."]
