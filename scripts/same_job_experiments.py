@@ -6,6 +6,7 @@ configs/ci.toml`), in a scratch clone of this repository's HEAD.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -130,22 +131,27 @@ def split_rounds(run_dir: Path) -> tuple[list[tuple[str, list[dict]]], list[tupl
     return scheduled(0, pairs), scheduled(pairs, extra) if extra > 0 else []
 
 
-def confirmed_with(run_dir: Path, pairs: int) -> bool | None:
-    """Whether a stored run fails (a latency regression confirmed) when its confirmation holds only the first
-    `pairs` of its fresh pairs: the gate's defaults on its main rounds, then `paired.confirm` on that prefix (the
-    schedule's first pairs are a shorter schedule). None: fewer pairs stored (nothing flagged: none stored)."""
+def confirmations(run_dir: Path, prefixes: tuple[int, ...]) -> dict[int, bool | None]:
+    """Per k in `prefixes`: whether a stored run fails (a latency regression confirmed) when its confirmation holds
+    only the first k of its fresh pairs: the gate's defaults on its main rounds (judged once), then
+    `paired.confirm` on that prefix (the schedule's first pairs are a shorter schedule). None: fewer pairs stored
+    (a run that flagged nothing stored none, and passes at every k)."""
     from sparsebench import gate, paired
 
     main, again = split_rounds(run_dir)
     thresholds = gate.Thresholds()
-    report = paired.ab_report(main, thresholds)
-    if not gate.latency_regressions(report):
-        return False
-    if len(again) < 2 * pairs:
-        return None
-    report = paired.confirm(report, again[:2 * pairs], thresholds.alpha, paired.DEFAULT_NORMALISE,
-                            paired.DEFAULT_MIN_EFFECT)
-    return any(f.metric == "confirm" and f.verdict == gate.REGRESSION for c in report.cases for f in c.findings)
+    screen = paired.ab_report(main, thresholds)
+    if not gate.latency_regressions(screen):
+        return dict.fromkeys(prefixes, False)
+    out: dict[int, bool | None] = {}
+    for k in prefixes:
+        if len(again) < 2 * k:
+            out[k] = None
+            continue
+        report = paired.confirm(copy.deepcopy(screen), again[:2 * k], thresholds.alpha, paired.DEFAULT_NORMALISE,
+                                paired.DEFAULT_MIN_EFFECT)  # confirm adds findings: each k on its own copy
+        out[k] = any(f.metric == "confirm" and f.verdict == gate.REGRESSION for c in report.cases for f in c.findings)
+    return out
 
 
 def pair_noise(run_dir: Path) -> dict[str, dict[str, float]]:
@@ -236,15 +242,15 @@ def confirmation_table(kinds: dict[str, list[dict]], prefixes: tuple[int, ...] =
              f"judged; the gate's default is k = {paired.DEFAULT_CONFIRM_PAIRS}):", "",
              "| runs | " + " | ".join(f"k = {k}" for k in prefixes) + " |", "|---|" + "---|" * len(prefixes)]
     for kind, runs in kinds.items():
+        verdicts = []  # one dict per readable run: every k judged from one read of its rows
+        for r in runs:
+            try:
+                verdicts.append(confirmations(Path(r["dir"]), prefixes))
+            except (OSError, KeyError, ValueError):
+                continue
         cells = []
         for k in prefixes:
-            verdicts = []
-            for r in runs:
-                try:
-                    verdicts.append(confirmed_with(Path(r["dir"]), k))
-                except (OSError, KeyError, ValueError):
-                    continue
-            judged = [v for v in verdicts if v is not None]
+            judged = [v[k] for v in verdicts if v[k] is not None]
             cells.append(f"{sum(judged)}/{len(judged)}" if judged else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines if len(lines) > 5 else []
