@@ -4,8 +4,9 @@
     python3 scripts/gpu_check_fake.py -m sparsebench run --seq 32768 --impl sdpa ... --out-dir DIR
 
 `sparsebench run` appends one row per case, replayed from the first H200 run (docs/results/h200/results.csv)
-with the asked shape, and leaves a `sparsebench.lock` behind as the real one does; `pytest`, `gpu_profile.py`,
-`gate_experiments.py`, `info` and `plot` write their usual files with placeholder content. It imports neither
+with the asked shape, and leaves a `sparsebench.lock` behind as a real run does when a step's timeout kills it;
+`pytest`, `gpu_profile.py`, `gate_experiments.py`, `info` and `plot` write their usual files with placeholder
+content. It imports neither
 torch nor sparsebench (each real step would take seconds to start), so the dry run proves the check's order,
 budget arithmetic and files, not the measurements.
 """
@@ -57,7 +58,7 @@ def fake_run(argv: list[str]) -> int:
 
     out = Path(opts.get("out-dir", ["sparsebench-results"])[0])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sparsebench.lock").write_text(f"{os.getpid()}\n")  # the real run leaves its lock file too
+    (out / "sparsebench.lock").write_text(f"{os.getpid()}\n")  # as a run killed by its step's timeout
     with open(REPLAY, newline="") as fh:
         templates = list(csv.DictReader(fh))
     with open(HEADER, newline="") as fh:

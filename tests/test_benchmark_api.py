@@ -52,6 +52,7 @@ def test_benchmark_refuses_a_directory_another_run_holds(tmp_path: Path) -> None
         lock.release()
     assert not (tmp_path / "results.csv").exists()
     sparsebench.benchmark(**UNSUPPORTED, out_dir=tmp_path)  # released: the lock went with the call that took it
+    assert not (tmp_path / LOCK_NAME).exists()  # a finished run leaves results only
     DirLock(tmp_path).acquire()
 
 

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -284,6 +285,26 @@ def test_a_second_run_into_a_locked_directory_exits_2_naming_the_first(measured,
         lock.release()
     one_line_exit_2(result, f"another sparsebench run (pid {os.getpid()}) is writing to {tmp_path}", "--wait")
     assert path.read_bytes() == before
+
+
+def test_a_released_lock_leaves_no_file_and_a_waiting_run_holds_the_next_one(tmp_path):
+    """The run that waited on the removed file locks the path's new file, so a third run is refused."""
+    first = DirLock(tmp_path)
+    first.acquire()
+    second, waiting = DirLock(tmp_path), threading.Event()
+    taker = threading.Thread(target=second.acquire, kwargs=dict(wait=True, on_wait=lambda pid: waiting.set()))
+    taker.start()
+    assert waiting.wait(timeout=60)
+    first.release()  # removes the file the second run is waiting on
+    taker.join(timeout=60)
+    assert not taker.is_alive()
+    try:
+        assert (tmp_path / "sparsebench.lock").read_text().strip() == str(os.getpid())
+        with pytest.raises(SparsebenchError, match="another sparsebench run"):
+            DirLock(tmp_path).acquire()
+    finally:
+        second.release()
+    assert not (tmp_path / "sparsebench.lock").exists()
 
 
 @pytest.mark.slow  # a run in a process of its own
