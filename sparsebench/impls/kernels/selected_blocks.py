@@ -15,8 +15,10 @@ score matrix is kept, and no gathered copy of K or V outlives its chunk.
 Why not torch's SDPA on the gathered keys with one additive mask for every query block (the first version): the
 mask, the zero padding of q, k, v, the gathered chunks of 32 MiB and the concatenation of the outputs were all
 fresh large allocations, page-faulted on every call, which took more time than the attention itself. Why the
-own block is not a separate part merged through its logsumexp: the shared mask costs the flash kernel ~1%, the
-second call and the merge ~25% (CPU, fp32, block 64, 16 + 1 blocks).
+own block is not a separate part merged through its logsumexp: the shared mask costs the flash kernel ~7% (201
+against 188 us a query block of 16 + 1 blocks, best of 30 interleaved rounds, CPU, fp32, 1 thread), a causal
+call of the own blocks alone ~26 us a query block (54 ms for n = 16384, H = 8) and the merge more: at n = 16384
+the forward took 546 against 531 ms that way (best of 7, interleaved).
 
 What the grouping replaced, and what else was measured (CPU, fp32, B=1, H=8, D=64, topk_blocks 64/16 on
 --inputs structured, one thread, interleaved on a loaded machine, CPU-time medians; scripts/selected_blocks_ab.py):
@@ -39,7 +41,7 @@ What the grouping replaced, and what else was measured (CPU, fp32, B=1, H=8, D=6
   and 2 blocks (128 rows) stay in 32-row splits; 3-4 blocks would gain at most ~1.3x in throughput for 1.5-1.7x
   the work. Not done.
 - A causal flag on the own block instead of the additive mask: the CPU kernel's causal mask is top-left aligned
-  (query row i sees keys 0..i of its call), which would hide every slot but the first; the mask costs ~1%.
+  (query row i sees keys 0..i of its call), which would hide every slot but the first.
 - The backward with bmm (recomputed probabilities from the saved logsumexp, dV, dP, dS, dQ and dK as five batched
   matmuls into buffers reused by every chunk, none of the flash backward's zero-filled outputs): the same time
   within the noise at n=2048 and 8192 (flash 0.84 s, bmm 0.89 s at 8192). Not done.
