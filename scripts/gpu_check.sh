@@ -11,23 +11,24 @@
 # `patterns` has no cap of its own: it runs only on the time the capped steps leave unused.
 #
 # What comes back (the device tool returns at most 8 files, 16 MiB each, at most two folders down): OUT_DIR
-# holds exactly these 7, also when the check is cut short (the sweep's lock file is removed; anything else is
+# holds exactly these 8, also when the check is cut short (a killed run's lock file is removed; anything else is
 # packed into logs.tgz):
-#   steps.txt          the compact block: each step, exit code, seconds, its limit, rows written (also the last
+#   steps.txt          the compact block: each step, exit code, seconds, its limit, rows it wrote (also the last
 #                      lines of the output, after the summary, because the runner keeps only the last 12,000
 #                      characters of the output)
-#   summary.txt        scripts/gpu_summary.py on the sweep
+#   summary.txt        scripts/gpu_summary.py on the sweep, and on the selection step's rows
 #   profile.txt        scripts/gpu_profile.py: where strided's and the band kernels' time goes
 #   aa.md              the A/A gate runs' summary (scripts/gate_experiments.py; its per-run lines if it was cut)
 #   sweep/results.csv, sweep/meta.json
+#   selection/results.csv  topk_blocks on --inputs structured (configs/gpu-selection.toml; its meta.json is packed)
 #   logs.tgz           info.json, run.log, pytest logs, the A/A runs (results and gate logs), plots/
 set -uo pipefail
 out=${1:?usage: scripts/gpu_check.sh OUT_DIR [BUDGET_S]}
 budget=${2:-380}
 reserve=30
 # step caps in seconds, in the order the steps run (the order of importance); they sum to budget - reserve
-CAPS=(imports:15 info:10 targets:95 cudnn-test:25 tests:40 profile:20 gqa:25 decode:30 serving-prefill:15
-      serving-decode:15 aa-base:10 aa:50)
+CAPS=(imports:15 info:10 targets:95 cudnn-test:25 tests:40 profile:20 gqa:25 decode:30 serving-prefill:10
+      serving-decode:10 selection:20 aa-base:10 aa:40)
 AA_RUNS=${GPU_CHECK_AA_RUNS:-10}
 
 out=$(mkdir -p "$out" && cd "$out" && pwd)
@@ -52,10 +53,10 @@ cap_of() {
 }
 caps_total() { local entry sum=0; for entry in "${CAPS[@]}"; do (( sum += ${entry#*:} )); done; echo $sum; }
 
-rows() {  # result rows in the sweep so far (csv-aware: a quoted field may hold a newline)
-  [[ -f $sweep_dir/results.csv ]] || { echo 0; return; }
+rows() {  # result rows in the results file $1 so far (csv-aware: a quoted field may hold a newline)
+  [[ -f $1 ]] || { echo 0; return; }
   python3 -c 'import csv, sys; print(sum(1 for _ in csv.DictReader(open(sys.argv[1], newline=""))))' \
-    "$sweep_dir/results.csv" 2> /dev/null || echo "?"
+    "$1" 2> /dev/null || echo "?"
 }
 
 # record NAME RC SECONDS LIMIT ROWS NOTE: one line of the compact block
@@ -66,8 +67,9 @@ record() { printf '%-15s %4s %5s %5s %5s  %s\n' "$@" >> "$out/steps.txt"; }
 imports_failed=0
 failed=0  # the exit code: 1 when any step (or the summary) did not run or did not return 0
 step() {
-  local name=$1 max t0=$SECONDS limit rc rows0 rows1
+  local name=$1 max t0=$SECONDS limit rc rows0 rows1 csv=$sweep_dir/results.csv
   shift
+  [[ $name == selection ]] && csv=$out/selection/results.csv  # the one step with a results folder of its own
   max=$(cap_of "$name")
   [[ $name == patterns ]] && max=$budget
   if (( imports_failed )); then failed=1; record "$name" - 0 - - "not run: the import check failed"; return 1; fi
@@ -78,11 +80,11 @@ step() {
     failed=1; record "$name" - 0 "$limit" - "not run: budget spent"
     return 1
   fi
-  rows0=$(rows)
+  rows0=$(rows "$csv")
   GPU_CHECK_STEP=$name timeout -s INT -k 15 "$limit" "$@"
   rc=$?
   (( rc != 0 )) && failed=1
-  rows1=$(rows)
+  rows1=$(rows "$csv")
   local note=""
   (( rc == 124 || rc == 130 || rc == 137 )) && note="cut at its limit"
   [[ $rows0 =~ ^[0-9]+$ && $rows1 =~ ^[0-9]+$ ]] && rows1=$(( rows1 - rows0 ))
@@ -103,7 +105,9 @@ finish() {
     timeout -k 5 15 "${sb[@]}" plot "$sweep_dir/results.csv" --out "$work/plots" >> "$work/run.log" 2>&1
     rc=$?; record plot "$rc" $(( SECONDS - t0 )) 15 - ""
     t0=$SECONDS
-    timeout -k 5 10 python3 scripts/gpu_summary.py "$sweep_dir/results.csv" > "$out/summary.txt" 2>&1
+    local selection=()
+    [[ -f $out/selection/results.csv ]] && selection=(--selection "$out/selection/results.csv")
+    timeout -k 5 10 python3 scripts/gpu_summary.py "$sweep_dir/results.csv" "${selection[@]}" > "$out/summary.txt" 2>&1
     rc=$?; record summary "$rc" $(( SECONDS - t0 )) 10 - ""
     (( rc != 0 )) && failed=1
     cat "$out/summary.txt"
@@ -115,8 +119,9 @@ finish() {
   elif [[ -s $work/aa.log ]]; then  # cut before its summary: each finished run's line
     cp "$work/aa.log" "$out/aa.md"
   fi
-  rm -f "$sweep_dir/sparsebench.lock"
-  local keep=(steps.txt summary.txt profile.txt aa.md sweep/results.csv sweep/meta.json logs.tgz) path rel
+  rm -f "$sweep_dir/sparsebench.lock" "$out/selection/sparsebench.lock"
+  local keep=(steps.txt summary.txt profile.txt aa.md sweep/results.csv sweep/meta.json selection/results.csv logs.tgz)
+  local path rel
   while IFS= read -r -d '' path; do
     rel=${path#"$out"/}
     [[ " ${keep[*]} " == *" $rel "* ]] && continue
@@ -223,7 +228,13 @@ step serving-prefill "${sb[@]}" run "${serving[@]}" --seq-lens uniform:512-8192:
   >> "$work/run.log" 2>&1
 step serving-decode "${sb[@]}" run "${serving[@]}" --seq-lens uniform:1024-32768:32 --mode decode --pattern local \
   --pattern quest:topk=64 >> "$work/run.log" 2>&1
-# 7. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,
+# 7. selection patterns: topk_blocks (block 64, topk 16) on --inputs structured at 32768, selection inside the
+#    latency, on structured, flex and the optional flashinfer kernel (an unsupported row where absent),
+#    into a folder of its own (other inputs than the sweep's); the summary compares it with the sweep's causal
+#    cuDNN row of the same shape: >= 50% of the ideal speed-up (causal pairs / kept pairs) is the target
+step selection "${sb[@]}" run --config configs/gpu-selection.toml --out-dir "$out/selection" --overwrite \
+  >> "$work/run.log" 2>&1
+# 8. the CUDA gate thresholds (1.15x latency, 5% memory today) from data: AA_RUNS fresh runs of a small config,
 #    each gated against a fresh baseline run with the gate's defaults; every run's results stay in logs.tgz
 step aa-base "${sb[@]}" run --config configs/gpu-aa.toml --out-dir "$work/aa/base" --overwrite \
   >> "$work/run.log" 2>&1
@@ -231,9 +242,8 @@ step aa "${py[@]}" scripts/gate_experiments.py --config configs/gpu-aa.toml --ba
   --aa "$AA_RUNS" --neighbour-every 0 --ab 0 --out-dir "$work/aa" > "$work/aa.log" 2>&1
 # --- Reserved: steps that wait on code being built now. Add each here, with a cap in CAPS taken from the
 #     steps above so that the caps plus the reserve still sum to BUDGET_S:
-#     - selection patterns: topk_blocks against causal cuDNN at 32768 (>= 50% of ideal);
 #     - microsecond cases timed with CUDA graphs against CUDA events.
-# 8. the patterns not measured on a GPU yet, on the time the steps above left unused
+# 9. the patterns not measured on a GPU yet, on the time the steps above left unused
 step patterns "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --mode fwd --impl sdpa --impl structured \
   --impl flex --pattern dilated --pattern fixed --pattern longformer --pattern bigbird >> "$work/run.log" 2>&1
 

@@ -89,7 +89,8 @@ def fake_run(argv: list[str]) -> int:
                         row = dict.fromkeys(header, "")
                         template = (like or [t for t in templates if t["pattern"] == name] or templates)[0]
                         row.update({k: v for k, v in template.items() if k in row})
-                        params = pattern.partition(":")[2] or (template["params"] if like else "")
+                        asked = pattern.partition(":")[2].replace(",", ";")  # the CSV's key=INT;key=INT
+                        params = asked or (template["params"] if like else "")
                         row.update(schema_version="2", run_id=run_id, pattern=name, params=params, impl=impl,
                                    seq_len=str(seq), mode=mode, q_len=str(q_len or seq), status="ok")
                         if spec:

@@ -1,8 +1,9 @@
 """Summary of a GPU sweep: the speed-up targets at one length, memory growth in n, and flex against SDPA on dense work.
 
-    python3 scripts/gpu_summary.py RESULTS_CSV [--seq 32768]
+    python3 scripts/gpu_summary.py RESULTS_CSV [--seq 32768] [--selection SELECTION_CSV]
 
-Every ratio compares rows of the same run and shape (`results.reference_rows`).
+Every ratio compares rows of the same run and shape (`results.reference_rows`), except the selection rows'
+comparison with causal cuDNN, whose row comes from RESULTS_CSV (another run, the same shape and device).
 """
 
 from __future__ import annotations
@@ -19,11 +20,19 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sparsebench.errors import SparsebenchError  # noqa: E402
-from sparsebench.results import KEY_COLUMNS, latest, read_results, reference_rows, speedup  # noqa: E402
+from sparsebench.results import (  # noqa: E402
+    KEY_COLUMNS,
+    SHAPE_COLUMNS,
+    latest,
+    read_results,
+    reference_rows,
+    speedup,
+)
 
 # (pattern, reference pattern run on sdpa, the speed-up the GPU check asks for at 32768)
 TARGETS = [("local", "dense", 30.0), ("strided", "dense", 5.0), ("sliding_window", "causal", 8.0)]
 SPARSE_IMPLS = ("structured", "flex")
+SELECTION_TARGET = 0.5  # topk_blocks against causal cuDNN: this share of its ideal speed-up at 32768
 
 
 def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms") -> pd.Series:
@@ -61,6 +70,21 @@ def target_checks(frame: pd.DataFrame, seq: int) -> list[dict]:
     return checks
 
 
+def selection_checks(selection: pd.DataFrame, sweep: pd.DataFrame, seq: int) -> pd.DataFrame:
+    """The ok topk_blocks rows at `seq`: their speed-up over causal SDPA of their own run (speedup_vs_full), over
+    the causal cuDNN row of the same shape in `sweep` (NaN where it has none), the ideal speed-up (causal pairs
+    over kept pairs: (n + 1) / (2 n density), density = kept pairs / n^2) and the share of it reached."""
+    rows = selection[(selection.pattern == "topk_blocks") & (selection.seq_len == seq)
+                     & (selection.status == "ok") & selection.density.notna()].copy()
+    cudnn = sweep[(sweep.pattern == "causal") & (sweep.impl == "sdpa[cudnn]") & (sweep.status == "ok")]
+    shape = [c for c in SHAPE_COLUMNS if c in rows.columns and c in cudnn.columns]
+    ref = cudnn.drop_duplicates(shape, keep="last").set_index(shape).latency_ms
+    rows["vs_cudnn"] = speedup(rows.set_index(shape).index.map(ref).to_numpy(dtype=float), rows.latency_ms)
+    rows["ideal"] = (rows.seq_len + 1) / (2 * rows.seq_len * rows.density)
+    rows["share_vs_cudnn"] = rows.vs_cudnn / rows.ideal
+    return rows
+
+
 def memory_growth(frame: pd.DataFrame) -> pd.DataFrame:
     """Peak memory per n for the sparse impls, and its growth exponent: log2(peak(2n) / peak(n)), 1 = linear."""
     ok = prefill(frame)
@@ -77,10 +101,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
     parser.add_argument("--seq", type=int, default=32768)
+    parser.add_argument("--selection", type=Path, help="the selection step's results (configs/gpu-selection.toml)")
     args = parser.parse_args()
     try:
         every_row = read_results(args.results)
         frame = latest(every_row)
+        selection = latest(read_results(args.selection)) if args.selection else None
     except SparsebenchError as exc:
         parser.exit(2, f"error: {exc}\n")
     serving = _is_serving(frame)
@@ -118,6 +144,9 @@ def main() -> None:
             console.print(f"  dense {mode} D={head_dim}: flex {rates['flex']:.3g} TFLOP/s = "
                           f"{rates['flex'] / rates['sdpa']:.0%} of SDPA's {rates['sdpa']:.3g}")
 
+    if selection is not None:
+        _selection(console, selection, frame, args.seq)
+
     growth = memory_growth(frame)
     if not growth.empty:
         console.print("[bold]peak memory (MiB) against n[/]; exponent 1 = linear, 2 = quadratic")
@@ -140,6 +169,31 @@ def _workloads(console: Console, frame: pd.DataFrame) -> None:
     for row in rows.sort_values(order).to_dict("records"):
         table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
     console.print(table)
+
+
+def _selection(console: Console, selection: pd.DataFrame, sweep: pd.DataFrame, seq: int) -> None:
+    """Every row of the selection run, then the topk_blocks target against causal cuDNN."""
+    table = Table(title=f"selection, n = {seq}")
+    columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "latency_ms": "ms", "select_ms": "select ms",
+               "speedup_vs_full": "x causal", "density": "density", "recall": "recall", "err_vs_full": "err vs full",
+               "status": "status"}
+    for column, header in columns.items():
+        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
+    rows = selection[selection.seq_len == seq]
+    for row in rows.sort_values(["mode", "pattern", "impl"]).to_dict("records"):
+        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
+    console.print(table)
+    for row in rows[rows.status != "ok"].to_dict("records"):
+        console.print(f"  {row['impl']} {row['mode']}: {row['status']}: {escape(str(row.get('error', '')))[:200]}")
+    console.print(f"[bold]selection target[/] (topk_blocks against causal cuDNN from the sweep, "
+                  f">= {SELECTION_TARGET:.0%} of ideal)")
+    for row in selection_checks(selection, sweep, seq).to_dict("records"):
+        share = row["share_vs_cudnn"]
+        verdict = ("no causal cuDNN row in the sweep" if math.isnan(share)
+                   else "[green]met[/]" if share >= SELECTION_TARGET else "[red]missed[/]")
+        console.print(f"  {row['impl']:>10} {row['mode']:>6}: {row['vs_cudnn']:.2f}x causal cuDNN, ideal "
+                      f"{row['ideal']:.2f}x: {row['share_vs_cudnn']:.0%} {verdict}; {row['speedup_vs_full']:.2f}x "
+                      f"causal SDPA of its run; recall {row['recall']:.3f}")
 
 
 def _is_serving(frame: pd.DataFrame) -> pd.Series:

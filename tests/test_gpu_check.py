@@ -16,8 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 STEPS = ["imports", "info", "targets", "cudnn-test", "tests", "profile", "gqa", "decode", "serving-prefill",
-         "serving-decode", "aa-base", "aa", "patterns"]
-BACK = {"steps.txt", "summary.txt", "profile.txt", "aa.md", "sweep/results.csv", "sweep/meta.json", "logs.tgz"}
+         "serving-decode", "selection", "aa-base", "aa", "patterns"]
+BACK = {"steps.txt", "summary.txt", "profile.txt", "aa.md", "sweep/results.csv", "sweep/meta.json",
+        "selection/results.csv", "logs.tgz"}
 MAX_FILES = 8  # what the device tool brings back, at most two folders down
 
 
@@ -89,7 +90,7 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     assert {(r["mode"], r["seq_lens"], r["batch"], r["page_size"]) for r in serving} == {
         ("fwd", "uniform:512-8192:16", "16", ""), ("decode", "uniform:1024-32768:32", "32", "16")}
     assert {r["pattern"] for r in serving} == {"dense", "causal", "local", "quest"}
-    assert lines[-1].startswith("files (7): ")
+    assert lines[-1].startswith("files (8): ")
     assert (out / "steps.txt").read_text().splitlines() == lines
     # the cuDNN path's test runs first, the rest after without it
     pytest_runs = re.findall(r"\(fake: pytest (.*)\)", proc.stdout)
@@ -98,6 +99,7 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     assert "--deselect tests/test_structured.py::test_cuda_fused_backends_match_reference" in pytest_runs[1]
     assert pytest_runs[1].endswith(" tests/test_structured.py tests/test_cuda.py")
     assert (out / "aa.md").read_text().startswith("- A/A")
+    assert "selection, n = 32768" in proc.stdout and "selection target" in proc.stdout  # the summary's own table
 
 
 @pytest.mark.slow
@@ -140,7 +142,7 @@ def test_the_sweep_steps_use_only_options_that_run_has():
 
     help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
     commands = re.findall(r'"\$\{sb\[@\]\}" run (.*?)(?:>>|$)', SCRIPT.read_text().replace("\\\n", " "), re.M)
-    assert len(commands) == 7  # targets, gqa, decode, serving-prefill, serving-decode, aa-base, patterns
+    assert len(commands) == 8  # targets, gqa, decode, serving-prefill, serving-decode, selection, aa-base, patterns
     sweep = re.search(r"^sweep=\((.*)\)", SCRIPT.read_text(), re.M)[1]
     serving = re.search(r"^serving=\((.*?)\)$", SCRIPT.read_text(), re.M | re.S)[1]
     for command in commands:

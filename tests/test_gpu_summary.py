@@ -72,3 +72,39 @@ def test_targets_keep_their_reference_when_a_later_run_measures_it_again(tmp_pat
     assert proc.returncode == 0, proc.stderr
     assert "strided    fwd D=64: structured 4.5x vs dense sdpa" in proc.stdout
     assert "local    fwd D=64: flex 41.9x" in proc.stdout
+
+
+def test_selection_rows_are_compared_with_the_sweeps_causal_cudnn_row_of_their_shape():
+    n = 32768
+    density = 17 * 64 / n  # 17 kept blocks of 64 per query block: ideal (n + 1) / (2 n density) ~ 15.06x
+    selection = pd.DataFrame([
+        {**row("topk_blocks", "structured", n, 2.0), "density": density, "speedup_vs_full": 4.0, "recall": 0.8},
+        {**row("topk_blocks", "flex", n, 4.0), "density": density, "speedup_vs_full": 2.0, "recall": 0.8},
+        {**row("topk_blocks", "structured", n, 5.0, mode="fwdbwd"), "density": density, "speedup_vs_full": 4.0},
+        {**row("topk_blocks", "nsa", n, math.nan, status="unsupported"), "density": math.nan},
+        {**row("causal", "sdpa", n, 8.0), "density": 0.5},
+    ])
+    sweep = pd.DataFrame([row("causal", "sdpa[cudnn]", n, 16.0), row("causal", "sdpa", n, 8.0),
+                          row("causal", "sdpa[cudnn]", n, 16.0, head_dim=128)])  # another shape: not used
+    checks = gpu_summary.selection_checks(selection, sweep, n)
+    assert list(checks.impl) == ["structured", "flex", "structured"]  # ok topk_blocks rows only
+    ideal = (n + 1) / (2 * n * density)
+    assert checks.vs_cudnn.iloc[0] == pytest.approx(8.0) and checks.vs_cudnn.iloc[1] == pytest.approx(4.0)
+    assert checks.ideal.iloc[0] == pytest.approx(ideal)
+    assert checks.share_vs_cudnn.iloc[0] == pytest.approx(8.0 / ideal)
+    assert math.isnan(checks.vs_cudnn.iloc[2])  # no fwdbwd causal cuDNN row in the sweep
+
+
+def test_the_summary_prints_the_selection_target(tmp_path):
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "h200" / "results.csv"
+    frame = pd.read_csv(published, keep_default_na=False, na_values=[""])
+    cudnn = frame[(frame.pattern == "causal") & (frame.impl == "sdpa") & (frame.seq_len == 32768)
+                  & (frame["mode"] == "fwd") & (frame.head_dim == 64)].assign(impl="sdpa[cudnn]", latency_ms=16.0)
+    pd.concat([frame, cudnn]).to_csv(tmp_path / "results.csv", index=False)
+    topk = cudnn.assign(pattern="topk_blocks", params="block=64;causal=1;topk=16", impl="structured",
+                        latency_ms=2.0, density=17 * 64 / 32768, recall=0.75, speedup_vs_full=4.0)
+    topk.to_csv(tmp_path / "selection.csv", index=False)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "results.csv"), "--selection",
+                           str(tmp_path / "selection.csv")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "structured    fwd: 8.00x causal cuDNN, ideal 15.06x: 53% met" in proc.stdout
