@@ -329,6 +329,23 @@ def test_wait_waits_for_the_other_run(tmp_path):
     assert list(read_results(tmp_path / "results.csv").status) == ["unsupported"]
 
 
+def test_resume_measures_again_the_cases_measured_on_other_inputs(measured, tmp_path):
+    """Finished cases count as done only on the inputs they were measured on: another kind, seed or file is
+    measured again (and --resume on the same inputs has nothing left)."""
+    from sparsebench.runner.cases import MeasureSettings
+    from sparsebench.runner.sweep import ResultsDir
+
+    copy_run(measured, tmp_path)
+    out = ResultsDir(tmp_path, resume=True)
+    same = out.done(MeasureSettings(inputs="random", input_id="seed=0"))
+    assert len(same) == len(read_results(tmp_path / "results.csv")) == 3
+    assert out.done(MeasureSettings(inputs="structured", input_id="seed=0")) == set()
+    assert out.done(MeasureSettings(inputs="random", input_id="seed=1")) == set()
+    result = run(tmp_path, *SWEEP, "--resume", "--input-seed", "1")
+    assert result.exit_code == 0, result.output
+    assert list(read_results(tmp_path / "results.csv").input_id) == ["seed=0"] * 3 + ["seed=1"] * 3
+
+
 def test_an_existing_results_file_is_never_replaced_unasked(measured, tmp_path):
     path = copy_run(measured, tmp_path)
     before = path.read_bytes()

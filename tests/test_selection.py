@@ -662,3 +662,38 @@ def test_the_gate_does_not_compare_quality_across_inputs():
     assert quality_findings(base, {**base, "recall": 0.5})[0][1] == "regression"
     found = quality_findings(base, {**base, "recall": 0.5, "inputs": "random"})
     assert [f[:2] for f in found] == [("inputs", "warning")]
+
+
+def test_the_gate_tells_inputs_of_one_kind_apart_by_their_id():
+    """Another seed or another file's content under the same kind is other inputs; a row without an id (written
+    before the column) is compared on its kind alone."""
+    from sparsebench.gate_quality import quality_findings
+
+    base = {"recall": 0.9, "err_vs_full": 0.1, "inputs": "structured", "input_id": "seed=0"}
+    found = quality_findings(base, {**base, "recall": 0.5, "input_id": "seed=1"})
+    assert [f[:2] for f in found] == [("inputs", "warning")] and "seed=0 -> structured seed=1" in found[0][2]
+    assert quality_findings({**base, "input_id": float("nan")}, {**base, "recall": 0.5})[0][:2] == \
+        ("recall", "regression")
+
+
+def test_err_vs_full_is_not_gated_where_both_rows_keep_all_the_mass():
+    """Dense or causal rows: err_vs_full is rounding against full attention (max_abs_err gates the kernel)."""
+    from sparsebench.gate_quality import quality_findings
+
+    dense = {"recall": 1.0, "err_vs_full": 5.5e-6, "inputs": "structured", "input_id": "seed=0"}
+    assert quality_findings(dense, {**dense, "err_vs_full": 6.6e-6}) == []
+    assert quality_findings(dense, {**dense, "recall": 0.9, "err_vs_full": 0.2})[0][:2] == ("recall", "regression")
+    window = {**dense, "recall": 0.95, "err_vs_full": 0.1}
+    assert [f[:2] for f in quality_findings(window, {**window, "err_vs_full": 0.2})] == [("err_vs_full",
+                                                                                         "regression")]
+
+
+def test_rows_name_their_inputs_by_seed_and_by_file_content(tmp_path):
+    from sparsebench.runner.inputs import input_id
+
+    assert input_id("structured", 3) == "seed=3" and input_id("random", 0) == "seed=0"
+    path = tmp_path / "qkv.pt"
+    path.write_bytes(b"first")
+    first = input_id(str(path), 0)
+    path.write_bytes(b"other!")  # rewritten under the same name
+    assert first.startswith("sha256=") and input_id(str(path), 0) != first

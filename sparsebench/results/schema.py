@@ -52,9 +52,11 @@ SHAPE_COLUMNS = ["device", "dtype", "mode", "batch", "heads", "kv_heads", "seq_l
 # Serving (above): the key columns, total_tokens (the batch's tokens: the packed stream, or the cached context in
 # decode), padding_waste (padded baselines: the share of padded token slots that are padding); tokens_per_s is
 # total_tokens per second in prefill and batch / latency (new tokens per second) in decode.
+# input_id: what tells inputs of one kind apart (runner/inputs.py: the seed, or a file's content hash), so that
+# the gate and --resume never take rows measured on other inputs for the same ones.
 LATER_COLUMNS = ["gpu_index", "gpu_name", "n_calls", "rel_err", "grad_err", "rss_peak_mib", "launch_overhead_ms",
                  "select_ms", "density_min", "density_max", "recall", "err_vs_full", "speedup_vs_full", "inputs",
-                 *SERVING_KEY_COLUMNS, "total_tokens", "padding_waste"]
+                 *SERVING_KEY_COLUMNS, "total_tokens", "padding_waste", "input_id"]
 COLUMNS = [
     "schema_version", "run_id",
     *_FIRST_KEY_COLUMNS,
@@ -465,7 +467,7 @@ def read_results(path: str | Path, allow_empty: bool = False) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, keep_default_na=False, na_values=[""],
                             dtype={"params": str, "error": str, "samples_ms": str, "corpus": str, "inputs": str,
-                                   "seq_lens": str})
+                                   "input_id": str, "seq_lens": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise SparsebenchError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     if frame.empty and not allow_empty:
@@ -501,7 +503,8 @@ def complete_columns(frame: pd.DataFrame) -> pd.DataFrame:
     frame["q_len"] = frame["q_len"].fillna(frame["seq_len"])
     for column in COLUMNS:
         if column not in frame.columns:
-            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus", "inputs", "seq_lens") \
+            frame[column] = "" if column in ("params", "error", "samples_ms", "corpus", "inputs", "input_id",
+                                             "seq_lens") \
                 else math.nan
     frame["schema_version"] = SCHEMA_VERSION
     return frame

@@ -25,6 +25,8 @@ there; `structured` and captured activations are the inputs on which selection q
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 from pathlib import Path
 
@@ -172,6 +174,25 @@ def file_shape(path: str | Path) -> dict[str, object]:
     dtype = next(name for name, dt in DTYPES.items() if dt == q.dtype)
     return {"batch": [q.shape[0]], "heads": [q.shape[1]], "kv_heads": [k.shape[1]], "head_dim": [q.shape[3]],
             "dtypes": [dtype], "seq_max": q.shape[2]}
+
+
+def input_id(inputs: str, seed: int) -> str:
+    """What tells two sets of inputs of the same kind apart (the row's `input_id`): `seed=S` for the generated
+    kinds, `sha256=` and the first 16 hex digits of the file's content for a file (a path can be rewritten)."""
+    if inputs in KINDS:
+        return f"seed={seed}"
+    stat = Path(inputs).stat()
+    return f"sha256={_digest(inputs, stat.st_size, stat.st_mtime_ns)}"
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256, once per worker while its size and mtime stay (every case of a sweep reads it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def check_inputs(config) -> None:

@@ -107,6 +107,7 @@ def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) 
         rel_err=rel,
         rss_peak_mib=timed.rss_mib,
         launch_overhead_ms=timed.launch_ms,
-        extra={"inputs": settings.inputs, "total_tokens": total, "padding_waste": prep.padding_waste,
+        extra={"inputs": settings.inputs, "input_id": settings.input_id,
+               "total_tokens": total, "padding_waste": prep.padding_waste,
                "tokens_per_s": (len(batch.lengths) if decode else total) / seconds},
     )

@@ -29,6 +29,7 @@ from sparsebench.results import (
 from sparsebench.runner.cases import Case, MeasureSettings
 from sparsebench.runner.config import SweepConfig, expand
 from sparsebench.runner.gpus import Slot
+from sparsebench.runner.inputs import input_id
 from sparsebench.runner.launcher import THIS_PROCESS, SweepStats, WorkerSource, run_cases
 from sparsebench.runner.lock import DirLock
 from sparsebench.runner.shard import Shard
@@ -57,7 +58,7 @@ class Sweep:
     def settings(self) -> MeasureSettings:
         c = self.config
         return MeasureSettings(min_run_time=c.min_run_time, min_samples=c.min_samples, warmup=c.warmup,
-                               inputs=c.inputs, input_seed=c.input_seed)
+                               inputs=c.inputs, input_seed=c.input_seed, input_id=input_id(c.inputs, c.input_seed))
 
     def cases(self, done: set[tuple] = frozenset()) -> tuple[list[Case], list[tuple[Case, str]]]:
         """(cases to measure, (case, reason) of unsupported ones), leaving out the keys in `done`.
@@ -125,11 +126,17 @@ class ResultsDir:
         read_meta(self.csv_path)  # a broken meta.json stops the run here, before anything is moved
         return recover_partial_row(self.csv_path)
 
-    def done(self) -> set[tuple]:
-        """Keys of the cases already in results.csv (when resuming)."""
+    def done(self, settings: MeasureSettings | None = None) -> set[tuple]:
+        """Keys of the cases already in results.csv (when resuming) that were measured on the inputs of `settings`
+        (`inputs` and `input_id` as the rows write them; default: random, seed 0): a case measured on others is
+        measured again. A row that names no inputs (unsupported rows, files written before these columns) counts
+        for any."""
         if not (self.resume and self.csv_path.exists() and self.csv_path.stat().st_size > 0):
             return set()
-        return {case_key(row) for row in read_results(self.csv_path, allow_empty=True).to_dict("records")}
+        settings = settings or MeasureSettings(input_id="seed=0")
+        rows = read_results(self.csv_path, allow_empty=True).to_dict("records")
+        return {case_key(row) for row in rows
+                if _names(row, "inputs", settings.inputs) and _names(row, "input_id", settings.input_id)}
 
     def writer(self) -> ResultWriter:
         return ResultWriter(self.csv_path, append=self.resume)
@@ -169,6 +176,12 @@ class ResultsDir:
         meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
                            "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
         write_meta(self.meta_path, meta)
+
+
+def _names(row: dict[str, Any], column: str, value: str) -> bool:
+    """Whether the row's `column` is `value`, or empty (read as NaN: a row that does not say)."""
+    cell = row.get(column)
+    return not isinstance(cell, str) or cell in ("", value)
 
 
 def _lines(path: Path) -> int:
