@@ -108,6 +108,24 @@ def test_every_call_of_a_case_is_counted(slow, monkeypatch):
     assert m.peak_mem_mib > 0 and m.rss_peak_mib >= 0
 
 
+def test_every_timed_and_untimed_call_of_a_cpu_case_runs_on_one_thread(monkeypatch):
+    """The first call too: torch.compile specialises to the thread count, so a first call on every thread left the
+    first timed call to compile again (seconds in one sample)."""
+    case = Case("local", "window=8", "eager", "cpu", "float32", "fwd", 1, 2, 2, 64, 64, 16)
+    threads = []
+    real = measure_case.get_impl("eager").forward
+    monkeypatch.setattr(measure_case.get_impl("eager"), "forward",
+                        lambda *a: threads.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # as a worker on a machine with cores to spare
+    try:
+        m = measure_case.measure(case, measure_case.make_inputs(case), slow_case_settings())
+        assert torch.get_num_threads() == 2  # restored after
+    finally:
+        torch.set_num_threads(before)
+    assert m.status == "ok" and len(threads) == m.n_calls and set(threads) == {1}
+
+
 def eager_local_call(n: int = 1024, extra_bytes: int = 0):
     """An eager local-attention forward (it materialises (B, H, n, n) scores), and `extra_bytes` more in one more
     tensor, held during the call (a change that allocates that much more)."""

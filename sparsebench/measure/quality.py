@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from sparsebench.measure import timing
 from sparsebench.measure.accuracy import sample_rows
 from sparsebench.patterns import Pattern
 from sparsebench.patterns.selection import Selection, SelectionPattern
@@ -101,15 +102,10 @@ def time_select(pattern: SelectionPattern, q: torch.Tensor, k: torch.Tensor, cac
             torch.cuda.synchronize(device)
         return (time.perf_counter() - t0) * 1e3
 
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # as the timed calls run (measure/timing.py)
-    try:
+    with timing.timed_threads(device):  # as the timed calls run
         samples = [once()]
         while len(samples) < SELECT_SAMPLES and samples[0] < SLOW_SELECT_S * 1e3:
             samples.append(once())
-    finally:
-        torch.set_num_threads(threads)
     return statistics.median(samples)
 
 

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+
+
+@contextlib.contextmanager
+def timed_threads(device: torch.device | str = "cpu") -> Iterator[None]:
+    """On the CPU, torch runs on one thread inside, as the timed calls do (the thread count is restored after).
+    Calls made before timing need it too: torch.compile specialises its kernels to the thread count, so a first
+    call on every thread would leave the first timed call to compile again."""
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def time_cpu(fn: Callable[[], object], min_run_time: float, min_samples: int) -> list[float]:
@@ -24,13 +41,9 @@ def time_cpu(fn: Callable[[], object], min_run_time: float, min_samples: int) ->
 def time_cpu_calls(fn: Callable[[], object], count: int) -> list[float]:
     """`count` single calls (ms), timed as blocked_autorange times its calls: one thread, garbage collection
     off, by timeit. (Timer.timeit(1) would make two untimed warm-up calls before each.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with timed_threads():
         timer = timeit.Timer(fn)
         return [timer.timeit(1) * 1e3 for _ in range(count)]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def time_cuda(fn: Callable[[], object], min_run_time: float, min_samples: int) -> list[float]:

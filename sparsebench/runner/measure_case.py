@@ -11,7 +11,9 @@ The calls of a case: the first call (compilation, lazy init; its output gives th
   warm-up, and a median of a few seconds-long calls is as steady as one of many. The RSS tracker works before and
   after the call, never inside it, and adds nothing measurable to it (scripts/tracker_cost.py); the profiler
   works inside the call, so its call is never timed.
-Every call is counted (`n_calls`).
+Every call is counted (`n_calls`). On the CPU every call of the implementation but the gradient check's runs on
+one thread, as the timed calls do: torch.compile specialises its kernels to the thread count, so a warm-up on
+every thread would leave the first timed call to compile again.
 """
 
 from __future__ import annotations
@@ -92,10 +94,12 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only:
 
     call: Callable[[], torch.Tensor] = forward_backward if case.mode == "fwdbwd" else forward
 
-    # First call: compilation, autotuning, lazy init. Reported apart, never in the latency.
+    # First call: compilation, autotuning, lazy init. Reported apart, never in the latency. On the CPU on one thread,
+    # as the timed calls run: torch.compile specialises to the thread count (the first timed call would compile).
     t0 = time.perf_counter()
     try:
-        out = call()
+        with timing.timed_threads(device):
+            out = call()
     except Exception as exc:
         # fwdbwd: name the gradient whose backward fails, when one does
         named = gradients.name_failing_gradient(lambda *x: impl.forward(*x, prep), q, k, v, grad_out) \
@@ -178,7 +182,13 @@ class Timed:
 def memory_and_timing(call: Callable[[], torch.Tensor], device: torch.device, first_call_s: float,
                       settings: MeasureSettings, latency_only: bool = False) -> Timed:
     """After the first call: the memory peaks (not with `latency_only`), then the timed calls. A slow CPU case
-    times a few calls only (`_slow_case`)."""
+    times a few calls only (`_slow_case`). On the CPU every call runs on one thread, as the timed ones."""
+    with timing.timed_threads(device):
+        return _memory_and_timing(call, device, first_call_s, settings, latency_only)
+
+
+def _memory_and_timing(call: Callable[[], torch.Tensor], device: torch.device, first_call_s: float,
+                       settings: MeasureSettings, latency_only: bool) -> Timed:
     slow = _slow_case(call, device, first_call_s, settings) if device.type == "cpu" else None
     if slow is not None:
         rss_mib, samples = slow
@@ -221,10 +231,10 @@ def _slow_case(call: Callable[[], torch.Tensor], device: torch.device, first_cal
                settings: MeasureSettings) -> tuple[float, list[float]] | None:
     """(peak MiB, samples) of a slow CPU case, or None for a fast one (measured with warm-up and autorange).
 
-    Only a first call that could take SLOW_CALL_S on one thread (it ran on all of them, the timed calls run on
-    one) makes one more call before deciding; when that call is fast (the first was compilation, or the threads
-    helped), the case is measured as a fast one, this call one more warm-up: at most SLOW_CALL_S more."""
-    if first_call_s * torch.get_num_threads() < SLOW_CALL_S:
+    Only a first call of SLOW_CALL_S or more (on one thread, as the timed calls) makes one more call before
+    deciding; when that call is fast (the first was compilation or lazy init), the case is measured as a fast one,
+    this call one more warm-up: at most SLOW_CALL_S more."""
+    if first_call_s < SLOW_CALL_S:
         return None
     peak_mib, (ms,) = memory.tracked_call(lambda: timing.time_cpu_calls(call, 1), device)
     if ms < SLOW_CALL_S * 1e3:
