@@ -613,8 +613,22 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
             lines.append("| " + (f"{b['series']} | " if multi else "") + f"{b['panel']} | {int(b['seq_len'])} | "
                          f"{b['impl']} | {b['latency_ms']:.3g} | {_ratio(b['speedup_vs_dense'])} | "
                          f"{_ratio(b['mem_ratio_vs_dense'])} | {_rate(b)} |")
-        lines.append("")
+        lines += ["", *_not_measured(fs.rows, multi)]
     return "\n".join(lines)
+
+
+def _not_measured(rows: pd.DataFrame, multi: bool) -> list[str]:
+    """The set's cases without a measurement (failed, unsupported, skipped), each with its status and why."""
+    missed = rows[rows["status"] != "ok"].sort_values(["panel", "seq_len", "impl"], kind="stable")
+    if missed.empty:
+        return []
+    lines = ["Not measured:", "", "| " + ("run | " if multi else "") + "pattern | seq_len | impl | status | why |",
+             "|" + "---|" * (5 + multi)]
+    for _, r in missed.iterrows():
+        why = " ".join(str(r.get("error") or "").split()).replace("|", "\\|")
+        lines.append("| " + (f"{r['series']} | " if multi else "") + f"{r['panel']} | {int(r['seq_len'])} | "
+                     f"{r['impl']} | {r['status']} | {why[:200]} |")
+    return [*lines, ""]
 
 
 def _rate(row: pd.Series) -> str:

@@ -115,7 +115,7 @@ def load_pattern(spec: str) -> str:
         name = getattr(cls, "name", None) or attr_name
     elif callable(obj) and not isinstance(obj, type) and is_selector(obj):  # select(q, k, **params) -> layout
         try:
-            cls = selector_pattern(attr_name, obj, origin=spec)
+            cls = selector_pattern(attr_name, obj)
         except SparsebenchError as exc:
             raise SparsebenchError(f"--pattern {spec}: {exc}") from None
         name = attr_name

@@ -72,6 +72,8 @@ def test_default_input_writes_every_figure_as_png(tmp_path, monkeypatch):
     report = (plot_dir / "report.md").read_text()
     assert all(f"]({name}.png)" in report for name in FIGURES)
     assert "| local | 1024 | flex | 8 | 2.00× | 1.00× |" in report
+    # the cases without a measurement are listed with their status and why
+    assert "| local | 1024 | eager | oom | out of memory |" in report.split("Not measured:")[1]
 
 
 def test_two_inputs_overlay_as_svg(tmp_path):

@@ -63,7 +63,7 @@ class SelectionImpl(Impl):
         if self.name not in RUNNERS:
             return f"{self.name} does not run selection patterns (those that do: {', '.join(RUNNERS)})"
         if mode not in pattern.modes:
-            return f"selection patterns run in {' and '.join(sorted(pattern.modes))}, not {mode}"
+            return f"{pattern.name} runs in {' and '.join(sorted(pattern.modes))} only, not {mode}"
         device_type = torch.device(device).type
         if self.name == "flex" and mode == "decode":
             return "flex runs selection patterns in fwd and fwdbwd (decode selections: eager, sdpa, structured)"
