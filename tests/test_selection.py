@@ -404,6 +404,13 @@ def test_a_file_fixes_the_shape_and_seq_takes_the_first_positions(tmp_path):
     assert torch.equal(got_k, k.half()[:, :, :30]) and torch.equal(got_q, q.half()[:, :, 27:30])
     with pytest.raises(SparsebenchError, match="longer than the 50 positions"):
         SweepConfig(patterns=["dense"], seq=[64], inputs=str(path))
+    # a shape or dtype asked for that the file does not hold is refused, not silently replaced
+    assert SweepConfig(patterns=["dense"], seq=[30], inputs=str(path), heads=[4], dtypes=["float16"]).heads == [4]
+    for asked, message in [({"heads": [8, 4]}, "holds heads 4, not 8, 4: leave out --heads"),
+                           ({"dtypes": ["bfloat16"]}, "holds dtype float16, not bfloat16: leave out --dtype"),
+                           ({"kv_heads": [4]}, "holds kv_heads 2, not 4: leave out --kv-heads")]:
+        with pytest.raises(SparsebenchError, match=message):
+            SweepConfig(patterns=["dense"], seq=[30], inputs=str(path), **asked)
 
 
 @pytest.mark.parametrize("tensors,message", [

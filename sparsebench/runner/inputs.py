@@ -25,6 +25,7 @@ there; `structured` and captured activations are the inputs on which selection q
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -213,6 +214,13 @@ def check_inputs(config) -> None:
     if too_long:
         raise SparsebenchError(f"--seq {max(too_long)} is longer than the {shape['seq_max']} positions of --inputs "
                                f"{path}: give --seq {shape['seq_max']} or less")
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(config) if f.name in shape}
     for key in ("batch", "heads", "kv_heads", "head_dim", "dtypes"):
+        asked = getattr(config, key)
+        if asked not in (defaults[key], shape[key]):  # asked for explicitly, and not what the file holds
+            name = "dtype" if key == "dtypes" else key
+            raise SparsebenchError(f"--inputs {path} holds {name} {shape[key][0]}, not {', '.join(map(str, asked))}: "
+                                   f"leave out --{name.replace('_', '-')} (batch, heads, kv-heads, head-dim and "
+                                   "dtype come from the file)")
         setattr(config, key, shape[key])
     config.inputs = str(path.resolve())
