@@ -371,8 +371,9 @@ def best_cells(rows: pd.DataFrame) -> pd.DataFrame:
     best = ok.loc[ok.groupby(["series", "panel", "seq_len"], sort=False)["latency_ms"].idxmin()]
     rank = {name: i for i, name in enumerate(_ordered(rows["series"]) + _panels(rows))}
     best = best.sort_values(["series", "panel", "seq_len"], key=lambda c: c if c.name == "seq_len" else c.map(rank))
+    extra = [c for c in ("speedup_vs_full", "recall") if c in best.columns]
     return best[["series", "panel", "seq_len", "impl", "latency_ms", "speedup_vs_dense", "mem_ratio_vs_dense",
-                 "tflops_useful", "pct_of_peak", "pct_of_vendor_peak"]]
+                 "tflops_useful", "pct_of_peak", "pct_of_vendor_peak", *extra]]
 
 
 def heatmap_figure(fs: FigureSet) -> Figure:
@@ -605,14 +606,17 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
         lines += [line for name in files[fs.name] for line in (f"![{name}]({name})", "")]
         best = best_cells(fs.rows)
         multi = best["series"].nunique() > 1
+        quality = has_quality(fs.rows)  # then also against the full attention each pattern replaces, and recall
         dense = "the fastest dense SDPA backend" if fs.reference == "best-dense" else "dense SDPA"
         lines += ["| " + ("run | " if multi else "") + "pattern | seq_len | fastest impl | latency (ms) | "
-                  f"speed-up vs {dense} | memory vs {dense} | useful TFLOP/s (% of measured / vendor peak) |",
-                  "|" + "---|" * (7 + multi)]
+                  f"speed-up vs {dense} | memory vs {dense} | useful TFLOP/s (% of measured / vendor peak) |"
+                  + (" speed-up vs full attention (causal SDPA for a causal pattern) | recall |" if quality else ""),
+                  "|" + "---|" * (7 + multi + 2 * quality)]
         for _, b in best.iterrows():
             lines.append("| " + (f"{b['series']} | " if multi else "") + f"{b['panel']} | {int(b['seq_len'])} | "
                          f"{b['impl']} | {b['latency_ms']:.3g} | {_ratio(b['speedup_vs_dense'])} | "
-                         f"{_ratio(b['mem_ratio_vs_dense'])} | {_rate(b)} |")
+                         f"{_ratio(b['mem_ratio_vs_dense'])} | {_rate(b)} |"
+                         + (f" {_ratio(b['speedup_vs_full'])} | {_fraction(b['recall'])} |" if quality else ""))
         lines += ["", *_not_measured(fs.rows, multi)]
     return "\n".join(lines)
 
@@ -637,6 +641,10 @@ def _rate(row: pd.Series) -> str:
         return "n/a"
     pcts = [f"{row[c]:.0f}%" if pd.notna(row[c]) else "-" for c in ("pct_of_peak", "pct_of_vendor_peak")]
     return f"{row['tflops_useful']:.3g} ({' / '.join(pcts)})"
+
+
+def _fraction(value: float) -> str:
+    return f"{value:.3f}" if pd.notna(value) else "n/a"
 
 
 def _ratio(value: float) -> str:

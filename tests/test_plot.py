@@ -218,3 +218,20 @@ def test_line_markers_tell_implementations_apart(tmp_path):
                                                                       ("sdpa", "eager", "flex")}
     assert all(line.get_markerfacecolor() == "none" for line in ax.get_lines() if line.get_color() in colors.values()
                and line.get_marker() in plots.IMPL_MARKERS.values())
+
+
+def test_report_adds_speedup_vs_full_and_recall_where_rows_have_them(tmp_path):
+    """Quality rows: the report also gives each fastest case's speed-up against the full attention it replaces
+    (causal SDPA for a causal pattern) and its recall, beside the speed-up against dense SDPA."""
+    import pandas as pd
+
+    path = write_run(tmp_path)
+    frame = pd.read_csv(path)
+    sparse = frame["pattern"] == "local"
+    frame["recall"] = frame["speedup_vs_full"] = float("nan")
+    frame.loc[sparse, "recall"], frame.loc[sparse, "speedup_vs_full"] = 0.75, 3.0
+    frame.loc[~sparse, "recall"], frame.loc[~sparse, "speedup_vs_full"] = 1.0, 1.0
+    frame.to_csv(path, index=False)
+    report = plots.report_markdown(plots.figure_sets([load(path, "run")]), {"cpu-float32-fwd": []})
+    assert "| speed-up vs full attention (causal SDPA for a causal pattern) | recall |" in report
+    assert "| local | 1024 | flex | 8 | 2.00× | 1.00× | 0.00419 (- / -) | 3.00× | 0.750 |" in report
