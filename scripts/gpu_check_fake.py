@@ -29,7 +29,7 @@ except ModuleNotFoundError:  # Python < 3.11
 
 ROOT = Path(__file__).resolve().parents[1]
 REPLAY = ROOT / "docs" / "results" / "h200" / "results.csv"
-HEADER = ROOT / "docs" / "results" / "cpu-serving" / "decode" / "results.csv"  # the current schema's columns
+HEADER = ROOT / "docs" / "results" / "cpu-serving" / "decode" / "results.csv"  # a schema-2 header (serving keys)
 
 
 def options(argv: list[str]) -> dict[str, list[str]]:

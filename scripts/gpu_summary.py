@@ -106,9 +106,14 @@ def main() -> None:
     try:
         every_row = read_results(args.results)
         frame = latest(every_row)
-        selection = latest(read_results(args.selection)) if args.selection else None
     except SparsebenchError as exc:
         parser.exit(2, f"error: {exc}\n")
+    selection, selection_problem = None, ""
+    if args.selection:  # its own step, cut or failed perhaps: never at the cost of the sweep's summary
+        try:
+            selection = latest(read_results(args.selection, allow_empty=True))
+        except SparsebenchError as exc:
+            selection_problem = str(exc)
     serving = _is_serving(frame)
     serving_rows, frame, every_row = frame[serving], frame[~serving], every_row[~_is_serving(every_row)]
     console = Console(width=160)
@@ -146,6 +151,8 @@ def main() -> None:
 
     if selection is not None:
         _selection(console, selection, frame, args.seq)
+    elif selection_problem:
+        console.print(f"[bold]selection[/]: not read: {escape(selection_problem)}")
 
     growth = memory_growth(frame)
     if not growth.empty:

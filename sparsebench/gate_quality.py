@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from sparsebench.results import same_inputs
+
 QUALITY_RTOL = 1e-6
 ALL_MASS = 1 - 1e-9  # recall at or above this: the row keeps every key full attention weighs
 # metric -> +1 when larger is better, -1 when smaller is better
@@ -37,8 +39,9 @@ def _text(row: dict[str, Any], column: str) -> str:
 def quality_findings(base: dict[str, Any], cur: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, verdict, message) for each quality metric that got worse ("regression") or better
     ("improvement") than QUALITY_RTOL allows; one warning instead when the rows were measured on other inputs."""
-    base_inputs, cur_inputs = (" ".join(_text(row, c) for c in ("inputs", "input_id")) for row in (base, cur))
-    if any(_text(base, c) and _text(cur, c) and _text(base, c) != _text(cur, c) for c in ("inputs", "input_id")):
+    if not same_inputs(base, cur):
+        base_inputs, cur_inputs = (" ".join(filter(None, (_text(row, c) for c in ("inputs", "input_id"))))
+                                   for row in (base, cur))
         return [("inputs", "warning", f"measured on other inputs ({base_inputs} -> {cur_inputs}): recall and "
                                       "err_vs_full not compared")]
     keeps_all = all(_value(row, "recall") >= ALL_MASS for row in (base, cur))

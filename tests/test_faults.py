@@ -151,6 +151,8 @@ def test_a_killed_worker_and_a_failed_allocation_are_oom_rows_that_name_the_caus
     assert rows.loc["faulty_structured", "status"] == "oom"
     assert "DefaultCPUAllocator: can't allocate memory" in rows.loc["faulty_structured", "error"]
     assert rows.loc["sdpa", "status"] == "ok"
+    # every row names its inputs, the failed ones too: --resume on other inputs measures them again
+    assert set(rows.inputs) == {"random"} and set(rows.input_id) == {"seed=0"}
 
 
 @pytest.mark.slow  # worker processes
@@ -332,15 +334,14 @@ def test_wait_waits_for_the_other_run(tmp_path):
 def test_resume_measures_again_the_cases_measured_on_other_inputs(measured, tmp_path):
     """Finished cases count as done only on the inputs they were measured on: another kind, seed or file is
     measured again (and --resume on the same inputs has nothing left)."""
-    from sparsebench.runner.cases import MeasureSettings
     from sparsebench.runner.sweep import ResultsDir
 
     copy_run(measured, tmp_path)
     out = ResultsDir(tmp_path, resume=True)
-    same = out.done(MeasureSettings(inputs="random", input_id="seed=0"))
+    same = out.done({"inputs": "random", "input_id": "seed=0"})
     assert len(same) == len(read_results(tmp_path / "results.csv")) == 3
-    assert out.done(MeasureSettings(inputs="structured", input_id="seed=0")) == set()
-    assert out.done(MeasureSettings(inputs="random", input_id="seed=1")) == set()
+    assert out.done({"inputs": "structured", "input_id": "seed=0"}) == set()
+    assert out.done({"inputs": "random", "input_id": "seed=1"}) == set()
     result = run(tmp_path, *SWEEP, "--resume", "--input-seed", "1")
     assert result.exit_code == 0, result.output
     assert list(read_results(tmp_path / "results.csv").input_id) == ["seed=0"] * 3 + ["seed=1"] * 3

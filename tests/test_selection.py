@@ -405,7 +405,7 @@ def test_a_file_fixes_the_shape_and_seq_takes_the_first_positions(tmp_path):
     with pytest.raises(SparsebenchError, match="longer than the 50 positions"):
         SweepConfig(patterns=["dense"], seq=[64], inputs=str(path))
     # a shape or dtype asked for that the file does not hold is refused, not silently replaced
-    assert SweepConfig(patterns=["dense"], seq=[30], inputs=str(path), heads=[4], dtypes=["float16"]).heads == [4]
+    assert SweepConfig(patterns=["dense"], seq=[30], inputs=str(path), heads=[4], dtypes=["fp16"]).heads == [4]
     for asked, message in [({"heads": [8, 4]}, "holds heads 4, not 8, 4: leave out --heads"),
                            ({"dtypes": ["bfloat16"]}, "holds dtype float16, not bfloat16: leave out --dtype"),
                            ({"kv_heads": [4]}, "holds kv_heads 2, not 4: leave out --kv-heads")]:
@@ -703,4 +703,27 @@ def test_rows_name_their_inputs_by_seed_and_by_file_content(tmp_path):
     path.write_bytes(b"first")
     first = input_id(str(path), 0)
     path.write_bytes(b"other!")  # rewritten under the same name
-    assert first.startswith("sha256=") and input_id(str(path), 0) != first
+    assert first.startswith("sha256=") and first.endswith(";seed=0") and input_id(str(path), 0) != first
+    assert input_id(str(path), 1).endswith(";seed=1")  # the seed draws fwdbwd's output gradient
+
+
+def test_same_inputs_by_kind_and_id_wherever_a_file_lies():
+    from sparsebench.results import same_inputs
+
+    row = lambda inputs, id_="": {"inputs": inputs, "input_id": id_}  # noqa: E731
+    one, other = "sha256=00ff00ff00ff00ff;seed=0", "sha256=11ff00ff00ff00ff;seed=0"
+    assert same_inputs(row("/a/qkv.pt", one), row("/b/copy.pt", one))  # the same content, moved
+    assert not same_inputs(row("/a/qkv.pt", one), row("/a/qkv.pt", other))  # rewritten in place
+    assert not same_inputs(row("random", "seed=0"), row("structured", "seed=0"))
+    assert same_inputs(row("structured"), row("structured", "seed=3"))  # written before input_id: the kind alone
+    assert not same_inputs(row("structured"), row("random", "seed=0"))
+    assert same_inputs({"inputs": float("nan")}, row("random", "seed=0"))  # names none: matches any
+
+
+def test_a_confirmation_run_measures_on_the_inputs_its_results_were_measured_on():
+    """gate --confirm re-measures from the results' meta.json: its inputs and seed too, not random seed 0."""
+    from sparsebench.runner.sweep import Sweep
+
+    sweep = Sweep.from_meta({"config": {"inputs": "structured", "input_seed": 2, "min_run_time": 0.1}})
+    assert (sweep.config.inputs, sweep.config.input_seed, sweep.config.min_run_time) == ("structured", 2, 0.1)
+    assert sweep.inputs == {"inputs": "structured", "input_id": "seed=2"}

@@ -150,8 +150,8 @@ DOMAINS: dict[str, Domain] = {
     "err_vs_full": NON_NEGATIVE,
     "speedup_vs_full": POSITIVE,
     "inputs": TEXT,  # random, structured, or the file measured on
-    "input_id": Domain(lambda _column, text: None if re.fullmatch(r"seed=\d+|sha256=[0-9a-f]{16}", text) else
-                       f"{text!r} is not seed=N or sha256= and 16 hex digits"),
+    "input_id": Domain(lambda _column, text: None if re.fullmatch(r"(sha256=[0-9a-f]{16};)?seed=\d+", text) else
+                       f"{text!r} is not seed=N or sha256=(16 hex digits);seed=N"),
     "seq_lens": Domain(lambda _column, text: None if re.fullmatch(r"uniform:\d+-\d+:\d+|\d+(,\d+)*", text) else
                        f"{text!r} is not lengths (512,4096) or uniform:LO-HI:COUNT"),
     "seq_lens_seed": integer(0),

@@ -121,6 +121,25 @@ def key_text(value: Any) -> str:
     return str(value)
 
 
+GENERATED_INPUTS = ("random", "structured")  # the kinds of inputs a seed makes; anything else is a file
+
+
+def same_inputs(a: Any, b: Any) -> bool:
+    """Whether two rows (dicts) were measured on the same inputs, as far as both say: where both have an
+    `input_id`, the same one and the same kind (random, structured or a file, wherever the file lies); else the
+    same `inputs`. A row that names no inputs (written before these columns, or an unsupported case) matches any."""
+    def cell(row: Any, column: str) -> str:
+        value = row.get(column)
+        return value if isinstance(value, str) else ""  # empty cells read as NaN
+
+    if not cell(a, "inputs") or not cell(b, "inputs"):
+        return True
+    if cell(a, "input_id") and cell(b, "input_id"):
+        kind = lambda row: cell(row, "inputs") if cell(row, "inputs") in GENERATED_INPUTS else "file"  # noqa: E731
+        return kind(a) == kind(b) and cell(a, "input_id") == cell(b, "input_id")
+    return cell(a, "inputs") == cell(b, "inputs")
+
+
 def case_key(row: Any, columns: list[str] = KEY_COLUMNS) -> tuple[str, ...]:
     """The case key of a row (dict, Series or record) as canonical text: equal keys measure the same case."""
     return tuple(key_text(_key_cell(row, c)) for c in columns)

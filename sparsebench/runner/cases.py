@@ -139,7 +139,6 @@ class MeasureSettings:
     warmup: int = 2
     inputs: str = "random"  # random, structured, or a .pt/.safetensors file of q, k, v (runner/inputs.py)
     input_seed: int = 0
-    input_id: str = ""  # the seed, or the file's content hash (runner/inputs.py: input_id), written in each row
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from sparsebench.errors import SparsebenchError
-from sparsebench.runner.cases import DTYPES, Case, MeasureSettings
+from sparsebench.runner.cases import DTYPE_ALIASES, DTYPES, Case, MeasureSettings
 
 Inputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
 KINDS = ("random", "structured")
@@ -179,11 +179,12 @@ def file_shape(path: str | Path) -> dict[str, object]:
 
 def input_id(inputs: str, seed: int) -> str:
     """What tells two sets of inputs of the same kind apart (the row's `input_id`): `seed=S` for the generated
-    kinds, `sha256=` and the first 16 hex digits of the file's content for a file (a path can be rewritten)."""
+    kinds; for a file, `sha256=` and the first 16 hex digits of its content (a path can be rewritten), then the
+    seed, which draws fwdbwd's output gradient: `sha256=...;seed=S`."""
     if inputs in KINDS:
         return f"seed={seed}"
     stat = Path(inputs).stat()
-    return f"sha256={_digest(inputs, stat.st_size, stat.st_mtime_ns)}"
+    return f"sha256={_digest(inputs, stat.st_size, stat.st_mtime_ns)};seed={seed}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,6 +218,8 @@ def check_inputs(config) -> None:
     defaults = {f.name: f.default_factory() for f in dataclasses.fields(config) if f.name in shape}
     for key in ("batch", "heads", "kv_heads", "head_dim", "dtypes"):
         asked = getattr(config, key)
+        if key == "dtypes":  # as the sweep will read them (bf16 is bfloat16)
+            asked = [DTYPE_ALIASES.get(d, d) for d in asked]
         if asked not in (defaults[key], shape[key]):  # asked for explicitly, and not what the file holds
             name = "dtype" if key == "dtypes" else key
             raise SparsebenchError(f"--inputs {path} holds {name} {shape[key][0]}, not {', '.join(map(str, asked))}: "

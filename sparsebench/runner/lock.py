@@ -63,7 +63,10 @@ class DirLock:
 
     def release(self) -> None:
         if self._fh is not None:
-            self.path.unlink(missing_ok=True)  # while still locked: see the module docstring
+            try:
+                self.path.unlink(missing_ok=True)  # while still locked: see the module docstring
+            except OSError:  # a directory made read-only or removed meanwhile: the flock still goes below
+                pass
             self._fh.close()  # closing the file drops the flock
             self._fh = None
 

@@ -24,6 +24,7 @@ from sparsebench.results import (
     read_meta,
     read_results,
     recover_partial_row,
+    same_inputs,
     write_meta,
 )
 from sparsebench.runner.cases import Case, MeasureSettings
@@ -51,14 +52,19 @@ class Sweep:
         """The timing settings a results file was measured with (its meta.json's config), defaults elsewhere."""
         plugins.load_recorded(meta)  # user code the results were measured with: its cases must build again
         saved = (meta if isinstance(meta, Meta) else Meta(meta)).config
-        names = ("timeout", "min_run_time", "min_samples", "warmup")
+        names = ("timeout", "min_run_time", "min_samples", "warmup", "inputs", "input_seed")  # and what on
         return cls(SweepConfig(**{k: saved[k] for k in names if k in saved}))
 
     @property
     def settings(self) -> MeasureSettings:
         c = self.config
         return MeasureSettings(min_run_time=c.min_run_time, min_samples=c.min_samples, warmup=c.warmup,
-                               inputs=c.inputs, input_seed=c.input_seed, input_id=input_id(c.inputs, c.input_seed))
+                               inputs=c.inputs, input_seed=c.input_seed)
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """The row columns naming the inputs measured on: their kind (a file's path) and `input_id`."""
+        return {"inputs": self.config.inputs, "input_id": input_id(self.config.inputs, self.config.input_seed)}
 
     def cases(self, done: set[tuple] = frozenset()) -> tuple[list[Case], list[tuple[Case, str]]]:
         """(cases to measure, (case, reason) of unsupported ones), leaving out the keys in `done`.
@@ -79,6 +85,13 @@ class Sweep:
         """Measure `cases` (grouped by shape, each group's dense reference first) in worker processes (that
         import `source`'s code; parallel slots: this process's; `latency_only`: see `measure_case.measure`)."""
         names = {d: environment.device_name(d) for d in {c.device for c in cases}}
+        inputs, given = self.inputs, on_row
+
+        def on_row(case: Case, row: dict[str, Any]) -> None:
+            # every row names its inputs, a failed one too (here, not in the worker: a worker of another
+            # checkout, the gate's base side, need not know the column)
+            given(case, {**row, **inputs})
+
         if self.slots:
             from sparsebench.runner.parallel import run_parallel
 
@@ -126,17 +139,15 @@ class ResultsDir:
         read_meta(self.csv_path)  # a broken meta.json stops the run here, before anything is moved
         return recover_partial_row(self.csv_path)
 
-    def done(self, settings: MeasureSettings | None = None) -> set[tuple]:
-        """Keys of the cases already in results.csv (when resuming) that were measured on the inputs of `settings`
-        (`inputs` and `input_id` as the rows write them; default: random, seed 0): a case measured on others is
-        measured again. A row that names no inputs (unsupported rows, files written before these columns) counts
-        for any."""
+    def done(self, inputs: dict[str, str] | None = None) -> set[tuple]:
+        """Keys of the cases already in results.csv (when resuming) that were measured on `inputs` (the row
+        columns `Sweep.inputs` gives; default: random, seed 0): a case measured on others is measured again. A
+        row that names no inputs (unsupported rows, files written before these columns) counts for any."""
         if not (self.resume and self.csv_path.exists() and self.csv_path.stat().st_size > 0):
             return set()
-        settings = settings or MeasureSettings(input_id="seed=0")
+        inputs = inputs or {"inputs": "random", "input_id": "seed=0"}
         rows = read_results(self.csv_path, allow_empty=True).to_dict("records")
-        return {case_key(row) for row in rows
-                if _names(row, "inputs", settings.inputs) and _names(row, "input_id", settings.input_id)}
+        return {case_key(row) for row in rows if same_inputs(row, inputs)}
 
     def writer(self) -> ResultWriter:
         return ResultWriter(self.csv_path, append=self.resume)
@@ -176,12 +187,6 @@ class ResultsDir:
         meta["harness"] = {"wall_s": round(stats.wall_s, 2), "workers": len(starts),
                            "worker_start_mean_s": round(sum(starts) / len(starts), 3) if starts else None}
         write_meta(self.meta_path, meta)
-
-
-def _names(row: dict[str, Any], column: str, value: str) -> bool:
-    """Whether the row's `column` is `value`, or empty (read as NaN: a row that does not say)."""
-    cell = row.get(column)
-    return not isinstance(cell, str) or cell in ("", value)
 
 
 def _lines(path: Path) -> int:

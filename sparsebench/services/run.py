@@ -81,7 +81,7 @@ def run_sweep(config: SweepConfig, out_dir: Path | None, reporter: RunReporter |
         out.check_serving(bool(config.seq_lens))
         if moved:
             reporter.recovered(out.csv_path, moved)
-        cases, unsupported = sweep.cases(out.done(sweep.settings))
+        cases, unsupported = sweep.cases(out.done(sweep.inputs))
         meta = out.start_meta(config, config_file, plan.meta(*sweep.cases()))
         result.csv_path = out.csv_path
         with out.writer() as writer, reporter.measuring(len(cases), len(unsupported), out.csv_path):

@@ -80,16 +80,16 @@ class UserSelection(SelectionPattern):
         return Selection(n=n, block=b, layout=layout, causal=self.is_causal)
 
 
-def selector_pattern(name: str, function: Callable, origin: str = "") -> type[UserSelection]:
+def selector_pattern(name: str, function: Callable) -> type[UserSelection]:
     """A SelectionPattern class for a user's selector (see the module docstring for the contract)."""
     params = list(inspect.signature(function).parameters.values())[2:]
     bad = [p.name for p in params if p.kind is not p.KEYWORD_ONLY and p.kind is not p.POSITIONAL_OR_KEYWORD
            or not isinstance(p.default, int) or isinstance(p.default, bool)]
     if bad:
-        raise PatternError(f"{origin or name}: a selector's parameters after q, k must have integer defaults "
+        raise PatternError(f"{name}: a selector's parameters after q, k must have integer defaults "
                            f"({', '.join(bad)})")
     if "block" not in [p.name for p in params]:
-        raise PatternError(f"{origin or name}: a selector needs a `block` parameter (the block size of its layout)")
+        raise PatternError(f"{name}: a selector needs a `block` parameter (the block size of its layout)")
     fields = [(p.name, int, dataclasses.field(default=p.default)) for p in params]
     cls = dataclasses.make_dataclass(name, fields, bases=(UserSelection,), frozen=True)
     cls.name = name
