@@ -49,10 +49,11 @@ class Sweep:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Sweep:
-        """The timing settings a results file was measured with (its meta.json's config), defaults elsewhere."""
+        """The timing settings and the inputs a results file was measured with (its meta.json's config),
+        defaults elsewhere."""
         plugins.load_recorded(meta)  # user code the results were measured with: its cases must build again
         saved = (meta if isinstance(meta, Meta) else Meta(meta)).config
-        names = ("timeout", "min_run_time", "min_samples", "warmup", "inputs", "input_seed")  # and what on
+        names = ("timeout", "min_run_time", "min_samples", "warmup", "inputs", "input_seed")
         return cls(SweepConfig(**{k: saved[k] for k in names if k in saved}))
 
     @property
