@@ -123,16 +123,11 @@ def main() -> None:
 
     at = prefill(frame[frame.seq_len == args.seq]).copy()
     at["vs_causal"] = _ref_column(at, "causal") / at.latency_ms
-    table = Table(title=f"n = {args.seq}")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "head_dim": "D", "latency_ms": "ms",
                "speedup_vs_dense": "x dense", "vs_causal": "x causal", "tflops_useful": "TFLOP/s",
                "block_density": "blocks", "peak_mem_mib": "peak MiB", "nvml_peak_mib": "NVML MiB",
                "first_call_s": "1st call s", "status": "status"}
-    for column, header in columns.items():
-        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
-    for row in at.sort_values(["mode", "head_dim", "pattern", "impl"]).to_dict("records"):
-        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
-    console.print(table)
+    console.print(_table(f"n = {args.seq}", columns, at.sort_values(["mode", "head_dim", "pattern", "impl"])))
     _workloads(console, frame)
     _serving(console, serving_rows)
 
@@ -165,31 +160,21 @@ def _workloads(console: Console, frame: pd.DataFrame) -> None:
     rows = frame[(frame["mode"] == "decode") | (frame["kv_heads"] != frame["heads"])]
     if rows.empty:
         return
-    table = Table(title="GQA and decode")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "seq_len": "n", "heads": "H", "kv_heads": "KV",
                "q_len": "q", "head_dim": "D", "latency_ms": "ms", "speedup_vs_dense": "x dense",
                "tflops_useful": "TFLOP/s", "pct_of_peak": "% peak", "bytes_moved": "K/V bytes", "gbps": "GB/s",
                "pct_of_bandwidth": "% copy", "status": "status"}
-    for column, header in columns.items():
-        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
     order = ["mode", "kv_heads", "seq_len", "q_len", "pattern", "impl"]
-    for row in rows.sort_values(order).to_dict("records"):
-        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
-    console.print(table)
+    console.print(_table("GQA and decode", columns, rows.sort_values(order)))
 
 
 def _selection(console: Console, selection: pd.DataFrame, sweep: pd.DataFrame, seq: int) -> None:
     """Every row of the selection run, then the topk_blocks target against causal cuDNN."""
-    table = Table(title=f"selection, n = {seq}")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "latency_ms": "ms", "select_ms": "select ms",
                "speedup_vs_full": "x causal", "density": "density", "recall": "recall", "err_vs_full": "err vs full",
                "status": "status"}
-    for column, header in columns.items():
-        table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "status") else "right")
     rows = selection[selection.seq_len == seq]
-    for row in rows.sort_values(["mode", "pattern", "impl"]).to_dict("records"):
-        table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
-    console.print(table)
+    console.print(_table(f"selection, n = {seq}", columns, rows.sort_values(["mode", "pattern", "impl"])))
     for row in rows[rows.status != "ok"].to_dict("records"):
         console.print(f"  {row['impl']} {row['mode']}: {row['status']}: {escape(str(row.get('error', '')))[:200]}")
     console.print(f"[bold]selection target[/] (topk_blocks against causal cuDNN from the sweep, "
@@ -215,16 +200,22 @@ def _serving(console: Console, rows: pd.DataFrame) -> None:
     over the row's), padding waste, and in decode the K/V bytes read and GB/s."""
     if rows.empty:
         return
-    table = Table(title="serving batches")
     columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "seq_lens": "lengths", "latency_ms": "ms",
                "tokens_per_s": "tokens/s", "speedup_vs_dense": "x dense", "padding_waste": "padding",
                "bytes_moved": "K/V bytes", "gbps": "GB/s", "pct_of_bandwidth": "% copy", "status": "status"}
+    console.print(_table("serving batches", columns, rows.sort_values(["mode", "seq_lens", "pattern", "impl"])))
+
+
+def _table(title: str, columns: dict[str, str], rows: pd.DataFrame) -> Table:
+    """A rich table of `rows`, one column per entry of `columns` (row column -> header); names left-aligned,
+    numbers right-aligned."""
+    table = Table(title=title)
     for column, header in columns.items():
         table.add_column(header, justify="left" if column in ("pattern", "impl", "mode", "seq_lens", "status")
                          else "right")
-    for row in rows.sort_values(["mode", "seq_lens", "pattern", "impl"]).to_dict("records"):
+    for row in rows.to_dict("records"):
         table.add_row(*(escape(_fmt(row.get(c))) for c in columns))
-    console.print(table)
+    return table
 
 
 def _fmt(value: object) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sparsebench.results import same_inputs
+from sparsebench.results import same_inputs, text_cell
 
 QUALITY_RTOL = 1e-6
 ALL_MASS = 1 - 1e-9  # recall at or above this: the row keeps every key full attention weighs
@@ -30,17 +30,11 @@ def _value(row: dict[str, Any], metric: str) -> float:
     return value
 
 
-def _text(row: dict[str, Any], column: str) -> str:
-    """A text cell, "" where empty or missing (NaN in a frame read from a file written before the column)."""
-    value = row.get(column)
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-
 def quality_findings(base: dict[str, Any], cur: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, verdict, message) for each quality metric that got worse ("regression") or better
     ("improvement") than QUALITY_RTOL allows; one warning instead when the rows were measured on other inputs."""
     if not same_inputs(base, cur):
-        base_inputs, cur_inputs = (" ".join(filter(None, (_text(row, c) for c in ("inputs", "input_id"))))
+        base_inputs, cur_inputs = (" ".join(filter(None, (text_cell(row, c) for c in ("inputs", "input_id"))))
                                    for row in (base, cur))
         return [("inputs", "warning", f"measured on other inputs ({base_inputs} -> {cur_inputs}): recall and "
                                       "err_vs_full not compared")]

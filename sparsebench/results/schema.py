@@ -124,20 +124,26 @@ def key_text(value: Any) -> str:
 GENERATED_INPUTS = ("random", "structured")  # the kinds of inputs a seed makes; anything else is a file
 
 
+def text_cell(row: Any, column: str) -> str:
+    """A text column of a row (dict): "" where missing or empty (an empty cell reads as NaN)."""
+    value = row.get(column)
+    return value if isinstance(value, str) else ""
+
+
 def same_inputs(a: Any, b: Any) -> bool:
     """Whether two rows (dicts) were measured on the same inputs, as far as both say: where both have an
     `input_id`, the same one and the same kind (random, structured or a file, wherever the file lies); else the
     same `inputs`. A row that names no inputs (written before these columns, or an unsupported case) matches any."""
-    def cell(row: Any, column: str) -> str:
-        value = row.get(column)
-        return value if isinstance(value, str) else ""  # empty cells read as NaN
-
-    if not cell(a, "inputs") or not cell(b, "inputs"):
+    inputs_a, inputs_b = text_cell(a, "inputs"), text_cell(b, "inputs")
+    if not inputs_a or not inputs_b:
         return True
-    if cell(a, "input_id") and cell(b, "input_id"):
-        kind = lambda row: cell(row, "inputs") if cell(row, "inputs") in GENERATED_INPUTS else "file"  # noqa: E731
-        return kind(a) == kind(b) and cell(a, "input_id") == cell(b, "input_id")
-    return cell(a, "inputs") == cell(b, "inputs")
+    id_a, id_b = text_cell(a, "input_id"), text_cell(b, "input_id")
+    if id_a and id_b:
+        def kind(inputs: str) -> str:
+            return inputs if inputs in GENERATED_INPUTS else "file"
+
+        return kind(inputs_a) == kind(inputs_b) and id_a == id_b
+    return inputs_a == inputs_b
 
 
 def case_key(row: Any, columns: list[str] = KEY_COLUMNS) -> tuple[str, ...]:

@@ -163,7 +163,7 @@ def measure(case: Case, inputs: Inputs, settings: MeasureSettings, latency_only:
         grad_err=grad_err,
         rss_peak_mib=timed.rss_mib,
         launch_overhead_ms=timed.launch_ms,
-        extra={**quality_cols, "inputs": settings.inputs},
+        extra=quality_cols,  # the inputs' columns come from the sweep (Sweep.measure), on every row
     )
 
 

@@ -108,7 +108,6 @@ def measure_serving(case: Case, batch: ServingBatch, settings: MeasureSettings) 
         rel_err=rel,
         rss_peak_mib=timed.rss_mib,
         launch_overhead_ms=timed.launch_ms,
-        extra={"inputs": settings.inputs,
-               "total_tokens": total, "padding_waste": prep.padding_waste,
+        extra={"total_tokens": total, "padding_waste": prep.padding_waste,
                "tokens_per_s": (len(batch.lengths) if decode else total) / seconds},
     )
