@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +27,7 @@ from sparsebench.results import (  # noqa: E402
     SHAPE_COLUMNS,
     latest,
     read_results,
+    recover_partial_row,
     reference_rows,
     speedup,
 )
@@ -33,6 +36,17 @@ from sparsebench.results import (  # noqa: E402
 TARGETS = [("local", "dense", 30.0), ("strided", "dense", 5.0), ("sliding_window", "causal", 8.0)]
 SPARSE_IMPLS = ("structured", "flex")
 SELECTION_TARGET = 0.5  # topk_blocks against causal cuDNN: this share of its ideal speed-up at 32768
+
+
+def read_finished_rows(path: Path, allow_empty: bool = False) -> pd.DataFrame:
+    """The rows of a results file, without an unfinished last line (a step killed in the middle of a write):
+    read from a copy, the file left as it is."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "results.csv"
+        if path.is_file():
+            shutil.copyfile(path, copy)
+            recover_partial_row(copy)
+        return read_results(copy if path.is_file() else path, allow_empty=allow_empty)
 
 
 def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms") -> pd.Series:
@@ -104,14 +118,14 @@ def main() -> None:
     parser.add_argument("--selection", type=Path, help="the selection step's results (configs/gpu-selection.toml)")
     args = parser.parse_args()
     try:
-        every_row = read_results(args.results)
+        every_row = read_finished_rows(args.results)
         frame = latest(every_row)
     except SparsebenchError as exc:
         parser.exit(2, f"error: {exc}\n")
     selection, selection_problem = None, ""
     if args.selection:  # its own step, cut or failed perhaps: never at the cost of the sweep's summary
         try:
-            selection = latest(read_results(args.selection, allow_empty=True))
+            selection = latest(read_finished_rows(args.selection, allow_empty=True))
         except SparsebenchError as exc:
             selection_problem = str(exc)
     serving = _is_serving(frame)
@@ -130,6 +144,7 @@ def main() -> None:
     console.print(_table(f"n = {args.seq}", columns, at.sort_values(["mode", "head_dim", "pattern", "impl"])))
     _workloads(console, frame)
     _serving(console, serving_rows)
+    _graphed(console, pd.concat([frame, serving_rows]))
 
     console.print("[bold]targets[/] (best sparse implementation against its SDPA reference, same run)")
     for c in target_checks(every_row, args.seq):
@@ -186,6 +201,22 @@ def _selection(console: Console, selection: pd.DataFrame, sweep: pd.DataFrame, s
         console.print(f"  {row['impl']:>10} {row['mode']:>6}: {row['vs_cudnn']:.2f}x causal cuDNN, ideal "
                       f"{row['ideal']:.2f}x: {row['share_vs_cudnn']:.0%} {verdict}; {row['speedup_vs_full']:.2f}x "
                       f"causal SDPA of its run; recall {row['recall']:.3f}")
+
+
+def _graphed(console: Console, frame: pd.DataFrame) -> None:
+    """Calls under 0.1 ms, timed with CUDA graphs: the graph-timed latency beside the event-timed one (the two
+    differ by launch_overhead_ms)."""
+    if "launch_overhead_ms" not in frame.columns:
+        return
+    rows = frame[frame["launch_overhead_ms"].notna()].copy()
+    if rows.empty:
+        return
+    rows["event_ms"] = rows["latency_ms"] + rows["launch_overhead_ms"]
+    columns = {"pattern": "pattern", "impl": "impl", "mode": "mode", "seq_len": "n", "q_len": "q",
+               "seq_lens": "lengths", "latency_ms": "graph ms", "event_ms": "events ms",
+               "launch_overhead_ms": "launch ms", "status": "status"}
+    order = [c for c in ("mode", "seq_len", "q_len", "pattern", "impl") if c in rows.columns]
+    console.print(_table("timed with CUDA graphs (calls under 0.1 ms)", columns, rows.sort_values(order)))
 
 
 def _is_serving(frame: pd.DataFrame) -> pd.Series:

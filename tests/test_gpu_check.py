@@ -15,8 +15,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
-STEPS = ["imports", "info", "targets", "cudnn-test", "tests", "profile", "gqa", "decode", "serving-prefill",
-         "serving-decode", "selection", "aa-base", "aa", "patterns"]
+STEPS = ["imports", "info", "targets", "baselines", "cudnn-test", "tests", "profile", "gqa", "decode",
+         "serving-prefill", "serving-decode", "selection", "aa-base", "aa", "patterns"]
+AA = ["aa-base", "aa"]  # a call of their own (GPU_CHECK_ONLY): no cap, recorded as such in the main call
 BACK = {"steps.txt", "summary.txt", "profile.txt", "aa.md", "sweep/results.csv", "sweep/meta.json",
         "selection/results.csv", "logs.tgz"}
 MAX_FILES = 8  # what the device tool brings back, at most two folders down
@@ -39,7 +40,7 @@ def test_caps_and_reserve_add_up_to_the_documented_budget():
     assert f"+ a {reserve} s reserve" in header and "timeout_s of 440 s" in header
     # every capped step runs, in the order of the table; only `patterns` takes the time left over
     steps = re.findall(r"^step ([\w-]+) ", SCRIPT.read_text(), re.M)
-    assert steps == STEPS and list(caps) == STEPS[:-1]
+    assert steps == STEPS and list(caps) == [s for s in STEPS[:-1] if s not in AA]
 
 
 def dry_run(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -64,13 +65,12 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     proc = dry_run(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     files = files_under(out)
-    assert files == BACK and len(files) <= MAX_FILES
+    assert files == BACK - {"aa.md"} and len(files) <= MAX_FILES
     assert all(f.count("/") <= 2 for f in files)
     assert not list(out.rglob("sparsebench.lock"))
     with tarfile.open(out / "logs.tgz") as tar:
         packed = {Path(n).as_posix().removeprefix("./") for n in tar.getnames()}
-    assert {"run.log", "info.json", "pytest_cudnn.log", "pytest_cuda.log", "aa/base/results.csv",
-            "aa/aa10/results.csv", "plots/report.md"} <= packed
+    assert {"run.log", "info.json", "pytest_cudnn.log", "pytest_cuda.log"} <= packed
     assert not any(n.endswith("sparsebench.lock") for n in packed)
 
     # the block comes after the summary, as the last lines, and names every step with its exit code and seconds
@@ -79,18 +79,23 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     caps, budget, reserve = script_caps()
     assert lines[0].startswith(f"== gpu_check: budget {budget} s = caps {sum(caps.values())} s + reserve {reserve} s")
     rows = {line.split()[0]: line.split()[1:] for line in lines[2:-1]}
-    assert list(rows) == [*STEPS, "plot", "summary"]
+    assert list(rows) == [*STEPS, "summary"]
     for name, (rc, seconds, limit, *_rest) in rows.items():
+        if name in AA:
+            assert rc == "-" and 'GPU_CHECK_ONLY="aa-base aa"' in " ".join(_rest), (name, _rest)
+            continue
         assert rc == "0" and seconds.isdigit(), (name, rc, seconds)
         if name in caps:
             assert limit == str(caps[name])  # nothing overran: every capped step got its whole cap
     assert int(rows["targets"][3]) > 0 and int(rows["decode"][3]) > 0  # rows written into the sweep
+    assert int(rows["baselines"][3]) > 0 and int(rows["selection"][3]) > 0  # selection: its own folder
+    assert rows["tests"][3] == "-"  # not a run step
     # the serving batches' rows land in the same sweep file, told apart by their lengths and page size
     serving = [r for r in csv.DictReader(open(out / "sweep" / "results.csv", newline="")) if r["seq_lens"]]
     assert {(r["mode"], r["seq_lens"], r["batch"], r["page_size"]) for r in serving} == {
         ("fwd", "uniform:512-8192:16", "16", ""), ("decode", "uniform:1024-32768:32", "32", "16")}
     assert {r["pattern"] for r in serving} == {"dense", "causal", "local", "quest"}
-    assert lines[-1].startswith("files (8): ")
+    assert lines[-1].startswith("files (7): ")  # aa.md comes from the A/A call
     assert (out / "steps.txt").read_text().splitlines() == lines
     # the cuDNN path's test runs first, the rest after without it
     pytest_runs = re.findall(r"\(fake: pytest (.*)\)", proc.stdout)
@@ -98,8 +103,27 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     assert pytest_runs[0].endswith(" -m cuda tests/test_structured.py::test_cuda_fused_backends_match_reference")
     assert "--deselect tests/test_structured.py::test_cuda_fused_backends_match_reference" in pytest_runs[1]
     assert pytest_runs[1].endswith(" tests/test_structured.py tests/test_cuda.py")
-    assert (out / "aa.md").read_text().startswith("- A/A")
     assert "selection, n = 32768" in proc.stdout and "selection target" in proc.stdout  # the summary's own table
+
+
+@pytest.mark.slow
+def test_the_aa_call_runs_the_aa_steps_only_on_the_whole_budget(tmp_path):
+    """GPU_CHECK_ONLY="aa-base aa" (the second call of a lease): the other steps are skipped, the A/A steps get
+    the budget's time (no cap of their own), and their summary and runs come back."""
+    out = tmp_path / "out"
+    proc = dry_run(out, "200", GPU_CHECK_ONLY="aa-base aa")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = {line.split()[0]: line for line in block(proc.stdout)[2:-1]}
+    assert all("skipped: not in GPU_CHECK_ONLY" in rows[name] for name in STEPS if name not in AA)
+    for name in AA:
+        rc, _seconds, limit = rows[name].split()[1:4]
+        assert rc == "0" and int(limit) > 100, rows[name]  # 200 - 30 s reserve - what went before
+    assert int(rows["aa-base"].split()[4]) > 0  # rows in its own results file
+    assert files_under(out) == {"steps.txt", "aa.md", "logs.tgz"}
+    assert (out / "aa.md").read_text().startswith("- A/A")
+    with tarfile.open(out / "logs.tgz") as tar:
+        packed = {Path(n).as_posix().removeprefix("./") for n in tar.getnames()}
+    assert {"aa/base/results.csv", "aa/aa10/results.csv"} <= packed
 
 
 @pytest.mark.slow
@@ -126,7 +150,7 @@ def test_without_cuda_the_import_check_fails_fast_with_one_line(tmp_path):
     assert "gpu_check: import check failed: torch" in proc.stdout and "CUDA not available" in proc.stdout
     rows = {line.split()[0]: line for line in block(proc.stdout)[2:-1]}
     assert rows["imports"].split()[1] == "1"
-    assert all("not run: the import check failed" in rows[name] for name in STEPS[1:])
+    assert all("not run: the import check failed" in rows[name] for name in STEPS[1:] if name not in AA)
     assert files_under(out) <= BACK
 
 
@@ -142,7 +166,8 @@ def test_the_sweep_steps_use_only_options_that_run_has():
 
     help_text = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).stdout
     commands = re.findall(r'"\$\{sb\[@\]\}" run (.*?)(?:>>|$)', SCRIPT.read_text().replace("\\\n", " "), re.M)
-    assert len(commands) == 8  # targets, gqa, decode, serving-prefill, serving-decode, selection, aa-base, patterns
+    assert len(commands) == 9  # targets, baselines, gqa, decode, serving-prefill, serving-decode, selection, aa-base,
+    #                            patterns
     sweep = re.search(r"^sweep=\((.*)\)", SCRIPT.read_text(), re.M)[1]
     serving = re.search(r"^serving=\((.*?)\)$", SCRIPT.read_text(), re.M | re.S)[1]
     for command in commands:

@@ -108,3 +108,21 @@ def test_the_summary_prints_the_selection_target(tmp_path):
                            str(tmp_path / "selection.csv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "structured    fwd: 8.00x causal cuDNN, ideal 15.06x: 53% met" in proc.stdout
+
+
+def test_a_cut_last_row_is_left_out_and_graph_timed_calls_are_listed(tmp_path):
+    """A step killed in the middle of a write leaves half a row: the summary reads the finished rows (the file
+    is left as it is). Calls timed with CUDA graphs get a table of their graph and event times."""
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "h200" / "results.csv"
+    frame = pd.read_csv(published, keep_default_na=False, na_values=[""])
+    short = frame[(frame.pattern == "local") & (frame.impl == "flex") & (frame.seq_len == 4096)].head(1)
+    frame = pd.concat([frame, short.assign(mode="decode", q_len=1, latency_ms=0.02, launch_overhead_ms=0.03)])
+    path = tmp_path / "results.csv"
+    frame.to_csv(path, index=False)
+    text = path.read_text()
+    path.write_text(text + text.splitlines()[1][:40])  # half a row, no newline
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "strided    fwd D=64: structured" in proc.stdout
+    assert "timed with CUDA graphs" in proc.stdout and "0.05" in proc.stdout  # events = graph + launch overhead
+    assert path.read_text().endswith(text.splitlines()[1][:40])
