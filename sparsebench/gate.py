@@ -223,6 +223,7 @@ class GateReport:
     gate_latency: bool = True
     normalise: str = "shape"
     baseline_hint: bool = True  # improvements suggest --update-baseline (not in a same-job A/B gate: no file)
+    fail_missing: bool = False  # a baseline case with no current row fails the gate (--fail-missing)
 
     @property
     def latency_kind(self) -> str:
@@ -240,8 +241,13 @@ class GateReport:
         return self.with_verdict(IMPROVEMENT)
 
     @property
+    def missing(self) -> list[CaseResult]:
+        """Baseline cases with no row in the current results."""
+        return [c for c in self.cases if c.presence == MISSING]
+
+    @property
     def failed(self) -> bool:
-        return bool(self.regressions)
+        return bool(self.regressions) or (self.fail_missing and bool(self.missing))
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -71,6 +71,8 @@ def headline(report: gate.GateReport) -> str:
     verdict = "FAIL" if report.failed else "PASS"
     line = f"gate {verdict}: {len(report.cases)} cases ({text}); " \
            f"{report.latency_kind} latency"
+    if report.fail_missing and report.missing:
+        line += f"; {len(report.missing)} baseline case(s) not measured (--fail-missing)"
     if report.improvements and report.baseline_hint:
         line += "; improvements found: refresh the baseline with --update-baseline"
     return line

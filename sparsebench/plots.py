@@ -603,6 +603,7 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
     lines = ["# sparsebench report", ""]
     for fs in sets:
         lines += [f"## {fs.title}", "", *(f"{line}  " for line in fs.subtitle.splitlines()), ""]
+        lines += [f"Inputs: {inputs}", ""] if (inputs := _inputs(fs.rows)) else []
         lines += [line for name in files[fs.name] for line in (f"![{name}]({name})", "")]
         best = best_cells(fs.rows)
         multi = best["series"].nunique() > 1
@@ -619,6 +620,15 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
                          + (f" {_ratio(b['speedup_vs_full'])} | {_fraction(b['recall'])} |" if quality else ""))
         lines += ["", *_not_measured(fs.rows, multi)]
     return "\n".join(lines)
+
+
+def _inputs(rows: pd.DataFrame) -> str:
+    """The q, k, v the set's rows were measured on (recall and err_vs_full depend on them), e.g.
+    'structured (seed=0)'; a file by its name and content id. Empty for rows without the columns."""
+    if "inputs" not in rows.columns or "input_id" not in rows.columns:
+        return ""
+    pairs = rows[["inputs", "input_id"]].dropna().drop_duplicates()
+    return ", ".join(f"{Path(str(kind)).name} ({ident})" for kind, ident in pairs.itertuples(index=False))
 
 
 def _not_measured(rows: pd.DataFrame, multi: bool) -> list[str]:

@@ -207,7 +207,8 @@ def _load(spec: str, what: str) -> tuple[str, Any, dict[str, str]]:
 
 
 def _import(module_name: str):
-    """A module by dotted name (the current directory first on the path) or by file path (`x/y.py`)."""
+    """A module by dotted name (PYTHONPATH and installed modules first, then the current directory) or by file
+    path (`x/y.py`)."""
     if module_name.endswith(".py"):
         path = Path(module_name).resolve()
         if not path.is_file():
@@ -226,7 +227,9 @@ def _import(module_name: str):
         return module
     cwd = str(Path.cwd())
     if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+        # last: PYTHONPATH and installed modules come first, so that PYTHONPATH=v2 loads v2 even where the
+        # current directory holds a module of the same name
+        sys.path.append(cwd)
     return importlib.import_module(module_name)
 
 
@@ -245,6 +248,13 @@ def _origin(spec: str, module: Any) -> dict[str, str]:
         except (OSError, subprocess.SubprocessError):
             pass
     return origin
+
+
+def code_of(kind: str, name: str) -> tuple[str, str] | None:
+    """(file, attribute) of the plugin loaded last under `name` (kind "impls" or "patterns"), None if none."""
+    spec = LOADED.specs[kind].get(name)
+    origin = next((o for o in LOADED.origins if o["name"] == name and o["kind"] == kind[:-1]), None)
+    return (origin.get("file", ""), spec.rpartition(":")[2]) if spec and origin else None
 
 
 def _register(registry: dict, name: str, obj: Any, spec: str, what: str) -> None:

@@ -54,6 +54,16 @@ def test_one_sparse_case_slower_fails(tmp_path: Path) -> None:
     assert "local(window=64)/flex/2048/float32/fwd:" not in result.output  # only the slowed case
 
 
+def test_a_missing_case_is_listed_and_fails_only_with_fail_missing(tmp_path: Path) -> None:
+    """A sweep may shrink: a baseline case without a current row is listed as missing; --fail-missing fails it."""
+    current = [r for r in make_rows(2) if not (r["impl"] == "flex" and r["seq_len"] == 2048)]
+    result = gate_run(tmp_path, make_rows(1), current)
+    assert result.exit_code == 0 and "missing: 1" in result.output, result.output
+    result = gate_run(tmp_path, make_rows(1), current, "--fail-missing")
+    assert result.exit_code == 1, result.output
+    assert "gate FAIL" in result.output and "1 baseline case(s) not measured (--fail-missing)" in result.output
+
+
 def test_no_latency_gates_deterministic_metrics_only(tmp_path: Path) -> None:
     result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--no-latency")
     assert result.exit_code == 0, result.output

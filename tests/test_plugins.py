@@ -245,6 +245,30 @@ def test_bad_plugins_give_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "out" / "results.csv").exists()  # rejected before the sweep
 
 
+def test_two_plugins_of_one_name_from_different_code_are_refused(tmp_path):
+    """Results and the gate know a plugin by its name: a second `mask` would silently replace the first."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "masks_same_name.py").write_text("def mask(b, h, q, k):\n    return k <= q\n")
+    result = invoke(["run", "--pattern", "a/masks_same_name.py:mask", "--pattern", "b/masks_same_name.py:mask",
+                     "--seq", "64", *FAST, "--out-dir", "out"], cwd=tmp_path)
+    assert result.exit_code == 2 and "both named 'mask'" in result.output, result.output
+    assert not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_pythonpath_comes_before_the_current_directory(tmp_path, monkeypatch):
+    """A module on PYTHONPATH wins over one of the same name in the current directory, as `python script.py`
+    would find it."""
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "order_probe_mod.py").write_text("WHERE = 'cwd'\ndef mask(b, h, q, k):\n    return k <= q\n")
+    (tmp_path / "v2" / "order_probe_mod.py").write_text("WHERE = 'v2'\ndef mask(b, h, q, k):\n    return k <= q\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path / "v2"))  # what PYTHONPATH=v2 puts on the path
+    monkeypatch.delitem(sys.modules, "order_probe_mod", raising=False)
+    get_pattern("order_probe_mod:mask")
+    assert sys.modules["order_probe_mod"].WHERE == "v2"
+
+
 @pytest.mark.slow  # worker processes
 def test_entry_point_plugins(tmp_path):
     """An installed package's entry points (a dist-info on the path) appear in `list` and run by name; a

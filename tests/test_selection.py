@@ -411,6 +411,12 @@ def test_a_file_fixes_the_shape_and_seq_takes_the_first_positions(tmp_path):
                            ({"kv_heads": [4]}, "holds kv_heads 2, not 4: leave out --kv-heads")]:
         with pytest.raises(SparsebenchError, match=message):
             SweepConfig(patterns=["dense"], seq=[30], inputs=str(path), **asked)
+    # on the command line, the default value typed out is asked for too; a config file's gives way to the file's
+    from sparsebench.runner.config import SweepOptions
+
+    with pytest.raises(SparsebenchError, match="holds heads 4, not 8: leave out --heads"):
+        SweepOptions(patterns=["dense"], seq=[30], inputs=str(path), heads=[8]).over({})
+    assert SweepOptions(patterns=["dense"], seq=[30], inputs=str(path)).over({"heads": [8]}).heads == [4]
 
 
 @pytest.mark.parametrize("tensors,message", [
@@ -433,6 +439,10 @@ def test_bad_file_on_the_command_line_is_exit_2_before_the_sweep(tmp_path):
     result = CliRunner().invoke(app, ["run", "-p", "dense", "--inputs", str(path), "-o", str(out)])
     assert result.exit_code == 2 and "not a readable tensor file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (out / "results.csv").exists()
+    assert "write one with torch.save({'q': q, 'k': k, 'v': v}, ...)" in result.stderr  # how to make one
+    path.write_bytes(b"")
+    result = CliRunner().invoke(app, ["run", "-p", "dense", "--inputs", str(path), "-o", str(out)])
+    assert result.exit_code == 2 and "an empty file" in result.stderr
     result = CliRunner().invoke(app, ["run", "-p", "dense", "--inputs", "somewhere.npy", "-o", str(out)])
     assert result.exit_code == 2 and "not random, structured" in result.stderr
 

@@ -81,6 +81,15 @@ def test_decode_rows_are_the_last_rows_of_the_prefill(impl_name, pattern_name, q
     torch.testing.assert_close(out.double(), full, atol=1e-4, rtol=0)
 
 
+def test_causal_decode_of_one_row_is_the_dense_call():
+    """One query row at the end of the cache sees every key: SDPA runs it unmasked, the full reference that
+    decode speed-ups are measured against; more rows keep the bottom-right causal mask."""
+    impl, causal = get_impl("sdpa"), get_pattern("causal")
+    one = impl.prepare(causal, 1000, "cpu", torch.float32, q_len=1).state
+    assert one.mask is None and not one.causal
+    assert impl.prepare(causal, 1000, "cpu", torch.float32, q_len=16).state.mask is not None
+
+
 @pytest.mark.parametrize("pattern_name", list(PATTERNS))
 @pytest.mark.parametrize("n,q_len", [(1000, 1), (1537, 16)])
 def test_decode_nnz_is_exact(pattern_name, n, q_len):

@@ -60,6 +60,9 @@ def gate_cmd(
         show_default=False)] = None,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="Accept the current results: copy CURRENT over BASELINE and exit 0.")] = False,
+    fail_missing: Annotated[bool, typer.Option(
+        "--fail-missing", help="Fail when a case of BASELINE has no row in CURRENT (default: listed as missing, "
+        "never failing, so that a sweep may shrink).")] = False,
     strict_machine: Annotated[bool, typer.Option(
         "--strict-machine", help="Exit 3 when the meta.json files name another CPU model, core count or GPU "
         "(default: gate flops, density, memory and status, latency findings as warnings).")] = False,
@@ -128,7 +131,8 @@ def gate_cmd(
                          alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, summary=summary,
                          export_format=export_format, export_out=export_out, quiet=quiet, out_dir=out_dir,
                          refused={"BASELINE": baseline, "CURRENT": current, "--update-baseline": update_baseline,
-                                  "--strict-machine": strict_machine, "--head-ref": head_ref if base_impl else None,
+                                  "--strict-machine": strict_machine, "--fail-missing": fail_missing,
+                                  "--head-ref": head_ref if base_impl else None,
                                   "--repo": repo if base_impl else None})
     ab_only = {"--head-ref": head_ref, "--repo": repo, "--config": config, "--pattern": pattern, "--impl": impl,
                "--seq": seq, "--device": device, "--dtype": dtype, "--mode": mode, "--min-run-time": min_run_time,
@@ -143,7 +147,7 @@ def gate_cmd(
     gate_and_exit(baseline, current, raw=raw, latency=latency, threshold=threshold, mem_tolerance=mem_tolerance,
                   alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, normalise=normalise,
                   summary=summary, update_baseline=update_baseline, strict_machine=strict_machine,
-                  export_format=export_format, export_out=export_out, quiet=quiet)
+                  export_format=export_format, export_out=export_out, quiet=quiet, fail_missing=fail_missing)
 
 
 def ab_gate_and_exit(*, base_ref: str | None, head_ref: str | None, repo: Path | None, base_impl: str | None,

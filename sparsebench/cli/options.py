@@ -18,7 +18,8 @@ Summary = Annotated[int | None, typer.Option("--summary", help="fixed: summary c
                                                 rich_help_panel=PARAMS_PANEL)]
 GlobalTokens = Annotated[int | None, typer.Option("--global-tokens", help="longformer: global tokens g.",
                                                      rich_help_panel=PARAMS_PANEL)]
-Block = Annotated[int | None, typer.Option("--block", help="bigbird: block size b.", rich_help_panel=PARAMS_PANEL)]
+Block = Annotated[int | None, typer.Option("--block", help="bigbird, topk_blocks, oracle_topk (every pattern with a "
+                                             "block parameter): block size b.", rich_help_panel=PARAMS_PANEL)]
 GlobalBlocks = Annotated[int | None, typer.Option("--global-blocks", help="bigbird: global blocks g.",
                                                      rich_help_panel=PARAMS_PANEL)]
 RandomBlocks = Annotated[int | None, typer.Option("--random-blocks", help="bigbird: random blocks r.",

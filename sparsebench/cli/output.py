@@ -41,7 +41,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
                   thresholds_file: Path | None = None, confirm: int = gate.DEFAULT_CONFIRM,
                   normalise: str = "shape", summary: Path | None = None, update_baseline: bool = False,
                   strict_machine: bool = False, export_format: str | None = None, export_out: Path | None = None,
-                  quiet: bool = False) -> NoReturn:
+                  quiet: bool = False, fail_missing: bool = False) -> NoReturn:
     """`sparsebench gate BASELINE CURRENT` with these options: print the report, write the summary and export,
     and exit 0 (no regression), 1 (regression), 2 (bad input) or 3 (not comparable)."""
     # SIGTERM and SIGHUP stop --confirm's re-runs as Ctrl-C does: workers killed, the temporary folder removed
@@ -81,6 +81,7 @@ def gate_and_exit(baseline: Path, current: Path, *, raw: bool = False, latency: 
                 console.print(f"re-running {len(to_confirm)} case(s) whose latency regressed, {confirm} time(s), to "
                               "confirm", markup=False)
             report = gating.confirm(report, baseline_set, current_set, confirm, RerunProgress(confirm, quiet))
+        report.fail_missing = fail_missing
         print_report(report)
         markdown = render_markdown(report, *shown)
         if summary is not None:

@@ -167,8 +167,12 @@ class _Progress(RunReporter):
                           "the same command with --resume runs the rest", markup=False)
 
 
+def _missing(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
+
+
 def _fmt(value: Any, spec: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     return format(value, spec)
 
@@ -182,10 +186,16 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     setups = sorted({setup(r) for r in rows})
     table = Table(title=escape(f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else "")))
     headers = ["pattern", "impl", "n", "ms", "IQR", "vs dense", "MiB", "err", "status"]
+    # where a row measured what it keeps (selection patterns, or --inputs other than random): the speed-up
+    # against the full attention it replaces (causal SDPA for a causal pattern) and the recall, beside vs dense
+    quality = any(not _missing(r.get("recall")) for r in rows)
+    if quality:
+        headers[6:6] = ["vs full", "recall"]
     if len(setups) > 1:
         headers.insert(2, "dtype mode device")
+    numbers = ("n", "ms", "IQR", "vs dense", "vs full", "recall", "MiB", "err")
     for col in headers:
-        table.add_column(col, justify="right" if col in ("n", "ms", "IQR", "vs dense", "MiB", "err") else "left")
+        table.add_column(col, justify="right" if col in numbers else "left")
     # per setup and length: the dense reference first, then the cases in run order, the ones not run last
     order = sorted(rows, key=lambda r: (setup(r), r["seq_len"], r["status"] in ("unsupported", "skipped"),
                                         not (is_dense_reference(r) and r["status"] == "ok")))
@@ -197,6 +207,8 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
                  _fmt(r.get("latency_iqr_ms"), ".2g"), _fmt(r.get("speedup_vs_dense"), ".2f"),
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),
                  f"[{STATUS_STYLE.get(r['status'], 'red')}]{escape(status)}[/]"]
+        if quality:
+            cells[6:6] = [_fmt(r.get("speedup_vs_full"), ".2f"), _fmt(r.get("recall"), ".3f")]
         if len(setups) > 1:
             cells.insert(2, escape(setup(r)))
         table.add_row(*cells)

@@ -49,7 +49,9 @@ class SdpaImpl(Impl):
 
     def prepare(self, pattern, n, device, dtype, q_len=None) -> Prepared[SdpaState]:
         rows = q_len or n
-        if pattern.name == "dense":
+        if pattern.name == "dense" or (pattern.name == "causal" and q_len == 1):
+            # one query row at the end of the cache sees every key: causal decode is dense there, and a mask
+            # would send it to a slower kernel (and slow every speed-up measured against it)
             return Prepared(pattern, n, state=SdpaState(), executed_pairs=rows * n, q_len=q_len)
         if pattern.name == "causal" and q_len is None:
             # The flash kernels skip key blocks above the diagonal: about half the pairs.

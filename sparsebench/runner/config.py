@@ -97,7 +97,8 @@ class SweepConfig:
             if m not in MODES:
                 raise SparsebenchError(f"unknown mode {m!r}; choose from: {', '.join(MODES)}")
         # raises with the valid names; specs load plugins. `nested` runs serving batches only.
-        self.impls = [i if self.seq_lens and i in serving.NAMES else get_impl(i).name for i in self.impls]
+        self.impls = _one_code_per_name("--impl", "impls", self.impls, lambda i: (
+            i if self.seq_lens and i in serving.NAMES else get_impl(i).name))
         self.params = {RENAMED.get(key, key): value for key, value in self.params.items()}  # older configs
         for key, value in self.params.items():
             if key not in PARAM_NAMES:
@@ -107,7 +108,8 @@ class SweepConfig:
                                        f"size, got {value!r}")
         if not self.patterns:
             raise SparsebenchError("no pattern given")
-        self.patterns = [_registered_spec(spec) for spec in self.patterns]  # user patterns load here, once
+        # user patterns load here, once
+        self.patterns = _one_code_per_name("--pattern", "patterns", self.patterns, _registered_spec)
         specs = []
         for spec in self.patterns:
             name, params = parse_pattern_spec(spec, self.params)  # validates names and parameters
@@ -183,6 +185,13 @@ class SweepOptions:
             elif value or (f.name in ZERO_GIVEN and value is not None):
                 merged[f.name] = value
         _check_given(merged)
+        inputs = merged.get("inputs")
+        if isinstance(inputs, str) and Path(inputs).suffix in (".pt", ".safetensors"):
+            # an option typed beside --inputs FILE must be what the file holds, the default value too (a config
+            # file's settings give way to the file's, unless they differ from the defaults: check_inputs)
+            from sparsebench.runner.inputs import FILE_SETTINGS, refuse_other_shape
+
+            refuse_other_shape(inputs, {key: getattr(self, key) for key in FILE_SETTINGS if getattr(self, key)})
         return SweepConfig(**merged)
 
 
@@ -222,6 +231,27 @@ def _check_number(name: str, value: Any, low: float, high: float, unit: str, int
         bound = f"from {low} to {high}" if integer else f"over {low} and at most {high:g}"
         raise SparsebenchError(f"{name} must be {'an integer' if integer else 'a number'} {bound} ({unit}), "
                                f"got {value!r}")
+
+
+def _one_code_per_name(option: str, kind: str, specs: list[str], register) -> list[str]:
+    """`register(spec)` of each spec, refusing two user plugins that register one name from different code
+    (`--pattern a/mod.py:select --pattern b/mod.py:select`): cases, results and the gate know a pattern or an
+    implementation by its name, so the second would silently replace the first."""
+    seen: dict[str, tuple[str, tuple[str, str] | None]] = {}
+    registered = []
+    for spec in specs:
+        text = register(spec)
+        registered.append(text)
+        if not plugins.is_spec(spec.strip()):
+            continue
+        name = text.partition(":")[0]
+        code = plugins.code_of(kind, name)
+        first, first_code = seen.setdefault(name, (spec, code))
+        if first_code != code:
+            raise SparsebenchError(f"{option} {first} and {option} {spec} are both named {name!r} but come from "
+                                   f"different code ({first_code[0]} and {code[0]}): results and the gate know "
+                                   "them by that name; give one another name")
+    return registered
 
 
 def _registered_spec(spec: str) -> str:

@@ -131,6 +131,10 @@ def load_qkv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     path = Path(path)
     if not path.is_file():
         raise SparsebenchError(f"--inputs {path}: no such file")
+    how = "safetensors.torch.save_file" if path.suffix == ".safetensors" else "torch.save"
+    if path.stat().st_size == 0:
+        raise SparsebenchError(f"--inputs {path}: an empty file; write q, k, v with {how}({{'q': q, 'k': k, 'v': v}}, "
+                               "...)")
     try:
         if path.suffix == ".safetensors":
             try:
@@ -145,7 +149,8 @@ def load_qkv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         raise
     except Exception as exc:  # pickle, zip and header errors of every kind
         raise SparsebenchError(f"--inputs {path}: not a readable tensor file ({type(exc).__name__}: "
-                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}); write one with "
+                               f"{how}({{'q': q, 'k': k, 'v': v}}, ...)") from None
     if not isinstance(data, dict):
         raise SparsebenchError(f"--inputs {path}: expected a dict of tensors named q, k, v, got {type(data).__name__}")
     missing = [name for name in ("q", "k", "v") if not isinstance(data.get(name), torch.Tensor)]
@@ -169,12 +174,43 @@ def load_qkv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return q, k, v
 
 
+FILE_SETTINGS = ("batch", "heads", "kv_heads", "head_dim", "dtypes")  # what a file of q, k, v fixes
+
+
 def file_shape(path: str | Path) -> dict[str, object]:
-    """The sweep settings a file fixes: batch, heads, kv_heads, head_dim, dtype and its length (seq_max)."""
+    """The sweep settings a file fixes (FILE_SETTINGS, each a one-item list) and its length (seq_max); read once
+    while the file's size and mtime stay (the options and the sweep's checks both ask)."""
+    path = Path(path)
+    if not path.is_file():
+        load_qkv(path)  # its one-line error
+    stat = path.stat()
+    shape = _file_shape(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return {key: list(value) if isinstance(value, list) else value for key, value in shape.items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _file_shape(path: str, size: int, mtime_ns: int) -> dict[str, object]:
     q, k, _ = load_qkv(path)
     dtype = next(name for name, dt in DTYPES.items() if dt == q.dtype)
     return {"batch": [q.shape[0]], "heads": [q.shape[1]], "kv_heads": [k.shape[1]], "head_dim": [q.shape[3]],
             "dtypes": [dtype], "seq_max": q.shape[2]}
+
+
+def refuse_other_shape(path: str | Path, asked: dict[str, object]) -> None:
+    """One line for a setting in `asked` (FILE_SETTINGS given beside --inputs FILE) that the file does not hold:
+    batch, heads, kv-heads, head-dim and dtype come from the file, never silently replaced."""
+    shape = file_shape(path)
+    for key in FILE_SETTINGS:
+        if key not in asked:
+            continue
+        value = asked[key]
+        if key == "dtypes":  # as the sweep will read them (bf16 is bfloat16)
+            value = [DTYPE_ALIASES.get(d, d) for d in value]
+        if value != shape[key]:
+            name = "dtype" if key == "dtypes" else key
+            raise SparsebenchError(f"--inputs {path} holds {name} {shape[key][0]}, not {', '.join(map(str, value))}: "
+                                   f"leave out --{name.replace('_', '-')} (batch, heads, kv-heads, head-dim and "
+                                   "dtype come from the file)")
 
 
 def input_id(inputs: str, seed: int) -> str:
@@ -215,15 +251,10 @@ def check_inputs(config) -> None:
     if too_long:
         raise SparsebenchError(f"--seq {max(too_long)} is longer than the {shape['seq_max']} positions of --inputs "
                                f"{path}: give --seq {shape['seq_max']} or less")
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(config) if f.name in shape}
-    for key in ("batch", "heads", "kv_heads", "head_dim", "dtypes"):
-        asked = getattr(config, key)
-        if key == "dtypes":  # as the sweep will read them (bf16 is bfloat16)
-            asked = [DTYPE_ALIASES.get(d, d) for d in asked]
-        if asked not in (defaults[key], shape[key]):  # asked for explicitly, and not what the file holds
-            name = "dtype" if key == "dtypes" else key
-            raise SparsebenchError(f"--inputs {path} holds {name} {shape[key][0]}, not {', '.join(map(str, asked))}: "
-                                   f"leave out --{name.replace('_', '-')} (batch, heads, kv-heads, head-dim and "
-                                   "dtype come from the file)")
+    # settings other than the defaults were asked for (SweepConfig.over checks the options given, defaults too)
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(config) if f.name in FILE_SETTINGS}
+    refuse_other_shape(path, {key: getattr(config, key) for key in FILE_SETTINGS
+                              if getattr(config, key) != defaults[key]})
+    for key in FILE_SETTINGS:
         setattr(config, key, shape[key])
     config.inputs = str(path.resolve())
