@@ -625,10 +625,13 @@ def report_markdown(sets: list[FigureSet], files: dict[str, list[str]]) -> str:
 def _inputs(rows: pd.DataFrame) -> str:
     """The q, k, v the set's rows were measured on (recall and err_vs_full depend on them), e.g.
     'structured (seed=0)'; a file by its name and content id. Empty for rows without the columns."""
-    if "inputs" not in rows.columns or "input_id" not in rows.columns:
+    if "inputs" not in rows.columns:
         return ""
-    pairs = rows[["inputs", "input_id"]].dropna().drop_duplicates()
-    return ", ".join(f"{Path(str(kind)).name} ({ident})" for kind, ident in pairs.itertuples(index=False))
+    ids = rows["input_id"] if "input_id" in rows.columns else pd.Series("", index=rows.index)
+    pairs = pd.DataFrame({"kind": rows["inputs"], "id": ids.fillna("").astype(str)})
+    pairs = pairs[pairs["kind"].notna() & (pairs["kind"].astype(str) != "")].drop_duplicates()
+    return ", ".join(f"{Path(str(kind)).name}" + (f" ({ident})" if ident else "")  # older files: no id
+                     for kind, ident in pairs.itertuples(index=False))
 
 
 def _not_measured(rows: pd.DataFrame, multi: bool) -> list[str]:

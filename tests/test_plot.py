@@ -235,3 +235,12 @@ def test_report_adds_speedup_vs_full_and_recall_where_rows_have_them(tmp_path):
     report = plots.report_markdown(plots.figure_sets([load(path, "run")]), {"cpu-float32-fwd": []})
     assert "| speed-up vs full attention (causal SDPA for a causal pattern) | recall |" in report
     assert "| local | 1024 | flex | 8 | 2.00× | 1.00× | 0.00419 (- / -) | 3.00× | 0.750 |" in report
+
+
+def test_the_report_names_the_inputs_of_each_set():
+    """Recall depends on the q, k, v: report.md says which (a file by its name), older files by kind only."""
+    rows = pd.DataFrame({"inputs": ["structured", "structured", "/data/qkv.pt", ""],
+                         "input_id": ["seed=0", "seed=1", "sha256=ab12;seed=0", ""]})
+    assert plots._inputs(rows) == "structured (seed=0), structured (seed=1), qkv.pt (sha256=ab12;seed=0)"
+    assert plots._inputs(rows.drop(columns="input_id").iloc[:1]) == "structured"
+    assert plots._inputs(rows.drop(columns=["inputs", "input_id"])) == ""
