@@ -380,3 +380,22 @@ def test_missing_samples_never_turn_a_regression_into_a_pass(tmp_path: Path, mon
     assert "note: the significance test could not run for" in result.output
     if confirm:
         assert result.output.count("confirmed: regression reproduced in 3/3 re-runs") == 4
+
+
+def test_a_plugin_of_one_name_from_other_code_gets_a_note() -> None:
+    """Gating a user's selector against its earlier version is the point, so no refusal: a note says which code
+    each side ran."""
+    from types import SimpleNamespace
+
+    from sparsebench.services.gate import environment_notes
+
+    def results(file: str, commit: str) -> SimpleNamespace:
+        return SimpleNamespace(meta={"torch": "2.13.0", "plugins": [
+            {"kind": "pattern", "name": "select", "spec": "mymod:select", "file": file, "git_commit": commit}]})
+
+    same = environment_notes(results("/a/mymod.py", "0123456789abcdef"), results("/a/mymod.py", "0123456789abcdef"))
+    assert same == []
+    notes = environment_notes(results("/a/mymod.py", "0123456789abcdef"),
+                              results("/b/mymod.py", "fedcba9876543210+dirty"))
+    assert notes == ["pattern 'select' ran other code: baseline /a/mymod.py@0123456789ab, current "
+                     "/b/mymod.py@fedcba987654+dirty"]
