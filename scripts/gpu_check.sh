@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # One-shot GPU check, from a checkout: scripts/gpu_check.sh OUT_DIR [BUDGET_S]
 #   (device tool: timeout_s 440; GPU_CHECK_DRY=1 runs it on any CPU machine against a fake step runner)
-# The A/A gate runs are a second call of their own, on what the lease has left after the first (about 200 s):
-#   GPU_CHECK_ONLY="aa-base aa" scripts/gpu_check.sh OUT_DIR2 200      (device tool: timeout_s 260)
+# The A/A gate runs are a second call of their own, on what the lease has left after the first (a 200 s budget),
+# into another folder (on the device tool, each call's $OUT is a fresh one):
+#   GPU_CHECK_ONLY="aa-base aa" scripts/gpu_check.sh OUT_DIR 200      (device tool: timeout_s 260)
 # GPU_CHECK_ONLY runs the steps it names only, each on whatever the budget leaves (no cap of its own). Each A/A
 # round is a fresh `sparsebench run` and a gate (~10-15 s of process start-up and measuring): ten rounds do not
 # fit beside the other steps, and two or three cannot set a threshold.
 #
-# Budget arithmetic. A lease is 15 minutes of device time, start-up included; this check must leave room for a
-# rerun. Work: BUDGET_S = 380 s = the steps' caps (350 s, the CAPS table below) + a 30 s reserve for the
+# Budget arithmetic. A lease is 15 minutes of device time, start-up included; this check must leave room for the
+# A/A call (or a rerun). Work: BUDGET_S = 380 s = the steps' caps (350 s, the CAPS table below) + a 30 s reserve for the
 # summary and packing. Each step runs under min(its cap, BUDGET_S - elapsed - reserve), so a slow step costs the
 # later ones and never the whole run; it gets SIGINT at its limit (a run keeps every finished row) and SIGKILL
 # 15 s later, and that overrun is taken from the next steps' limits, so the whole check ends by about
@@ -16,8 +17,9 @@
 # `patterns` has no cap of its own: it runs only on the time the capped steps leave unused.
 #
 # What comes back (the device tool returns at most 8 files, 16 MiB each, at most two folders down): OUT_DIR
-# holds exactly these 8, also when the check is cut short (a killed run's lock file is removed; anything else is
-# packed into logs.tgz):
+# holds at most these 8 (7 in the first call, which has no aa.md; the A/A call brings back steps.txt, aa.md and
+# logs.tgz), also when the check is cut short (a killed run's lock file is removed; anything else is packed into
+# logs.tgz):
 #   steps.txt          the compact block: each step, exit code, seconds, its limit, rows it wrote (also the last
 #                      lines of the output, after the summary, because the runner keeps only the last 12,000
 #                      characters of the output)
@@ -35,6 +37,10 @@ reserve=30
 CAPS=(imports:30 info:10 targets:85 baselines:15 cudnn-test:25 tests:40 profile:20 gqa:30 decode:30
       serving-prefill:15 serving-decode:15 selection:35)
 ONLY=${GPU_CHECK_ONLY:-}
+for name in $ONLY; do  # a misspelt step would run nothing and exit 0
+  [[ " imports info targets baselines cudnn-test tests profile gqa decode serving-prefill serving-decode selection
+     aa-base aa patterns " == *" $name "* ]] || { echo "GPU_CHECK_ONLY: no step named $name" >&2; exit 2; }
+done
 AA_RUNS=${GPU_CHECK_AA_RUNS:-10}
 
 out=$(mkdir -p "$out" && cd "$out" && pwd)
@@ -203,7 +209,8 @@ print(f"imports ok: torch {torch.__version__}, {gpu}, cuDNN {cudnn}, triton "
       f"{getattr(triton, '__version__', None)}, {len(IMPLS)} impls, {len(PATTERNS)} patterns, "
       f"aten ops: {', '.join(op.name for op in ops)}")
 EOF
-(( $? == 1 )) && imports_failed=1  # an explicit failure only: a cold start cut at the cap (124) goes on
+rc=$?
+(( rc != 0 && rc != 124 )) && imports_failed=1  # a cold start cut at its cap (124) goes on; any other failure stops
 step info "${sb[@]}" info --json > "$work/info.json" 2>> "$work/run.log"
 # 1. the targets at 32768, forward and forward+backward: strided on structured's cuDNN path (>= 5x dense), flex
 #    for the band targets (the summary calls the best sparse implementation's, so flex must be there); then
@@ -212,8 +219,8 @@ step info "${sb[@]}" info --json > "$work/info.json" 2>> "$work/run.log"
 step targets "${sb[@]}" run "${sweep[@]}" --overwrite --seq 32768 --impl sdpa --impl structured --impl flex \
   --pattern dense --pattern causal --pattern strided --pattern sliding_window:window=1024 --pattern local \
   >> "$work/run.log" 2>&1
-step baselines "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --impl 'sdpa[cudnn]' --impl 'sdpa[flash]' \
-  --pattern dense --pattern causal >> "$work/run.log" 2>&1
+step baselines "${sb[@]}" run "${sweep[@]}" --resume --seq 32768 --impl sdpa --impl 'sdpa[cudnn]' \
+  --impl 'sdpa[flash]' --pattern dense --pattern causal >> "$work/run.log" 2>&1  # sdpa: causal's row of this run
 # 2. correctness on CUDA, the new path first on a cold compile cache: structured's cuDNN and flash fused parts
 #    against float64; then structured's other CUDA tests, every impl and pattern in bf16/fp16/fp32, forward and
 #    backward, GQA and decode, the end-to-end run (about 360 tests: the log says how far the cap let them get).

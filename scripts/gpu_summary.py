@@ -41,12 +41,16 @@ SELECTION_TARGET = 0.5  # topk_blocks against causal cuDNN: this share of its id
 def read_finished_rows(path: Path, allow_empty: bool = False) -> pd.DataFrame:
     """The rows of a results file, without an unfinished last line (a step killed in the middle of a write):
     read from a copy, the file left as it is."""
+    if not path.is_file():
+        return read_results(path, allow_empty=allow_empty)  # its one-line error
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "results.csv"
-        if path.is_file():
-            shutil.copyfile(path, copy)
-            recover_partial_row(copy)
-        return read_results(copy if path.is_file() else path, allow_empty=allow_empty)
+        shutil.copyfile(path, copy)
+        recover_partial_row(copy)
+        try:
+            return read_results(copy, allow_empty=allow_empty)
+        except SparsebenchError as exc:  # name the user's file, not the copy
+            raise SparsebenchError(str(exc).replace(str(copy), str(path))) from None
 
 
 def _ref_column(frame: pd.DataFrame, ref_pattern: str, column: str = "latency_ms") -> pd.Series:

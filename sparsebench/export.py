@@ -166,8 +166,8 @@ def junit(report: gate.GateReport, baseline: str, current: str, timestamp: str |
     failure, a case in one result set only or measured in neither is skipped, the rest pass; every test case's
     system-out gives the latency comparison and any warning."""
     cases = report.cases
-    failures = sum(c.verdict == gate.REGRESSION for c in cases)
-    skipped = sum(_skip_reason(c) is not None and c.verdict != gate.REGRESSION for c in cases)
+    failures = sum(report.fails(c) for c in cases)
+    skipped = sum(_skip_reason(c) is not None and not report.fails(c) for c in cases)
     counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0"}
     root = ET.Element("testsuites", {"name": "sparsebench gate", **counts})
     suite = ET.SubElement(root, "testsuite", {"name": f"sparsebench gate: {current} against {baseline}", **counts,
@@ -190,6 +190,9 @@ def junit(report: gate.GateReport, baseline: str, current: str, timestamp: str |
         if regressions:
             failure = ET.SubElement(element, "failure", {"type": "regression", "message": _xml_text(regressions[0])})
             failure.text = _xml_text("\n".join(regressions))
+        elif report.fails(case):  # missing, under --fail-missing
+            ET.SubElement(element, "failure", {"type": "missing", "message": "only in the baseline results "
+                                                                             "(--fail-missing)"})
         elif (why := _skip_reason(case)) is not None:
             ET.SubElement(element, "skipped", {"message": _xml_text(why)})
         ET.SubElement(element, "system-out").text = _xml_text(_case_text(case, report.raw))

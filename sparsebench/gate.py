@@ -245,9 +245,13 @@ class GateReport:
         """Baseline cases with no row in the current results."""
         return [c for c in self.cases if c.presence == MISSING]
 
+    def fails(self, case: CaseResult) -> bool:
+        """Whether this case fails the gate: a regression, or a missing case under --fail-missing."""
+        return case.verdict == REGRESSION or (self.fail_missing and case.presence == MISSING)
+
     @property
     def failed(self) -> bool:
-        return bool(self.regressions) or (self.fail_missing and bool(self.missing))
+        return any(self.fails(case) for case in self.cases)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}

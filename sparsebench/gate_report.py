@@ -81,7 +81,9 @@ def headline(report: gate.GateReport) -> str:
 def render_markdown(report: gate.GateReport, baseline: Path, current: Path) -> str:
     """The --summary report: headline, then a table of every case (regressions first)."""
     what = "latency ms" if report.raw else "latency / dense"
-    lines = [f"## sparsebench gate: {'❌ regression' if report.failed else '✅ no regression'}", "",
+    verdict = "❌ regression" if report.regressions else "❌ baseline cases missing" if report.failed \
+        else "✅ no regression"
+    lines = [f"## sparsebench gate: {verdict}", "",
              f"`{current}` against `{baseline}`. {headline(report)}.", ""]
     lines += [f"> note: {note}\n" for note in report.notes]
     lines += [f"| case | baseline ({what}) | current | ratio | p | verdict | details |",

@@ -13,6 +13,7 @@ is measured exactly like built-in code, in the same isolated workers.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -207,8 +208,8 @@ def _load(spec: str, what: str) -> tuple[str, Any, dict[str, str]]:
 
 
 def _import(module_name: str):
-    """A module by dotted name (PYTHONPATH and installed modules first, then the current directory) or by file
-    path (`x/y.py`)."""
+    """A module by dotted name (the current directory first on the path, then PYTHONPATH) or by file path
+    (`x/y.py`)."""
     if module_name.endswith(".py"):
         path = Path(module_name).resolve()
         if not path.is_file():
@@ -227,17 +228,22 @@ def _import(module_name: str):
         return module
     cwd = str(Path.cwd())
     if cwd not in sys.path:
-        # last: PYTHONPATH and installed modules come first, so that PYTHONPATH=v2 loads v2 even where the
-        # current directory holds a module of the same name
-        sys.path.append(cwd)
+        # first, as `python -m` puts it, which is how the workers start: the parent and its workers must find
+        # the same module (the run prints each plugin's file, and meta.json records it)
+        sys.path.insert(0, cwd)
     return importlib.import_module(module_name)
 
 
 def _origin(spec: str, module: Any) -> dict[str, str]:
-    """Where a plugin's code came from: the spec, the module's file and, in a git checkout, its commit."""
+    """Where a plugin's code came from: the spec, the module's file, its content's sha256 (16 hex digits: what
+    the gate compares) and, in a git checkout, the commit."""
     file = getattr(module, "__file__", "") or ""
     origin = {"spec": spec, "file": file}
     if file:
+        try:
+            origin["sha256"] = hashlib.sha256(Path(file).read_bytes()).hexdigest()[:16]
+        except OSError:
+            pass
         try:
             out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(file).parent, capture_output=True,
                                  text=True, timeout=5)

@@ -59,9 +59,13 @@ def test_a_missing_case_is_listed_and_fails_only_with_fail_missing(tmp_path: Pat
     current = [r for r in make_rows(2) if not (r["impl"] == "flex" and r["seq_len"] == 2048)]
     result = gate_run(tmp_path, make_rows(1), current)
     assert result.exit_code == 0 and "missing: 1" in result.output, result.output
-    result = gate_run(tmp_path, make_rows(1), current, "--fail-missing")
+    summary, junit = tmp_path / "gate.md", tmp_path / "gate.xml"
+    result = gate_run(tmp_path, make_rows(1), current, "--fail-missing", "--summary", str(summary), "--export",
+                      "junit", "--export-out", str(junit))
     assert result.exit_code == 1, result.output
     assert "gate FAIL" in result.output and "1 baseline case(s) not measured (--fail-missing)" in result.output
+    assert summary.read_text().startswith("## sparsebench gate: ❌ baseline cases missing")
+    assert 'failures="1"' in junit.read_text() and 'type="missing"' in junit.read_text()  # as the exit code says
 
 
 def test_no_latency_gates_deterministic_metrics_only(tmp_path: Path) -> None:
@@ -384,18 +388,21 @@ def test_missing_samples_never_turn_a_regression_into_a_pass(tmp_path: Path, mon
 
 def test_a_plugin_of_one_name_from_other_code_gets_a_note() -> None:
     """Gating a user's selector against its earlier version is the point, so no refusal: a note says which code
-    each side ran."""
+    each side ran, by content (another checkout or a later commit of the same file is the same code)."""
     from types import SimpleNamespace
 
     from sparsebench.services.gate import environment_notes
 
-    def results(file: str, commit: str) -> SimpleNamespace:
-        return SimpleNamespace(meta={"torch": "2.13.0", "plugins": [
-            {"kind": "pattern", "name": "select", "spec": "mymod:select", "file": file, "git_commit": commit}]})
+    def results(file: str, sha: str, commit: str) -> SimpleNamespace:
+        return SimpleNamespace(meta={"torch": "2.13.0", "plugins": [{"kind": "pattern", "name": "select",
+                                     "spec": "mymod:select", "file": file, "sha256": sha, "git_commit": commit}]})
 
-    same = environment_notes(results("/a/mymod.py", "0123456789abcdef"), results("/a/mymod.py", "0123456789abcdef"))
-    assert same == []
-    notes = environment_notes(results("/a/mymod.py", "0123456789abcdef"),
-                              results("/b/mymod.py", "fedcba9876543210+dirty"))
-    assert notes == ["pattern 'select' ran other code: baseline /a/mymod.py@0123456789ab, current "
-                     "/b/mymod.py@fedcba987654+dirty"]
+    moved = environment_notes(results("/a/mymod.py", "aa11", "0123456789abcdef"),
+                              results("/b/mymod.py", "aa11", "fedcba9876543210"))
+    assert moved == []
+    notes = environment_notes(results("/a/mymod.py", "aa11", "0123456789abcdef"),
+                              results("/a/mymod.py", "bb22", "0123456789abcdef+dirty"))
+    assert notes == ["pattern 'select' ran other code: baseline /a/mymod.py (sha256 aa11, commit 0123456789ab), "
+                     "current /a/mymod.py (sha256 bb22, commit 0123456789ab+dirty)"]
+    older = SimpleNamespace(meta={"plugins": [{"kind": "pattern", "name": "select", "file": "/a/mymod.py"}]})
+    assert environment_notes(older, results("/a/mymod.py", "bb22", "")) == []  # no hash recorded: cannot tell

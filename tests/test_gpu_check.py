@@ -106,6 +106,12 @@ def test_dry_run_brings_back_at_most_8_files_and_ends_with_the_step_block(tmp_pa
     assert "selection, n = 32768" in proc.stdout and "selection target" in proc.stdout  # the summary's own table
 
 
+def test_a_step_name_that_is_no_step_is_refused_at_once(tmp_path):
+    proc = dry_run(tmp_path / "out", "200", GPU_CHECK_ONLY="aa_base aa")
+    assert proc.returncode == 2 and "GPU_CHECK_ONLY: no step named aa_base" in proc.stderr
+    assert not (tmp_path / "out" / "steps.txt").exists()
+
+
 @pytest.mark.slow
 def test_the_aa_call_runs_the_aa_steps_only_on_the_whole_budget(tmp_path):
     """GPU_CHECK_ONLY="aa-base aa" (the second call of a lease): the other steps are skipped, the A/A steps get

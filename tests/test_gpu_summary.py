@@ -126,3 +126,10 @@ def test_a_cut_last_row_is_left_out_and_graph_timed_calls_are_listed(tmp_path):
     assert "strided    fwd D=64: structured" in proc.stdout
     assert "timed with CUDA graphs" in proc.stdout and "0.05" in proc.stdout  # events = graph + launch overhead
     assert path.read_text().endswith(text.splitlines()[1][:40])
+
+
+def test_a_broken_file_is_named_in_the_error(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("not,a,results,file\n1,2,3,4\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and str(path) in proc.stderr, proc.stderr

@@ -256,17 +256,24 @@ def test_two_plugins_of_one_name_from_different_code_are_refused(tmp_path):
     assert not (tmp_path / "out" / "results.csv").exists()
 
 
-def test_pythonpath_comes_before_the_current_directory(tmp_path, monkeypatch):
-    """A module on PYTHONPATH wins over one of the same name in the current directory, as `python script.py`
-    would find it."""
+@pytest.mark.slow  # worker processes
+def test_the_workers_run_the_code_the_run_names(tmp_path):
+    """The current directory comes first, for the run and for its workers (started with `python -m`) alike, even
+    where PYTHONPATH holds a module of the same name; the run names the file it loaded, and meta.json records
+    it with its content hash."""
     (tmp_path / "v2").mkdir()
-    (tmp_path / "order_probe_mod.py").write_text("WHERE = 'cwd'\ndef mask(b, h, q, k):\n    return k <= q\n")
-    (tmp_path / "v2" / "order_probe_mod.py").write_text("WHERE = 'v2'\ndef mask(b, h, q, k):\n    return k <= q\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path / "v2"))  # what PYTHONPATH=v2 puts on the path
-    monkeypatch.delitem(sys.modules, "order_probe_mod", raising=False)
-    get_pattern("order_probe_mod:mask")
-    assert sys.modules["order_probe_mod"].WHERE == "v2"
+    (tmp_path / "probe_cwd_mod.py").write_text("def mask(b, h, q, k):\n    return k <= q\n")  # causal: 0.5
+    (tmp_path / "v2" / "probe_cwd_mod.py").write_text("def mask(b, h, q, k):\n    return k == q\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "v2"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "sparsebench", "run", "--pattern", "probe_cwd_mod:mask",
+                           "--impl", "eager", "--seq", "64", *FAST, "--out-dir", "out"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert f"pattern mask: {tmp_path / 'probe_cwd_mod.py'}" in proc.stderr
+    rows = read_results(tmp_path / "out" / "results.csv")
+    assert float(rows[rows.impl == "eager"].density.iloc[0]) == pytest.approx((64 * 65 / 2) / 64**2)
+    plugin = json.loads((tmp_path / "out" / "meta.json").read_text())["plugins"][0]
+    assert plugin["file"] == str(tmp_path / "probe_cwd_mod.py") and len(plugin["sha256"]) == 16
 
 
 @pytest.mark.slow  # worker processes

@@ -737,3 +737,20 @@ def test_a_confirmation_run_measures_on_the_inputs_its_results_were_measured_on(
     sweep = Sweep.from_meta({"config": {"inputs": "structured", "input_seed": 2, "min_run_time": 0.1}})
     assert (sweep.config.inputs, sweep.config.input_seed, sweep.config.min_run_time) == ("structured", 2, 0.1)
     assert sweep.inputs == {"inputs": "structured", "input_id": "seed=2"}
+
+
+def test_the_run_table_shows_quality_where_it_means_something(capsys, tmp_path):
+    """vs full and recall in run's table for selection patterns or structured/captured inputs; not on random
+    q and k, where every row has a recall that means nothing."""
+    from sparsebench.cli.run import _summary
+
+    row = {"pattern": "local", "params": "window=64", "impl": "structured", "seq_len": 1024, "dtype": "float32",
+           "mode": "fwd", "q_len": 1024, "heads": 2, "kv_heads": 2, "head_dim": 64, "device": "cpu",
+           "latency_ms": 1.0, "status": "ok", "recall": 0.5, "speedup_vs_full": 2.0, "inputs": "random"}
+    _summary([row], tmp_path / "results.csv", quiet=True)
+    assert "recall" not in capsys.readouterr().err
+    _summary([{**row, "inputs": "structured"}], tmp_path / "results.csv", quiet=True)
+    assert "recall" in capsys.readouterr().err
+    _summary([{**row, "pattern": "topk_blocks", "params": "block=64"}], tmp_path / "results.csv", quiet=True)
+    out = capsys.readouterr().err
+    assert "vs full" in out and "0.500" in out

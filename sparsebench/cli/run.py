@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sparsebench import plugins
 from sparsebench.cli import options as opt
 from sparsebench.cli import scale
 from sparsebench.cli.common import (
@@ -25,10 +26,11 @@ from sparsebench.cli.common import (
 from sparsebench.cli.output import gate_and_exit
 from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import SparsebenchError
+from sparsebench.patterns import SELECTIONS
 from sparsebench.results import is_dense_reference
 from sparsebench.results.labels import heads_text, mode_label, pattern_label
 from sparsebench.runner import Case, load_config
-from sparsebench.runner.config import SweepOptions
+from sparsebench.runner.config import SweepConfig, SweepOptions
 from sparsebench.runner.scale import ScalePlan
 from sparsebench.runner.scale import plan as plan_scale
 from sparsebench.services.run import RunReporter, run_sweep
@@ -107,6 +109,7 @@ def run_cmd(
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
         sweep_config = options.over(file_settings)  # every value checked: nothing is written before this
+        _name_user_code(sweep_config)
         plan = plan_scale(sweep_config, out_dir, shard, gpus, jobs, launcher, shards)
         if gate is not None and (plan.shard or plan.shards):
             raise SparsebenchError("--gate gates a whole sweep: gate the merged shards (sparsebench gate BASELINE "
@@ -167,6 +170,14 @@ class _Progress(RunReporter):
                           "the same command with --resume runs the rest", markup=False)
 
 
+def _name_user_code(config: SweepConfig) -> None:
+    """One line per user plugin the sweep runs, with the file it was loaded from: a module of the same name
+    elsewhere on the path (or in the current directory, which comes first) is then no surprise."""
+    patterns = {spec.name for spec in config.pattern_specs}
+    for origin in plugins.LOADED.used(set(config.impls), patterns).origins:
+        console.print(f"{origin['kind']} {origin['name']}: {origin.get('file') or origin.get('spec')}", markup=False)
+
+
 def _missing(value: Any) -> bool:
     return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
@@ -186,9 +197,9 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     setups = sorted({setup(r) for r in rows})
     table = Table(title=escape(f"{csv_path}" + (f" ({setups[0]})" if len(setups) == 1 else "")))
     headers = ["pattern", "impl", "n", "ms", "IQR", "vs dense", "MiB", "err", "status"]
-    # where a row measured what it keeps (selection patterns, or --inputs other than random): the speed-up
-    # against the full attention it replaces (causal SDPA for a causal pattern) and the recall, beside vs dense
-    quality = any(not _missing(r.get("recall")) for r in rows)
+    # with a selection pattern or --inputs other than random (on random q and k recall means nothing): the
+    # speed-up against the full attention each pattern replaces (causal SDPA for a causal one) and the recall
+    quality = any(r.get("pattern") in SELECTIONS or r.get("inputs") not in (None, "", "random") for r in rows)
     if quality:
         headers[6:6] = ["vs full", "recall"]
     if len(setups) > 1:

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,7 @@ def _check_number(name: str, value: Any, low: float, high: float, unit: str, int
                                f"got {value!r}")
 
 
-def _one_code_per_name(option: str, kind: str, specs: list[str], register) -> list[str]:
+def _one_code_per_name(option: str, kind: str, specs: list[str], register: Callable[[str], str]) -> list[str]:
     """`register(spec)` of each spec, refusing two user plugins that register one name from different code
     (`--pattern a/mod.py:select --pattern b/mod.py:select`): cases, results and the gate know a pattern or an
     implementation by its name, so the second would silently replace the first."""
@@ -247,7 +248,7 @@ def _one_code_per_name(option: str, kind: str, specs: list[str], register) -> li
         name = text.partition(":")[0]
         code = plugins.code_of(kind, name)
         first, first_code = seen.setdefault(name, (spec, code))
-        if first_code != code:
+        if first_code and code and first_code != code:
             raise SparsebenchError(f"{option} {first} and {option} {spec} are both named {name!r} but come from "
                                    f"different code ({first_code[0]} and {code[0]}): results and the gate know "
                                    "them by that name; give one another name")

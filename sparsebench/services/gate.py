@@ -87,21 +87,19 @@ def environment_notes(baseline: ResultSet, current: ResultSet) -> list[str]:
     old, new = baseline.meta, current.meta
     notes = [f"{key} differs: baseline {old[key]}, current {new[key]}" for key in ("torch", "cuda")
              if key in old and key in new and old[key] != new[key]]
-    # a user plugin of one name from other code (another file or commit): what a plugin's own A/B compares, so a
-    # note, never a refusal; it says which code each side ran
+    # a user plugin of one name whose file's content differs: what a plugin's own A/B compares, so a note, never
+    # a refusal (by content: a checkout elsewhere or a later commit of the same file is the same code)
     before = {(p.get("kind"), p.get("name")): p for p in old.get("plugins") or [] if isinstance(p, dict)}
     for plugin in new.get("plugins") or []:
-        if not isinstance(plugin, dict):
-            continue
-        earlier = before.get((plugin.get("kind"), plugin.get("name")))
-        where = [_code(p) for p in (earlier, plugin)] if earlier else []
-        if where and where[0] != where[1]:
-            notes.append(f"{plugin.get('kind')} {plugin.get('name')!r} ran other code: baseline {where[0]}, "
-                         f"current {where[1]}")
+        earlier = before.get((plugin.get("kind"), plugin.get("name"))) if isinstance(plugin, dict) else None
+        if earlier and earlier.get("sha256") and plugin.get("sha256") and earlier["sha256"] != plugin["sha256"]:
+            notes.append(f"{plugin.get('kind')} {plugin.get('name')!r} ran other code: baseline {_code(earlier)}, "
+                         f"current {_code(plugin)}")
     return notes
 
 
 def _code(plugin: Mapping[str, Any]) -> str:
-    """A plugin's file and, in a git checkout, its commit: `path@commit`."""
-    commit, dirty, _ = str(plugin.get("git_commit") or "").partition("+dirty")
-    return str(plugin.get("file") or plugin.get("spec")) + (f"@{commit[:12]}{dirty}" if commit else "")
+    """A plugin's file and content hash, and its commit where recorded: `path (sha256 …, commit …)`."""
+    commit = str(plugin.get("git_commit") or "")
+    return f"{plugin.get('file') or plugin.get('spec')} (sha256 {plugin['sha256']}" + \
+        (f", commit {commit[:12]}{'+dirty' if commit.endswith('+dirty') else ''})" if commit else ")")
