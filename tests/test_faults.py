@@ -478,6 +478,7 @@ def every_reader(path: Path, good: Path, work: Path) -> dict[str, list[str]]:
     ("device", "cuda:x", "'cuda:x' is not a device"),
     ("gpu_index", "-1", "'-1' is not an integer >= 0"),
     ("mem_ratio_vs_dense", "-2", "-2 is not >= 0"),
+    ("latency_ms", "500", "500 is not the median of samples_ms"),  # the gate tests the samples, shows the median
 ])
 def test_a_value_out_of_its_domain_is_refused_by_every_reader(measured, tmp_path, column, value, needle):
     path = edit_cell(measured, tmp_path / "bad", column, value)

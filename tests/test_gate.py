@@ -327,6 +327,24 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
            f"{3 if reproduces else 0}/3 re-runs" in result.output
 
 
+def test_confirm_does_not_clear_a_regression_with_code_other_than_the_results_ran(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CURRENT measured a plugin that has changed since (edited back, say): re-running today's code cannot
+    confirm or clear what CURRENT measured, so the regression stands, and a note says why."""
+    import json
+
+    asked: list[list[Case]] = []
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: asked.append)
+    plugin = tmp_path / "myimpl.py"
+    plugin.write_text("def fn(q, k, v, pattern):\n    return q\n")
+    (tmp_path / "cur").mkdir()
+    (tmp_path / "cur" / "meta.json").write_text(json.dumps({"schema_version": 2, "plugins": [
+        {"kind": "impl", "name": "fn", "spec": f"{plugin}:fn", "file": str(plugin), "sha256": "0" * 16}]}))
+    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
+    assert result.exit_code == 1 and not asked, result.output
+    assert "--confirm did not re-run the cases" in result.output and f"impl 'fn': {plugin} changed" in result.output
+
+
 @pytest.mark.slow
 def test_confirm_runner_measures_real_cases(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """The --confirm hook runs cases through sparsebench.runner with the current run's timing settings."""
@@ -406,3 +424,13 @@ def test_a_plugin_of_one_name_from_other_code_gets_a_note() -> None:
                      "current /a/mymod.py (sha256 bb22, commit 0123456789ab+dirty)"]
     older = SimpleNamespace(meta={"plugins": [{"kind": "pattern", "name": "select", "file": "/a/mymod.py"}]})
     assert environment_notes(older, results("/a/mymod.py", "bb22", "")) == []  # no hash recorded: cannot tell
+
+
+def test_a_serving_batch_is_named_by_its_lengths() -> None:
+    """A paged-decode batch and a plain decode of its longest length are different cases: different names (the
+    gate's table, JUnit and the benchmark exports key on them)."""
+    plain = {"pattern": "causal", "params": "", "impl": "sdpa", "seq_len": 1024, "dtype": "float32",
+             "mode": "decode", "seq_lens": "", "seq_lens_seed": float("nan"), "page_size": float("nan")}
+    batch = {**plain, "seq_lens": "128,512,1024", "seq_lens_seed": 0, "page_size": 16}
+    assert gate.case_name(plain) == "causal/sdpa/1024/float32/decode"
+    assert gate.case_name(batch) == "causal/sdpa/lens=128,512,1024;seed=0;page=16/float32/decode"

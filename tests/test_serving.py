@@ -278,6 +278,7 @@ def test_quest_on_serving_batches_runs_in_decode_on_sdpa_and_structured():
     (["-p", "causal", "--batch", "4"], "holds 2 sequences"),
     (["-p", "causal", "--page-size", "32"], "no pages"),
     (["-p", "causal", "--inputs", "structured"], "random inputs"),
+    (["-p", "causal", "--seq-lens-seed", "3"], "lists given are fixed lengths"),
 ])
 def test_serving_options_that_would_be_ignored_are_refused(tmp_path, args, words):
     result = CliRunner().invoke(app, ["run", "--seq-lens", "64,80", *args, "-o", str(tmp_path / "out")])

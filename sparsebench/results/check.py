@@ -225,6 +225,13 @@ def _row_problem(row: dict[str, str], domains: dict[str, Domain]) -> tuple[str, 
             return column, problem
     if row["status"] == "ok" and not row.get("latency_ms"):
         return "latency_ms", "empty in an ok row"
+    samples = sorted(float(s) for s in row.get("samples_ms", "").split())
+    if samples and row.get("latency_ms"):  # latency_ms is the samples' median, which the gate's test reads
+        half = len(samples) // 2
+        median = samples[half] if len(samples) % 2 else (samples[half - 1] + samples[half]) / 2
+        latency = float(row["latency_ms"])
+        if abs(latency - median) > 1e-4 * max(abs(median), 1e-9):  # the samples are written to 6 digits
+            return "latency_ms", f"{row['latency_ms']} is not the median of samples_ms ({median:.6g}): an edit?"
     return None
 
 

@@ -212,6 +212,10 @@ def _check_given(settings: dict[str, Any]) -> None:
             if own is not None and batch != own:
                 raise SparsebenchError(f"--seq-lens {spec} holds {own} sequences: --batch {batch} would be ignored "
                                        "(leave it out, or write uniform:LO-HI without a count)")
+        if "seq_lens_seed" in settings and not any(str(spec).strip().startswith("uniform:")
+                                                   for spec in settings["seq_lens"]):
+            raise SparsebenchError("--seq-lens-seed draws the lengths of uniform:LO-HI specs; the lists given are "
+                                   "fixed lengths: leave it out")
         if "page_size" in settings and "decode" not in settings.get("modes", ["fwd"]):
             raise SparsebenchError("--page-size is the paged cache of --mode decode: packed prefill (fwd) has no "
                                    "pages; leave it out or add --mode decode")

@@ -5,6 +5,7 @@ comparable when asked to be strict), then the software; optionally re-run the la
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 import pandas as pd
 
 from sparsebench import gate, machine
+from sparsebench._version import __version__
+from sparsebench.environment import git_sha
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import RESULTS_NAME, ResultSet
 from sparsebench.runner.cases import Case
@@ -38,12 +41,40 @@ def compare(baseline: ResultSet, current: ResultSet, thresholds: gate.Thresholds
 def confirm(report: gate.GateReport, baseline: ResultSet, current: ResultSet, times: int,
             reporter: RunReporter | None = None) -> gate.GateReport:
     """Re-run the latency regressions `times` times here (with their dense references, timed as the current
-    run was); a re-run that cannot start here (e.g. a plugin that does not import) leaves them standing."""
+    run was); a re-run that cannot start here (e.g. a plugin that does not import), or whose code here is not
+    the code the current results were measured with, leaves them standing."""
+    changed = code_changes(current.meta)
+    if changed and gate.latency_regressions(report):
+        report.notes.append(f"--confirm did not re-run the cases: the code here is not what {RESULTS_NAME} was "
+                            f"measured with ({'; '.join(changed)}); their regressions stand")
+        return report
     try:
         return gate.confirm(report, baseline.frame, current.frame, rerunner(current.meta, reporter), times)
     except SparsebenchError as exc:
         report.notes.append(f"--confirm could not re-run the cases here ({exc}); their regressions stand")
         return report
+
+
+def code_changes(meta: Mapping[str, Any]) -> list[str]:
+    """How the code here differs from what a run's meta.json recorded: sparsebench's commit or version, or a
+    user plugin's file content. Empty where it is the same, or where the record cannot tell (no commit, a
+    plugin recorded without a hash)."""
+    changes = []
+    then, now = str(meta.get("git_sha") or "").partition("+")[0], git_sha().partition("+")[0]
+    if then and now and then != now:
+        changes.append(f"sparsebench at {now[:12]}, not {then[:12]}")
+    elif meta.get("sparsebench_version") not in (None, __version__):
+        changes.append(f"sparsebench {__version__}, not {meta['sparsebench_version']}")
+    for plugin in meta.get("plugins") or []:
+        if not isinstance(plugin, dict) or not plugin.get("sha256") or not plugin.get("file"):
+            continue
+        try:
+            digest = hashlib.sha256(Path(plugin["file"]).read_bytes()).hexdigest()[:16]
+        except OSError:
+            digest = "missing"
+        if digest != plugin["sha256"]:
+            changes.append(f"{plugin.get('kind')} {plugin.get('name')!r}: {plugin['file']} changed")
+    return changes
 
 
 def rerunner(meta: Mapping[str, Any], reporter: RunReporter | None = None) -> gate.Rerun:
