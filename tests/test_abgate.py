@@ -109,6 +109,7 @@ def test_ctrl_c_in_the_command_exits_130_and_removes_the_worktrees(user_repo, mo
     (["--base-ref", "HEAD", "--base-impl", "sdpa"], "give one of them"),
     (["--base-ref", "HEAD", "BASE.csv"], "BASELINE: not with --base-ref"),
     (["--pattern", "local"], "--pattern: only with --base-ref or --base-impl"),
+    (["A.csv", "B.csv", "--rounds", "9"], "--rounds: only with --base-ref or --base-impl"),
     ([], "give BASELINE and CURRENT"),
 ])
 def test_bad_input_is_one_line_and_exit_2(user_repo, monkeypatch, args, message):

@@ -66,7 +66,8 @@ def test_targets_keep_their_reference_when_a_later_run_measures_it_again(tmp_pat
     published = Path(__file__).resolve().parents[1] / "docs" / "results" / "h200" / "results.csv"
     frame = pd.read_csv(published, keep_default_na=False, na_values=[""])
     again = frame[(frame.pattern == "dense") & (frame.impl == "sdpa") & (frame.seq_len == 32768)
-                  & (frame["mode"] == "fwd") & (frame.head_dim == 64)].assign(run_id="0later0run00", latency_ms=9.0, samples_ms="9")
+                  & (frame["mode"] == "fwd") & (frame.head_dim == 64)]
+    again = again.assign(run_id="0later0run00", latency_ms=9.0, samples_ms="9")
     pd.concat([frame, again]).to_csv(tmp_path / "results.csv", index=False)
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "results.csv")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -99,7 +100,8 @@ def test_the_summary_prints_the_selection_target(tmp_path):
     published = Path(__file__).resolve().parents[1] / "docs" / "results" / "h200" / "results.csv"
     frame = pd.read_csv(published, keep_default_na=False, na_values=[""])
     cudnn = frame[(frame.pattern == "causal") & (frame.impl == "sdpa") & (frame.seq_len == 32768)
-                  & (frame["mode"] == "fwd") & (frame.head_dim == 64)].assign(impl="sdpa[cudnn]", latency_ms=16.0, samples_ms="16")
+                  & (frame["mode"] == "fwd") & (frame.head_dim == 64)]
+    cudnn = cudnn.assign(impl="sdpa[cudnn]", latency_ms=16.0, samples_ms="16")
     pd.concat([frame, cudnn]).to_csv(tmp_path / "results.csv", index=False)
     topk = cudnn.assign(pattern="topk_blocks", params="block=64;causal=1;topk=16", impl="structured",
                         latency_ms=2.0, samples_ms="2", density=17 * 64 / 32768, recall=0.75, speedup_vs_full=4.0)

@@ -85,12 +85,13 @@ def gate_cmd(
     base_impl: Annotated[str | None, typer.Option(
         "--base-impl", help="Same-job A/B of two implementations of this tree: this one (e.g. mymod:v1) against "
         "--impl.", show_default=False, rich_help_panel="A/B")] = None,
-    rounds: Annotated[int, typer.Option(
-        "--rounds", min=paired.MIN_PAIRS, help="A/B: rounds of each side (A B B A ...).",
-        rich_help_panel="A/B")] = paired.DEFAULT_ROUNDS,
-    confirm_rounds: Annotated[int, typer.Option(
-        "--confirm-rounds", min=paired.MIN_PAIRS, help="A/B: fresh rounds of each side that re-measure the flagged "
-        "cases (--confirm 0: none).", rich_help_panel="A/B")] = paired.DEFAULT_CONFIRM_PAIRS,
+    rounds: Annotated[int | None, typer.Option(
+        "--rounds", min=paired.MIN_PAIRS, help=f"A/B: rounds of each side (A B B A ...; default "
+        f"{paired.DEFAULT_ROUNDS}).", show_default=False, rich_help_panel="A/B")] = None,
+    confirm_rounds: Annotated[int | None, typer.Option(
+        "--confirm-rounds", min=paired.MIN_PAIRS, show_default=False, help=f"A/B: fresh rounds of each side that "
+        f"re-measure the flagged cases (default {paired.DEFAULT_CONFIRM_PAIRS}; --confirm 0: none).",
+        rich_help_panel="A/B")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="A/B: TOML sweep file (as `run`).",
                                                    show_default=False, rich_help_panel="A/B")] = None,
     pattern: Annotated[list[str] | None, typer.Option("--pattern", "-p", help="A/B: pattern (as `run`). "
@@ -126,7 +127,9 @@ def gate_cmd(
         sweep = SweepOptions(patterns=pattern, impls=impl, seq=seq, devices=device, dtypes=dtype, modes=mode,
                              min_run_time=min_run_time, timeout=timeout)
         ab_gate_and_exit(base_ref=base_ref, head_ref=head_ref, repo=repo, base_impl=base_impl, config_file=config,
-                         sweep=sweep, rounds=rounds, confirm_rounds=confirm_rounds, raw=raw, latency=latency,
+                         sweep=sweep, rounds=paired.DEFAULT_ROUNDS if rounds is None else rounds,
+                         confirm_rounds=paired.DEFAULT_CONFIRM_PAIRS if confirm_rounds is None else confirm_rounds,
+                         raw=raw, latency=latency,
                          threshold=threshold, mem_tolerance=mem_tolerance,
                          alpha=alpha, thresholds_file=thresholds_file, confirm=confirm, summary=summary,
                          export_format=export_format, export_out=export_out, quiet=quiet, out_dir=out_dir,
@@ -136,7 +139,7 @@ def gate_cmd(
                                   "--repo": repo if base_impl else None})
     ab_only = {"--head-ref": head_ref, "--repo": repo, "--config": config, "--pattern": pattern, "--impl": impl,
                "--seq": seq, "--device": device, "--dtype": dtype, "--mode": mode, "--min-run-time": min_run_time,
-               "--timeout": timeout, "--out-dir": out_dir}
+               "--timeout": timeout, "--out-dir": out_dir, "--rounds": rounds, "--confirm-rounds": confirm_rounds}
     with user_errors():
         given = [name for name, value in ab_only.items() if value]
         if given:

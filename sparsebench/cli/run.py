@@ -214,7 +214,8 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
         label = pattern_label(r["pattern"], r.get("params"))
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
         ms = r.get("latency_ms")
-        cells = [escape(label), escape(r["impl"]), str(r["seq_len"]), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),
+        length = str(r.get("seq_lens") or "") or str(r["seq_len"])  # a serving batch: its lengths
+        cells = [escape(label), escape(r["impl"]), escape(length), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),
                  _fmt(r.get("latency_iqr_ms"), ".2g"), _fmt(r.get("speedup_vs_dense"), ".2f"),
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),
                  f"[{STATUS_STYLE.get(r['status'], 'red')}]{escape(status)}[/]"]
