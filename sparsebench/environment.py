@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import platform
 import subprocess
@@ -23,6 +24,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def package_digest() -> str:
+    """sha256 (16 hex digits) of sparsebench's own source, every .py file by its path: the code a run measured
+    with, exact where a commit is not (uncommitted edits, an install without git, a docs-only commit)."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def git_sha() -> str:
@@ -92,6 +103,7 @@ def collect(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([_program(), *sys.argv[1:]]),
         "git_sha": git_sha(),
+        "sparsebench_sha256": package_digest(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "hostname": platform.node(),

@@ -262,14 +262,14 @@ class GateReport:
 
 def case_name(row: Any) -> str:
     """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd; a serving batch
-    names its lengths (and their seed, and its page size) in place of seq_len, its longest length, e.g.
-    causal/sdpa/lens=128,512,1024;seed=0;page=16/float32/decode."""
+    names its lengths (the seed of drawn ones, and its page size) in place of seq_len, its longest length, e.g.
+    causal/sdpa/lens=uniform:512-8192:16;seed=0;page=16/float32/decode."""
     pattern = pattern_label(row["pattern"], row["params"])
     length = key_text(row["seq_len"])
     if lens := key_text(row.get("seq_lens")):
-        length = f"lens={lens}" + "".join(f";{label}={key_text(row.get(column))}"
-                                          for column, label in (("seq_lens_seed", "seed"), ("page_size", "page"))
-                                          if key_text(row.get(column)))
+        seed = key_text(row.get("seq_lens_seed")) if lens.startswith("uniform:") else ""  # it draws those only
+        page = key_text(row.get("page_size"))
+        length = f"lens={lens}" + (f";seed={seed}" if seed else "") + (f";page={page}" if page else "")
     return f"{pattern}/{row['impl']}/{length}/{row['dtype']}/{row['mode']}"
 
 

@@ -146,7 +146,7 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
                 "run": index, "label": run.label, "date": run.meta.date,
                 "git_sha": str(run.meta.get("git_sha") or ""), "case": benchmark_name(row),
                 **{c: key_text(row[c]) for c in ("device", "dtype", "mode", "batch", "heads", "kv_heads", "head_dim",
-                                                 "q_len", "seq_len", "pattern", "params", "impl")},
+                                                 "q_len", "seq_len", "seq_lens", "pattern", "params", "impl")},
                 "status": row["status"], "latency_ms": latency if ok else math.nan,
                 "dense_latency_ms": dense, "latency_vs_dense": latency / dense if ok and dense > 0 else math.nan,
                 "regression": bool(why), "why": why,
@@ -164,8 +164,10 @@ def history_figures(table: pd.DataFrame, runs: list[HistoryRun]) -> list[tuple[s
     if rows.empty:
         raise SparsebenchError("no case besides the dense reference: nothing to draw over time")
     rows["q_len_label"] = np.where(rows["mode"] == "decode", "q" + rows["q_len"], "")
-    rows["panel"] = [f"{pattern_label(p, q, sep=', ')} · n={n}"
-                     for p, q, n in zip(rows["pattern"], rows["params"], rows["seq_len"])]
+    # a serving batch by its lengths: two batches of one longest length are two panels
+    lens = rows["seq_lens"].fillna("").astype(str)
+    rows["panel"] = [f"{pattern_label(p, q, sep=', ')} · " + (f"lens={s}" if s else f"n={n}")
+                     for p, q, n, s in zip(rows["pattern"], rows["params"], rows["seq_len"], lens)]
     ticks = [run.tick() for run in runs]
     figures = []
     for group, grows in rows.groupby(GROUP, sort=False):

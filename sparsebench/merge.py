@@ -43,7 +43,8 @@ from sparsebench.runner.shard import Shard, parse_dirname
 Key = tuple[str, ...]
 INT_COLUMNS = ("schema_version", "batch", "heads", "kv_heads", "seq_len", "q_len", "head_dim", "nnz", "n_samples",
                "steps", "corpus_bytes", "gpu_index")
-SHARED_META = ("sparsebench_version", "torch", "cuda", "git_sha", "python", "config", "config_file")
+SHARED_META = ("sparsebench_version", "sparsebench_sha256", "torch", "cuda", "git_sha", "python", "config",
+               "config_file")
 
 
 @dataclass
@@ -317,6 +318,11 @@ def _meta(parts: list[Part], merged: Merged) -> dict[str, Any]:
         meta["date"] = dates[0]
     meta["hosts"] = sorted({str(m["hostname"]) for m in metas if m.get("hostname")})
     meta["gpus"] = _gpus(parts)
+    # every shard's user plugins, each distinct entry once (shards that ran other code keep both: gate --confirm
+    # then refuses to re-run rather than pick one)
+    plugin_entries = [p for m in metas for p in m.get("plugins") or [] if isinstance(p, dict)]
+    if plugin_entries:
+        meta["plugins"] = list({_text(p): p for p in plugin_entries}.values())
     meta["ceilings"] = _ceilings(parts)
     meta["merged"] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -256,10 +256,15 @@ def _origin(spec: str, module: Any) -> dict[str, str]:
     return origin
 
 
+def origin_of(kind: str, name: str) -> dict[str, str] | None:
+    """Where the plugin loaded last under `name` (kind "impls" or "patterns") came from (`_origin`), or None."""
+    return next((o for o in LOADED.origins if o["name"] == name and o["kind"] == kind[:-1]), None)
+
+
 def code_of(kind: str, name: str) -> tuple[str, str] | None:
     """(file, attribute) of the plugin loaded last under `name` (kind "impls" or "patterns"), None if none."""
     spec = LOADED.specs[kind].get(name)
-    origin = next((o for o in LOADED.origins if o["name"] == name and o["kind"] == kind[:-1]), None)
+    origin = origin_of(kind, name)
     return (origin.get("file", ""), spec.rpartition(":")[2]) if spec and origin else None
 
 

@@ -329,20 +329,39 @@ def test_confirm_reruns_only_regressed_cases(tmp_path: Path, monkeypatch: pytest
 
 def test_confirm_does_not_clear_a_regression_with_code_other_than_the_results_ran(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CURRENT measured a plugin that has changed since (edited back, say): re-running today's code cannot
-    confirm or clear what CURRENT measured, so the regression stands, and a note says why."""
+    """CURRENT measured a plugin whose code, as a re-run here would load it, is other code (edited back, or
+    another checkout's): re-running cannot confirm or clear what CURRENT measured, so the regression stands, with
+    a note; the same content elsewhere (a moved file) is the same code."""
     import json
 
+    from sparsebench import plugins
+
     asked: list[list[Case]] = []
-    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: asked.append)
-    plugin = tmp_path / "myimpl.py"
-    plugin.write_text("def fn(q, k, v, pattern):\n    return q\n")
-    (tmp_path / "cur").mkdir()
-    (tmp_path / "cur" / "meta.json").write_text(json.dumps({"schema_version": 2, "plugins": [
-        {"kind": "impl", "name": "fn", "spec": f"{plugin}:fn", "file": str(plugin), "sha256": "0" * 16}]}))
-    result = gate_run(tmp_path, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
+
+    def rerun(cases: list[Case]) -> pd.DataFrame:  # today's code: no slowdown
+        asked.append(cases)
+        wanted = {(c.pattern, c.impl, c.seq_len) for c in cases}
+        rows = make_rows(20 + len(asked))
+        return pd.DataFrame([r for r in rows if (r["pattern"], r["impl"], r["seq_len"]) in wanted])
+
+    monkeypatch.setattr("sparsebench.services.gate.rerunner", lambda current, *_: rerun)
+    plugin = tmp_path / "confirm_probe.py"
+    plugin.write_text("def confirm_probe_fn(q, k, v, pattern):\n    return q\n")
+    plugins.load_impl(f"{plugin}:confirm_probe_fn")  # what load_recorded gives the re-run
+    loaded = plugins.origin_of("impls", "confirm_probe_fn")
+
+    def gate_with(recorded_sha: str, where: str) -> object:
+        (tmp_path / where / "cur").mkdir(parents=True)
+        (tmp_path / where / "cur" / "meta.json").write_text(json.dumps({"schema_version": 2, "plugins": [
+            {"kind": "impl", "name": "confirm_probe_fn", "spec": f"{plugin}:confirm_probe_fn",
+             "file": f"/elsewhere/{plugin.name}", "sha256": recorded_sha}]}))
+        return gate_run(tmp_path / where, make_rows(1), make_rows(2, slow={FLEX: 1.5}), "--confirm", "3")
+
+    result = gate_with("0" * 16, "edited")
     assert result.exit_code == 1 and not asked, result.output
-    assert "--confirm did not re-run the cases" in result.output and f"impl 'fn': {plugin} changed" in result.output
+    assert "--confirm did not re-run the cases" in result.output and "is not the code measured" in result.output
+    result = gate_with(loaded["sha256"], "moved")  # the content measured, another path: re-run as usual
+    assert len(asked) == 3 and "did not re-run" not in result.output and result.exit_code == 0
 
 
 @pytest.mark.slow
@@ -433,4 +452,19 @@ def test_a_serving_batch_is_named_by_its_lengths() -> None:
              "mode": "decode", "seq_lens": "", "seq_lens_seed": float("nan"), "page_size": float("nan")}
     batch = {**plain, "seq_lens": "128,512,1024", "seq_lens_seed": 0, "page_size": 16}
     assert gate.case_name(plain) == "causal/sdpa/1024/float32/decode"
-    assert gate.case_name(batch) == "causal/sdpa/lens=128,512,1024;seed=0;page=16/float32/decode"
+    assert gate.case_name(batch) == "causal/sdpa/lens=128,512,1024;page=16/float32/decode"
+    drawn = {**batch, "seq_lens": "uniform:256-1024:3", "seq_lens_seed": 2}
+    assert gate.case_name(drawn) == "causal/sdpa/lens=uniform:256-1024:3;seed=2;page=16/float32/decode"
+
+
+def test_code_changes_compare_sparsebench_by_its_source() -> None:
+    """A commit says too much (a docs-only commit) and too little (uncommitted edits, an install without git):
+    the source's hash decides; older files fall back to the version."""
+    from sparsebench import __version__
+    from sparsebench.environment import package_digest
+    from sparsebench.services.gate import code_changes
+
+    assert code_changes({"sparsebench_sha256": package_digest(), "git_sha": "0" * 40}) == []
+    assert "sparsebench's source differs" in code_changes({"sparsebench_sha256": "0" * 16})[0]
+    assert code_changes({"sparsebench_version": __version__}) == []
+    assert code_changes({"sparsebench_version": "0.0.1"}) == [f"sparsebench {__version__}, not 0.0.1"]

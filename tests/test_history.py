@@ -140,3 +140,21 @@ def test_failed_case_is_marked_at_the_bottom(tmp_path: Path) -> None:
     crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "X"]
     assert [list(line.get_xdata()) for line in crosses] == [[1]]
     assert "regression without latency (status)" in [t.get_text() for t in fig.legends[0].get_texts()]
+
+
+def test_two_serving_batches_of_one_longest_length_are_two_panels(tmp_path: Path) -> None:
+    """Serving batches 64,256 and 128,256 share seq_len 256: each gets its panel (one line per run each)."""
+    dirs = []
+    for i in range(2):
+        rows = []
+        for lens in ("64,256", "128,256"):
+            for row in make_rows(30 + i):
+                if row["seq_len"] == 1024:
+                    rows.append({**row, "seq_len": 256, "q_len": 256, "batch": 2, "seq_lens": lens,
+                                 "seq_lens_seed": 0})
+        meta = {**MACHINE, "date": f"2025-03-0{i + 1}T12:00:00+00:00", "git_sha": SHAS[i]}
+        dirs.append(write_run(tmp_path / f"r{i}", rows, meta).parent)
+    result = invoke(*dirs, "--out", tmp_path / "hist")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(tmp_path / "hist" / "history.csv", keep_default_na=False)
+    assert set(table["seq_lens"]) == {"64,256", "128,256"}

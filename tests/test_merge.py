@@ -80,6 +80,18 @@ def test_merge_combines_shards_and_lists_hosts_and_gpus(tmp_path):
     assert invoke("merge", str(tmp_path), "--out", str(tmp_path / "all")).exit_code == 0
 
 
+def test_merge_keeps_the_shards_plugins_and_source_hash(tmp_path):
+    """The merged meta.json names the user code every shard ran (what the gate's --confirm and notes read)."""
+    plugin = {"kind": "impl", "name": "fn", "spec": "mod:fn", "file": "/x/mod.py", "sha256": "ab" * 8}
+    for index, cases in ((1, group(1024)), (2, group(2048))):
+        out = write_shard(tmp_path, index, 2, cases)
+        meta = json.loads((out / "meta.json").read_text())
+        write_meta(out / "meta.json", {**meta, "plugins": [plugin], "sparsebench_sha256": "cd" * 8})
+    assert invoke("merge", str(tmp_path), "--out", str(tmp_path / "all")).exit_code == 0
+    meta = json.loads((tmp_path / "all" / "meta.json").read_text())
+    assert meta["plugins"] == [plugin] and meta["sparsebench_sha256"] == "cd" * 8
+
+
 def test_merge_names_missing_shards_and_unfinished_cases(tmp_path):
     write_shard(tmp_path, 1, 3, group(1024) + group(4096), done=4, finished=False)  # died in its second group
     write_shard(tmp_path, 3, 3, group(2048))

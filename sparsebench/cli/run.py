@@ -109,7 +109,8 @@ def run_cmd(
         if gate is not None and not gate.is_file():
             raise SparsebenchError(f"--gate {gate}: no such baseline file")
         sweep_config = options.over(file_settings)  # every value checked: nothing is written before this
-        _name_user_code(sweep_config)
+        if not quiet:
+            _name_user_code(sweep_config)
         plan = plan_scale(sweep_config, out_dir, shard, gpus, jobs, launcher, shards)
         if gate is not None and (plan.shard or plan.shards):
             raise SparsebenchError("--gate gates a whole sweep: gate the merged shards (sparsebench gate BASELINE "

@@ -5,7 +5,6 @@ comparable when asked to be strict), then the software; optionally re-run the la
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,9 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from sparsebench import gate, machine
+from sparsebench import gate, machine, plugins
 from sparsebench._version import __version__
-from sparsebench.environment import git_sha
+from sparsebench.environment import git_sha, package_digest
 from sparsebench.errors import NotComparable, SparsebenchError
 from sparsebench.results import RESULTS_NAME, ResultSet
 from sparsebench.runner.cases import Case
@@ -43,37 +42,42 @@ def confirm(report: gate.GateReport, baseline: ResultSet, current: ResultSet, ti
     """Re-run the latency regressions `times` times here (with their dense references, timed as the current
     run was); a re-run that cannot start here (e.g. a plugin that does not import), or whose code here is not
     the code the current results were measured with, leaves them standing."""
-    changed = code_changes(current.meta)
-    if changed and gate.latency_regressions(report):
-        report.notes.append(f"--confirm did not re-run the cases: the code here is not what {RESULTS_NAME} was "
-                            f"measured with ({'; '.join(changed)}); their regressions stand")
-        return report
     try:
-        return gate.confirm(report, baseline.frame, current.frame, rerunner(current.meta, reporter), times)
+        rerun = rerunner(current.meta, reporter)  # loads the plugins the results were measured with
+        changed = code_changes(current.meta)
+        if changed:
+            report.notes.append(f"--confirm did not re-run the cases: the code here is not what {RESULTS_NAME} "
+                                f"was measured with ({'; '.join(changed)}); their regressions stand")
+            return report
+        return gate.confirm(report, baseline.frame, current.frame, rerun, times)
     except SparsebenchError as exc:
         report.notes.append(f"--confirm could not re-run the cases here ({exc}); their regressions stand")
         return report
 
 
 def code_changes(meta: Mapping[str, Any]) -> list[str]:
-    """How the code here differs from what a run's meta.json recorded: sparsebench's commit or version, or a
-    user plugin's file content. Empty where it is the same, or where the record cannot tell (no commit, a
-    plugin recorded without a hash)."""
+    """How the code a re-run here would measure differs from what a run's meta.json recorded: sparsebench's
+    source (its content hash; for older files, a clean commit or the version), or a user plugin as loaded now
+    (call after plugins.load_recorded: by content, wherever its file lies). Empty where it is the same, or where
+    the record cannot tell (no hash)."""
     changes = []
-    then, now = str(meta.get("git_sha") or "").partition("+")[0], git_sha().partition("+")[0]
-    if then and now and then != now:
-        changes.append(f"sparsebench at {now[:12]}, not {then[:12]}")
+    if meta.get("sparsebench_sha256"):
+        if meta["sparsebench_sha256"] != package_digest():
+            changes.append(f"sparsebench's source differs (sha256 {package_digest()}, not "
+                           f"{meta['sparsebench_sha256']})")
     elif meta.get("sparsebench_version") not in (None, __version__):
         changes.append(f"sparsebench {__version__}, not {meta['sparsebench_version']}")
+    elif isinstance(meta.get("git_sha"), str) and "+" not in meta["git_sha"] and "+" not in git_sha() \
+            and meta["git_sha"] and git_sha() and meta["git_sha"] != git_sha():
+        changes.append(f"sparsebench at {git_sha()[:12]}, not {meta['git_sha'][:12]}")
     for plugin in meta.get("plugins") or []:
-        if not isinstance(plugin, dict) or not plugin.get("sha256") or not plugin.get("file"):
+        if not isinstance(plugin, dict) or not plugin.get("sha256"):
             continue
-        try:
-            digest = hashlib.sha256(Path(plugin["file"]).read_bytes()).hexdigest()[:16]
-        except OSError:
-            digest = "missing"
-        if digest != plugin["sha256"]:
-            changes.append(f"{plugin.get('kind')} {plugin.get('name')!r}: {plugin['file']} changed")
+        kind = "impls" if plugin.get("kind") == "impl" else "patterns"
+        loaded = plugins.origin_of(kind, str(plugin.get("name")))
+        if loaded and loaded.get("sha256") and loaded["sha256"] != plugin["sha256"]:
+            changes.append(f"{plugin.get('kind')} {plugin.get('name')!r}: {loaded.get('file')} is not the "
+                           f"code measured ({plugin.get('file')})")
     return changes
 
 
