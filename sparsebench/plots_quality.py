@@ -9,16 +9,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from sparsebench.patterns import SELECTIONS
+
 QUALITY_METRICS = (("recall", "recall (share of full attention's mass kept)", True),
                    ("err_vs_full", "err_vs_full (max abs error against full attention)", False))
 
 
 def has_quality(rows: pd.DataFrame) -> bool:
-    """Whether rows can draw the figure: ok rows with recall and speedup_vs_full, some of them sparse."""
+    """Whether rows can draw the figure: ok rows with recall and speedup_vs_full, some of them sparse, with a
+    selection pattern or on inputs other than random (on random q and k recall means nothing: every pattern
+    keeps about its share of keys)."""
     if "recall" not in rows.columns or "speedup_vs_full" not in rows.columns:
         return False
     ok = rows[(rows["status"] == "ok") & rows["recall"].notna() & rows["speedup_vs_full"].notna()]
-    return bool((ok["pattern"] != "dense").any()) if len(ok) else False
+    inputs = ok["inputs"].fillna("random").astype(str) if "inputs" in ok.columns else pd.Series("random", ok.index)
+    meaningful = ok["pattern"].isin(list(SELECTIONS)) | ~inputs.isin(["random", ""])
+    return bool(((ok["pattern"] != "dense") & meaningful).any())
 
 
 def pareto_front(points: list[tuple[float, float]], larger_is_better: bool = True) -> list[tuple[float, float]]:

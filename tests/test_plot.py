@@ -221,8 +221,9 @@ def test_line_markers_tell_implementations_apart(tmp_path):
 
 
 def test_report_adds_speedup_vs_full_and_recall_where_rows_have_them(tmp_path):
-    """Quality rows: the report also gives each fastest case's speed-up against the full attention it replaces
-    (causal SDPA for a causal pattern) and its recall, beside the speed-up against dense SDPA."""
+    """Quality rows (structured or captured inputs, or selection patterns): the report also gives each fastest
+    case's speed-up against the full attention it replaces (causal SDPA for a causal pattern) and its recall,
+    beside the speed-up against dense SDPA."""
     import pandas as pd
 
     path = write_run(tmp_path)
@@ -231,6 +232,11 @@ def test_report_adds_speedup_vs_full_and_recall_where_rows_have_them(tmp_path):
     frame["recall"] = frame["speedup_vs_full"] = float("nan")
     frame.loc[sparse, "recall"], frame.loc[sparse, "speedup_vs_full"] = 0.75, 3.0
     frame.loc[~sparse, "recall"], frame.loc[~sparse, "speedup_vs_full"] = 1.0, 1.0
+    frame["inputs"] = "random"
+    frame.to_csv(path, index=False)
+    report = plots.report_markdown(plots.figure_sets([load(path, "run")]), {"cpu-float32-fwd": []})
+    assert "recall" not in report  # on random q and k a recall means nothing
+    frame["inputs"] = "structured"
     frame.to_csv(path, index=False)
     report = plots.report_markdown(plots.figure_sets([load(path, "run")]), {"cpu-float32-fwd": []})
     assert "| speed-up vs full attention (causal SDPA for a causal pattern) | recall |" in report

@@ -542,6 +542,9 @@ def test_pareto_front_and_the_quality_figure():
          "speedup_vs_full": s} for p, r, e, s in
         [("causal", 1.0, 0.0, 1.0), ("topk_blocks", 0.8, 0.2, 2.0), ("topk_blocks", 0.9, 0.1, 1.5)]])
     assert has_quality(rows) and not has_quality(rows.drop(columns="recall"))
+    # a static pattern on random q and k has a recall that means nothing; on structured inputs it is the question
+    static = rows.assign(pattern=["causal", "local", "local"])
+    assert not has_quality(static) and has_quality(static.assign(inputs="structured"))
     fig = quality_figure(rows, impl_colors(sorted(rows["impl"].unique())))
     assert len(fig.axes) == 2 and fig.axes[0].get_lines()  # the budget sweep is a line
 
