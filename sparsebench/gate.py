@@ -34,7 +34,7 @@ from sparsebench.results import (
     shape_key,
     with_dense_reference,
 )
-from sparsebench.results.labels import pattern_label
+from sparsebench.results.labels import pattern_label, serving_text
 from sparsebench.runner.cases import Case
 
 if sys.version_info >= (3, 11):
@@ -262,14 +262,10 @@ class GateReport:
 
 def case_name(row: Any) -> str:
     """pattern(params)/impl/seq_len/dtype/mode, e.g. local(window=64)/flex/1024/float32/fwd; a serving batch
-    names its lengths (the seed of drawn ones, and its page size) in place of seq_len, its longest length, e.g.
-    causal/sdpa/lens=uniform:512-8192:16;seed=0;page=16/float32/decode."""
+    names its lengths (a seed other than 0, and its page size: `serving_text`) in place of seq_len, its longest
+    length, e.g. causal/sdpa/seq_lens=uniform:512-8192:16;page=16/float32/decode."""
     pattern = pattern_label(row["pattern"], row["params"])
-    length = key_text(row["seq_len"])
-    if lens := key_text(row.get("seq_lens")):
-        seed = key_text(row.get("seq_lens_seed")) if lens.startswith("uniform:") else ""  # it draws those only
-        page = key_text(row.get("page_size"))
-        length = f"lens={lens}" + (f";seed={seed}" if seed else "") + (f";page={page}" if page else "")
+    length = serving_text(row).strip().replace(" ", ";") or key_text(row["seq_len"])
     return f"{pattern}/{row['impl']}/{length}/{row['dtype']}/{row['mode']}"
 
 

@@ -34,7 +34,7 @@ from sparsebench.results import (
     latest,
     with_dense_reference,
 )
-from sparsebench.results.labels import pattern_label, shape_text
+from sparsebench.results.labels import pattern_label, serving_text, shape_text
 
 ORDERS = ("date", "commit", "given")  # meta.json's date, the commit time of its git_sha, the command line's order
 FORMATS = ("png", "svg")
@@ -146,7 +146,8 @@ def history_table(runs: list[HistoryRun], thresholds: gate.Thresholds | None = N
                 "run": index, "label": run.label, "date": run.meta.date,
                 "git_sha": str(run.meta.get("git_sha") or ""), "case": benchmark_name(row),
                 **{c: key_text(row[c]) for c in ("device", "dtype", "mode", "batch", "heads", "kv_heads", "head_dim",
-                                                 "q_len", "seq_len", "seq_lens", "pattern", "params", "impl")},
+                                                 "q_len", "seq_len", "seq_lens", "seq_lens_seed", "page_size",
+                                                 "pattern", "params", "impl")},
                 "status": row["status"], "latency_ms": latency if ok else math.nan,
                 "dense_latency_ms": dense, "latency_vs_dense": latency / dense if ok and dense > 0 else math.nan,
                 "regression": bool(why), "why": why,
@@ -164,10 +165,9 @@ def history_figures(table: pd.DataFrame, runs: list[HistoryRun]) -> list[tuple[s
     if rows.empty:
         raise SparsebenchError("no case besides the dense reference: nothing to draw over time")
     rows["q_len_label"] = np.where(rows["mode"] == "decode", "q" + rows["q_len"], "")
-    # a serving batch by its lengths: two batches of one longest length are two panels
-    lens = rows["seq_lens"].fillna("").astype(str)
-    rows["panel"] = [f"{pattern_label(p, q, sep=', ')} · " + (f"lens={s}" if s else f"n={n}")
-                     for p, q, n, s in zip(rows["pattern"], rows["params"], rows["seq_len"], lens)]
+    # a serving batch by its lengths (and seed and page size): two batches of one longest length are two panels
+    rows["panel"] = [f"{pattern_label(r['pattern'], r['params'], sep=', ')} · "
+                     + (serving_text(r).strip() or f"n={r['seq_len']}") for r in rows.to_dict("records")]
     ticks = [run.tick() for run in runs]
     figures = []
     for group, grows in rows.groupby(GROUP, sort=False):

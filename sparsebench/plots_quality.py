@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from sparsebench.patterns import SELECTIONS
+from sparsebench.results import recall_applies
 
 QUALITY_METRICS = (("recall", "recall (share of full attention's mass kept)", True),
                    ("err_vs_full", "err_vs_full (max abs error against full attention)", False))
@@ -22,9 +22,8 @@ def has_quality(rows: pd.DataFrame) -> bool:
     if "recall" not in rows.columns or "speedup_vs_full" not in rows.columns:
         return False
     ok = rows[(rows["status"] == "ok") & rows["recall"].notna() & rows["speedup_vs_full"].notna()]
-    inputs = ok["inputs"].fillna("random").astype(str) if "inputs" in ok.columns else pd.Series("random", ok.index)
-    meaningful = ok["pattern"].isin(list(SELECTIONS)) | ~inputs.isin(["random", ""])
-    return bool(((ok["pattern"] != "dense") & meaningful).any())
+    inputs = ok["inputs"] if "inputs" in ok.columns else pd.Series("random", ok.index)
+    return any(p != "dense" and recall_applies(p, i) for p, i in zip(ok["pattern"], inputs))
 
 
 def pareto_front(points: list[tuple[float, float]], larger_is_better: bool = True) -> list[tuple[float, float]]:

@@ -452,9 +452,9 @@ def test_a_serving_batch_is_named_by_its_lengths() -> None:
              "mode": "decode", "seq_lens": "", "seq_lens_seed": float("nan"), "page_size": float("nan")}
     batch = {**plain, "seq_lens": "128,512,1024", "seq_lens_seed": 0, "page_size": 16}
     assert gate.case_name(plain) == "causal/sdpa/1024/float32/decode"
-    assert gate.case_name(batch) == "causal/sdpa/lens=128,512,1024;page=16/float32/decode"
+    assert gate.case_name(batch) == "causal/sdpa/seq_lens=128,512,1024;page=16/float32/decode"
     drawn = {**batch, "seq_lens": "uniform:256-1024:3", "seq_lens_seed": 2}
-    assert gate.case_name(drawn) == "causal/sdpa/lens=uniform:256-1024:3;seed=2;page=16/float32/decode"
+    assert gate.case_name(drawn) == "causal/sdpa/seq_lens=uniform:256-1024:3;seed=2;page=16/float32/decode"
 
 
 def test_code_changes_compare_sparsebench_by_its_source() -> None:

@@ -26,9 +26,8 @@ from sparsebench.cli.common import (
 from sparsebench.cli.output import gate_and_exit
 from sparsebench.cli.progress import Reporter, case_line
 from sparsebench.errors import SparsebenchError
-from sparsebench.patterns import SELECTIONS
-from sparsebench.results import is_dense_reference
-from sparsebench.results.labels import heads_text, mode_label, pattern_label
+from sparsebench.results import is_dense_reference, recall_applies
+from sparsebench.results.labels import heads_text, mode_label, pattern_label, serving_text
 from sparsebench.runner import Case, load_config
 from sparsebench.runner.config import SweepConfig, SweepOptions
 from sparsebench.runner.scale import ScalePlan
@@ -179,12 +178,8 @@ def _name_user_code(config: SweepConfig) -> None:
         console.print(f"{origin['kind']} {origin['name']}: {origin.get('file') or origin.get('spec')}", markup=False)
 
 
-def _missing(value: Any) -> bool:
-    return value is None or value == "" or (isinstance(value, float) and math.isnan(value))
-
-
 def _fmt(value: Any, spec: str) -> str:
-    if _missing(value):
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return format(value, spec)
 
@@ -200,7 +195,7 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
     headers = ["pattern", "impl", "n", "ms", "IQR", "vs dense", "MiB", "err", "status"]
     # with a selection pattern or --inputs other than random (on random q and k recall means nothing): the
     # speed-up against the full attention each pattern replaces (causal SDPA for a causal one) and the recall
-    quality = any(r.get("pattern") in SELECTIONS or r.get("inputs") not in (None, "", "random") for r in rows)
+    quality = any(recall_applies(r.get("pattern"), r.get("inputs")) for r in rows)
     if quality:
         headers[6:6] = ["vs full", "recall"]
     if len(setups) > 1:
@@ -215,7 +210,7 @@ def _summary(rows: list[dict], csv_path: Path, quiet: bool = False) -> None:
         label = pattern_label(r["pattern"], r.get("params"))
         status = r["status"] if r["status"] in ("ok", "inaccurate") else f"{r['status']}: {r.get('error', '')[:120]}"
         ms = r.get("latency_ms")
-        length = str(r.get("seq_lens") or "") or str(r["seq_len"])  # a serving batch: its lengths
+        length = serving_text(r).strip() or str(r["seq_len"])  # a serving batch: its lengths, as row_label
         cells = [escape(label), escape(r["impl"]), escape(length), _fmt(ms, ".1f" if (ms or 0) >= 1 else ".3g"),
                  _fmt(r.get("latency_iqr_ms"), ".2g"), _fmt(r.get("speedup_vs_dense"), ".2f"),
                  _fmt(r.get("peak_mem_mib"), ".0f"), _fmt(r.get("max_abs_err"), ".0e"),

@@ -124,6 +124,14 @@ def key_text(value: Any) -> str:
 GENERATED_INPUTS = ("random", "structured")  # the kinds of inputs a seed makes; anything else is a file
 
 
+def recall_applies(pattern: Any, inputs: Any) -> bool:
+    """Whether a row's recall and speed-up against full attention mean something: a selection pattern, or inputs
+    other than random (on random q and k every pattern keeps about its share of the attention)."""
+    from sparsebench.patterns import SELECTIONS
+
+    return pattern in SELECTIONS or (isinstance(inputs, str) and inputs not in ("", "random"))
+
+
 def text_cell(row: Any, column: str) -> str:
     """A text column of a row (dict): "" where missing or empty (an empty cell reads as NaN)."""
     value = row.get(column)
